@@ -1,0 +1,245 @@
+"""The executor: runs an ONNX graph with torch kernels, under the caller's control.
+
+It is built for analysis rather than serving:
+- every tensor passes through `hooks.activation` and every weight through `hooks.weight`, which is
+  where quantizers sit;
+- `run(start=...)` begins from cached tensors at a cut and executes only the nodes still needed
+  for the requested outputs;
+- it runs on any torch device and keeps autograd when `grad=True`.
+The graph itself is never mutated; everything that varies between runs is an argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import onnx_ir as ir
+import torch
+
+from quantlens.emulate.registry import KernelFn, NodeContext, find_kernel
+from quantlens.errors import InvariantError, UnsupportedOpError, UserError
+
+Tensor = torch.Tensor
+
+
+class Hooks(Protocol):
+    """Where quantizers plug in. Both methods return the tensor to use in place of the input."""
+
+    def weight(self, name: str, tensor: Tensor) -> Tensor: ...
+
+    def activation(self, name: str, tensor: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class Step:
+    """One node, compiled: its kernel, context, and the names of the tensors it reads and writes."""
+
+    index: int
+    ctx: NodeContext
+    fn: KernelFn
+    inputs: tuple[str | None, ...]
+    outputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: tuple[Step, ...]
+    # After step i runs, the tensors in release[i] are no longer needed by this plan.
+    release: tuple[tuple[str, ...], ...]
+
+
+def unsupported_nodes(model: ir.Model) -> list[tuple[str, str, str]]:
+    """(node name, op type, domain) of every node without a kernel for the model's opset."""
+    missing = []
+    for node in model.graph:
+        opset = _opset_of(model, node.domain)
+        if node.domain not in ("", "ai.onnx") or find_kernel(node.op_type, opset) is None:
+            missing.append((node.name or "", node.op_type, node.domain))
+    return missing
+
+
+def _opset_of(model: ir.Model, domain: str) -> int:
+    key = "" if domain == "ai.onnx" else domain
+    return int(model.opset_imports.get(key, model.opset_imports.get("ai.onnx", 1)))
+
+
+class Executor:
+    """Runs `model` (canonicalized, topologically sorted) on `device` with torch kernels."""
+
+    def __init__(self, model: ir.Model, device: str | torch.device = "cpu") -> None:
+        self.model = model
+        self.device = torch.device(device)
+        graph = model.graph
+        self.input_names = [v.name or "" for v in graph.inputs]
+        self.output_names = [v.name or "" for v in graph.outputs]
+        self.weights = {
+            name: _to_torch(value.const_value, self.device)
+            for name, value in graph.initializers.items()
+            if value.const_value is not None
+        }
+        self.weights = {k: v for k, v in self.weights.items() if k not in self.input_names}
+        self.steps = tuple(self._compile(i, node) for i, node in enumerate(graph))
+        self.producer = {out: step for step in self.steps for out in step.outputs}
+        self._plans: dict[tuple[frozenset[str], tuple[str, ...], frozenset[str]], Plan] = {}
+
+    # --- compilation ----------------------------------------------------------------------------
+
+    def _compile(self, index: int, node: ir.Node) -> Step:
+        opset = _opset_of(self.model, node.domain)
+        name = node.name or f"{node.op_type}_{index}"
+        spec = find_kernel(node.op_type, opset, node.domain)
+        if spec is None:
+            raise UnsupportedOpError(node.op_type, name, node.domain, opset)
+        ctx = NodeContext(
+            name=name,
+            op_type=node.op_type,
+            opset=opset,
+            attrs={key: _attr_value(attr) for key, attr in node.attributes.items()},
+            num_outputs=len(node.outputs),
+        )
+        inputs = tuple(v.name if v is not None and v.name else None for v in node.inputs)
+        outputs = tuple(v.name or f"{name}:{i}" for i, v in enumerate(node.outputs))
+        return Step(index, ctx, spec.fn, inputs, outputs)
+
+    # --- planning -------------------------------------------------------------------------------
+
+    def plan(
+        self,
+        outputs: Sequence[str],
+        available: Collection[str],
+        keep: Collection[str] = (),
+    ) -> Plan:
+        """The steps that produce `outputs` from the tensors in `available` (and the weights)."""
+        key = (frozenset(available), tuple(outputs), frozenset(keep))
+        cached = self._plans.get(key)
+        if cached is None:
+            cached = self._plans[key] = self._make_plan(outputs, set(available), set(keep))
+        return cached
+
+    def _make_plan(self, outputs: Sequence[str], available: set[str], keep: set[str]) -> Plan:
+        needed: set[int] = set()
+        stack = [name for name in (*outputs, *keep) if name not in available]
+        seen: set[str] = set()
+        while stack:
+            name = stack.pop()
+            if name in seen or name in available or name in self.weights:
+                continue
+            seen.add(name)
+            step = self.producer.get(name)
+            if step is None:
+                raise UserError(
+                    f"tensor {name!r} is neither produced by the graph nor given",
+                    f"feed it; the model's inputs are {self.input_names}",
+                )
+            needed.add(step.index)
+            stack.extend(n for n in step.inputs if n is not None)
+        steps = tuple(self.steps[i] for i in sorted(needed))
+        return Plan(steps, _release_schedule(steps, set(outputs) | keep))
+
+    # --- running --------------------------------------------------------------------------------
+
+    def run(
+        self,
+        feeds: Mapping[str, Tensor | np.ndarray] | None = None,
+        *,
+        outputs: Sequence[str] | None = None,
+        start: Mapping[str, Tensor] | None = None,
+        hooks: Hooks | None = None,
+        keep: Collection[str] = (),
+        grad: bool = False,
+    ) -> dict[str, Tensor]:
+        """Run the graph; returns `outputs` (default: the model outputs) plus every `keep` tensor.
+
+        `feeds` are graph inputs (hooked as activations); `start` are cached tensors at a cut,
+        used as they are. Only nodes needed to reach the outputs from those tensors run.
+        """
+        env: dict[str, Tensor] = {}
+        for name, value in (feeds or {}).items():
+            tensor = _as_tensor(value, self.device)
+            env[name] = hooks.activation(name, tensor) if hooks else tensor
+        env.update(start or {})
+        wanted = list(outputs) if outputs is not None else self.output_names
+        plan = self.plan(wanted, env.keys(), keep)
+        with torch.set_grad_enabled(grad):
+            self._execute(plan, env, hooks)
+        result = {}
+        for name in (*wanted, *keep):
+            if name not in env:
+                raise InvariantError(f"tensor {name!r} was not computed")
+            result[name] = env[name]
+        return result
+
+    def _execute(self, plan: Plan, env: dict[str, Tensor], hooks: Hooks | None) -> None:
+        for step, release in zip(plan.steps, plan.release):
+            args = [self._fetch(name, env, hooks) for name in step.inputs]
+            produced = step.fn(step.ctx, args)
+            values = [produced] if isinstance(produced, Tensor) else list(produced)
+            if len(values) < len(step.outputs):
+                raise InvariantError(f"{step.ctx.name}: kernel returned {len(values)} outputs")
+            for name, value in zip(step.outputs, values):
+                env[name] = hooks.activation(name, value) if hooks else value
+            for name in release:
+                env.pop(name, None)
+
+    def _fetch(self, name: str | None, env: dict[str, Tensor], hooks: Hooks | None) -> Tensor | None:
+        if name is None:
+            return None
+        if name in env:
+            return env[name]
+        weight = self.weights.get(name)
+        if weight is None:
+            raise UserError(
+                f"tensor {name!r} has no value",
+                f"feed every model input: {', '.join(self.input_names)}",
+            )
+        return hooks.weight(name, weight) if hooks else weight
+
+    # --- convenience ----------------------------------------------------------------------------
+
+    def activation_names(self) -> list[str]:
+        """Every tensor the graph computes, in execution order."""
+        return [name for step in self.steps for name in step.outputs]
+
+    def to(self, device: str | torch.device) -> Executor:
+        return Executor(self.model, device)
+
+
+def _release_schedule(steps: Sequence[Step], pinned: set[str]) -> tuple[tuple[str, ...], ...]:
+    last_use: dict[str, int] = {}
+    for position, step in enumerate(steps):
+        for name in (*step.inputs, *step.outputs):
+            if name is not None:
+                last_use[name] = position
+    release: list[list[str]] = [[] for _ in steps]
+    for name, position in last_use.items():
+        if name not in pinned:
+            release[position].append(name)
+    return tuple(tuple(names) for names in release)
+
+
+def _attr_value(attr: ir.Attr) -> Any:
+    value = attr.value
+    if isinstance(value, ir.TensorProtocol):
+        return value.numpy()
+    if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
+        return [v.numpy() if isinstance(v, ir.TensorProtocol) else v for v in value]
+    return value
+
+
+def _to_torch(tensor: ir.TensorProtocol, device: torch.device) -> Tensor:
+    return _as_tensor(tensor.numpy(), device)
+
+
+def _as_tensor(value: Tensor | np.ndarray, device: torch.device) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.to(device)
+    array = np.asarray(value)
+    if array.dtype == np.uint16 or array.dtype == np.uint32 or array.dtype == np.uint64:
+        # torch's unsigned wide types lack most kernels; widen them losslessly.
+        array = array.astype(np.int64)
+    if not array.flags.writeable or not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array).copy()
+    return torch.from_numpy(array).to(device)

@@ -1,0 +1,12 @@
+"""Reductions and normalizations over axes: Reduce*, Softmax, LayerNormalization, ArgMax."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from quantlens.emulate.registry import NodeContext, register
+
+Tensor = torch.Tensor
+Inputs = Sequence["Tensor | None"]

@@ -1,0 +1,35 @@
+"""Errors shared by every layer.
+
+`UserError` is a problem with the user's input (file, flag, data): the CLI prints its message as
+one line and exits with code 1. Anything else that escapes is a bug in quantlens.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem the user can fix; the message names the problem and the fix in one line."""
+
+    def __init__(self, problem: str, fix: str | None = None) -> None:
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{problem}; {fix}" if fix else problem)
+
+
+class UnsupportedOpError(UserError):
+    """The model uses an operator the emulator has no kernel for."""
+
+    def __init__(self, op_type: str, node: str, domain: str = "", opset: int | None = None) -> None:
+        where = f"{domain}::{op_type}" if domain else op_type
+        version = f" (opset {opset})" if opset is not None else ""
+        super().__init__(
+            f"unsupported op {where}{version} at node {node!r}",
+            "run `quantlens inspect` to list every unsupported node, and open an issue with the "
+            "model so a kernel can be added",
+        )
+        self.op_type = op_type
+        self.node = node
+
+
+class InvariantError(RuntimeError):
+    """An internal consistency check failed: a bug in quantlens, not in the input."""
