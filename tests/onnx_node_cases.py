@@ -16,6 +16,12 @@ import onnx
 import onnx_ir as ir
 
 from quantlens.emulate import Executor, find_kernel
+from tests import (
+    node_exclusions_elementwise,
+    node_exclusions_nn,
+    node_exclusions_reduce,
+    node_exclusions_tensor,
+)
 
 # Element types torch cannot represent; a case that feeds or expects them is out of scope.
 UNSUPPORTED_ELEM_TYPES = {
@@ -32,7 +38,12 @@ for _name in ("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", 
         )
 
 # Cases whose ops we claim but whose exact behaviour we do not emulate, with the reason.
-EXCLUSIONS: dict[str, str] = {}
+EXCLUSIONS: dict[str, str] = {
+    **node_exclusions_elementwise.EXCLUSIONS,
+    **node_exclusions_nn.EXCLUSIONS,
+    **node_exclusions_reduce.EXCLUSIONS,
+    **node_exclusions_tensor.EXCLUSIONS,
+}
 
 
 @functools.cache

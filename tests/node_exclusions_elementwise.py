@@ -1,0 +1,3 @@
+"""ONNX backend node cases for the elementwise kernels that quantlens does not run, each with its reason."""
+
+EXCLUSIONS: dict[str, str] = {}
