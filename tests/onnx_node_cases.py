@@ -29,8 +29,18 @@ UNSUPPORTED_ELEM_TYPES = {
     onnx.TensorProto.COMPLEX64: "complex tensors are out of scope for CNN/OCR emulation",
     onnx.TensorProto.COMPLEX128: "complex tensors are out of scope for CNN/OCR emulation",
 }
-for _name in ("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT8E8M0",
-              "UINT4", "INT4", "FLOAT4E2M1", "UINT2", "INT2"):
+for _name in (
+    "FLOAT8E4M3FN",
+    "FLOAT8E4M3FNUZ",
+    "FLOAT8E5M2",
+    "FLOAT8E5M2FNUZ",
+    "FLOAT8E8M0",
+    "UINT4",
+    "INT4",
+    "FLOAT4E2M1",
+    "UINT2",
+    "INT2",
+):
     if hasattr(onnx.TensorProto, _name):
         UNSUPPORTED_ELEM_TYPES[getattr(onnx.TensorProto, _name)] = (
             "sub-byte and float8 tensors have no general torch kernels (quantlens emulates them "
@@ -103,7 +113,10 @@ def run_case(case: Any) -> None:
             if want.dtype.kind in "fc":
                 rtol = max(1e-4, case.rtol) if want.dtype == np.float16 else 1e-4
                 np.testing.assert_allclose(
-                    actual.astype(np.float64), want.astype(np.float64), rtol=rtol, atol=1e-6,
+                    actual.astype(np.float64),
+                    want.astype(np.float64),
+                    rtol=rtol,
+                    atol=1e-6,
                     err_msg=name,
                 )
             else:

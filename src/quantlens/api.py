@@ -133,14 +133,18 @@ def inspect_model(path: Path, input_shapes: dict[str, list[int]] | None = None) 
         inputs=[_tensor_info(v) for v in model.graph.inputs],
         outputs=[_tensor_info(v) for v in model.graph.outputs],
         op_histogram=prepared.original.op_histogram,
-        parameters=sum(v.const_value.size for v in model.graph.initializers.values()
-                       if v.const_value is not None),
+        parameters=sum(
+            v.const_value.size
+            for v in model.graph.initializers.values()
+            if v.const_value is not None
+        ),
         canonicalization=prepared.reports,
         layers=layer_map.layers,
         rejected=layer_map.rejected,
         activations=len(layer_map.activations),
-        unsupported=[UnsupportedNode(node=n, op_type=o, domain=d)
-                     for n, o, d in unsupported_nodes(model)],
+        unsupported=[
+            UnsupportedNode(node=n, op_type=o, domain=d) for n, o, d in unsupported_nodes(model)
+        ],
         metadata_keys=prepared.original.metadata_keys,
     )
 
@@ -219,15 +223,25 @@ def check_model(path: Path, options: CheckOptions, progress: Progress | None = N
         if progress:
             progress(done, len(feeds_list))
     outputs = [
-        OutputCheck(name=name, shape=shapes[name], **d.model_dump(),
-                    passed=d.relative_error <= options.tolerance)
+        OutputCheck(
+            name=name,
+            shape=shapes[name],
+            **d.model_dump(),
+            passed=d.relative_error <= options.tolerance,
+        )
         for name, d in worst.items()
     ]
     return CheckReport(
-        model=str(path), inputs=source, samples=len(feeds_list), tolerance=options.tolerance,
-        device=options.device, threads=torch.get_num_threads(), outputs=outputs,
+        model=str(path),
+        inputs=source,
+        samples=len(feeds_list),
+        tolerance=options.tolerance,
+        device=options.device,
+        threads=torch.get_num_threads(),
+        outputs=outputs,
         canonicalization=[r.summary() for r in prepared.reports if r.changed],
-        emulator_seconds=emu_time, onnxruntime_seconds=ort_time,
+        emulator_seconds=emu_time,
+        onnxruntime_seconds=ort_time,
         passed=all(o.passed for o in outputs),
     )
 
@@ -240,15 +254,18 @@ def _compare(name: str, want: torch.Tensor, got: torch.Tensor) -> Distance:
             "this is a quantlens bug; please report it with the model",
         )
     if not bool(torch.isfinite(got).all()) and bool(torch.isfinite(want).all()):
-        raise UserError(f"output {name!r}: the emulator produced NaN/Inf where ONNX Runtime did "
-                        "not", "this is a quantlens bug; please report it with the model")
+        raise UserError(
+            f"output {name!r}: the emulator produced NaN/Inf where ONNX Runtime did not",
+            "this is a quantlens bug; please report it with the model",
+        )
     return distance(want, got.detach().cpu())
 
 
 def _check_device(device: str) -> None:
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} requested but CUDA is not available",
-                        "use --device cpu")
+        raise UserError(
+            f"device {device!r} requested but CUDA is not available", "use --device cpu"
+        )
 
 
 def _check_inputs(
@@ -258,7 +275,9 @@ def _check_inputs(
         spec = options.spec or spec_for(path, model)
         return load_inputs(options.data, spec), f"data: {options.data}"
     count = options.random or 4
-    return random_inputs(model, count, options.seed), f"random: {count} samples, seed {options.seed}"
+    return random_inputs(
+        model, count, options.seed
+    ), f"random: {count} samples, seed {options.seed}"
 
 
 def spec_for(path: Path, model: ir.Model) -> InputSpec:
@@ -296,8 +315,9 @@ def random_inputs(model: ir.Model, count: int, seed: int) -> list[dict[str, np.n
             f"give concrete sizes with --input-shape {name}:{example} (each ? replaced by a size)",
         )
     rng = np.random.default_rng(seed)
-    return [{v.name or "": _random_tensor(v, rng) for v in model.graph.inputs}
-            for _ in range(count)]
+    return [
+        {v.name or "": _random_tensor(v, rng) for v in model.graph.inputs} for _ in range(count)
+    ]
 
 
 def _random_tensor(value: ir.Value, rng: np.random.Generator) -> np.ndarray:

@@ -83,8 +83,10 @@ def inspect(model: ModelArg, input_shape: ShapeOpt = None, json: JsonOpt = False
 
 
 def _print_inspect(report: api.InspectReport) -> None:
-    out.print(f"[bold]model[/bold] {report.model}  producer: {report.producer or '?'}  "
-              f"IR {report.ir_version}  opset {report.opset} -> {report.opset_canonical}")
+    out.print(
+        f"[bold]model[/bold] {report.model}  producer: {report.producer or '?'}  "
+        f"IR {report.ir_version}  opset {report.opset} -> {report.opset_canonical}"
+    )
     io = Table("", "name", "shape", "dtype", title="Inputs and outputs", title_justify="left")
     for kind, infos in (("input", report.inputs), ("output", report.outputs)):
         for info in infos:
@@ -101,13 +103,22 @@ def _print_inspect(report: api.InspectReport) -> None:
     if report.unsupported:
         table = Table("node", "op", title="Unsupported ops", title_justify="left")
         for node in report.unsupported:
-            table.add_row(node.node, f"{node.domain}::{node.op_type}" if node.domain else node.op_type)
+            table.add_row(
+                node.node, f"{node.domain}::{node.op_type}" if node.domain else node.op_type
+            )
         out.print(table)
 
 
 def _print_layers(report: api.InspectReport) -> None:
-    table = Table("layer", "op", "weight shape", "MACs", "BN folded", title="Quantizable layers",
-                  title_justify="left")
+    table = Table(
+        "layer",
+        "op",
+        "weight shape",
+        "MACs",
+        "BN folded",
+        title="Quantizable layers",
+        title_justify="left",
+    )
     for layer in report.layers:
         macs = f"{layer.macs:,}" if layer.macs is not None else "?"
         table.add_row(layer.id, layer.op_type, str(layer.weight_shape), macs, layer.folded_bn or "")
@@ -133,8 +144,12 @@ def check(
         raise UserError("--data and --random are exclusive", "pass one of them")
     path = api.resolve_model(model, say=_say)
     options = api.CheckOptions(
-        data=data, random=random, input_shapes=parse_input_shapes(input_shape or []),
-        tolerance=tolerance, device=device, seed=seed,
+        data=data,
+        random=random,
+        input_shapes=parse_input_shapes(input_shape or []),
+        tolerance=tolerance,
+        device=device,
+        seed=seed,
     )
     with _progress("check") as progress:
         report = api.check_model(path, options, progress)
@@ -149,12 +164,28 @@ def check(
 
 
 def _print_check(report: api.CheckReport) -> None:
-    table = Table("output", "shape", "max abs err", "rel err", "cosine", "SNR dB", "",
-                  title=f"Emulator vs ONNX Runtime ({report.inputs})", title_justify="left")
+    table = Table(
+        "output",
+        "shape",
+        "max abs err",
+        "rel err",
+        "cosine",
+        "SNR dB",
+        "",
+        title=f"Emulator vs ONNX Runtime ({report.inputs})",
+        title_justify="left",
+    )
     for o in report.outputs:
         verdict = "[green]PASS[/green]" if o.passed else "[red]FAIL[/red]"
-        table.add_row(o.name, str(o.shape), f"{o.max_abs_error:.3g}", f"{o.relative_error:.3g}",
-                      f"{o.cosine:.8f}", f"{o.snr_db:.1f}", verdict)
+        table.add_row(
+            o.name,
+            str(o.shape),
+            f"{o.max_abs_error:.3g}",
+            f"{o.relative_error:.3g}",
+            f"{o.cosine:.8f}",
+            f"{o.snr_db:.1f}",
+            verdict,
+        )
     out.print(table)
     verdict = "[green]PASS[/green]" if report.passed else "[red]FAIL[/red]"
     worst = max((o.relative_error for o in report.outputs), default=0.0)
@@ -179,8 +210,14 @@ def zoo_list(json: JsonOpt = False) -> None:
     for e in entries:
         shape = "x".join(str(d) if d > 0 else "?" for d in e.input.shape)
         cached = "yes" if zoo.cached_path(e.name) else "no"
-        table.add_row(e.name, e.task, f"{e.package}=={e.version}", f"{e.input.input_name} {shape}",
-                      e.licence, cached)
+        table.add_row(
+            e.name,
+            e.task,
+            f"{e.package}=={e.version}",
+            f"{e.input.input_name} {shape}",
+            e.licence,
+            cached,
+        )
     out.print(table)
     out.print(f"{len(entries)} models; cache: {zoo.cache_dir()}")
 

@@ -184,7 +184,9 @@ class Executor:
             for name in release:
                 env.pop(name, None)
 
-    def _fetch(self, name: str | None, env: dict[str, Tensor], hooks: Hooks | None) -> Tensor | None:
+    def _fetch(
+        self, name: str | None, env: dict[str, Tensor], hooks: Hooks | None
+    ) -> Tensor | None:
         if name is None:
             return None
         if name in env:

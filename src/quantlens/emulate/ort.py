@@ -22,9 +22,7 @@ class OrtRunner:
             options.inter_op_num_threads = 1
         source = model if isinstance(model, bytes) else str(model)
         try:
-            self.session = ort.InferenceSession(
-                source, options, providers=["CPUExecutionProvider"]
-            )
+            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(
@@ -42,6 +40,8 @@ class OrtRunner:
             outputs = self.session.run(None, {k: feeds[k] for k in self.input_names})
         except Exception as exc:
             first = str(exc).strip().splitlines()[0]
-            raise UserError(f"ONNX Runtime failed on the input: {first}",
-                            "check the input shape and dtype against `quantlens inspect`") from exc
+            raise UserError(
+                f"ONNX Runtime failed on the input: {first}",
+                "check the input shape and dtype against `quantlens inspect`",
+            ) from exc
         return dict(zip(self.output_names, (np.asarray(o) for o in outputs)))

@@ -13,8 +13,24 @@ from quantlens.ir.passes.fold_batchnorm import FOLDED_BN_KEY
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _FLOAT_TYPES = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE}
-_INT_RESULT_OPS = {"Shape", "Size", "NonZero", "ArgMax", "ArgMin", "Equal", "Less", "Greater",
-                   "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf"}
+_INT_RESULT_OPS = {
+    "Shape",
+    "Size",
+    "NonZero",
+    "ArgMax",
+    "ArgMin",
+    "Equal",
+    "Less",
+    "Greater",
+    "LessOrEqual",
+    "GreaterOrEqual",
+    "Not",
+    "And",
+    "Or",
+    "Xor",
+    "IsNaN",
+    "IsInf",
+}
 
 
 class Layer(BaseModel):
@@ -52,8 +68,13 @@ def discover_layers(model: ir.Model) -> LayerMap:
         if layer is not None:
             result.layers.append(layer)
         else:
-            result.rejected.append(Rejection(node=node.name or "", op_type=node.op_type,
-                                             reason=f"{node.name} not quantized: {reason}"))
+            result.rejected.append(
+                Rejection(
+                    node=node.name or "",
+                    op_type=node.op_type,
+                    reason=f"{node.name} not quantized: {reason}",
+                )
+            )
     return result
 
 
@@ -68,10 +89,15 @@ def _as_layer(node: ir.Node) -> tuple[Layer | None, str]:
         return None, "bias is not a constant"
     shape = [int(d) for d in weight.const_value.shape.numpy()]
     layer = Layer(
-        id=node.name or "", op_type=node.op_type, input=data.name or "",
-        output=node.outputs[0].name or "", weight=weight.name or "",
-        bias=bias.name if bias is not None else None, weight_shape=shape,
-        folded_bn=node.metadata_props.get(FOLDED_BN_KEY), macs=_macs(node, shape),
+        id=node.name or "",
+        op_type=node.op_type,
+        input=data.name or "",
+        output=node.outputs[0].name or "",
+        weight=weight.name or "",
+        bias=bias.name if bias is not None else None,
+        weight_shape=shape,
+        folded_bn=node.metadata_props.get(FOLDED_BN_KEY),
+        macs=_macs(node, shape),
     )
     return layer, ""
 

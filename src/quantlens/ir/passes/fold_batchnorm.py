@@ -51,8 +51,11 @@ def _foldable_producer(bn: ir.Node) -> ir.Node | None:
 
 def _plain_gemm(gemm: ir.Node) -> bool:
     attrs = gemm.attributes
-    return (attrs.get_float("alpha", 1.0) == 1.0 and attrs.get_float("beta", 1.0) == 1.0
-            and attrs.get_int("transA", 0) == 0)
+    return (
+        attrs.get_float("alpha", 1.0) == 1.0
+        and attrs.get_float("beta", 1.0) == 1.0
+        and attrs.get_int("transA", 0) == 0
+    )
 
 
 def _fold(graph: ir.Graph, layer: ir.Node, bn: ir.Node) -> None:
@@ -91,15 +94,19 @@ def _scale_output_channels(layer: ir.Node, weight: np.ndarray, factor: np.ndarra
     return weight * factor[None, :]
 
 
-def _set_bias(graph: ir.Graph, layer: ir.Node, bias_value: ir.Value | None,
-              bias: np.ndarray) -> None:
+def _set_bias(
+    graph: ir.Graph, layer: ir.Node, bias_value: ir.Value | None, bias: np.ndarray
+) -> None:
     if bias_value is not None:
         bias_value.const_value = ir.tensor(bias, name=bias_value.name)
         return
     name = f"{layer.name}.bias_folded"
-    value = ir.Value(name=name, const_value=ir.tensor(bias, name=name),
-                     type=ir.TensorType(ir.DataType.from_numpy(bias.dtype)),
-                     shape=ir.Shape(bias.shape))
+    value = ir.Value(
+        name=name,
+        const_value=ir.tensor(bias, name=name),
+        type=ir.TensorType(ir.DataType.from_numpy(bias.dtype)),
+        shape=ir.Shape(bias.shape),
+    )
     graph.register_initializer(value)
     if len(layer.inputs) < 3:
         layer.resize_inputs(3)

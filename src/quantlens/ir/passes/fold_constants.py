@@ -17,8 +17,15 @@ from onnx.reference import ReferenceEvaluator
 from quantlens.ir.passes.base import PassReport
 
 # Ops whose output is not a function of their inputs.
-_NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
-                     "Multinomial", "Bernoulli", "Dropout"}
+_NONDETERMINISTIC = {
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "Dropout",
+}
 _MAX_FOLDED_BYTES = 64 * 1024 * 1024
 
 
@@ -42,8 +49,10 @@ def _fold_value(node: ir.Node, opset: int) -> list[np.ndarray] | None:
         return None
     if any(output.is_graph_output() for output in node.outputs):
         return None
-    if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
-           for attr in node.attributes.values()):
+    if any(
+        attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+        for attr in node.attributes.values()
+    ):
         return None
     if node.op_type == "Shape":
         return _static_shape(node)
@@ -69,8 +78,11 @@ def _static_shape(node: ir.Node) -> list[np.ndarray] | None:
 
 def _evaluate(node: ir.Node, opset: int) -> list[np.ndarray] | None:
     proto = ir.serde.serialize_node(node)
-    feeds = {value.name: value.const_value.numpy() for value in node.inputs
-             if value is not None and value.const_value is not None}
+    feeds = {
+        value.name or "": value.const_value.numpy()
+        for value in node.inputs
+        if value is not None and value.const_value is not None
+    }
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
@@ -87,9 +99,12 @@ def _replace_with_initializers(graph: ir.Graph, node: ir.Node, arrays: list[np.n
     for output, array in zip(node.outputs, arrays):
         name = output.name
         output.name = f"{name}__folded"
-        constant = ir.Value(name=name, const_value=ir.tensor(array, name=name),
-                            type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                            shape=ir.Shape(array.shape))
+        constant = ir.Value(
+            name=name,
+            const_value=ir.tensor(array, name=name),
+            type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+            shape=ir.Shape(array.shape),
+        )
         output.replace_all_uses_with(constant)
         graph.register_initializer(constant)
     graph.remove(node, safe=True)

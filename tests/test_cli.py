@@ -1,0 +1,119 @@
+"""The CLI end to end, as a user runs it: exit codes, one-line errors, JSON output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from tests.models import conv_bn_model, single_op_model
+
+
+def quantlens(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "quantlens", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    path = tmp_path / "conv_bn.onnx"
+    onnx.save(conv_bn_model(unnamed=False), path)
+    return path
+
+
+def test_inspect_json(model_file: Path) -> None:
+    result = quantlens("inspect", str(model_file), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["kind"] == "inspect"
+    assert [layer["id"] for layer in report["layers"]] == ["conv1", "conv2", "matmul"]
+    assert report["op_histogram"]["Conv"] == 2
+    assert report["opset"] == 11 and report["opset_canonical"] == 13
+    assert report["unsupported"] == []
+
+
+def test_inspect_table_ends_with_summary(model_file: Path) -> None:
+    result = quantlens("inspect", str(model_file))
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("conv_bn.onnx: 18 nodes, 3 quantizable layers")
+
+
+def test_check_passes_and_writes_json(model_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "check.json"
+    result = quantlens("check", str(model_file), "--random", "3", "-o", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().splitlines()[-1].startswith("PASS: conv_bn.onnx, 3 samples")
+    report = json.loads(out.read_text())
+    assert report["passed"] and report["outputs"][0]["relative_error"] <= 1e-4
+
+
+def test_check_fails_with_exit_1_when_tolerance_is_impossible(model_file: Path) -> None:
+    result = quantlens("check", str(model_file), "--random", "1", "--tolerance", "-1")
+    assert result.returncode == 1
+    assert "FAIL" in result.stdout
+
+
+def test_unsupported_op(tmp_path: Path) -> None:
+    path = tmp_path / "custom.onnx"
+    onnx.save(single_op_model("MyFancyOp", domain="com.example"), path)
+    line = _one_error_line(quantlens("check", str(path), "--random", "1"))
+    assert "unsupported op com.example::MyFancyOp" in line and "'the_node'" in line
+    listed = json.loads(quantlens("inspect", str(path), "--json").stdout)
+    assert listed["unsupported"] == [
+        {"node": "the_node", "op_type": "MyFancyOp", "domain": "com.example"}
+    ]
+
+
+def test_missing_shape_for_dynamic_dimension(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 48, "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 48, "W"])],
+    )
+    path = tmp_path / "dyn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    line = _one_error_line(quantlens("check", str(path), "--random", "1"))
+    assert "dynamic dimensions" in line and "--input-shape x:1,3,48,?" in line
+    ok = quantlens("check", str(path), "--random", "1", "--input-shape", "x:2,3,48,64")
+    assert ok.returncode == 0, ok.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"not onnx", "corrupt or not an ONNX file"), (b"", "is empty")],
+)
+def test_bad_model_files(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(content)
+    for command in ("inspect", "check"):
+        assert message in _one_error_line(quantlens(command, str(path)))
+
+
+def test_truncated_model(tmp_path: Path, model_file: Path) -> None:
+    data = model_file.read_bytes()
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(data[: len(data) // 3])
+    assert "corrupt or not an ONNX file" in _one_error_line(quantlens("inspect", str(path)))
+
+
+def test_unknown_model_name() -> None:
+    line = _one_error_line(quantlens("inspect", "no-such-model"))
+    assert "neither a file nor a zoo model" in line and "doclayout-yolov8n" in line
