@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_ir as ir
+import torch
+from onnx import numpy_helper
 
 from quantlens.emulate import Executor, find_kernel
 from tests import (
@@ -97,6 +99,13 @@ def claimed_ops(case: Any) -> set[str]:
     return {node.op_type for node in case.model.graph.node}
 
 
+def _array(value: Any) -> np.ndarray:
+    # Some generators store TensorProtos (to keep float16/bfloat16 bit patterns exact).
+    if isinstance(value, onnx.TensorProto):
+        return numpy_helper.to_array(value)
+    return np.asarray(value)
+
+
 def run_case(case: Any) -> None:
     """Run one case through the executor and assert every output matches."""
     model = ir.serde.deserialize_model(case.model)
@@ -104,11 +113,13 @@ def run_case(case: Any) -> None:
     names = [v.name for v in case.model.graph.input]
     out_names = [v.name for v in case.model.graph.output]
     for inputs, expected in case.data_sets:
-        feeds = dict(zip(names, inputs))
+        feeds = dict(zip(names, (_array(i) for i in inputs)))
         got = executor.run(feeds)
-        for name, want in zip(out_names, expected):
-            actual = got[name].detach().cpu().numpy()
-            want = np.asarray(want)
+        for name, want in zip(out_names, (_array(e) for e in expected)):
+            tensor = got[name].detach().cpu()
+            if tensor.dtype == torch.bfloat16:
+                tensor, want = tensor.float(), want.astype(np.float32)
+            actual = tensor.numpy()
             assert actual.shape == want.shape, f"{name}: shape {actual.shape} != {want.shape}"
             if want.dtype.kind in "fc":
                 rtol = max(1e-4, case.rtol) if want.dtype == np.float16 else 1e-4

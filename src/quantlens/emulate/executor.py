@@ -239,8 +239,12 @@ def _as_tensor(value: Tensor | np.ndarray, device: torch.device) -> Tensor:
     if isinstance(value, Tensor):
         return value.to(device)
     array = np.asarray(value)
+    if array.dtype.name == "bfloat16":  # ml_dtypes' bfloat16: reinterpret the bits
+        bits = np.ascontiguousarray(array).view(np.int16).copy()
+        return torch.from_numpy(bits).view(torch.bfloat16).to(device)
     if array.dtype == np.uint16 or array.dtype == np.uint32 or array.dtype == np.uint64:
-        # torch's unsigned wide types lack most kernels; widen them losslessly.
+        # torch's unsigned wide types lack most kernels: widen them (uint64 >= 2**63 and
+        # wrap-around arithmetic are not emulated; no CNN/OCR graph relies on them).
         array = array.astype(np.int64)
     if not array.flags.writeable or not array.flags.c_contiguous:
         array = np.ascontiguousarray(array).copy()
