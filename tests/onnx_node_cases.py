@@ -122,7 +122,8 @@ def run_case(case: Any) -> None:
             actual = tensor.numpy()
             assert actual.shape == want.shape, f"{name}: shape {actual.shape} != {want.shape}"
             if want.dtype.kind in "fc":
-                rtol = max(1e-4, case.rtol) if want.dtype == np.float16 else 1e-4
+                half = want.dtype == np.float16 or got[name].dtype == torch.bfloat16
+                rtol = max(1e-4, case.rtol) if half else 1e-4
                 np.testing.assert_allclose(
                     actual.astype(np.float64),
                     want.astype(np.float64),

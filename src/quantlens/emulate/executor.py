@@ -99,6 +99,7 @@ class Executor:
             opset=opset,
             attrs={key: _attr_value(attr) for key, attr in node.attributes.items()},
             num_outputs=len(node.outputs),
+            outputs_present=tuple(bool(v.name) for v in node.outputs),
         )
         inputs = tuple(v.name if v is not None and v.name else None for v in node.inputs)
         outputs = tuple(v.name or f"{name}:{i}" for i, v in enumerate(node.outputs))

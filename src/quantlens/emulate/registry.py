@@ -30,6 +30,8 @@ class NodeContext:
     opset: int
     attrs: dict[str, Any] = field(default_factory=dict)
     num_outputs: int = 1
+    # Which outputs the graph uses; an optional output omitted with an empty name is False.
+    outputs_present: tuple[bool, ...] = (True,)
 
     def attr(self, key: str, default: Any = None) -> Any:
         return self.attrs.get(key, default)
