@@ -38,7 +38,5 @@ def test_check_random_on_ocr_needs_width() -> None:
     path = zoo.fetch("ppocr-v6-rec-small")
     with pytest.raises(UserError, match="dynamic dimensions"):
         api.check_model(path, api.CheckOptions(random=1))
-    report = api.check_model(
-        path, api.CheckOptions(random=1, input_shapes={"x": [1, 3, 48, 320]})
-    )
+    report = api.check_model(path, api.CheckOptions(random=1, input_shapes={"x": [1, 3, 48, 320]}))
     assert report.passed

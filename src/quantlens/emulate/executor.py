@@ -19,7 +19,7 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from quantlens.emulate.registry import KernelFn, NodeContext, find_kernel
+from quantlens.emulate.registry import KernelFn, NodeContext, find_kernel, tensor_from_numpy
 from quantlens.errors import InvariantError, UnsupportedOpError, UserError
 
 Tensor = torch.Tensor
@@ -100,6 +100,7 @@ class Executor:
             attrs={key: _attr_value(attr) for key, attr in node.attributes.items()},
             num_outputs=len(node.outputs),
             outputs_present=tuple(bool(v.name) for v in node.outputs),
+            device=str(self.device),
         )
         inputs = tuple(v.name if v is not None and v.name else None for v in node.inputs)
         outputs = tuple(v.name or f"{name}:{i}" for i, v in enumerate(node.outputs))
@@ -239,14 +240,4 @@ def _to_torch(tensor: ir.TensorProtocol, device: torch.device) -> Tensor:
 def _as_tensor(value: Tensor | np.ndarray, device: torch.device) -> Tensor:
     if isinstance(value, Tensor):
         return value.to(device)
-    array = np.asarray(value)
-    if array.dtype.name == "bfloat16":  # ml_dtypes' bfloat16: reinterpret the bits
-        bits = np.ascontiguousarray(array).view(np.int16).copy()
-        return torch.from_numpy(bits).view(torch.bfloat16).to(device)
-    if array.dtype == np.uint16 or array.dtype == np.uint32 or array.dtype == np.uint64:
-        # torch's unsigned wide types lack most kernels: widen them (uint64 >= 2**63 and
-        # wrap-around arithmetic are not emulated; no CNN/OCR graph relies on them).
-        array = array.astype(np.int64)
-    if not array.flags.writeable or not array.flags.c_contiguous:
-        array = np.ascontiguousarray(array).copy()
-    return torch.from_numpy(array).to(device)
+    return tensor_from_numpy(np.asarray(value), device)

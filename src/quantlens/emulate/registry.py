@@ -32,6 +32,7 @@ class NodeContext:
     num_outputs: int = 1
     # Which outputs the graph uses; an optional output omitted with an empty name is False.
     outputs_present: tuple[bool, ...] = (True,)
+    device: str = "cpu"
 
     def attr(self, key: str, default: Any = None) -> Any:
         return self.attrs.get(key, default)
@@ -118,6 +119,22 @@ def torch_dtype(onnx_type: int) -> torch.dtype:
         return torch.from_numpy(np.empty(0, dtype=dtype.numpy())).dtype
     except (TypeError, ValueError) as exc:
         raise UserError(f"ONNX data type {dtype.name} has no torch equivalent") from exc
+
+
+def tensor_from_numpy(array: np.ndarray, device: torch.device | str | None = None) -> Tensor:
+    """A torch tensor from numpy data (feeds, initializers, attributes), owning its memory.
+
+    bfloat16 (ml_dtypes) is reinterpreted bit for bit; uint16/32/64 are widened to int64 because
+    torch's wide unsigned types lack most kernels (uint64 values >= 2**63 and wrap-around
+    arithmetic are therefore not emulated; no CNN/OCR graph relies on them).
+    """
+    # np.array (not ascontiguousarray, which turns 0-d into 1-d): a C-ordered, writeable copy.
+    array = np.array(array, order="C")
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16).to(device)
+    if array.dtype in (np.uint16, np.uint32, np.uint64):
+        array = array.astype(np.int64)
+    return torch.from_numpy(array).to(device)
 
 
 def ints(tensor: Tensor | None) -> list[int]:
