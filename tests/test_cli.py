@@ -50,7 +50,7 @@ def test_inspect_table_ends_with_summary(model_file: Path) -> None:
     result = quantlens("inspect", str(model_file))
     assert result.returncode == 0, result.stderr
     last = result.stdout.strip().splitlines()[-1]
-    assert last.startswith("conv_bn.onnx: 18 nodes, 3 quantizable layers")
+    assert last.startswith("conv_bn.onnx: 17 nodes, 3 quantizable layers")
 
 
 def test_check_passes_and_writes_json(model_file: Path, tmp_path: Path) -> None:
