@@ -45,6 +45,8 @@ class Layer(BaseModel):
     weight_shape: list[int] = Field(default_factory=list)
     folded_bn: str | None = None
     macs: int | None = None
+    # The weight axis that indexes output channels (for per-channel quantization), if any.
+    weight_axis: int | None = None
 
 
 class Rejection(BaseModel):
@@ -98,8 +100,20 @@ def _as_layer(node: ir.Node) -> tuple[Layer | None, str]:
         weight_shape=shape,
         folded_bn=node.metadata_props.get(FOLDED_BN_KEY),
         macs=_macs(node, shape),
+        weight_axis=_output_channel_axis(node, weight_index, shape),
     )
     return layer, ""
+
+
+def _output_channel_axis(node: ir.Node, weight_index: int, shape: list[int]) -> int | None:
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1 if node.attributes.get_int("group", 1) == 1 else None
+    if node.op_type == "Gemm":
+        return 0 if node.attributes.get_int("transB", 0) else 1
+    # MatMul: the right-hand weight's last axis holds output channels; a left-hand one has none.
+    return len(shape) - 1 if weight_index == 1 and shape else None
 
 
 def _weight_index(node: ir.Node) -> int | None:

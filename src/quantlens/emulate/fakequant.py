@@ -1,0 +1,123 @@
+"""Fake quantization, bit-exact with ONNX QuantizeLinear -> DequantizeLinear.
+
+q = saturate(round_half_even(x / scale) + zero_point); x' = (q - zero_point) * scale, in float32
+with the same float32 scale the QDQ model stores, so emulation and ONNX Runtime agree exactly.
+When the input needs a gradient, rounding passes it straight through (STE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import torch
+
+from quantlens.schemes.formats import FloatFormat, IntFormat
+from quantlens.schemes.qparams import QuantPlan, TensorQuant
+
+Tensor = torch.Tensor
+
+_FLOAT_TYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def fake_quantize(
+    x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None = None
+) -> Tensor:
+    """Quantize then dequantize `x`; `scale`/`zero_point` are per tensor or along `axis`."""
+    if axis is not None and scale.numel() > 1:
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    scaled = x / scale
+    if x.requires_grad:
+        rounded = scaled + (torch.round(scaled) - scaled).detach()
+    else:
+        rounded = torch.round(scaled)
+    q = torch.clamp(rounded + zero_point, qmin, qmax)
+    return (q - zero_point) * scale
+
+
+def quantize_to_int(
+    x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None = None
+) -> Tensor:
+    """The integer codes (as int64) that QuantizeLinear would store, for exporters."""
+    if axis is not None and scale.numel() > 1:
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    return torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax).to(torch.int64)
+
+
+def round_to_float(x: Tensor, fmt: FloatFormat) -> Tensor:
+    """Round through a lower float type and back (fp32: unchanged)."""
+    dtype = _FLOAT_TYPES.get(fmt.name)
+    if dtype is None or not x.is_floating_point():
+        return x
+    return x.to(dtype).to(x.dtype)
+
+
+class TensorQuantizer:
+    """One tensor's quantizer with its parameters already on the device."""
+
+    def __init__(self, spec: TensorQuant, device: torch.device) -> None:
+        self.spec = spec
+        self.format = spec.format
+        self.axis = spec.axis
+        if isinstance(spec.format, IntFormat):
+            self.qmin, self.qmax = spec.format.qmin, spec.format.qmax
+            self.scale = torch.tensor(spec.scale, dtype=torch.float32, device=device)
+            # Zero points are exact in float32 for every grid up to 16 bits (int32 bias: zp = 0).
+            self.zero = torch.tensor(spec.zero_point, dtype=torch.float32, device=device)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if not x.is_floating_point():
+            return x
+        if isinstance(self.format, FloatFormat):
+            return round_to_float(x, self.format)
+        y = fake_quantize(x.float(), self.scale, self.zero, self.qmin, self.qmax, self.axis)
+        return y.to(x.dtype)
+
+
+class QuantHooks:
+    """Executor hooks that apply a QuantPlan.
+
+    `only` restricts quantization to the given tensor names (activations or weights), which is
+    how isolated per-layer analysis quantizes one layer at a time without touching the plan.
+    Quantized weights are cached: they are constants, unless a gradient is asked for.
+    """
+
+    def __init__(
+        self,
+        plan: QuantPlan,
+        device: torch.device | str = "cpu",
+        only: Collection[str] | None = None,
+    ) -> None:
+        dev = torch.device(device)
+        keep = set(only) if only is not None else None
+        self.activations = self._build(plan.activations, dev, keep)
+        self.weights = self._build(plan.weights, dev, keep)
+        self._weight_cache: dict[str, Tensor] = {}
+
+    @staticmethod
+    def _build(
+        specs: dict[str, TensorQuant], device: torch.device, keep: set[str] | None
+    ) -> dict[str, TensorQuantizer]:
+        return {
+            name: TensorQuantizer(spec, device)
+            for name, spec in specs.items()
+            if keep is None or name in keep
+        }
+
+    def activation(self, name: str, tensor: Tensor) -> Tensor:
+        quantizer = self.activations.get(name)
+        return quantizer(tensor) if quantizer is not None else tensor
+
+    def weight(self, name: str, tensor: Tensor) -> Tensor:
+        quantizer = self.weights.get(name)
+        if quantizer is None:
+            return tensor
+        if tensor.requires_grad:
+            return quantizer(tensor)
+        cached = self._weight_cache.get(name)
+        if cached is None:
+            cached = self._weight_cache[name] = quantizer(tensor)
+        return cached

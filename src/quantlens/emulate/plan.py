@@ -1,0 +1,244 @@
+"""Where quantizers sit, and their parameters once the ranges are known.
+
+`quantization_points` reads the graph, the Assignment and the target profile and decides, for
+every tensor, whether and how it is quantized: on an NPU (`all-outputs`) every float tensor a
+node writes is an integer in the producer's output precision; on ONNX Runtime CPU
+(`weighted-inputs`) only the inputs of Conv/ConvTranspose/Gemm/MatMul are, because that is all
+ORT runs as integer kernels. `build_plan` then turns calibrated ranges into scales and zero
+points. Every rejection carries a reason, kept in the plan's notes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+import torch
+
+from quantlens.ir.layers import WEIGHTED_OPS, Layer, discover_layers
+from quantlens.schemes.assignment import Assignment
+from quantlens.schemes.formats import FloatFormat, Format, IntFormat
+from quantlens.schemes.modes import PrecisionMode
+from quantlens.schemes.profiles import TargetProfile
+from quantlens.schemes.qparams import QuantPlan, TensorQuant, int_qparams
+
+
+@dataclass
+class QuantPoints:
+    """Formats per tensor before calibration."""
+
+    activations: dict[str, Format] = field(default_factory=dict)
+    # Outputs that reuse their input's parameters (pure data movement): output -> input.
+    shared: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, tuple[Format, int | None]] = field(default_factory=dict)
+    # bias name -> (format, activation input, weight)
+    biases: dict[str, tuple[IntFormat, str, str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def calibration_targets(self) -> dict[str, IntFormat]:
+        return {
+            name: fmt
+            for name, fmt in self.activations.items()
+            if isinstance(fmt, IntFormat) and name not in self.shared
+        }
+
+
+def node_modes(model: ir.Model, assignment: Assignment, profile: TargetProfile) -> dict[str, str]:
+    """Mode of every node; explicit entries are checked against the profile."""
+    names = [node.name or "" for node in model.graph]
+    assignment.check_layers(names)
+    profile.check_mode(assignment.default, "(default)")
+    modes = {name: assignment.mode_name(name) for name in names}
+    for name, mode_name in modes.items():
+        profile.check_mode(mode_name, name)
+    return modes
+
+
+def quantization_points(
+    model: ir.Model, assignment: Assignment, profile: TargetProfile
+) -> QuantPoints:
+    from quantlens.schemes.modes import get_mode
+
+    modes = {k: get_mode(v) for k, v in node_modes(model, assignment, profile).items()}
+    layer_map = discover_layers(model)
+    points = QuantPoints()
+    float_tensors = set(layer_map.activations)
+    if profile.placement == "all-outputs":
+        _place_outputs(model, modes, profile, float_tensors, points)
+    else:
+        _place_weighted_inputs(model, modes, profile, float_tensors, points)
+    for layer in layer_map.layers:
+        _place_weights(layer, modes[layer.id], profile, points)
+    for rejection in layer_map.rejected:
+        points.notes.append(rejection.reason)
+    return points
+
+
+def _act_format(mode: PrecisionMode, bits: int | None, profile: TargetProfile) -> Format | None:
+    if mode.float_type is not None:
+        return None if mode.float_type == "fp32" else FloatFormat(name=mode.float_type)
+    return profile.activation_format(bits) if bits else None
+
+
+def _place_outputs(
+    model: ir.Model,
+    modes: Mapping[str, PrecisionMode],
+    profile: TargetProfile,
+    float_tensors: set[str],
+    points: QuantPoints,
+) -> None:
+    outputs = {v.name for v in model.graph.outputs}
+    for value in model.graph.inputs:
+        _place_graph_input(value, modes, profile, float_tensors, points)
+    for node in model.graph:
+        mode = modes[node.name or ""]
+        for value in node.outputs:
+            name = value.name or ""
+            if name not in float_tensors or (profile.float_graph_outputs and name in outputs):
+                continue
+            fmt = _act_format(mode, mode.act_out_bits, profile)
+            if fmt is None:
+                continue
+            points.activations[name] = fmt
+            source = node.inputs[0].name if node.inputs and node.inputs[0] is not None else None
+            shares = node.op_type in profile.shared_scale_ops and source is not None
+            if shares and points.activations.get(source or "") == fmt:
+                points.shared[name] = source or ""
+
+
+def _place_graph_input(
+    value: ir.Value,
+    modes: Mapping[str, PrecisionMode],
+    profile: TargetProfile,
+    float_tensors: set[str],
+    points: QuantPoints,
+) -> None:
+    name = value.name or ""
+    if name not in float_tensors:
+        return
+    bits = [modes[u.node.name or ""].act_in_bits for u in value.uses()]
+    int_bits = [b for b in bits if b]
+    if int_bits:
+        points.activations[name] = profile.activation_format(max(int_bits))
+
+
+def _place_weighted_inputs(
+    model: ir.Model,
+    modes: Mapping[str, PrecisionMode],
+    profile: TargetProfile,
+    float_tensors: set[str],
+    points: QuantPoints,
+) -> None:
+    wanted: dict[str, int] = {}
+    for node in model.graph:
+        mode = modes[node.name or ""]
+        if node.op_type not in WEIGHTED_OPS or not mode.act_in_bits:
+            continue
+        for value in node.inputs[:2]:
+            name = value.name if value is not None else None
+            if name and name in float_tensors and value is not None and value.const_value is None:
+                wanted[name] = max(wanted.get(name, 0), mode.act_in_bits)
+    for name, bits in wanted.items():
+        points.activations[name] = profile.activation_format(bits)
+
+
+def _place_weights(
+    layer: Layer, mode: PrecisionMode, profile: TargetProfile, points: QuantPoints
+) -> None:
+    if mode.float_type is not None:
+        if mode.float_type != "fp32":
+            points.weights[layer.weight] = (FloatFormat(name=mode.float_type), None)
+        return
+    assert mode.weight_bits is not None
+    fmt = profile.weight_format(mode.weight_bits)
+    axis = layer.weight_axis if fmt.per_channel else None
+    if fmt.per_channel and axis is None:
+        fmt = fmt.model_copy(update={"per_channel": False})
+    points.weights[layer.weight] = (fmt, axis)
+    bias_fmt = profile.bias_format()
+    if layer.bias and bias_fmt is not None:
+        if isinstance(points.activations.get(layer.input), IntFormat):
+            points.biases[layer.bias] = (bias_fmt, layer.input, layer.weight)
+        else:
+            points.notes.append(f"{layer.id}: bias kept float (its input is not quantized)")
+
+
+def build_plan(
+    points: QuantPoints,
+    ranges: Mapping[str, tuple[float, float]],
+    weights: Mapping[str, torch.Tensor],
+    target: str,
+) -> QuantPlan:
+    """Scales and zero points from calibrated activation ranges and the weights themselves."""
+    plan = QuantPlan(target=target, notes=list(points.notes))
+    for name, fmt in points.activations.items():
+        if name in points.shared:
+            continue
+        plan.activations[name] = _activation_quant(name, fmt, ranges)
+    for name, source in points.shared.items():
+        if source in plan.activations:
+            plan.activations[name] = plan.activations[source].model_copy(update={"name": name})
+    for name, (fmt, axis) in points.weights.items():
+        plan.weights[name] = _weight_quant(name, fmt, axis, weights[name])
+    for name, (fmt, act, weight) in points.biases.items():
+        bias = _bias_quant(name, fmt, plan.activations.get(act), plan.weights.get(weight))
+        if bias is not None:
+            plan.weights[name] = bias
+    return plan
+
+
+def _activation_quant(
+    name: str, fmt: Format, ranges: Mapping[str, tuple[float, float]]
+) -> TensorQuant:
+    if not isinstance(fmt, IntFormat):
+        return TensorQuant(name=name, format=fmt)
+    low, high = ranges[name]
+    scale, zero = int_qparams(np.array([low]), np.array([high]), fmt)
+    return TensorQuant(
+        name=name,
+        format=fmt,
+        scale=scale.tolist(),
+        zero_point=zero.tolist(),
+        range_min=[float(low)],
+        range_max=[float(high)],
+    )
+
+
+def _weight_quant(name: str, fmt: Format, axis: int | None, weight: torch.Tensor) -> TensorQuant:
+    if not isinstance(fmt, IntFormat):
+        return TensorQuant(name=name, format=fmt)
+    data = weight.detach().to(torch.float64).cpu()
+    if axis is not None:
+        flat = data.movedim(axis, 0).reshape(data.shape[axis], -1)
+        low, high = flat.min(dim=1).values.numpy(), flat.max(dim=1).values.numpy()
+    else:
+        low, high = np.array([float(data.min())]), np.array([float(data.max())])
+    scale, zero = int_qparams(low, high, fmt)
+    return TensorQuant(
+        name=name,
+        format=fmt,
+        axis=axis,
+        scale=scale.tolist(),
+        zero_point=zero.tolist(),
+        range_min=low.tolist(),
+        range_max=high.tolist(),
+    )
+
+
+def _bias_quant(
+    name: str, fmt: IntFormat, act: TensorQuant | None, weight: TensorQuant | None
+) -> TensorQuant | None:
+    if act is None or weight is None or not act.is_int or not weight.is_int:
+        return None
+    # int32 bias on the accumulator grid: scale = input scale x weight scale, zero point 0.
+    scale = (np.float32(act.scale[0]) * np.asarray(weight.scale, np.float32)).astype(np.float32)
+    return TensorQuant(
+        name=name,
+        format=fmt,
+        axis=0 if len(scale) > 1 else None,
+        scale=scale.tolist(),
+        zero_point=[0] * len(scale),
+        bias_of=(act.name, weight.name),
+    )

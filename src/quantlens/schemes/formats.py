@@ -1,0 +1,76 @@
+"""Numeric formats: integer grids (int4/8/16, uint8/16) and float pass-through (fp16/bf16/fp32).
+
+An `IntFormat` is the grid a tensor is quantized onto; its scale and zero point come from
+calibration. Symmetric formats have zero point 0 (signed) or the grid's midpoint is never used:
+unsigned symmetric grids are not offered because no target here uses them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+FloatName = Literal["fp16", "bf16", "fp32"]
+
+
+class IntFormat(BaseModel):
+    """An integer grid: `bits` wide, signed or not, symmetric or affine, per tensor or channel."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["int"] = "int"
+    bits: Literal[4, 8, 16, 32]
+    signed: bool
+    symmetric: bool
+    per_channel: bool = False
+    # Narrow grids drop the most negative code (-127..127), as TPU-MLIR and QNN weights do.
+    narrow: bool = False
+
+    @property
+    def qmin(self) -> int:
+        if not self.signed:
+            return 0
+        low = -(1 << (self.bits - 1))
+        return low + 1 if self.narrow else low
+
+    @property
+    def qmax(self) -> int:
+        return (1 << self.bits) - 1 if not self.signed else (1 << (self.bits - 1)) - 1
+
+    @property
+    def onnx_type(self) -> str:
+        """The ONNX element type of the quantized tensor (for QuantizeLinear's zero point)."""
+        return f"{'int' if self.signed else 'uint'}{self.bits}"
+
+    def describe(self) -> str:
+        sym = "sym" if self.symmetric else "asym"
+        granularity = "per-channel" if self.per_channel else "per-tensor"
+        return f"{self.onnx_type} {sym} {granularity}"
+
+
+class FloatFormat(BaseModel):
+    """A float pass-through: the tensor is rounded to this float type (fp32: left alone)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["float"] = "float"
+    name: FloatName
+
+    def describe(self) -> str:
+        return self.name
+
+
+Format = IntFormat | FloatFormat
+
+
+def int_format(spec: str, per_channel: bool = False, narrow: bool = False) -> IntFormat:
+    """Parse `uint8-asym`, `int8-sym`, `int16-sym`, ... into an IntFormat."""
+    kind, _, mode = spec.partition("-")
+    signed = not kind.startswith("u")
+    bits = int(kind.lstrip("uint"))
+    return IntFormat(
+        bits=bits,  # type: ignore[arg-type]
+        signed=signed,
+        symmetric=mode == "sym",
+        per_channel=per_channel,
+        narrow=narrow,
+    )

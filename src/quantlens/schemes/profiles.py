@@ -1,0 +1,93 @@
+"""Target profiles: what a chip (or runtime) can do, as data.
+
+Each profile is a JSON file beside this module: its number formats per bit width, the precision
+modes it accepts, where quantizers sit, its precision-propagation rules and its cost factors
+(with where each number comes from). Code reads profiles; it never subclasses them.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from quantlens.errors import UserError
+from quantlens.schemes.formats import IntFormat, int_format
+from quantlens.schemes.modes import ModeName
+
+Placement = Literal["all-outputs", "weighted-inputs"]
+
+
+class CostFactor(BaseModel):
+    factor: float
+    source: str
+
+
+class TargetProfile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    vendor: str
+    description: str
+    activation_formats: dict[int, str] = Field(description="bits -> format, e.g. 8: uint8-asym")
+    weight_formats: dict[int, str]
+    weight_per_channel: bool
+    weight_narrow: bool = True
+    bias_bits: int | None = 32
+    modes: list[ModeName]
+    default_mode: ModeName = "a8_w8"
+    # all-outputs: every float tensor a node writes is an integer on the chip;
+    # weighted-inputs: only tensors read by Conv/ConvTranspose/Gemm/MatMul are quantized.
+    placement: Placement
+    float_graph_outputs: bool = False
+    # Ops that output the precision they receive (Hailo: concat, feature splitter, shortcut).
+    passthrough_ops: list[str] = Field(default_factory=list)
+    # Ops whose output reuses its input's quantization parameters (pure data movement).
+    shared_scale_ops: list[str] = Field(default_factory=list)
+    cost: dict[str, CostFactor] = Field(default_factory=dict)
+    sources: list[str] = Field(default_factory=list)
+    notes: str = ""
+
+    def activation_format(self, bits: int) -> IntFormat:
+        return int_format(self._pick(self.activation_formats, bits, "activations"))
+
+    def weight_format(self, bits: int) -> IntFormat:
+        spec = self._pick(self.weight_formats, bits, "weights")
+        return int_format(spec, per_channel=self.weight_per_channel, narrow=self.weight_narrow)
+
+    def bias_format(self) -> IntFormat | None:
+        if self.bias_bits is None:
+            return None
+        return int_format(f"int{self.bias_bits}-sym", per_channel=self.weight_per_channel)
+
+    def check_mode(self, mode: str, layer: str) -> None:
+        if mode not in self.modes:
+            raise UserError(
+                f"mode {mode} for layer {layer!r} is not allowed on {self.name}",
+                f"use one of: {', '.join(self.modes)}",
+            )
+
+    def _pick(self, table: dict[int, str], bits: int, what: str) -> str:
+        if bits not in table:
+            raise UserError(
+                f"{self.name} has no {bits}-bit format for {what}", f"available: {sorted(table)}"
+            )
+        return table[bits]
+
+
+@cache
+def list_profiles() -> tuple[TargetProfile, ...]:
+    folder = resources.files("quantlens.schemes") / "profiles"
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".json")), key=lambda f: f.name)
+    return tuple(TargetProfile.model_validate(json.loads(f.read_text())) for f in files)
+
+
+def get_profile(name: str) -> TargetProfile:
+    for profile in list_profiles():
+        if profile.name == name:
+            return profile
+    names = ", ".join(p.name for p in list_profiles())
+    raise UserError(f"unknown target profile {name!r}", f"choose one of: {names}")

@@ -1,0 +1,73 @@
+"""Quantization parameters of tensors, and how they follow from a calibrated range.
+
+A `QuantPlan` is what the emulator and every exporter consume: for each quantized tensor, its
+grid (`IntFormat`), scale(s) and zero point(s), or a float type it is rounded to. Scales are
+stored as float32 values, exactly what a QDQ model's initializers hold, so emulation and the
+exported model use the same numbers bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from quantlens.artifacts import Artifact
+from quantlens.schemes.formats import FloatFormat, IntFormat
+
+# Ranges narrower than this are widened (QNN does the same with 0.01; we keep it tiny so that a
+# genuinely constant tensor still quantizes exactly).
+MIN_RANGE = 1e-8
+
+
+class TensorQuant(BaseModel):
+    """How one tensor is quantized: integer grid with scale/zero point, or a float rounding."""
+
+    name: str
+    format: IntFormat | FloatFormat = Field(discriminator="kind")
+    scale: list[float] = Field(default_factory=list)
+    zero_point: list[int] = Field(default_factory=list)
+    axis: int | None = None
+    # For a bias: the activation and weight whose scales multiply into its scale.
+    bias_of: tuple[str, str] | None = None
+    # Calibrated range the parameters came from (after clipping), per channel for weights.
+    range_min: list[float] = Field(default_factory=list)
+    range_max: list[float] = Field(default_factory=list)
+
+    @property
+    def is_int(self) -> bool:
+        return isinstance(self.format, IntFormat)
+
+
+class QuantPlan(Artifact):
+    """Every quantized activation and weight of one model under one assignment."""
+
+    kind = "quant-plan"
+    target: str
+    activations: dict[str, TensorQuant] = Field(default_factory=dict)
+    weights: dict[str, TensorQuant] = Field(default_factory=dict)
+    # Nodes whose outputs are rounded to a float type (fp16/bf16 layers), by output tensor.
+    notes: list[str] = Field(default_factory=list)
+
+
+def int_qparams(low: np.ndarray, high: np.ndarray, fmt: IntFormat) -> tuple[np.ndarray, np.ndarray]:
+    """Scale (float32) and zero point (int64) for ranges [low, high], elementwise.
+
+    The range is first stretched to contain 0 (so zero is exact, as padding needs). Symmetric
+    grids use max(|low|, |high|) and zero point 0; affine grids spread [low, high] over the whole
+    grid with a rounded zero point, as ONNX Runtime's `compute_scale_zp` does.
+    """
+    low = np.minimum(np.asarray(low, np.float64), 0.0)
+    high = np.maximum(np.asarray(high, np.float64), 0.0)
+    qmin, qmax = fmt.qmin, fmt.qmax
+    if fmt.symmetric:
+        absmax = np.maximum(np.maximum(-low, high), MIN_RANGE)
+        half = qmax if fmt.signed else (qmax - qmin) / 2.0
+        scale = (absmax / half).astype(np.float32)
+        zero = np.zeros_like(scale, dtype=np.int64)
+        if not fmt.signed:
+            zero = np.full_like(zero, (qmax + qmin + 1) // 2)
+        return scale, zero
+    span = np.maximum(high - low, MIN_RANGE)
+    scale = (span / (qmax - qmin)).astype(np.float32)
+    zero = np.round(qmin - low / scale.astype(np.float64))
+    return scale, np.clip(zero, qmin, qmax).astype(np.int64)
