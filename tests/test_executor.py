@@ -1,0 +1,105 @@
+"""The executor's analysis features: hooks, partial runs from a cut, batches, autograd."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+import torch
+
+from quantlens.emulate import Executor
+from quantlens.ir import CanonicalizeOptions, canonicalize
+from tests.models import conv_bn_model
+
+
+@pytest.fixture
+def executor() -> Executor:
+    proto = conv_bn_model(unnamed=False)
+    model, _ = canonicalize(ir.serde.deserialize_model(proto), CanonicalizeOptions())
+    return Executor(model)
+
+
+def _x(batch: int = 2, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, 3, 8, 8)).astype(np.float32)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.weights: list[str] = []
+        self.activations: list[str] = []
+
+    def weight(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        self.weights.append(name)
+        return tensor
+
+    def activation(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        self.activations.append(name)
+        return tensor
+
+
+def test_hooks_see_every_tensor_and_weight(executor: Executor) -> None:
+    recorder = Recorder()
+    executor.run({"x": _x()}, hooks=recorder)
+    assert recorder.activations == ["x", *executor.activation_names()]
+    used = {n for step in executor.steps for n in step.inputs if n in executor.weights}
+    assert set(recorder.weights) == used
+
+
+def test_hooks_can_replace_tensors(executor: Executor) -> None:
+    class ZeroRelu(Recorder):
+        def activation(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+            return torch.zeros_like(tensor) if name == "r1" else tensor
+
+    out = executor.run({"x": _x()}, hooks=ZeroRelu())["y"]
+    # Everything after the zeroed tensor is the bias alone.
+    bias = executor.weights["bias"]
+    torch.testing.assert_close(out, bias.expand_as(out))
+
+
+def test_partial_run_from_cut_matches_full_run(executor: Executor) -> None:
+    full = executor.run({"x": _x()}, keep=["r1"])
+    cut = {"r1": full["r1"]}
+    partial = executor.run(start=cut)
+    torch.testing.assert_close(partial["y"], full["y"], rtol=0, atol=0)
+    ran = {s.ctx.name for s in executor.plan(["y"], cut.keys()).steps}
+    assert "conv1" not in ran and "relu1" not in ran
+    assert {"conv2", "reshape", "matmul", "add"} <= ran
+
+
+def test_intermediate_outputs_and_batches(executor: Executor) -> None:
+    one = [executor.run({"x": _x(1, s)}, outputs=["c2"])["c2"] for s in range(3)]
+    batch = np.concatenate([_x(1, s) for s in range(3)])
+    together = executor.run({"x": batch}, outputs=["c2"])["c2"]
+    torch.testing.assert_close(together, torch.cat(one), rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_flow_to_inputs_and_weights(executor: Executor) -> None:
+    x = torch.from_numpy(_x()).requires_grad_(True)
+    out = executor.run({"x": x}, grad=True)["y"]
+    out.sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+    class Trainable(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = executor.weights["w2"].clone().requires_grad_(True)
+
+        def weight(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+            return self.w if name == "w2" else tensor
+
+    hooks = Trainable()
+    executor.run({"x": _x()}, hooks=hooks, grad=True)["y"].pow(2).mean().backward()
+    assert hooks.w.grad is not None and float(hooks.w.grad.abs().sum()) > 0
+
+
+def test_no_graph_mutation(executor: Executor) -> None:
+    before = [(s.ctx.name, s.inputs, s.outputs) for s in executor.steps]
+    executor.run({"x": _x()}, hooks=Recorder())
+    assert [(s.ctx.name, s.inputs, s.outputs) for s in executor.steps] == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_matches_cpu(executor: Executor) -> None:
+    cpu = executor.run({"x": _x()})["y"]
+    gpu = executor.to("cuda").run({"x": _x()})["y"].cpu()
+    torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-5)
