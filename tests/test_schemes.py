@@ -107,3 +107,24 @@ def test_profiles_load_and_say_what_they_allow() -> None:
     for profile in list_profiles():
         assert profile.default_mode in profile.modes
         assert set(profile.cost) == set(profile.modes), profile.name
+
+
+def test_artifacts_keep_infinite_values(tmp_path: Path) -> None:
+    from quantlens.evaluate.distance import Distance
+    from quantlens.quantize import OutputQuality
+
+    quality = OutputQuality(
+        name="y",
+        float_vs_quantized=Distance(
+            max_abs_error=0, relative_error=0, cosine=1, snr_db=float("inf")
+        ),
+    )
+    from quantlens.artifacts import Artifact
+
+    class Holder(Artifact):
+        kind = "holder"
+        items: list[OutputQuality]
+
+    path = Holder(items=[quality]).save(tmp_path / "h.json")
+    assert '"Infinity"' in path.read_text()
+    assert Holder.load(path).items[0].float_vs_quantized.snr_db == float("inf")

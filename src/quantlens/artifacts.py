@@ -7,6 +7,7 @@ leaves a half-written file and a finished stage survives a later one failing.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -28,7 +29,7 @@ class Artifact(BaseModel):
 
     def to_json(self) -> str:
         payload = {"kind": self.kind, **self.model_dump(mode="json")}
-        return json.dumps(payload, indent=2, allow_nan=False)
+        return json.dumps(_finite(payload), indent=2, allow_nan=False)
 
     def save(self, path: str | Path) -> Path:
         return write_text_atomic(path, self.to_json() + "\n")
@@ -65,5 +66,13 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     return target
 
 
-def dump_json(data: Any) -> str:
-    return json.dumps(data, indent=2, allow_nan=False)
+def _finite(data: Any) -> Any:
+    """Strict JSON has no inf/nan: write them as the strings pydantic reads back as floats
+    (an SNR of two identical tensors is +inf dB)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return "NaN" if math.isnan(data) else ("Infinity" if data > 0 else "-Infinity")
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_finite(value) for value in data]
+    return data

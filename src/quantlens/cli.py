@@ -196,6 +196,115 @@ def _print_check(report: api.CheckReport) -> None:
     )
 
 
+@app.command()
+def profiles(json: JsonOpt = False) -> None:
+    """Target profiles: formats, allowed precision modes, quantizer placement."""
+    from quantlens.schemes.profiles import list_profiles
+
+    items = list_profiles()
+    if json:
+        import json as _json
+
+        dumped = [p.model_dump(mode="json") for p in items]
+        out.print(_json.dumps(dumped, indent=2), markup=False)
+        return
+    table = Table(
+        "profile",
+        "activations",
+        "weights",
+        "modes",
+        "placement",
+        title="Target profiles",
+        title_justify="left",
+    )
+    for p in items:
+        acts = ", ".join(p.activation_format(b).describe() for b in sorted(p.activation_formats))
+        weights = ", ".join(p.weight_format(b).describe() for b in sorted(p.weight_formats))
+        table.add_row(p.name, acts, weights, " ".join(p.modes), p.placement)
+    out.print(table)
+    out.print(f"{len(items)} profiles")
+
+
+@app.command()
+def quantize(
+    model: ModelArg,
+    calib: Annotated[Path, typer.Option(help="Folder (or file) of images or .npy/.npz inputs.")],
+    target: Annotated[str, typer.Option(help="Target profile (see `quantlens profiles`).")] = (
+        "ort-cpu"
+    ),
+    output: Annotated[Path, typer.Option("-o", "--output", help="Run folder.")] = Path(
+        "runs/quantize"
+    ),
+    assignment: Annotated[
+        Path | None, typer.Option(help="assignment.json: layer -> precision mode.")
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help="Activation calibration: minmax, percentile, mse, entropy.")
+    ] = "percentile",
+    percentile: Annotated[float, typer.Option(help="Percentile for --method percentile.")] = 99.999,
+    spec: Annotated[
+        Path | None, typer.Option(help="Pre-processing YAML (resize, size, mean, std, color...).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Use at most N calibration samples.")] = None,
+    input_shape: ShapeOpt = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    json: JsonOpt = False,
+) -> None:
+    """Calibrate, emulate and export a QDQ model for a target; writes the run folder."""
+    from quantlens.quantize import QuantizeOptions, quantize_model
+
+    path = api.resolve_model(model, say=_say)
+    options = QuantizeOptions(
+        calib=calib,
+        target=target,
+        run_dir=output,
+        assignment=assignment,
+        method=method,
+        percentile=percentile,
+        input_shapes=parse_input_shapes(input_shape or []),
+        spec_file=spec,
+        limit=limit,
+        device=device,
+    )
+    with _progress("calibrate") as progress:
+        report = quantize_model(path, options, say=_say, progress=progress)
+    if json:
+        out.print(report.to_json(), markup=False)
+        return
+    _print_quantize(report)
+
+
+def _print_quantize(report: object) -> None:
+    from quantlens.quantize import QuantizeReport
+
+    assert isinstance(report, QuantizeReport)
+    table = Table(
+        "output",
+        "SNR dB (float vs int)",
+        "cosine",
+        "emulator vs ORT QDQ (dB)",
+        title=f"{report.target}: quantized emulation",
+        title_justify="left",
+    )
+    for o in report.outputs:
+        agree = o.emulator_vs_onnxruntime_snr_db
+        table.add_row(
+            o.name,
+            f"{o.float_vs_quantized.snr_db:.2f}",
+            f"{o.float_vs_quantized.cosine:.6f}",
+            "?" if agree is None else f"{agree:.1f}",
+        )
+    out.print(table)
+    modes = ", ".join(f"{m} x{n}" for m, n in report.modes.items())
+    reused = " (calibration reused)" if report.calibration_reused else ""
+    agree = report.worst_agreement()
+    out.print(
+        f"{Path(report.model).name} -> {report.files['qdq_model']}: {report.target}, {modes}; "
+        f"worst output SNR {report.worst_snr():.1f} dB, emulator vs ONNX Runtime "
+        f"{'?' if agree is None else f'{agree:.1f}'} dB, {report.samples} samples{reused}"
+    )
+
+
 @zoo_app.command("list")
 def zoo_list(json: JsonOpt = False) -> None:
     """The models quantlens can fetch, with licence and input spec."""

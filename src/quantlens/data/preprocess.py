@@ -290,3 +290,28 @@ def _shape_fits(actual: Sequence[int], expected: Sequence[int]) -> bool:
     return len(actual) == len(expected) and all(
         e < 0 or a == e for a, e in zip(actual, expected, strict=True)
     )
+
+
+def load_spec_file(path: str | Path, base: InputSpec | None = None) -> InputSpec:
+    """Read an InputSpec from YAML or JSON; keys not given keep `base`'s values."""
+    import yaml
+
+    file = Path(path)
+    try:
+        data = yaml.safe_load(file.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(
+            f"cannot read pre-processing spec {file}: {exc}", "pass a YAML file"
+        ) from exc
+    if not isinstance(data, dict):
+        raise UserError(f"pre-processing spec {file} is not a mapping", "write `key: value` lines")
+    merged = {**(base.model_dump() if base else {}), **data}
+    try:
+        return InputSpec.model_validate(merged)
+    except ValueError as exc:
+        first = str(exc).splitlines()
+        detail = "; ".join(line.strip() for line in first[1:3]) if len(first) > 1 else str(exc)
+        raise UserError(
+            f"invalid pre-processing spec {file}: {detail}",
+            f"valid keys: {', '.join(InputSpec.model_fields)}",
+        ) from exc

@@ -1,0 +1,216 @@
+"""int8 quality side by side: quantlens default vs ONNX Runtime `quantize_static` vs NNCF.
+
+Method: for each zoo model, rendered samples with ground truth (seed 1 for calibration, seed 2
+for evaluation) go through the model's own pre-processing and are saved once as .npz tensors, so
+all three tools calibrate on identical inputs. Each tool writes a QDQ model with its defaults
+(ours: the `ort-cpu` profile's defaults; ONNX Runtime: `quantize_static` with no options; NNCF:
+`nncf.quantize` with no options, run in its own venv given by --nncf-python). Every QDQ model runs
+in ONNX Runtime on the evaluation set. Reported: mean and worst output SNR (dB) against the float
+model in ONNX Runtime, and where the data carries labels the task metric (orientation top-1,
+OCR character accuracy with greedy CTC) for float and each int8 model.
+
+    python benchmarks/int8_quality.py [--calib 16] [--eval 16] [--nncf-python PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from quantlens.data import zoo
+from quantlens.data.preprocess import load_inputs
+from quantlens.data.render import write_samples
+from quantlens.quantize import QuantizeOptions, quantize_model
+
+SAMPLES = {
+    "pplcnet-orientation": "rotated-pages",
+    "ppocr-v6-rec-small": "text-lines",
+    "doclayout-yolov8n": "pages",
+}
+HERE = Path(__file__).resolve().parent
+Feeds = list[dict[str, np.ndarray]]
+
+
+def make_set(name: str, count: int, seed: int, root: Path) -> tuple[Path, Feeds, list[str]]:
+    """Render samples, pre-process them, save as .npz; return the folder, feeds and labels."""
+    images = write_samples(SAMPLES[name], count, root / f"img-{seed}", seed=seed)  # type: ignore[arg-type]
+    feeds = load_inputs(images, zoo.get_entry(name).input)
+    folder = root / f"npz-{seed}"
+    folder.mkdir()
+    for index, feed in enumerate(feeds):
+        np.savez(folder / f"{index:04d}.npz", **feed)
+    labels_file = images / "labels.txt"
+    labels = []
+    if labels_file.exists():
+        rows = dict(line.split("\t", 1) for line in labels_file.read_text().splitlines() if line)
+        labels = [rows[p.name] for p in sorted(images.glob("*.png"))]
+    return folder, feeds, labels
+
+
+def run(model: Path, feeds: Feeds) -> list[list[np.ndarray]]:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    return [session.run(None, feed) for feed in feeds]
+
+
+def snr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
+    noise = float(np.sum((candidate.astype(np.float64) - reference) ** 2))
+    signal = float(np.sum(reference.astype(np.float64) ** 2))
+    return math.inf if noise == 0 else 10 * math.log10(signal / noise)
+
+
+def ort_static(model: Path, calib: Path, out: Path) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([dict(np.load(f)) for f in sorted(calib.glob("*.npz"))])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    quantize_static(str(model), str(out), Reader())
+    return out
+
+
+def nncf_quantize(python: str, model: Path, calib: Path, out: Path) -> Path:
+    subprocess.run(
+        [python, str(HERE / "_nncf_quantize.py"), str(model), str(calib), str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out
+
+
+def ours(model: Path, calib: Path, run_dir: Path) -> Path:
+    report = quantize_model(model, QuantizeOptions(calib=calib, target="ort-cpu", run_dir=run_dir))
+    return Path(report.files["qdq_model"])
+
+
+def task_metric(
+    name: str, model: Path, outputs: list[list[np.ndarray]], labels: Sequence[str]
+) -> float | None:
+    if not labels:
+        return None
+    if name == "pplcnet-orientation":
+        classes = zoo.ORIENTATION_LABELS
+        return float(
+            np.mean([classes[int(o[0].argmax())] == lab for o, lab in zip(outputs, labels)])
+        )
+    if name == "ppocr-v6-rec-small":
+        meta = {
+            p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props
+        }
+        chars = ["blank", *meta["character"].splitlines(), " "]
+        return char_accuracy([ctc_greedy(o[0][0], chars) for o in outputs], labels)
+    return None
+
+
+def ctc_greedy(probs: np.ndarray, chars: Sequence[str]) -> str:
+    best = probs.argmax(-1)
+    keep = [i for k, i in enumerate(best) if i != 0 and (k == 0 or i != best[k - 1])]
+    return "".join(chars[i] for i in keep)
+
+
+def char_accuracy(predicted: Sequence[str], truth: Sequence[str]) -> float:
+    """1 - total edit distance / total characters."""
+
+    def edits(a: str, b: str) -> int:
+        row = list(range(len(b) + 1))
+        for i, ca in enumerate(a, 1):
+            prev, row[0] = row[0], i
+            for j, cb in enumerate(b, 1):
+                prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+        return row[-1]
+
+    total = sum(len(t) for t in truth)
+    return 1.0 - sum(edits(p, t) for p, t in zip(predicted, truth)) / max(total, 1)
+
+
+def evaluate(
+    name: str,
+    model: Path,
+    float_model: Path,
+    feeds: Feeds,
+    reference: list[list[np.ndarray]],
+    labels: Sequence[str],
+) -> dict[str, object]:
+    outputs = run(model, feeds)
+    snrs = [snr_db(r[0], o[0]) for r, o in zip(reference, outputs)]
+    return {
+        "mean_snr_db": round(float(np.mean(snrs)), 2),
+        "worst_snr_db": round(min(snrs), 2),
+        "task": task_metric(name, float_model, outputs, labels),
+    }
+
+
+def bench_model(name: str, args: argparse.Namespace, root: Path) -> dict[str, object]:
+    model = zoo.fetch(name)
+    calib, _, _ = make_set(name, args.calib, 1, root)
+    _, eval_feeds, labels = make_set(name, args.eval, 2, root)
+    reference = run(model, eval_feeds)
+    tools: dict[str, Callable[[], Path]] = {
+        "quantlens": lambda: ours(model, calib, root / "ours"),
+        "onnxruntime": lambda: ort_static(model, calib, root / "ort.qdq.onnx"),
+    }
+    if args.nncf_python:
+        tools["nncf"] = lambda: nncf_quantize(args.nncf_python, model, calib, root / "nncf.onnx")
+    row: dict[str, object] = {
+        "model": name,
+        "float_task": task_metric(name, model, reference, labels),
+    }
+    for tool, make in tools.items():
+        try:
+            row[tool] = evaluate(name, make(), model, eval_feeds, reference, labels)
+        except Exception as exc:  # a peer failing on a model is a result too
+            row[tool] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calib", type=int, default=16)
+    parser.add_argument("--eval", type=int, default=16)
+    parser.add_argument("--models", nargs="*", default=list(SAMPLES))
+    parser.add_argument("--nncf-python", default=None, help="python of a venv with nncf==3.4.0")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    rows = []
+    for name in args.models:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows.append(bench_model(name, args, Path(tmp)))
+    print(f"calibration {args.calib} samples, evaluation {args.eval} samples (other seed)")
+    print(
+        f"{'model':<22} {'tool':<12} {'mean SNR dB':>12} {'worst SNR dB':>13} {'task (float)':>14}"
+    )
+    for row in rows:
+        for tool in ("quantlens", "onnxruntime", "nncf"):
+            result = row.get(tool)
+            if not isinstance(result, dict):
+                continue
+            if "error" in result:
+                print(f"{row['model']:<22} {tool:<12} {result['error']}")
+                continue
+            task = result["task"]
+            task_text = "-" if task is None else f"{task:.4f} ({row['float_task']:.4f})"
+            print(
+                f"{row['model']:<22} {tool:<12} {result['mean_snr_db']:>12} "
+                f"{result['worst_snr_db']:>13} {task_text:>14}"
+            )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

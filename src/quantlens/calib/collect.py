@@ -1,0 +1,252 @@
+"""Calibration: stream a calibration set through the executor and choose every clip range.
+
+Pass 1 records the min/max of each target tensor; histogram observers then run pass 2, which
+fills one fixed-range histogram per tensor (range = the pass-1 min/max). Both passes reduce each
+tensor on the executor's device as it is computed and let it go, so memory does not grow with
+the number of samples, unlike calibrators that keep every activation of every batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+
+import numpy as np
+import torch
+
+from quantlens.calib.histogram import Histogram
+from quantlens.calib.observers import Observer, ObserverSettings, make_observer
+from quantlens.calib.stats import CalibrationStats, TensorStats, summarize
+from quantlens.emulate.executor import Executor
+from quantlens.errors import UserError
+from quantlens.schemes.formats import IntFormat
+
+Tensor = torch.Tensor
+Progress = Callable[[int, int], None]
+Feeds = Iterable[Mapping[str, np.ndarray]]
+
+
+class _RangeHooks:
+    """Pass 1: running min/max per target; a NaN or Inf stops the run naming tensor and sample."""
+
+    def __init__(self, targets: Mapping[str, IntFormat]) -> None:
+        self.targets = targets
+        self.slot: dict[str, int] = {}
+        self.numel: dict[str, int] = {}
+        self.ranges: Tensor | None = None
+        self._names: list[str] = []
+        self._pairs: list[Tensor] = []
+
+    def weight(self, name: str, tensor: Tensor) -> Tensor:
+        return tensor
+
+    def activation(self, name: str, tensor: Tensor) -> Tensor:
+        if name in self.targets:
+            self.numel[name] = self.numel.get(name, 0) + tensor.numel()
+            self.slot.setdefault(name, len(self.slot))
+            if tensor.numel():
+                low, high = torch.aminmax(tensor.detach())
+                self._names.append(name)
+                self._pairs.append(torch.stack([low, high]).to(torch.float64))
+        return tensor
+
+    def end_sample(self, index: int) -> None:
+        """Fold this sample's ranges in; one device sync per sample for the finiteness check."""
+        if not self._pairs:
+            return
+        pairs = torch.stack(self._pairs)
+        finite = torch.isfinite(pairs).all(1)
+        if not bool(finite.all()):
+            name = self._names[int((~finite).nonzero()[0])]
+            raise UserError(
+                f"tensor {name!r} holds NaN or Inf on calibration sample {index} (0-based)",
+                "check that sample's pre-processing, and that the float model runs it cleanly",
+            )
+        slots = torch.tensor([self.slot[n] for n in self._names], device=pairs.device)
+        grown = pairs.new_empty(len(self.slot), 2)
+        grown[:, 0], grown[:, 1] = torch.inf, -torch.inf
+        if self.ranges is not None:
+            grown[: self.ranges.shape[0]] = self.ranges
+        grown[:, 0] = grown[:, 0].scatter_reduce(0, slots, pairs[:, 0], "amin")
+        grown[:, 1] = grown[:, 1].scatter_reduce(0, slots, pairs[:, 1], "amax")
+        self.ranges = grown
+        self._names.clear()
+        self._pairs.clear()
+
+    def observed(self) -> dict[str, tuple[float, float]]:
+        """(min, max) per target in the order first seen; (0, 0) for a tensor never non-empty."""
+        values = self.ranges.cpu().tolist() if self.ranges is not None else []
+        result = {}
+        for name, slot in self.slot.items():
+            low, high = values[slot] if slot < len(values) else (0.0, 0.0)
+            result[name] = (0.0, 0.0) if low > high else (low, high)
+        return result
+
+
+class _HistogramHooks:
+    """Pass 2: every target's values go into its histogram."""
+
+    def __init__(self, histograms: Mapping[str, Histogram]) -> None:
+        self.histograms = histograms
+
+    def weight(self, name: str, tensor: Tensor) -> Tensor:
+        return tensor
+
+    def activation(self, name: str, tensor: Tensor) -> Tensor:
+        histogram = self.histograms.get(name)
+        if histogram is not None and tensor.numel():
+            histogram.add(tensor)
+        return tensor
+
+
+class _Ticker:
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+def _run_pass(
+    executor: Executor,
+    feeds: Iterable[Mapping[str, np.ndarray]],
+    hooks: _RangeHooks | _HistogramHooks,
+    tick: _Ticker,
+) -> int:
+    samples = 0
+    with torch.inference_mode():
+        for index, feed in enumerate(feeds):
+            executor.run(feed, hooks=hooks)
+            if isinstance(hooks, _RangeHooks):
+                hooks.end_sample(index)
+            samples += 1
+            tick()
+    return samples
+
+
+def _limited(feeds: Feeds, count: int | None) -> Iterator[Mapping[str, np.ndarray]]:
+    return iter(feeds) if count is None else itertools.islice(feeds, count)
+
+
+def _planned_samples(feeds: Feeds, count: int | None) -> int:
+    """Samples per pass for progress totals; 0 when unknown (a generator with no `count`)."""
+    size = len(feeds) if isinstance(feeds, Sized) else None
+    if size is None:
+        return count or 0
+    return size if count is None else min(size, count)
+
+
+def _check_targets(targets: Mapping[str, IntFormat], seen: Mapping[str, object]) -> None:
+    missing = [name for name in targets if name not in seen]
+    if missing:
+        shown = ", ".join(repr(name) for name in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise UserError(
+            f"calibration targets not computed on the way to the model outputs: {shown}{more}",
+            "calibrate model inputs or tensors listed by Executor.activation_names()",
+        )
+
+
+def _tensor_stats(
+    name: str,
+    fmt: IntFormat,
+    observed: tuple[float, float],
+    numel: int,
+    histogram: Histogram | None,
+    observer: Observer,
+) -> TensorStats:
+    low, high = observed
+    clip_min, clip_max = observer.clip_range(low, high, histogram, fmt) if numel else observed
+    clip_min = min(max(clip_min, low), high)
+    clip_max = max(min(clip_max, high), clip_min)
+    return TensorStats(
+        name=name,
+        format=fmt,
+        numel=numel,
+        min=low,
+        max=high,
+        clip_min=clip_min,
+        clip_max=clip_max,
+        histogram=summarize(histogram, clip_min, clip_max) if histogram is not None else None,
+    )
+
+
+def calibrate(
+    executor: Executor,
+    feeds: Feeds,
+    targets: Mapping[str, IntFormat],
+    method: str = "minmax",
+    *,
+    percentile: float = 99.999,
+    bins: int = 2048,
+    count: int | None = None,
+    progress: Progress | None = None,
+) -> CalibrationStats:
+    """Observe the `targets` activations over the calibration set and choose their clip ranges.
+
+    `feeds` holds one mapping of input name -> array per sample (a sample may be a batch).
+    Histogram methods (percentile, mse, entropy) read it twice, so it must be re-iterable: a
+    list or other Sequence; a one-shot iterator is accepted only by `minmax`. `count` limits the
+    run to the first `count` samples. `targets` maps each tensor to observe to the grid it will
+    be quantized onto (the MSE and entropy observers optimise for that grid); every other
+    tensor passes through untouched. `progress(done, total)` is called after every sample of
+    every pass (total is 0 when the length is unknown).
+    """
+    observer = make_observer(method, ObserverSettings(percentile=percentile, bins=bins))
+    if bins < 64:
+        raise UserError(f"{bins} histogram bins are too few", "use at least 64 (default 2048)")
+    if observer.needs_histogram and iter(feeds) is feeds:
+        raise UserError(
+            f"{method} calibration reads the calibration set twice, but got a one-shot iterator",
+            "pass a list (or other sequence) of input mappings",
+        )
+    per_pass = _planned_samples(feeds, count)
+    tick = _Ticker(progress, per_pass * (2 if observer.needs_histogram else 1))
+    ranges = _RangeHooks(targets)
+    samples = _run_pass(executor, _limited(feeds, count), ranges, tick)
+    if samples == 0:
+        raise UserError("calibration set is empty", "pass at least one input sample")
+    observed = ranges.observed()
+    _check_targets(targets, observed)
+    histograms: dict[str, Histogram] = {}
+    if observer.needs_histogram:
+        for name, (low, high) in observed.items():
+            if ranges.numel[name]:
+                spec = observer.histogram_range(low, high, targets[name])
+                histograms[name] = Histogram.empty(*spec, device=executor.device)
+        _run_pass(executor, _limited(feeds, count), _HistogramHooks(histograms), tick)
+    tensors = {
+        name: _tensor_stats(
+            name, targets[name], observed[name], ranges.numel[name], histograms.get(name), observer
+        )
+        for name in observed
+    }
+    settings: dict[str, float | int | str] = {"bins": bins} if observer.needs_histogram else {}
+    if method == "percentile":
+        settings["percentile"] = percentile
+    return CalibrationStats(
+        method=method,
+        settings=settings,
+        samples=samples,
+        device=str(executor.device),
+        tensors=tensors,
+    )
+
+
+def weight_ranges(
+    tensor: Tensor, axis: int | None = None, name: str = "weight"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Min and max of a weight, per channel along `axis` (shape (C,)) or per tensor (shape ())."""
+    if tensor.numel() == 0:
+        raise UserError(f"weight {name!r} is empty", "quantize only weights with values")
+    values = tensor.detach()
+    if axis is None:
+        low, high = torch.aminmax(values)
+    else:
+        low, high = torch.aminmax(values.movedim(axis, 0).reshape(values.shape[axis], -1), dim=1)
+    pair = torch.stack([low, high]).to(torch.float64).cpu().numpy()
+    if not np.isfinite(pair).all():
+        raise UserError(f"weight {name!r} holds NaN or Inf", "fix the model's weights")
+    return pair[0], pair[1]

@@ -1,0 +1,134 @@
+"""Does the exported QDQ model compute what the emulator computed?
+
+The emulator with the plan's hooks and ONNX Runtime on the exported file see the same inputs;
+the worst SNR per output (ORT as the reference) says how far apart they are. With graph
+optimizations on, ORT fuses Q/DQ pairs into integer kernels whose requantization rounds a little
+differently, so `optimize=False` is the way to see the exported arithmetic itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx.helper import make_empty_tensor_value_info
+
+from quantlens.emulate.executor import Executor
+from quantlens.emulate.fakequant import QuantHooks
+from quantlens.errors import UserError
+from quantlens.evaluate.distance import snr_db
+from quantlens.schemes.qparams import QuantPlan
+
+Feed = Mapping[str, np.ndarray | torch.Tensor]
+
+
+def qdq_session(path: str | Path, optimize: bool = True) -> ort.InferenceSession:
+    """A CPU session over an exported model, with or without ORT's graph optimizations."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"ONNX Runtime cannot load the exported model {path}: {first}",
+            "report this with the plan; the export should always load",
+        ) from exc
+
+
+def agreement(
+    executor: Executor,
+    plan: QuantPlan,
+    qdq_path: str | Path,
+    feeds: Iterable[Feed],
+    *,
+    optimize: bool = True,
+) -> dict[str, float]:
+    """Worst SNR (dB) per output between ORT on `qdq_path` and the emulator under `plan`."""
+    session = qdq_session(qdq_path, optimize)
+    names = [o.name for o in session.get_outputs()]
+    hooks = QuantHooks(plan, device=executor.device)
+    worst = dict.fromkeys(names, math.inf)
+    for feed in feeds:
+        with torch.inference_mode():
+            emulated = executor.run(feed, outputs=names, hooks=hooks)
+        arrays = {name: _numpy(value) for name, value in feed.items()}
+        for name, reference in zip(names, session.run(names, arrays)):
+            snr = snr_db(torch.from_numpy(np.asarray(reference)), emulated[name].cpu())
+            worst[name] = min(worst[name], snr)
+    return worst
+
+
+def _numpy(value: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+class StepError(NamedTuple):
+    """One node's disagreement: the largest, in grid steps, and the share of values off."""
+
+    max_steps: float
+    mismatched: float
+
+
+def stepwise_code_error(
+    executor: Executor, plan: QuantPlan, qdq_path: str | Path, feed: Feed
+) -> dict[str, StepError]:
+    """Per quantized node output: how far ORT and the emulator are apart, in grid steps, when
+    the emulator recomputes that one node from ORT's own (already rounded) inputs.
+
+    End-to-end SNR mixes export errors with the cascade of one-step flips that float kernel
+    differences cause at rounding ties; this isolates each node: a correct export is at most
+    1 step off anywhere (a tie flipped by float noise) and 0 almost everywhere. Per-tensor
+    integer activations written by a node are checked; graph inputs and float layers are not.
+    """
+    names = [n for n in executor.activation_names() if _per_tensor_int(plan, n)]
+    inputs = {n: _activation_inputs(executor, n) for n in names}
+    needed = {i for group in inputs.values() for i in group} | set(names)
+    tensors = _ort_tensors(qdq_path, sorted(needed - set(executor.input_names)), feed)
+    hooks = QuantHooks(plan, device=executor.device)
+    errors = {}
+    for name in names:
+        feeds = {i: feed[i] for i in inputs[name] if i in executor.input_names}
+        start = {i: torch.from_numpy(tensors[i]) for i in inputs[name] if i not in feeds}
+        with torch.inference_mode():
+            value = executor.run(feeds, start=start, outputs=[name], hooks=hooks)[name]
+        diff = (value.cpu().double() - torch.from_numpy(tensors[name]).double()).abs()
+        steps = float(diff.max()) / plan.activations[name].scale[0]
+        errors[name] = StepError(steps, float((diff > 0).double().mean()))
+    return errors
+
+
+def _activation_inputs(executor: Executor, name: str) -> list[str]:
+    step = executor.producer[name]
+    return [i for i in step.inputs if i is not None and i not in executor.weights]
+
+
+def _per_tensor_int(plan: QuantPlan, name: str) -> bool:
+    spec = plan.activations.get(name)
+    return spec is not None and spec.is_int and len(spec.scale) == 1
+
+
+def _ort_tensors(path: str | Path, names: list[str], feed: Feed) -> dict[str, np.ndarray]:
+    """Every graph tensor in `names` as ORT computes it (fusions off, so each one exists)."""
+    model = onnx.load(str(path))
+    public = {o.name for o in model.graph.output}
+    model.graph.output.extend(make_empty_tensor_value_info(n) for n in names if n not in public)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    wanted = [o.name for o in session.get_outputs()]
+    arrays = {name: _numpy(value) for name, value in feed.items()}
+    return dict(zip(wanted, (np.asarray(t) for t in session.run(wanted, arrays))))

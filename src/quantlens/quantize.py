@@ -1,0 +1,266 @@
+"""The quantize pipeline: canonicalize, calibrate, plan, emulate, export, verify.
+
+Each stage writes its artifact into the run folder atomically; a rerun with the same inputs
+reuses the finished calibration stage instead of recomputing it.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from quantlens import __version__
+from quantlens.artifacts import Artifact, write_text_atomic
+from quantlens.calib import CalibrationStats, calibrate
+from quantlens.data.preprocess import InputSpec, load_inputs, load_spec_file
+from quantlens.emulate import Executor
+from quantlens.emulate.fakequant import QuantHooks
+from quantlens.emulate.plan import QuantPoints, build_plan, quantization_points
+from quantlens.errors import UserError
+from quantlens.evaluate.distance import Distance, distance
+from quantlens.export.qdq import agreement, export_qdq
+from quantlens.schemes.assignment import Assignment
+from quantlens.schemes.profiles import TargetProfile, get_profile
+from quantlens.schemes.qparams import QuantPlan
+
+Say = Callable[[str], None]
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class QuantizeOptions:
+    calib: Path
+    target: str = "ort-cpu"
+    run_dir: Path = Path("runs/quantize")
+    assignment: Path | None = None
+    method: str = "percentile"
+    percentile: float = 99.999
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    spec: InputSpec | None = None
+    # A YAML/JSON file whose keys override the model's default pre-processing.
+    spec_file: Path | None = None
+    limit: int | None = None
+    device: str = "cpu"
+
+
+class OutputQuality(BaseModel):
+    name: str
+    float_vs_quantized: Distance
+    emulator_vs_onnxruntime_snr_db: float | None = None
+
+
+class QuantizeReport(Artifact):
+    kind = "quantize"
+    model: str
+    target: str
+    method: str
+    samples: int
+    calibration_reused: bool
+    modes: dict[str, int]
+    quantized_activations: int
+    quantized_weights: int
+    outputs: list[OutputQuality]
+    files: dict[str, str]
+    seconds: dict[str, float]
+    notes: list[str] = Field(default_factory=list)
+    quantlens_version: str = __version__
+
+    def worst_snr(self) -> float:
+        return min((o.float_vs_quantized.snr_db for o in self.outputs), default=float("inf"))
+
+    def worst_agreement(self) -> float | None:
+        values = [o.emulator_vs_onnxruntime_snr_db for o in self.outputs]
+        known = [v for v in values if v is not None]
+        return min(known) if known else None
+
+
+def load_assignment(path: Path | None, profile: TargetProfile) -> Assignment:
+    if path is None:
+        return Assignment(target=profile.name, default=profile.default_mode)
+    assignment = Assignment.load(path)
+    return assignment.model_copy(update={"target": profile.name})
+
+
+def load_calibration_set(
+    folder: Path, spec: InputSpec, limit: int | None, model_inputs: Sequence[str]
+) -> list[dict[str, np.ndarray]]:
+    feeds = load_inputs(folder, spec)
+    if limit is not None:
+        feeds = feeds[:limit]
+    for index, feed in enumerate(feeds):
+        missing = [name for name in model_inputs if name not in feed]
+        if missing:
+            raise UserError(
+                f"calibration sample {index} in {folder} has no data for input(s) {missing}",
+                "name .npz arrays after the model inputs, or use images for a one-input model",
+            )
+    return feeds
+
+
+def calibration_key(
+    model: Path, feeds: Sequence[dict[str, np.ndarray]], opts: QuantizeOptions, points: QuantPoints
+) -> str:
+    digest = hashlib.sha256()
+    digest.update(hashlib.sha256(model.read_bytes()).digest())
+    for feed in feeds:
+        for name in sorted(feed):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(feed[name]).tobytes())
+    targets = {k: v.model_dump() for k, v in sorted(points.calibration_targets().items())}
+    settings = {"method": opts.method, "percentile": opts.percentile, "targets": targets}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def run_calibration(
+    executor: Executor,
+    feeds: Sequence[dict[str, np.ndarray]],
+    points: QuantPoints,
+    opts: QuantizeOptions,
+    key: str,
+    progress: Progress | None,
+) -> tuple[CalibrationStats, bool]:
+    """Calibrate, or reuse the run folder's calibration when its key matches."""
+    stats_path, key_path = opts.run_dir / "calibration.json", opts.run_dir / "calibration.key"
+    if stats_path.exists() and key_path.exists() and key_path.read_text().strip() == key:
+        return CalibrationStats.load(stats_path), True
+    stats = calibrate(
+        executor,
+        feeds,
+        points.calibration_targets(),
+        opts.method,
+        percentile=opts.percentile,
+        progress=progress,
+    )
+    stats.save(stats_path)
+    write_text_atomic(key_path, key + "\n")
+    return stats, False
+
+
+def compare_outputs(
+    executor: Executor, plan: QuantPlan, feeds: Sequence[dict[str, np.ndarray]], device: str
+) -> dict[str, Distance]:
+    hooks = QuantHooks(plan, device)
+    worst: dict[str, Distance] = {}
+    with torch.inference_mode():
+        for feed in feeds:
+            reference = executor.run(feed)
+            quantized = executor.run(feed, hooks=hooks)
+            for name, value in reference.items():
+                d = distance(value, quantized[name])
+                worst[name] = worst[name].worst(d) if name in worst else d
+    return worst
+
+
+def mode_counts(executor: Executor, assignment: Assignment) -> dict[str, int]:
+    counts = collections.Counter(assignment.mode_name(s.ctx.name) for s in executor.steps)
+    return dict(counts.most_common())
+
+
+def quantize_model(
+    path: Path,
+    opts: QuantizeOptions,
+    say: Say | None = None,
+    progress: Progress | None = None,
+) -> QuantizeReport:
+    """Canonicalize, calibrate, plan, emulate, export and verify; artifacts go to opts.run_dir."""
+    from quantlens.api import prepare, spec_for
+
+    clock: dict[str, float] = {}
+    start = time.perf_counter()
+    profile = get_profile(opts.target)
+    prepared = prepare(path, opts.input_shapes, batch=1)
+    model = prepared.model
+    assignment = load_assignment(opts.assignment, profile)
+    points = quantization_points(model, assignment, profile)
+    executor = Executor(model, device=opts.device)
+    spec = opts.spec or spec_for(path, model)
+    if opts.spec_file is not None:
+        spec = load_spec_file(opts.spec_file, spec)
+    feeds = load_calibration_set(opts.calib, spec, opts.limit, executor.input_names)
+    _check_feed_shapes(feeds, model)
+    clock["prepare"] = time.perf_counter() - start
+
+    _say(say, f"calibrating {len(feeds)} samples ({opts.method})")
+    key = calibration_key(path, feeds, opts, points)
+    start = time.perf_counter()
+    stats, reused = run_calibration(executor, feeds, points, opts, key, progress)
+    clock["calibrate"] = time.perf_counter() - start
+
+    ranges = {name: (t.clip_min, t.clip_max) for name, t in stats.tensors.items()}
+    plan = build_plan(points, ranges, executor.weights, profile.name)
+    files = _write_plan(opts.run_dir, assignment, plan)
+    start = time.perf_counter()
+    quality = compare_outputs(executor, plan, feeds, opts.device)
+    clock["emulate"] = time.perf_counter() - start
+
+    _say(say, "exporting the QDQ model and checking it in ONNX Runtime")
+    start = time.perf_counter()
+    qdq_path = export_qdq(model, plan, opts.run_dir / "model.qdq.onnx")
+    files["qdq_model"] = str(qdq_path)
+    agree = agreement(executor, plan, qdq_path, feeds)
+    clock["export"] = time.perf_counter() - start
+
+    report = QuantizeReport(
+        model=str(path),
+        target=profile.name,
+        method=opts.method,
+        samples=len(feeds),
+        calibration_reused=reused,
+        modes=mode_counts(executor, assignment),
+        quantized_activations=sum(1 for q in plan.activations.values() if q.is_int),
+        quantized_weights=sum(1 for q in plan.weights.values() if q.is_int),
+        outputs=[
+            OutputQuality(
+                name=name, float_vs_quantized=d, emulator_vs_onnxruntime_snr_db=agree.get(name)
+            )
+            for name, d in quality.items()
+        ],
+        files={**files, "calibration": str(opts.run_dir / "calibration.json")},
+        seconds={k: round(v, 3) for k, v in clock.items()},
+        notes=plan.notes,
+    )
+    report.save(opts.run_dir / "quantize.json")
+    return report
+
+
+def _write_plan(run_dir: Path, assignment: Assignment, plan: QuantPlan) -> dict[str, str]:
+    return {
+        "assignment": str(assignment.save(run_dir / "assignment.json")),
+        "plan": str(plan.save(run_dir / "plan.json")),
+    }
+
+
+def _check_feed_shapes(feeds: Sequence[dict[str, np.ndarray]], model: object) -> None:
+    from onnx_ir import Model
+
+    assert isinstance(model, Model)
+    for value in model.graph.inputs:
+        if value.shape is None:
+            continue
+        expected = [d if isinstance(d, int) else None for d in value.shape]
+        for index, feed in enumerate(feeds):
+            actual = list(feed[value.name or ""].shape)
+            fits = len(actual) == len(expected) and all(
+                e is None or e == a for e, a in zip(expected, actual)
+            )
+            if not fits:
+                raise UserError(
+                    f"calibration sample {index}: input {value.name!r} has shape {actual}, the "
+                    f"model expects {[e if e is not None else '?' for e in expected]}",
+                    "check the channel count and size of the images, or the --input-shape",
+                )
+
+
+def _say(say: Say | None, message: str) -> None:
+    if say is not None:
+        say(message)
