@@ -21,11 +21,11 @@ def quantlens(*args: str) -> subprocess.CompletedProcess[str]:
 
 def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 1, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
+    # Status lines (progress) may precede it; the problem itself is one `error:` line.
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
     assert "Traceback" not in result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
+    return errors[0]
 
 
 @pytest.fixture

@@ -280,28 +280,28 @@ def _print_quantize(report: object) -> None:
     assert isinstance(report, QuantizeReport)
     table = Table(
         "output",
-        "SNR dB (float vs int)",
+        "SNR dB float vs int",
         "cosine",
-        "emulator vs ORT QDQ (dB)",
+        "emulator vs ORT QDQ: pooled / worst dB",
+        "argmax match",
         title=f"{report.target}: quantized emulation",
         title_justify="left",
     )
     for o in report.outputs:
-        agree = o.emulator_vs_onnxruntime_snr_db
-        table.add_row(
-            o.name,
-            f"{o.float_vs_quantized.snr_db:.2f}",
-            f"{o.float_vs_quantized.cosine:.6f}",
-            "?" if agree is None else f"{agree:.1f}",
-        )
+        a = o.emulator_vs_onnxruntime
+        agree = "?" if a is None else f"{a.pooled_snr_db:.1f} / {a.worst_snr_db:.1f}"
+        match = "?" if a is None else f"{a.argmax_match:.4f}"
+        d = o.float_vs_quantized
+        table.add_row(o.name, f"{d.snr_db:.2f}", f"{d.cosine:.6f}", agree, match)
     out.print(table)
     modes = ", ".join(f"{m} x{n}" for m, n in report.modes.items())
     reused = " (calibration reused)" if report.calibration_reused else ""
-    agree = report.worst_agreement()
+    pooled = report.pooled_agreement()
+    agree = "?" if pooled is None else f"{pooled:.1f}"
     out.print(
         f"{Path(report.model).name} -> {report.files['qdq_model']}: {report.target}, {modes}; "
-        f"worst output SNR {report.worst_snr():.1f} dB, emulator vs ONNX Runtime "
-        f"{'?' if agree is None else f'{agree:.1f}'} dB, {report.samples} samples{reused}"
+        f"worst output SNR {report.worst_snr():.1f} dB, emulator vs ONNX Runtime {agree} dB "
+        f"(pooled), {report.samples} samples{reused}"
     )
 
 

@@ -27,7 +27,8 @@ from quantlens.emulate.fakequant import QuantHooks
 from quantlens.emulate.plan import QuantPoints, build_plan, quantization_points
 from quantlens.errors import UserError
 from quantlens.evaluate.distance import Distance, distance
-from quantlens.export.qdq import agreement, export_qdq
+from quantlens.export.qdq import export_qdq
+from quantlens.export.verify import AgreementStats, agreement_stats
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.profiles import TargetProfile, get_profile
 from quantlens.schemes.qparams import QuantPlan
@@ -55,7 +56,8 @@ class QuantizeOptions:
 class OutputQuality(BaseModel):
     name: str
     float_vs_quantized: Distance
-    emulator_vs_onnxruntime_snr_db: float | None = None
+    # The exported QDQ model in ONNX Runtime against the emulator, same inputs.
+    emulator_vs_onnxruntime: AgreementStats | None = None
 
 
 class QuantizeReport(Artifact):
@@ -77,10 +79,9 @@ class QuantizeReport(Artifact):
     def worst_snr(self) -> float:
         return min((o.float_vs_quantized.snr_db for o in self.outputs), default=float("inf"))
 
-    def worst_agreement(self) -> float | None:
-        values = [o.emulator_vs_onnxruntime_snr_db for o in self.outputs]
-        known = [v for v in values if v is not None]
-        return min(known) if known else None
+    def pooled_agreement(self) -> float | None:
+        known = [o.emulator_vs_onnxruntime for o in self.outputs if o.emulator_vs_onnxruntime]
+        return min(a.pooled_snr_db for a in known) if known else None
 
 
 def load_assignment(path: Path | None, profile: TargetProfile) -> Assignment:
@@ -207,7 +208,7 @@ def quantize_model(
     start = time.perf_counter()
     qdq_path = export_qdq(model, plan, opts.run_dir / "model.qdq.onnx")
     files["qdq_model"] = str(qdq_path)
-    agree = agreement(executor, plan, qdq_path, feeds)
+    agree = agreement_stats(executor, plan, qdq_path, feeds)
     clock["export"] = time.perf_counter() - start
 
     report = QuantizeReport(
@@ -220,9 +221,7 @@ def quantize_model(
         quantized_activations=sum(1 for q in plan.activations.values() if q.is_int),
         quantized_weights=sum(1 for q in plan.weights.values() if q.is_int),
         outputs=[
-            OutputQuality(
-                name=name, float_vs_quantized=d, emulator_vs_onnxruntime_snr_db=agree.get(name)
-            )
+            OutputQuality(name=name, float_vs_quantized=d, emulator_vs_onnxruntime=agree.get(name))
             for name, d in quality.items()
         ],
         files={**files, "calibration": str(opts.run_dir / "calibration.json")},

@@ -18,6 +18,7 @@ import onnx
 import onnxruntime as ort
 import torch
 from onnx.helper import make_empty_tensor_value_info
+from pydantic import BaseModel, Field
 
 from quantlens.emulate.executor import Executor
 from quantlens.emulate.fakequant import QuantHooks
@@ -44,6 +45,36 @@ def qdq_session(path: str | Path, optimize: bool = True) -> ort.InferenceSession
         ) from exc
 
 
+class AgreementStats(BaseModel):
+    """Emulator vs ONNX Runtime on one output over a set of feeds."""
+
+    worst_snr_db: float
+    pooled_snr_db: float = Field(description="10*log10(sum of signal / sum of noise) over feeds")
+    argmax_match: float = Field(description="fraction of last-axis argmax positions that agree")
+
+
+def agreement_stats(
+    executor: Executor,
+    plan: QuantPlan,
+    qdq_path: str | Path,
+    feeds: Iterable[Feed],
+    *,
+    optimize: bool = True,
+) -> dict[str, AgreementStats]:
+    """Per output: worst and pooled SNR, and argmax agreement, ORT on `qdq_path` vs emulator."""
+    session = qdq_session(qdq_path, optimize)
+    names = [o.name for o in session.get_outputs()]
+    hooks = QuantHooks(plan, device=executor.device)
+    acc = {name: _Accumulator() for name in names}
+    for feed in feeds:
+        with torch.inference_mode():
+            emulated = executor.run(feed, outputs=names, hooks=hooks)
+        arrays = {name: _numpy(value) for name, value in feed.items()}
+        for name, reference in zip(names, session.run(names, arrays)):
+            acc[name].add(torch.from_numpy(np.asarray(reference)), emulated[name].cpu())
+    return {name: a.result() for name, a in acc.items()}
+
+
 def agreement(
     executor: Executor,
     plan: QuantPlan,
@@ -53,18 +84,34 @@ def agreement(
     optimize: bool = True,
 ) -> dict[str, float]:
     """Worst SNR (dB) per output between ORT on `qdq_path` and the emulator under `plan`."""
-    session = qdq_session(qdq_path, optimize)
-    names = [o.name for o in session.get_outputs()]
-    hooks = QuantHooks(plan, device=executor.device)
-    worst = dict.fromkeys(names, math.inf)
-    for feed in feeds:
-        with torch.inference_mode():
-            emulated = executor.run(feed, outputs=names, hooks=hooks)
-        arrays = {name: _numpy(value) for name, value in feed.items()}
-        for name, reference in zip(names, session.run(names, arrays)):
-            snr = snr_db(torch.from_numpy(np.asarray(reference)), emulated[name].cpu())
-            worst[name] = min(worst[name], snr)
-    return worst
+    stats = agreement_stats(executor, plan, qdq_path, feeds, optimize=optimize)
+    return {name: s.worst_snr_db for name, s in stats.items()}
+
+
+class _Accumulator:
+    def __init__(self) -> None:
+        self.worst = math.inf
+        self.signal = self.noise = 0.0
+        self.matches = self.positions = 0
+
+    def add(self, reference: torch.Tensor, emulated: torch.Tensor) -> None:
+        ref, emu = reference.to(torch.float64), emulated.to(torch.float64)
+        self.worst = min(self.worst, snr_db(ref, emu))
+        self.signal += float(ref.pow(2).sum())
+        self.noise += float((emu - ref).pow(2).sum())
+        if ref.dim() > 0 and ref.numel() > 0:
+            self.matches += int((ref.argmax(-1) == emu.argmax(-1)).sum())
+            self.positions += ref.argmax(-1).numel()
+
+    def result(self) -> AgreementStats:
+        if self.noise == 0.0:
+            pooled = math.inf
+        elif self.signal == 0.0:
+            pooled = -math.inf
+        else:
+            pooled = 10.0 * math.log10(self.signal / self.noise)
+        match = self.matches / self.positions if self.positions else 1.0
+        return AgreementStats(worst_snr_db=self.worst, pooled_snr_db=pooled, argmax_match=match)
 
 
 def _numpy(value: np.ndarray | torch.Tensor) -> np.ndarray:

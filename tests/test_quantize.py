@@ -1,0 +1,151 @@
+"""`quantlens quantize` end to end: run folder, QDQ model in ONNX Runtime, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from quantlens.data import zoo
+from quantlens.data.render import write_samples
+from quantlens.quantize import QuantizeOptions, quantize_model
+from quantlens.schemes.assignment import Assignment
+from tests.models import conv_bn_model
+from tests.test_cli import _one_error_line, quantlens
+
+
+def _npz_folder(folder: Path, count: int, shape: tuple[int, ...] = (1, 3, 8, 8)) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        np.savez(folder / f"{i:03d}.npz", x=rng.standard_normal(shape).astype(np.float32))
+    return folder
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> tuple[Path, Path]:
+    model = tmp_path / "conv_bn.onnx"
+    onnx.save(conv_bn_model(unnamed=False), model)
+    return model, _npz_folder(tmp_path / "calib", 6)
+
+
+@pytest.mark.parametrize("target", ["ort-cpu", "qnn-htp", "bm1684x", "hailo8"])
+def test_quantize_small_model_every_profile(
+    small: tuple[Path, Path], tmp_path: Path, target: str
+) -> None:
+    model, calib = small
+    run = tmp_path / target
+    report = quantize_model(model, QuantizeOptions(calib=calib, target=target, run_dir=run))
+    for name in (
+        "model.qdq.onnx",
+        "calibration.json",
+        "assignment.json",
+        "plan.json",
+        "quantize.json",
+    ):
+        assert (run / name).is_file(), name
+    session = ort.InferenceSession(str(run / "model.qdq.onnx"), providers=["CPUExecutionProvider"])
+    x = np.load(calib / "000.npz")["x"]
+    assert session.run(None, {"x": x})[0].shape == (1, 10)
+    assert report.worst_snr() > 20
+    agree = report.outputs[0].emulator_vs_onnxruntime
+    assert agree is not None and agree.pooled_snr_db >= 40
+    assert json.loads((run / "quantize.json").read_text())["kind"] == "quantize"
+
+
+def test_rerun_reuses_calibration(small: tuple[Path, Path], tmp_path: Path) -> None:
+    model, calib = small
+    options = QuantizeOptions(calib=calib, run_dir=tmp_path / "run")
+    assert not quantize_model(model, options).calibration_reused
+    assert quantize_model(model, options).calibration_reused
+    changed = QuantizeOptions(calib=calib, run_dir=tmp_path / "run", method="minmax")
+    assert not quantize_model(model, changed).calibration_reused
+
+
+def test_mixed_assignment(small: tuple[Path, Path], tmp_path: Path) -> None:
+    model, calib = small
+    path = Assignment(target="ort-cpu", layers={"conv2": "a16_w16", "matmul": "fp32"}).save(
+        tmp_path / "a.json"
+    )
+    report = quantize_model(
+        model, QuantizeOptions(calib=calib, run_dir=tmp_path / "run", assignment=path)
+    )
+    assert report.modes == {"a8_w8": 4, "a16_w16": 1, "fp32": 1}
+    agree = report.outputs[0].emulator_vs_onnxruntime
+    assert agree is not None and agree.pooled_snr_db >= 40
+
+
+def test_cli_quantize_summary(small: tuple[Path, Path], tmp_path: Path) -> None:
+    model, calib = small
+    result = quantlens("quantize", str(model), "--calib", str(calib), "-o", str(tmp_path / "r"))
+    assert result.returncode == 0, result.stderr
+    assert "worst output SNR" in result.stdout.strip().splitlines()[-1]
+
+
+def test_bad_calibration_inputs(small: tuple[Path, Path], tmp_path: Path) -> None:
+    model, _ = small
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    line = _one_error_line(quantlens("quantize", str(model), "--calib", str(empty)))
+    assert "has no images or .npy/.npz files" in line
+    missing = _one_error_line(quantlens("quantize", str(model), "--calib", str(tmp_path / "no")))
+    assert "no" in missing
+    wrong = _npz_folder(tmp_path / "wrong", 2, shape=(1, 1, 8, 8))
+    line = _one_error_line(quantlens("quantize", str(model), "--calib", str(wrong)))
+    assert "shape" in line and "[1, 1, 8, 8]" in line
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "a.png").write_bytes(b"not a png")
+    assert "a.png" in _one_error_line(quantlens("quantize", str(model), "--calib", str(corrupt)))
+
+
+def test_nan_in_activations_names_the_tensor(small: tuple[Path, Path], tmp_path: Path) -> None:
+    model, _ = small
+    folder = tmp_path / "nan"
+    folder.mkdir()
+    x = np.ones((1, 3, 8, 8), np.float32)
+    x[0, 0, 0, 0] = np.nan
+    np.savez(folder / "0.npz", x=x)
+    line = _one_error_line(quantlens("quantize", str(model), "--calib", str(folder)))
+    assert "NaN" in line and "'x'" in line
+
+
+def test_bad_assignments(small: tuple[Path, Path], tmp_path: Path) -> None:
+    model, calib = small
+    unknown = Assignment(layers={"conv_2": "a16_w16"}).save(tmp_path / "unknown.json")
+    line = _one_error_line(
+        quantlens("quantize", str(model), "--calib", str(calib), "--assignment", str(unknown))
+    )
+    assert "'conv_2'" in line and "did you mean conv2" in line
+    fp16 = Assignment(layers={"conv2": "fp16"}).save(tmp_path / "fp16.json")
+    line = _one_error_line(
+        quantlens(
+            "quantize",
+            str(model),
+            "--calib",
+            str(calib),
+            "--assignment",
+            str(fp16),
+            "--target",
+            "hailo8",
+        )
+    )
+    assert "mode fp16 for layer 'conv2' is not allowed on hailo8" in line
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("layers", [{}, {"Conv.30": "a16_w16", "Conv.31": "a16_w8"}])
+def test_zoo_orientation_agrees_with_onnxruntime(tmp_path: Path, layers: dict[str, str]) -> None:
+    images = write_samples("rotated-pages", 8, tmp_path / "pages", seed=3)
+    assignment = Assignment(target="ort-cpu", layers=layers).save(tmp_path / "a.json")
+    report = quantize_model(
+        zoo.fetch("pplcnet-orientation"),
+        QuantizeOptions(calib=images, run_dir=tmp_path / "run", assignment=assignment),
+    )
+    agree = report.outputs[0].emulator_vs_onnxruntime
+    assert agree is not None and agree.pooled_snr_db >= 40 and agree.argmax_match == 1.0
+    assert report.worst_snr() > 30
