@@ -1,7 +1,10 @@
-"""Emulator float time over ONNX Runtime float time on the zoo models, side by side in one run.
+"""Emulator float time over ONNX Runtime float time on the zoo models, side by side in one run,
+and the overhead of quantized emulation over float emulation.
 
 Same inputs (rendered samples through each model's own pre-processing), same batch, same thread
-count for both. Each timing is the median of `--repeats` runs after `--warmup` runs.
+count for both. Each timing is the median of `--repeats` runs after `--warmup` runs. Quantized
+emulation uses min-max ranges from the same input under two profiles: `ort-cpu` (quantizers on
+the inputs of weighted layers) and `hailo8` (a quantizer on every tensor, the worst case).
 
     python benchmarks/emulator_speed.py [--threads 2] [--repeats 10] [--json out.json]
 """
@@ -20,11 +23,16 @@ import numpy as np
 import torch
 
 from quantlens.api import prepare
+from quantlens.calib import calibrate
 from quantlens.data import zoo
 from quantlens.data.preprocess import load_inputs
 from quantlens.data.render import write_samples
 from quantlens.emulate import Executor
+from quantlens.emulate.fakequant import QuantHooks
 from quantlens.emulate.ort import OrtRunner
+from quantlens.emulate.plan import build_plan, quantization_points
+from quantlens.schemes.assignment import Assignment
+from quantlens.schemes.profiles import get_profile
 
 SAMPLES = {
     "doclayout-yolov8n": "pages",
@@ -59,13 +67,32 @@ def bench(name: str, threads: int, warmup: int, repeats: int, workdir: Path) -> 
     ort_ms = median_ms(lambda: reference.run(feeds), warmup, repeats)
     with torch.inference_mode():
         emu_ms = median_ms(lambda: executor.run(tensors), warmup, repeats)
+        quant_ms = {
+            target: median_ms(
+                lambda h=hooks_for(executor, feeds, target): executor.run(tensors, hooks=h),
+                warmup,
+                repeats,
+            )
+            for target in ("ort-cpu", "hailo8")
+        }
     return {
         "model": name,
         "input": {k: list(v) for k, v in shapes.items()},
         "onnxruntime_ms": round(ort_ms, 2),
         "emulator_ms": round(emu_ms, 2),
         "ratio": round(emu_ms / ort_ms, 2),
+        "quantized_ms": {k: round(v, 2) for k, v in quant_ms.items()},
+        "quantized_over_float": {k: round(v / emu_ms, 2) for k, v in quant_ms.items()},
     }
+
+
+def hooks_for(executor: Executor, feeds: dict[str, np.ndarray], target: str) -> QuantHooks:
+    """Quantizer hooks for `target` with min-max ranges from `feeds`."""
+    profile = get_profile(target)
+    points = quantization_points(executor.model, Assignment(target=target), profile)
+    stats = calibrate(executor, [feeds], points.calibration_targets(), "minmax")
+    ranges = {name: (t.clip_min, t.clip_max) for name, t in stats.tensors.items()}
+    return QuantHooks(build_plan(points, ranges, executor.weights, target))
 
 
 def main() -> None:
@@ -82,12 +109,15 @@ def main() -> None:
         for name in args.models:
             rows.append(bench(name, args.threads, args.warmup, args.repeats, Path(tmp)))
     print(f"threads={args.threads} torch={torch.__version__} median of {args.repeats} runs")
-    print(f"{'model':<22} {'input':<22} {'ORT ms':>9} {'emulator ms':>12} {'ratio':>7}")
+    header = f"{'model':<22} {'input':<16} {'ORT ms':>8} {'emulator ms':>12} {'ratio':>6}"
+    print(f"{header} {'int8 ort-cpu ms':>16} {'x float':>8} {'int8 hailo8 ms':>15} {'x float':>8}")
     for row in rows:
         shape = "x".join(str(d) for d in next(iter(row["input"].values())))  # type: ignore[attr-defined]
+        quant, over = row["quantized_ms"], row["quantized_over_float"]
         print(
-            f"{row['model']:<22} {shape:<22} {row['onnxruntime_ms']:>9} "
-            f"{row['emulator_ms']:>12} {row['ratio']:>7}"
+            f"{row['model']:<22} {shape:<16} {row['onnxruntime_ms']:>8} "
+            f"{row['emulator_ms']:>12} {row['ratio']:>6} {quant['ort-cpu']:>16} "  # type: ignore[index]
+            f"{over['ort-cpu']:>8} {quant['hailo8']:>15} {over['hailo8']:>8}"  # type: ignore[index]
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -27,13 +27,30 @@ def fake_quantize(
         shape = [1] * x.dim()
         shape[axis] = -1
         scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
-    scaled = x / scale
     if x.requires_grad:
+        scaled = x / scale
         rounded = scaled + (torch.round(scaled) - scaled).detach()
+        q = torch.clamp(rounded + zero_point, qmin, qmax)
+        return (q - zero_point) * scale
+    lower, upper = qmin - zero_point, qmax - zero_point
+    return _fake_quantize_inplace(x, scale, lower, upper)
+
+
+def _fake_quantize_inplace(
+    x: Tensor, scale: Tensor, lower: Tensor | float, upper: Tensor | float
+) -> Tensor:
+    """clamp(round(x/s), qmin - zp, qmax - zp) * s in four passes over one new tensor.
+
+    It equals (clamp(round(x/s) + zp, qmin, qmax) - zp) * s exactly: every term is an integer
+    held exactly in float32.
+    """
+    y = x / scale
+    y.round_()
+    if isinstance(lower, Tensor) and isinstance(upper, Tensor):
+        y = torch.maximum(torch.minimum(y, upper), lower)
     else:
-        rounded = torch.round(scaled)
-    q = torch.clamp(rounded + zero_point, qmin, qmax)
-    return (q - zero_point) * scale
+        y.clamp_(float(lower), float(upper))
+    return y.mul_(scale)
 
 
 def quantize_to_int(
@@ -67,14 +84,39 @@ class TensorQuantizer:
             self.scale = torch.tensor(spec.scale, dtype=torch.float32, device=device)
             # Zero points are exact in float32 for every grid up to 16 bits (int32 bias: zp = 0).
             self.zero = torch.tensor(spec.zero_point, dtype=torch.float32, device=device)
+            # Clamp bounds in the shifted domain; plain floats per tensor (no device sync).
+            self.lower: Tensor | float = self.qmin - self.zero
+            self.upper: Tensor | float = self.qmax - self.zero
+            if len(spec.zero_point) == 1:
+                self.lower = float(self.qmin - spec.zero_point[0])
+                self.upper = float(self.qmax - spec.zero_point[0])
+            self._shape_cache: dict[int, tuple[Tensor, Tensor | float, Tensor | float]] = {}
 
     def __call__(self, x: Tensor) -> Tensor:
         if not x.is_floating_point():
             return x
         if isinstance(self.format, FloatFormat):
             return round_to_float(x, self.format)
-        y = fake_quantize(x.float(), self.scale, self.zero, self.qmin, self.qmax, self.axis)
+        data = x.float()
+        if data.requires_grad:
+            y = fake_quantize(data, self.scale, self.zero, self.qmin, self.qmax, self.axis)
+        else:
+            y = _fake_quantize_inplace(data, *self._broadcast(data.dim()))
         return y.to(x.dtype)
+
+    def _broadcast(self, rank: int) -> tuple[Tensor, Tensor | float, Tensor | float]:
+        """Scale and bounds shaped to broadcast along `axis` for a tensor of `rank`."""
+        cached = self._shape_cache.get(rank)
+        if cached is None:
+            scale, lower, upper = self.scale, self.lower, self.upper
+            if self.axis is not None and self.scale.numel() > 1:
+                shape = [1] * rank
+                shape[self.axis] = -1
+                scale = scale.reshape(shape)
+                lower = lower.reshape(shape) if isinstance(lower, Tensor) else lower
+                upper = upper.reshape(shape) if isinstance(upper, Tensor) else upper
+            cached = self._shape_cache[rank] = (scale, lower, upper)
+        return cached
 
 
 class QuantHooks:
