@@ -117,3 +117,16 @@ def test_truncated_model(tmp_path: Path, model_file: Path) -> None:
 def test_unknown_model_name() -> None:
     line = _one_error_line(quantlens("inspect", "no-such-model"))
     assert "neither a file nor a zoo model" in line and "doclayout-yolov8n" in line
+
+
+def test_data_make_is_deterministic(tmp_path: Path) -> None:
+    for folder in ("a", "b"):
+        result = quantlens(
+            "data", "make", "rotated-pages", "-n", "2", "-o", str(tmp_path / folder), "--seed", "5"
+        )
+        assert result.returncode == 0, result.stderr
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert "labels.txt" in files and len(files) == 3
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert "unknown sample kind" in _one_error_line(quantlens("data", "make", "faces"))

@@ -31,6 +31,8 @@ app = typer.Typer(
 )
 zoo_app = typer.Typer(help="Real models shipped inside PyPI wheels.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
+data_app = typer.Typer(help="Generated data with known ground truth.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -338,6 +340,28 @@ def zoo_fetch(name: Annotated[str, typer.Argument(help="Zoo model name, or 'all'
     for each in names:
         path = zoo.fetch(each, progress=_say)
         out.print(f"{each}: {path}")
+
+
+@data_app.command("make")
+def data_make(
+    kind: Annotated[str, typer.Argument(help="pages, text-lines or rotated-pages.")],
+    count: Annotated[int, typer.Option("-n", "--count", help="Number of samples.")] = 16,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write.")] = Path(
+        "samples"
+    ),
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same files.")] = 0,
+) -> None:
+    """Render samples with ground truth: pages (COCO boxes), text lines, rotated pages."""
+    from quantlens.data.render import write_samples
+
+    kinds = ("pages", "text-lines", "rotated-pages")
+    if kind not in kinds:
+        raise UserError(f"unknown sample kind {kind!r}", f"choose one of: {', '.join(kinds)}")
+    if count <= 0:
+        raise UserError(f"--count must be positive, got {count}")
+    folder = write_samples(kind, count, output, seed=seed)  # type: ignore[arg-type]
+    truth = "annotations.json" if kind == "pages" else "labels.txt"
+    out.print(f"{count} {kind} in {folder} (ground truth: {folder / truth}), seed {seed}")
 
 
 def main() -> None:
