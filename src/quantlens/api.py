@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from quantlens.artifacts import Artifact
 from quantlens.data import zoo
+from quantlens.data.doctor import DoctorReport, activation_extremes, check_activations, diagnose
 from quantlens.data.preprocess import InputSpec, load_inputs
 from quantlens.emulate import Executor, unsupported_nodes
 from quantlens.emulate.ort import OrtRunner
@@ -333,3 +334,23 @@ def _random_tensor(value: ir.Value, rng: np.random.Generator) -> np.ndarray:
 
 def supported_devices() -> Sequence[str]:
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+# --- doctor -------------------------------------------------------------------------------------
+
+
+def doctor(
+    calib: Path, data: Path | None = None, model: Path | None = None, limit: int = 32
+) -> DoctorReport:
+    """Image checks on the calibration set; with a model and --data, activation-range shift."""
+    report = diagnose(calib, data)
+    if model is None or data is None:
+        return report
+    prepared = prepare(model, batch=1)
+    executor = Executor(prepared.model)
+    spec = spec_for(model, prepared.model)
+    calib_peaks = activation_extremes(executor, load_inputs(calib, spec)[:limit])
+    data_peaks = activation_extremes(executor, load_inputs(data, spec)[:limit])
+    report.checks.append("activations")
+    report.warnings.extend(check_activations(calib_peaks, data_peaks))
+    return report

@@ -342,6 +342,39 @@ def zoo_fetch(name: Annotated[str, typer.Argument(help="Zoo model name, or 'all'
         out.print(f"{each}: {path}")
 
 
+@app.command()
+def doctor(
+    calib: Annotated[Path, typer.Option(help="Calibration images to diagnose.")],
+    data: Annotated[
+        Path | None, typer.Option(help="Evaluation images: compare the two sets.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model (file or zoo name) for the activation check.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write doctor.json.")
+    ] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Calibration-set diagnostics: size, duplicates, constant or noise images, domain shift."""
+    path = api.resolve_model(model, say=_say) if model else None
+    report = api.doctor(calib, data, path)
+    if output is not None:
+        report.save(output)
+    if json:
+        out.print(report.to_json(), markup=False)
+        return
+    for w in report.warnings:
+        out.print(f"[yellow]warning[/yellow] {w.code}: {w.message}")
+        out.print(f"  why: {w.why}\n  fix: {w.fix}", markup=False)
+        for item in w.files:
+            out.print(f"    {item}", markup=False)
+    out.print(
+        f"{report.samples} calibration images, checks: {', '.join(report.checks)}; "
+        f"{len(report.warnings)} warning(s)"
+    )
+
+
 @data_app.command("make")
 def data_make(
     kind: Annotated[str, typer.Argument(help="pages, text-lines or rotated-pages.")],
