@@ -149,3 +149,29 @@ def test_zoo_orientation_agrees_with_onnxruntime(tmp_path: Path, layers: dict[st
     agree = report.outputs[0].emulator_vs_onnxruntime
     assert agree is not None and agree.pooled_snr_db >= 40 and agree.argmax_match == 1.0
     assert report.worst_snr() > 30
+
+
+def test_cli_export_and_import_round_trip(small: tuple[Path, Path], tmp_path: Path) -> None:
+    model, calib = small
+    layers = {"conv2": "a16_w16", "matmul": "a8_w8_a16"}
+    assignment = Assignment(target="hailo8", layers=layers).save(tmp_path / "a.json")
+    run = tmp_path / "run"
+    quantize_model(
+        model, QuantizeOptions(calib=calib, target="hailo8", run_dir=run, assignment=assignment)
+    )
+    script = tmp_path / "model.alls"
+    result = quantlens("export", str(run), "--format", "hailo", "-o", str(script))
+    assert result.returncode == 0, result.stderr
+    assert "quantization_param(conv2, precision_mode=a16_w16)" in script.read_text()
+    back = tmp_path / "back.json"
+    result = quantlens(
+        "import", str(script), "--format", "hailo", "--model", str(model), "-o", str(back)
+    )
+    assert result.returncode == 0, result.stderr
+    assert Assignment.load(back).layers == layers
+    bad = tmp_path / "bad.alls"
+    bad.write_text("quantization_param(conv2, precision_mode=a12_w3)\n")
+    line = _one_error_line(
+        quantlens("import", str(bad), "--format", "hailo", "--model", str(model))
+    )
+    assert "a12_w3" in line

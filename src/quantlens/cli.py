@@ -6,6 +6,7 @@ Problems with the user's input surface as one `error:` line and exit code 1.
 
 from __future__ import annotations
 
+import collections
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -373,6 +374,61 @@ def doctor(
         f"{report.samples} calibration images, checks: {', '.join(report.checks)}; "
         f"{len(report.warnings)} warning(s)"
     )
+
+
+FormatOpt = Annotated[
+    str, typer.Option("--format", "-f", help="hailo, tpu-mlir, qnn, aimet or ort.")
+]
+NameMapOpt = Annotated[
+    Path | None,
+    typer.Option("--name-map", help="JSON: ONNX node name -> Hailo layer name (or a HN JSON)."),
+]
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `quantlens quantize`.")],
+    fmt: FormatOpt,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="File to write.")] = None,
+    name_map: NameMapOpt = None,
+    model: Annotated[
+        Path | None, typer.Option(help="The quantized ONNX model, if it has moved.")
+    ] = None,
+) -> None:
+    """Write the run's assignment and ranges in a vendor's own format."""
+    from quantlens.vendor_io import export_vendor
+
+    result = export_vendor(run_dir, fmt, output=output, name_map=name_map, model=model)
+    for item in result.dropped:
+        out.print(f"[yellow]dropped[/yellow] {item.layer} ({item.mode}): {item.reason}")
+    for warning in result.warnings:
+        out.print(f"[yellow]warning[/yellow] {warning}")
+    if result.usage:
+        out.print(f"use: {result.usage}", markup=False)
+    out.print(
+        f"{result.format}: {result.entries} entries in {', '.join(result.files)}; "
+        f"{len(result.dropped)} dropped"
+    )
+
+
+@app.command("import")
+def import_cmd(
+    file: Annotated[Path, typer.Argument(help="The vendor file to read.")],
+    fmt: FormatOpt,
+    model: Annotated[Path, typer.Option(help="The ONNX model the file describes.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="assignment.json to write.")] = (
+        Path("assignment.json")
+    ),
+    name_map: NameMapOpt = None,
+) -> None:
+    """Read a vendor file (model script, qtable, overrides) into an assignment.json."""
+    from quantlens.vendor_io import import_vendor
+
+    assignment = import_vendor(file, fmt, model, name_map=name_map)
+    assignment.save(output)
+    modes = collections.Counter(assignment.layers.values())
+    summary = ", ".join(f"{m} x{n}" for m, n in modes.most_common()) or "no per-layer entries"
+    out.print(f"{output}: default {assignment.default}, {summary}")
 
 
 @data_app.command("make")

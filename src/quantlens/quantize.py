@@ -63,6 +63,7 @@ class OutputQuality(BaseModel):
 class QuantizeReport(Artifact):
     kind = "quantize"
     model: str
+    input_shapes: dict[str, list[int]] = Field(default_factory=dict)
     target: str
     method: str
     samples: int
@@ -212,7 +213,8 @@ def quantize_model(
     clock["export"] = time.perf_counter() - start
 
     report = QuantizeReport(
-        model=str(path),
+        model=str(path.resolve()),
+        input_shapes=opts.input_shapes,
         target=profile.name,
         method=opts.method,
         samples=len(feeds),

@@ -1,0 +1,212 @@
+"""ONNX Runtime `TensorQuantOverrides` for `onnxruntime.quantization.quantize_static`.
+
+The file holds the overrides (exact scale and zero point per activation, per channel for
+weights) plus the other `quantize_static` arguments that make ORT quantize what the plan
+quantizes: the float layers as `nodes_to_exclude`, the weighted op types, the default types.
+`quantize_static_kwargs` turns it into keyword arguments (QuantType enums, float32 scales).
+The tensor names are the canonical model's, which is written beside the file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantlens.errors import UserError
+from quantlens.export.vendors.base import (
+    Dropped,
+    ExportContext,
+    ModelIndex,
+    NodeInfo,
+    Rendered,
+    compact_assignment,
+    register,
+    unknown_name_error,
+)
+from quantlens.export.vendors.encodings import attach_float_model, tensor_names
+from quantlens.ir.layers import WEIGHTED_OPS
+from quantlens.schemes.assignment import Assignment
+from quantlens.schemes.formats import IntFormat
+from quantlens.schemes.modes import get_mode
+from quantlens.schemes.qparams import TensorQuant
+
+QUANT_TYPES = {
+    "uint8": "QUInt8",
+    "int8": "QInt8",
+    "uint16": "QUInt16",
+    "int16": "QInt16",
+    "uint4": "QUInt4",
+    "int4": "QInt4",
+}
+BITS = {name: int(onnx_type.lstrip("uint")) for onnx_type, name in QUANT_TYPES.items()}
+USAGE = (
+    "quantize_static(FILE.float.onnx, out.onnx, reader, "
+    "**quantlens.vendor_io.quantize_static_kwargs(FILE))"
+)
+
+
+@register
+class OrtFormat:
+    name: str = "ort"
+    description: str = "ONNX Runtime TensorQuantOverrides for quantize_static"
+    suffixes: tuple[str, ...] = (".ort.json",)
+    targets: tuple[str, ...] = ("ort-cpu",)
+    default_target: str = "ort-cpu"
+
+    def export(self, ctx: ExportContext) -> Rendered:
+        out = Rendered(texts={}, entries=0, usage=USAGE)
+        overrides = {
+            name: _override(quant)
+            for name, quant in {**ctx.plan.activations, **ctx.plan.weights}.items()
+            if isinstance(quant.format, IntFormat) and quant.bias_of is None
+        }
+        excluded = [node.name for node in ctx.model.nodes if _check_node(ctx, node, out)]
+        payload = {
+            "usage": USAGE,
+            "qdq_model": ctx.qdq_model,
+            "quant_format": "QDQ",
+            "activation_type": "QUInt8",
+            "weight_type": "QInt8",
+            "per_channel": any(q.axis is not None for q in ctx.plan.weights.values()),
+            "op_types_to_quantize": list(WEIGHTED_OPS),
+            "nodes_to_exclude": excluded,
+            "TensorQuantOverrides": overrides,
+        }
+        out.entries = len(overrides) + len(excluded)
+        out.texts[".ort.json"] = json.dumps(payload, indent=2) + "\n"
+        attach_float_model(ctx, out)
+        return out
+
+    def parse(
+        self, text: str, source: str, model: ModelIndex, name_map: Mapping[str, str] | None
+    ) -> Assignment:
+        payload = _load(text, source)
+        bits = _override_bits(payload, source, model)
+        excluded = set(payload.get("nodes_to_exclude") or [])
+        for name in excluded - set(model.names):
+            raise unknown_name_error("node", name, model.names, f"{source} (nodes_to_exclude)")
+        modes = {
+            node.name: "fp32" if node.name in excluded else _node_mode(node, bits)
+            for node in model.nodes
+        }
+        return compact_assignment(modes, self.default_target)
+
+
+def _override(quant: TensorQuant) -> list[dict[str, Any]]:
+    assert isinstance(quant.format, IntFormat)
+    qtype = QUANT_TYPES[quant.format.onnx_type]
+    pairs = [{"scale": s, "zero_point": z} for s, z in zip(quant.scale, quant.zero_point)]
+    head: dict[str, Any] = {"quant_type": qtype}
+    if quant.axis is not None and len(pairs) > 1:
+        head["axis"] = quant.axis
+    return [{**head, **pairs[0]}, *pairs[1:]]
+
+
+def _check_node(ctx: ExportContext, node: NodeInfo, out: Rendered) -> bool:
+    """Report what ORT cannot do for this node; True when it must be excluded (float)."""
+    mode = get_mode(ctx.assignment.mode_name(node.name))
+    if mode.is_float:
+        if mode.float_type != "fp32":
+            reason = "quantize_static has no float16 layers; excluded, so it runs in float32"
+            out.dropped.append(Dropped(layer=node.name, mode=mode.name, reason=reason))
+        return node.op_type in WEIGHTED_OPS
+    if mode.name == ctx.assignment.default:
+        return False
+    if node.op_type not in WEIGHTED_OPS:
+        reason = "ORT quantizes only the inputs of Conv/ConvTranspose/Gemm/MatMul here"
+        out.dropped.append(Dropped(layer=node.name, mode=mode.name, reason=reason))
+    elif mode.act_out_bits != mode.act_in_bits:
+        reason = "outputs are quantized by their consumers here; give the consumer 16-bit inputs"
+        out.dropped.append(Dropped(layer=node.name, mode=mode.name, reason=reason))
+    return False
+
+
+def _load(text: str, source: str) -> dict[str, Any]:
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{source}: not JSON ({exc})", "pass a TensorQuantOverrides file") from exc
+    if isinstance(payload, dict) and "TensorQuantOverrides" not in payload:
+        payload = {"TensorQuantOverrides": payload}  # a bare overrides mapping
+    if not isinstance(payload, dict) or not isinstance(payload["TensorQuantOverrides"], dict):
+        raise UserError(f"{source}: TensorQuantOverrides is not a tensor map", "see the ORT docs")
+    return payload
+
+
+def _override_bits(payload: dict[str, Any], source: str, model: ModelIndex) -> dict[str, int]:
+    known = set(tensor_names(model))
+    bits = {}
+    for name, entries in payload["TensorQuantOverrides"].items():
+        if name not in known:
+            raise unknown_name_error("tensor", name, known, source)
+        qtype = entries[0].get("quant_type") if entries and isinstance(entries[0], dict) else None
+        if qtype is not None and str(qtype).split(".")[-1] not in BITS:
+            raise UserError(
+                f"{source}: tensor {name!r} has quant_type {qtype!r}", f"use one of {list(BITS)}"
+            )
+        if qtype is not None:
+            bits[name] = BITS[str(qtype).split(".")[-1]]
+    return bits
+
+
+def _node_mode(node: NodeInfo, bits: Mapping[str, int]) -> str:
+    if node.op_type not in WEIGHTED_OPS or not node.params:
+        return "a8_w8"
+    weight = bits.get(node.params[0], 8)
+    source = next((i for i in node.inputs if i and i not in node.params), "")
+    if weight == 4:
+        return "a8_w4"
+    if weight == 16:
+        return "a16_w16"
+    return "a16_w8" if bits.get(source, 8) == 16 else "a8_w8"
+
+
+def quantize_static_kwargs(path: str | Path) -> dict[str, Any]:
+    """Keyword arguments for `quantize_static` from an exported file (ORT types, not JSON)."""
+    from onnxruntime.quantization import QuantFormat, QuantType
+
+    payload = _load(Path(path).read_text(), str(path))
+    overrides = {
+        name: _typed(entries, QuantType)
+        for name, entries in payload["TensorQuantOverrides"].items()
+    }
+    return {
+        "quant_format": QuantFormat.QDQ,
+        "activation_type": QuantType[payload.get("activation_type", "QUInt8")],
+        "weight_type": QuantType[payload.get("weight_type", "QInt8")],
+        "per_channel": bool(payload.get("per_channel", False)),
+        "op_types_to_quantize": payload.get("op_types_to_quantize"),
+        "nodes_to_exclude": payload.get("nodes_to_exclude") or [],
+        "extra_options": {"TensorQuantOverrides": overrides},
+    }
+
+
+def _typed(entries: list[dict[str, Any]], quant_type: Any) -> list[dict[str, Any]]:
+    """ORT wants QuantType enums, float32 scales (a float64 one becomes a double initializer)
+    and zero points in the grid's dtype; channels after the first inherit the type."""
+    name = entries[0].get("quant_type", "QUInt8") if entries else "QUInt8"
+    dtype = _ZERO_DTYPES[name]
+    typed = []
+    for entry in entries:
+        item = dict(entry)
+        if "quant_type" in item:
+            item["quant_type"] = quant_type[item["quant_type"]]
+        if "scale" in item:
+            item["scale"] = np.array(item["scale"], dtype=np.float32)
+            item["zero_point"] = np.array(item["zero_point"], dtype=dtype)
+        typed.append(item)
+    return typed
+
+
+_ZERO_DTYPES = {
+    "QUInt8": np.uint8,
+    "QInt8": np.int8,
+    "QUInt16": np.uint16,
+    "QInt16": np.int16,
+    "QUInt4": np.uint8,
+    "QInt4": np.int8,
+}
