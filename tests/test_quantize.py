@@ -175,3 +175,22 @@ def test_cli_export_and_import_round_trip(small: tuple[Path, Path], tmp_path: Pa
         quantlens("import", str(bad), "--format", "hailo", "--model", str(model))
     )
     assert "a12_w3" in line
+
+
+def test_bias_that_would_saturate_int32_raises_the_weight_scale() -> None:
+    import torch
+
+    from quantlens.emulate.plan import QuantPoints, build_plan
+    from quantlens.schemes.formats import int_format
+
+    points = QuantPoints(
+        activations={"x": int_format("uint16-asym")},
+        weights={"w": (int_format("int16-sym", per_channel=True, narrow=True), 0)},
+        biases={"b": (int_format("int32-sym", per_channel=True), "x", "w")},
+    )
+    weights = {"w": torch.tensor([[1e-3], [1e-3]]), "b": torch.tensor([50.0, 1e-9])}
+    plan = build_plan(points, {"x": (0.0, 1e-3)}, weights, "qnn-htp")
+    scale = plan.weights["b"].scale
+    assert abs(50.0 / scale[0]) <= 2**31 - 1  # fits after the weight scale was raised
+    assert plan.weights["w"].scale[1] == pytest.approx(1e-3 / 32767, rel=1e-6)  # untouched
+    assert any("fits int32" in note for note in plan.notes)

@@ -183,10 +183,37 @@ def build_plan(
     for name, (fmt, axis) in points.weights.items():
         plan.weights[name] = _weight_quant(name, fmt, axis, weights[name])
     for name, (fmt, act, weight) in points.biases.items():
-        bias = _bias_quant(name, fmt, plan.activations.get(act), plan.weights.get(weight))
-        if bias is not None:
-            plan.weights[name] = bias
+        act_q, weight_q = plan.activations.get(act), plan.weights.get(weight)
+        if act_q is None or weight_q is None or not act_q.is_int or not weight_q.is_int:
+            continue
+        fitted = _fit_weight_to_bias(weight_q, act_q, weights[name], fmt)
+        if fitted is not weight_q:
+            plan.weights[weight] = fitted
+            plan.notes.append(f"{weight}: weight scale raised so that bias {name} fits int32")
+        plan.weights[name] = _bias_quant(name, fmt, act_q, fitted)
     return plan
+
+
+def _fit_weight_to_bias(
+    weight: TensorQuant, act: TensorQuant, bias: torch.Tensor, fmt: IntFormat
+) -> TensorQuant:
+    """Raise weight scales where the int32 bias would saturate (as ONNX Runtime does).
+
+    With 16-bit activations and weights the bias scale (input scale x weight scale) gets tiny,
+    and a large bias no longer fits int32; a coarser weight grid is the lesser harm.
+    """
+    b = np.abs(bias.detach().to(torch.float64).cpu().numpy()).reshape(-1)
+    s_in = float(np.float32(act.scale[0]))
+    needed = b / (s_in * fmt.qmax)
+    scales = np.asarray(weight.scale, np.float64)
+    if len(scales) == 1:
+        needed = np.array([needed.max(initial=0.0)])
+    if np.all(needed <= scales):
+        return weight
+    raised = np.maximum(scales, needed).astype(np.float32)
+    # float32 rounding may land just below what is needed: step up one ulp there.
+    raised = np.where(raised < needed, np.nextafter(raised, np.float32(np.inf)), raised)
+    return weight.model_copy(update={"scale": raised.astype(np.float32).tolist()})
 
 
 def _activation_quant(
@@ -227,11 +254,7 @@ def _weight_quant(name: str, fmt: Format, axis: int | None, weight: torch.Tensor
     )
 
 
-def _bias_quant(
-    name: str, fmt: IntFormat, act: TensorQuant | None, weight: TensorQuant | None
-) -> TensorQuant | None:
-    if act is None or weight is None or not act.is_int or not weight.is_int:
-        return None
+def _bias_quant(name: str, fmt: IntFormat, act: TensorQuant, weight: TensorQuant) -> TensorQuant:
     # int32 bias on the accumulator grid: scale = input scale x weight scale, zero point 0.
     scale = (np.float32(act.scale[0]) * np.asarray(weight.scale, np.float32)).astype(np.float32)
     return TensorQuant(
