@@ -130,3 +130,26 @@ def test_data_make_is_deterministic(tmp_path: Path) -> None:
     for name in files:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert "unknown sample kind" in _one_error_line(quantlens("data", "make", "faces"))
+
+
+def test_cli_analyze_small_model(model_file: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(3):
+        x = np.random.default_rng(i).standard_normal((1, 3, 8, 8)).astype(np.float32)
+        np.savez(calib / f"{i}.npz", x=x)
+    result = quantlens(
+        "analyze",
+        str(model_file),
+        "--calib",
+        str(calib),
+        "--target",
+        "qnn-htp",
+        "-o",
+        str(tmp_path / "run"),
+    )
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert "3 layers on qnn-htp" in last and (tmp_path / "run" / "analysis.json").is_file()

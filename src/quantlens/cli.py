@@ -35,7 +35,8 @@ app.add_typer(zoo_app, name="zoo")
 data_app = typer.Typer(help="Generated data with known ground truth.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped output (CI logs, `| less`) gets wide tables instead of rich's 80-column default.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ModelArg = Annotated[str, typer.Argument(help="An .onnx file, or a zoo model name.")]
@@ -373,6 +374,66 @@ def doctor(
     out.print(
         f"{report.samples} calibration images, checks: {', '.join(report.checks)}; "
         f"{len(report.warnings)} warning(s)"
+    )
+
+
+@app.command()
+def analyze(
+    model: ModelArg,
+    calib: Annotated[Path, typer.Option(help="Folder (or file) of images or .npy/.npz inputs.")],
+    target: Annotated[str, typer.Option(help="Target profile.")] = "ort-cpu",
+    mode: Annotated[str, typer.Option(help="accumulated, isolated, gradient or all.")] = "all",
+    output: Annotated[Path, typer.Option("-o", "--output", help="Run folder.")] = Path(
+        "runs/analyze"
+    ),
+    assignment: Annotated[Path | None, typer.Option(help="assignment.json to analyse.")] = None,
+    method: Annotated[str, typer.Option(help="Activation calibration method.")] = "percentile",
+    data: Annotated[
+        Path | None, typer.Option(help="Samples to analyse (default: the calibration set).")
+    ] = None,
+    samples: Annotated[int | None, typer.Option(help="Analyse at most N samples.")] = None,
+    split: Annotated[
+        int | None,
+        typer.Option(help="Weight-only/activation-only runs for the N worst layers (0: none)."),
+    ] = None,
+    spec: Annotated[Path | None, typer.Option(help="Pre-processing YAML.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use at most N calibration samples.")] = None,
+    top: Annotated[int, typer.Option(help="Rows in the table of worst layers.")] = 15,
+    input_shape: ShapeOpt = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    json: JsonOpt = False,
+) -> None:
+    """Per-layer quantization noise: accumulated, isolated and gradient modes, with diagnostics."""
+    from quantlens.analyze import AnalyzeOptions, analyze_model, render_table
+
+    path = api.resolve_model(model, say=_say)
+    options = AnalyzeOptions(
+        calib=calib,
+        target=target,
+        run_dir=output,
+        mode=mode,
+        assignment=assignment,
+        method=method,
+        data=data,
+        samples=samples,
+        split=split,
+        spec_file=spec,
+        limit=limit,
+        input_shapes=parse_input_shapes(input_shape or []),
+        device=device,
+    )
+    with _progress("analyze") as progress:
+        report = analyze_model(path, options, say=_say, progress=progress)
+    if json:
+        out.print(report.to_json(), markup=False)
+        return
+    out.print(render_table(report, top))
+    worst = report.worst(1)
+    flagged = sum(1 for layer in report.layers if layer.flags)
+    out.print(
+        f"{Path(report.model).name}: {len(report.layers)} layers on {report.target}, "
+        f"{flagged} flagged, worst {worst[0].id if worst else '-'} (ranked by {report.ranked_by}); "
+        f"{output / 'analysis.json'}"
     )
 
 

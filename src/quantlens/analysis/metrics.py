@@ -1,0 +1,195 @@
+"""Fixed-size accumulators for streaming comparisons, and rank statistics.
+
+Every accumulator holds a few numbers per tensor however many samples stream through it: sums
+of squares, a dot product, a maximum, a histogram of fixed bins and one fixed-size subsample.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+Tensor = torch.Tensor
+
+
+class NoiseStats(BaseModel):
+    """Float vs quantized over all samples, pooled (sums over every element of every sample)."""
+
+    snr_db: float
+    cosine: float
+    mse: float
+    max_abs_error: float
+
+
+def _db(signal: float, noise: float) -> float:
+    if noise <= 0.0:
+        return math.inf
+    if signal <= 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+@dataclass
+class ErrorSums:
+    """Σref², Σnoise², Σref·cand, Σcand², count and max |noise| of one tensor."""
+
+    signal: float = 0.0
+    noise: float = 0.0
+    dot: float = 0.0
+    candidate: float = 0.0
+    count: int = 0
+    max_abs: float = 0.0
+
+    def add(self, reference: Tensor, candidate: Tensor) -> None:
+        ref = reference.detach().reshape(-1).to(torch.float64)
+        cand = candidate.detach().reshape(-1).to(ref.device, torch.float64)
+        diff = cand - ref
+        sums = torch.stack(
+            [ref.dot(ref), diff.dot(diff), ref.dot(cand), cand.dot(cand), diff.abs().max()]
+            if ref.numel()
+            else [ref.new_zeros(())] * 5
+        ).tolist()  # one device sync per tensor
+        self.signal += sums[0]
+        self.noise += sums[1]
+        self.dot += sums[2]
+        self.candidate += sums[3]
+        self.max_abs = max(self.max_abs, sums[4])
+        self.count += ref.numel()
+
+    @property
+    def snr_db(self) -> float:
+        return _db(self.signal, self.noise)
+
+    def stats(self) -> NoiseStats:
+        norms = math.sqrt(self.signal * self.candidate)
+        cosine = self.dot / norms if norms > 0 else (1.0 if self.noise == 0 else 0.0)
+        return NoiseStats(
+            snr_db=self.snr_db,
+            cosine=cosine,
+            mse=self.noise / self.count if self.count else 0.0,
+            max_abs_error=self.max_abs,
+        )
+
+
+@dataclass
+class OutputNoise:
+    """Noise at every model output; combined as the mean relative noise power over outputs, so
+    one output with a large magnitude does not hide another."""
+
+    signal: dict[str, float] = field(default_factory=dict)
+    noise: dict[str, float] = field(default_factory=dict)
+
+    def add_powers(self, signal: Mapping[str, float], noise: Mapping[str, float]) -> None:
+        for name, value in signal.items():
+            self.signal[name] = self.signal.get(name, 0.0) + value
+            self.noise[name] = self.noise.get(name, 0.0) + noise[name]
+
+    def add(self, reference: Mapping[str, Tensor], candidate: Mapping[str, Tensor]) -> None:
+        signal, noise = {}, {}
+        for name, ref in reference.items():
+            r = ref.detach().to(torch.float64)
+            diff = candidate[name].detach().to(torch.float64) - r
+            signal[name], noise[name] = float(r.pow(2).sum()), float(diff.pow(2).sum())
+        self.add_powers(signal, noise)
+
+    @property
+    def snr_db(self) -> float:
+        if not self.signal:
+            return math.inf
+        ratios = [
+            self.noise[n] / self.signal[n] if self.signal[n] > 0 else math.inf
+            for n in self.signal
+            if self.noise[n] > 0
+        ]
+        relative = sum(ratios) / len(self.signal)
+        return _db(1.0, relative) if relative < math.inf else -math.inf
+
+
+class ValueHistogram(BaseModel):
+    edges: list[float]
+    float_counts: list[int]
+    quantized_counts: list[int]
+
+
+class Scatter(BaseModel):
+    """A deterministic subsample of (float, quantized) value pairs, for a scatter plot."""
+
+    float_values: list[float]
+    quantized_values: list[float]
+
+
+class HistogramPair:
+    """Float and quantized value histograms over fixed bins (edges fixed on first use)."""
+
+    def __init__(self, bins: int, low: float | None = None, high: float | None = None) -> None:
+        self.bins = bins
+        self.low, self.high = low, high
+        self.ref = torch.zeros(bins, dtype=torch.float64)
+        self.cand = torch.zeros(bins, dtype=torch.float64)
+
+    def add(self, reference: Tensor, candidate: Tensor) -> None:
+        if self.low is None or self.high is None:
+            lo, hi = torch.aminmax(reference.detach().float())
+            self.low, self.high = float(lo), float(hi)
+        if not self.high > self.low:
+            self.high = self.low + 1.0
+        for values, counts in ((reference, self.ref), (candidate, self.cand)):
+            x = values.detach().float().clamp(self.low, self.high)
+            counts += torch.histc(x, self.bins, self.low, self.high).to(torch.float64).cpu()
+
+    def result(self) -> ValueHistogram:
+        assert self.low is not None and self.high is not None
+        edges = np.linspace(self.low, self.high, self.bins + 1)
+        return ValueHistogram(
+            edges=[round(float(e), 6) for e in edges],
+            float_counts=[int(c) for c in self.ref.tolist()],
+            quantized_counts=[int(c) for c in self.cand.tolist()],
+        )
+
+
+def sample_pairs(reference: Tensor, candidate: Tensor, count: int, seed: int = 0) -> Scatter:
+    """`count` pairs at indices drawn with a fixed seed (the same positions on every run)."""
+    ref, cand = reference.detach().reshape(-1), candidate.detach().reshape(-1)
+    generator = torch.Generator().manual_seed(seed)
+    if ref.numel() <= count:
+        index = torch.arange(ref.numel())
+    else:
+        index = torch.randint(0, ref.numel(), (count,), generator=generator)
+    index = index.to(ref.device)
+    return Scatter(
+        float_values=[round(v, 6) for v in ref[index].float().tolist()],
+        quantized_values=[round(v, 6) for v in cand[index].float().tolist()],
+    )
+
+
+def rankdata(values: Sequence[float]) -> np.ndarray:
+    """Ranks from 1, ties given their average rank (as scipy.stats.rankdata)."""
+    data = np.asarray(values, dtype=np.float64)
+    order = np.argsort(data, kind="mergesort")
+    ranks = np.empty(len(data), dtype=np.float64)
+    sorted_data = data[order]
+    start = 0
+    while start < len(data):
+        end = start
+        while end + 1 < len(data) and sorted_data[end + 1] == sorted_data[start]:
+            end += 1
+        ranks[order[start : end + 1]] = (start + end) / 2.0 + 1.0
+        start = end + 1
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman rank correlation over the pairs where both values are not NaN; None if < 3."""
+    pairs = [(x, y) for x, y in zip(a, b) if not (math.isnan(x) or math.isnan(y))]
+    if len(pairs) < 3:
+        return None
+    ra = rankdata([p[0] for p in pairs])
+    rb = rankdata([p[1] for p in pairs])
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = math.sqrt(float(ra @ ra) * float(rb @ rb))
+    return float(ra @ rb) / denominator if denominator > 0 else None
