@@ -194,3 +194,13 @@ def test_bias_that_would_saturate_int32_raises_the_weight_scale() -> None:
     assert abs(50.0 / scale[0]) <= 2**31 - 1  # fits after the weight scale was raised
     assert plan.weights["w"].scale[1] == pytest.approx(1e-3 / 32767, rel=1e-6)  # untouched
     assert any("fits int32" in note for note in plan.notes)
+
+
+def test_nan_quantizes_to_the_lowest_code_like_onnxruntime() -> None:
+    import torch
+
+    from quantlens.emulate.fakequant import fake_quantize
+
+    x = torch.tensor([float("nan"), 1.0, float("inf"), -float("inf")])
+    y = fake_quantize(x, torch.tensor([0.5]), torch.tensor([10.0]), 0, 255)
+    assert y.tolist() == [-5.0, 1.0, 122.5, -5.0]

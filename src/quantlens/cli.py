@@ -437,6 +437,94 @@ def analyze(
     )
 
 
+@app.command("eval")
+def eval_cmd(
+    model: ModelArg,
+    data: Annotated[Path, typer.Option(help="Evaluation samples (images or .npy/.npz).")],
+    task: Annotated[
+        str,
+        typer.Option(help="classification, detection, ocr, distance, or file.py:factory."),
+    ],
+    run: Annotated[
+        Path | None, typer.Option("--run", help="Run folder from `quantlens quantize`.")
+    ] = None,
+    assignment: Annotated[Path | None, typer.Option(help="Quantize with this assignment.")] = None,
+    target: Annotated[str | None, typer.Option(help="Quantize for this profile.")] = None,
+    calib: Annotated[
+        Path | None, typer.Option(help="Calibration data when quantizing here.")
+    ] = None,
+    gt: Annotated[Path | None, typer.Option(help="Ground truth (COCO JSON or labels.txt).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate at most N samples.")] = None,
+    score_threshold: Annotated[float | None, typer.Option(help="Detection score floor.")] = None,
+    postprocess: Annotated[
+        str | None, typer.Option(help="Detection post-process plug-in: file.py:fn.")
+    ] = None,
+    spec: Annotated[Path | None, typer.Option(help="Pre-processing YAML.")] = None,
+    input_shape: ShapeOpt = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="eval.json to write.")
+    ] = None,
+) -> None:
+    """Three ways: float vs ground truth, quantized vs ground truth, float vs quantized."""
+    from quantlens.evaluation import EvalOptions, evaluate_three_way
+
+    task_options: dict[str, object] = {}
+    if score_threshold is not None:
+        task_options["score_threshold"] = score_threshold
+    if postprocess is not None:
+        task_options["postprocess"] = postprocess
+    options = EvalOptions(
+        run_dir=run,
+        assignment=assignment,
+        target=target,
+        calib=calib,
+        ground_truth=gt,
+        limit=limit,
+        input_shapes=parse_input_shapes(input_shape or []),
+        spec_file=spec,
+        task_options=task_options,
+        device=device,
+        out=output,
+    )
+    with _progress("eval") as progress:
+        report = evaluate_three_way(model, data, task, options, progress=progress)
+    _print_eval(report)
+
+
+def _print_eval(report: object) -> None:
+    from quantlens.evaluation import EvalReport
+
+    assert isinstance(report, EvalReport)
+    arms = [
+        ("float vs ground truth (emulator)", report.float_vs_gt),
+        ("float vs ground truth (ONNX Runtime)", report.float_onnxruntime_vs_gt),
+        ("quantized vs ground truth (emulator)", report.quantized_vs_gt),
+        ("quantized vs ground truth (QDQ in ONNX Runtime)", report.quantized_onnxruntime_vs_gt),
+        ("float vs quantized (emulator)", report.float_vs_quantized),
+        ("float vs quantized (QDQ in ONNX Runtime)", report.float_vs_quantized_onnxruntime),
+    ]
+    table = Table(
+        "comparison",
+        "metrics",
+        title=f"{report.task}: {report.samples} samples",
+        title_justify="left",
+    )
+    for label, metrics in arms:
+        if metrics is not None:
+            table.add_row(label, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    out.print(table)
+    for note in report.notes:
+        out.print(f"[yellow]note[/yellow] {note}")
+    float_value = report.primary_metric("float_vs_gt")
+    quant_value = report.primary_metric("quantized_vs_gt")
+    quant = "-" if quant_value is None else f"{quant_value:.4f}"
+    base = "-" if float_value is None else f"{float_value:.4f}"
+    out.print(
+        f"{report.primary}: float {base} -> quantized {quant} ({report.target or 'float only'})"
+    )
+
+
 FormatOpt = Annotated[
     str, typer.Option("--format", "-f", help="hailo, tpu-mlir, qnn, aimet or ort.")
 ]

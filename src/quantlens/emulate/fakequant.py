@@ -46,10 +46,13 @@ def _fake_quantize_inplace(
     """
     y = x / scale
     y.round_()
+    # ONNX Runtime's vectorised QuantizeLinear clamps with max/min instructions that turn NaN
+    # (e.g. 0/0 after a quantized variance rounds to zero) into the lowest code; so do we
+    # (fmax ignores NaN).
     if isinstance(lower, Tensor) and isinstance(upper, Tensor):
-        y = torch.maximum(torch.minimum(y, upper), lower)
+        y = torch.fmin(torch.fmax(y, lower), upper)
     else:
-        y.clamp_(float(lower), float(upper))
+        y.nan_to_num_(nan=float(lower)).clamp_(float(lower), float(upper))
     return y.mul_(scale)
 
 
