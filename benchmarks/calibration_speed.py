@@ -9,13 +9,15 @@ activation tensor plus the graph inputs. quantlens: load + canonicalize + Execut
 `create_calibrator` on the original model file (graph augmentation + session: setup), then
 `collect_data` through a CalibrationDataReader and `compute_data`. ORT runs with its own
 defaults (Percentile: 2048 bins of |x|, 99.999; Entropy: 128 bins) and, for the like-for-like
-row, Entropy with our 2048 bins / 128 quantized bins. Times are wall-clock seconds of one run
+row, Entropy with our 2048 bins / 128 quantized bins. quantlens makes one pass over the data for
+every method (its histograms grow with the range); `--two-pass` adds rows for its exact two-pass
+mode (min/max first, then fixed-range histograms). Times are wall-clock seconds of one run
 (calibration is a one-off job, and each run reads the data several times over). Memory is the
 peak resident set size of the worker process (ru_maxrss, which includes the interpreter and
 libraries) and its growth during setup + calibration over the peak before it.
 
     python benchmarks/calibration_speed.py [--model pplcnet-orientation] [--samples 32]
-        [--threads 2] [--skip-ort-entropy-2048]
+        [--threads 2] [--skip-ort-entropy-2048] [--two-pass]
 """
 
 from __future__ import annotations
@@ -36,13 +38,15 @@ SAMPLES = {
     "ppocr-v6-rec-small": "text-lines",
     "pplcnet-orientation": "rotated-pages",
 }
-# (label, engine, method, extra ORT options)
+# (label, engine, method, extra options: `calibrate` keywords or ORT extra_options)
 RUNS: list[tuple[str, str, str, dict[str, int]]] = [
     ("minmax", "quantlens", "minmax", {}),
     ("minmax", "onnxruntime", "MinMax", {}),
     ("percentile", "quantlens", "percentile", {}),
+    ("percentile", "quantlens", "percentile", {"passes": 2}),
     ("percentile", "onnxruntime", "Percentile", {}),
     ("entropy", "quantlens", "entropy", {}),
+    ("entropy", "quantlens", "entropy", {"passes": 2}),
     ("entropy", "onnxruntime", "Entropy", {}),
     ("entropy", "onnxruntime", "Entropy", {"num_bins": 2048, "num_quantized_bins": 128}),
 ]
@@ -63,7 +67,7 @@ def load_feeds(path: Path) -> list[dict[str, np.ndarray]]:
 
 
 def run_quantlens(
-    model: Path, feeds: list[dict[str, np.ndarray]], method: str
+    model: Path, feeds: list[dict[str, np.ndarray]], method: str, extra: dict[str, int]
 ) -> tuple[int, float]:
     """(tensors calibrated, setup seconds)."""
     start = time.perf_counter()
@@ -82,7 +86,7 @@ def run_quantlens(
     values = [*graph.inputs, *(value for node in graph for value in node.outputs)]
     targets = {v.name: fmt for v in values if v.name and v.dtype == ir.DataType.FLOAT}
     setup = time.perf_counter() - start
-    return len(calibrate(executor, feeds, targets, method).tensors), setup
+    return len(calibrate(executor, feeds, targets, method, **extra).tensors), setup
 
 
 def run_onnxruntime(
@@ -142,10 +146,10 @@ def worker(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     # ORT's calibrators print progress; keep stdout for the result line.
     with contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory() as tmp:
+        extra = json.loads(args.extra)
         if args.engine == "quantlens":
-            tensors, setup = run_quantlens(args.model, feeds, args.method)
+            tensors, setup = run_quantlens(args.model, feeds, args.method, extra)
         else:
-            extra = json.loads(args.extra)
             tensors, setup = run_onnxruntime(args.model, feeds, args.method, extra, Path(tmp))
     seconds = time.perf_counter() - start
     peak = peak_rss_mb()
@@ -203,8 +207,9 @@ def measure(
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    bins = f" ({extra['num_bins']} bins)" if "num_bins" in extra else ""
-    return {"label": label, "engine": engine + bins, **result}
+    note = f" ({extra['num_bins']} bins)" if "num_bins" in extra else ""
+    note = f" ({extra['passes']} passes)" if "passes" in extra else note
+    return {"label": label, "engine": engine + note, **result}
 
 
 def main() -> None:
@@ -213,6 +218,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-ort-entropy-2048", action="store_true")
+    parser.add_argument("--two-pass", action="store_true", help="also time quantlens passes=2")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--engine", help=argparse.SUPPRESS)
@@ -229,7 +235,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_data(args.model, args.samples, Path(tmp))
         for label, engine, method, extra in RUNS:
-            if extra and args.skip_ort_entropy_2048:
+            if "num_bins" in extra and args.skip_ort_entropy_2048:
+                continue
+            if "passes" in extra and not args.two_pass:
                 continue
             rows.append(measure(label, engine, method, extra, args, paths))
     print_table(rows, args)

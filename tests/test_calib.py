@@ -22,6 +22,7 @@ from quantlens.calib import (
     weight_ranges,
 )
 from quantlens.calib.entropy import grid_levels, kl_divergences
+from quantlens.calib.histogram import GrowingHistogram
 from quantlens.calib.mse import expected_sq_error
 from quantlens.emulate import Executor
 from quantlens.errors import UserError
@@ -250,6 +251,90 @@ def test_histogram_of_one_batch_equals_sum_of_chunks() -> None:
     assert whole.total() == values.numel()
 
 
+def growing_batches(count: int = 40, seed: int = 0) -> list[torch.Tensor]:
+    """Batches whose range keeps growing on both sides, with exact zeros (ReLU-like) mixed in."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for k in range(count):
+        values = torch.randn(2000, generator=generator) * (0.1 + 0.2 * k) + 0.05 * k
+        values[:100] = 0.0
+        batches.append(values)
+    return batches
+
+
+def test_growing_histogram_is_bounded_exact_and_batching_independent() -> None:
+    batches = growing_batches()
+    streamed = GrowingHistogram(512, CPU)
+    for values in batches:
+        streamed.add(values, float(values.min()), float(values.max()))
+        assert streamed.counts.numel() == 512  # memory does not grow with the data
+    everything = torch.cat(batches)
+    at_once = GrowingHistogram(512, CPU)
+    at_once.add(everything, float(everything.min()), float(everything.max()))
+    assert (streamed.exponent, streamed.first) == (at_once.exponent, at_once.first)
+    assert torch.equal(streamed.counts, at_once.counts)
+    assert int(streamed.counts.sum()) == everything.numel()
+    # The grid is as fine as it can be: one step finer would not cover the range.
+    width = 2.0**streamed.exponent
+    assert (everything.max() - everything.min()) / width > (512 - 1) / 2
+    final = streamed.histogram(float(everything.min()), float(everything.max()), 256)
+    assert float(final.counts.sum()) == pytest.approx(everything.numel())
+
+
+def test_growing_histogram_resamples_like_a_fixed_range_one() -> None:
+    values = torch.cat(growing_batches())
+    low, high = float(values.min()), float(values.max())
+    growing = GrowingHistogram(4 * 512, CPU)
+    growing.add(values, low, high)
+    fixed = Histogram.empty(low, high, 512, CPU)
+    fixed.add(values)
+    resampled = growing.histogram(low, high, 512)
+    # Each final bin is off by at most the mass near its edges: compare cumulative counts.
+    error = (resampled.counts.cumsum(0) - fixed.counts.cumsum(0)).abs().max()
+    assert float(error) <= 0.5 * float(fixed.counts.max())
+    # On a grid with an edge at zero (as entropy's) the exact zeros stay in the bin above it.
+    amax = max(-low, high)
+    centred = growing.histogram(-amax, amax, 512)
+    above_zero = float(((values >= 0) & (values < amax / 256)).sum())
+    assert float(centred.counts[256]) == pytest.approx(
+        above_zero, abs=0.5 * float((values > 0).sum()) / 256
+    )
+
+
+def growing_feeds(count: int = 12, batch: int = 64) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    feeds = []
+    for k in range(count):
+        x = rng.standard_normal((batch, 4, 8)) * (0.2 + 0.3 * k) + 0.1 * k
+        x[0, 0, :2] = [-((1 + k) ** 1.5), (1 + k) ** 1.7]  # outliers that keep growing
+        feeds.append({"x": x.astype(np.float32)})
+    return feeds
+
+
+@pytest.mark.parametrize("method", ["percentile", "mse", "entropy"])
+def test_one_pass_agrees_with_two_passes_on_a_growing_range(method: str) -> None:
+    executor = Executor(elementwise_model())
+    feeds = growing_feeds()
+    one = calibrate(executor, feeds, TARGETS, method, percentile=99.9)
+    two = calibrate(executor, feeds, TARGETS, method, percentile=99.9, passes=2)
+    assert (one.settings["passes"], two.settings["passes"]) == (1, 2)
+    outputs = [executor.run(feed, outputs=list(TARGETS)) for feed in feeds]
+    for name, fmt in TARGETS.items():
+        a, b = one.tensors[name], two.tensors[name]
+        assert (a.min, a.max, a.numel) == (b.min, b.max, b.numel)
+        assert a.histogram is not None and b.histogram is not None
+        assert sum(a.histogram.counts) == pytest.approx(sum(b.histogram.counts))
+        width = (b.max - b.min) / 2048  # a bin of the two-pass histogram
+        # MSE and KL are flat near their optimum: the clip may move while the error does not.
+        tolerance = {"percentile": 1.0, "mse": 8.0, "entropy": 40.0}[method] * width
+        assert a.clip_min == pytest.approx(b.clip_min, abs=tolerance)
+        assert a.clip_max == pytest.approx(b.clip_max, abs=tolerance)
+        values = torch.cat([out[name].flatten() for out in outputs])
+        one_error = fake_quant_mse(values, (a.clip_min, a.clip_max), fmt)
+        two_error = fake_quant_mse(values, (b.clip_min, b.clip_max), fmt)
+        assert one_error <= two_error * (1.01 if method != "entropy" else 1.05)
+
+
 # --- calibrate() through the executor -----------------------------------------------------------
 
 
@@ -268,7 +353,8 @@ def test_one_big_batch_and_many_small_ones_agree(method: str) -> None:
         assert a.histogram == b.histogram
 
 
-def test_calibrate_reports_ranges_histograms_and_progress() -> None:
+@pytest.mark.parametrize("passes", [1, 2])
+def test_calibrate_reports_ranges_histograms_and_progress(passes: int) -> None:
     executor = Executor(elementwise_model())
     feeds = positive_samples(5, batch=16)
     ticks: list[tuple[int, int]] = []
@@ -278,9 +364,10 @@ def test_calibrate_reports_ranges_histograms_and_progress() -> None:
         TARGETS,
         "percentile",
         percentile=99.0,
+        passes=passes,
         progress=lambda d, t: ticks.append((d, t)),
     )
-    assert ticks == [(i, 10) for i in range(1, 11)]
+    assert ticks == [(i, 5 * passes) for i in range(1, 5 * passes + 1)]
     assert list(stats.tensors) == ["x", "scaled", "relu", "y"]  # execution order
     x = np.concatenate([f["x"] for f in feeds])
     relu = stats.tensors["relu"]
@@ -292,7 +379,7 @@ def test_calibrate_reports_ranges_histograms_and_progress() -> None:
     assert relu.histogram.percentiles["p50"] == pytest.approx(
         float(np.median(np.maximum(2 * x - 1, 0))), abs=0.01
     )
-    assert stats.settings == {"bins": 2048, "percentile": 99.0}
+    assert stats.settings == {"passes": passes, "bins": 2048, "percentile": 99.0}
 
 
 def test_conv_model_through_the_executor() -> None:
@@ -332,9 +419,11 @@ def test_empty_set_unknown_targets_and_one_shot_iterators() -> None:
         yield from positive_samples(3)
 
     with pytest.raises(UserError, match="reads the calibration set twice"):
-        calibrate(executor, one_shot(), TARGETS, "entropy")
-    stats = calibrate(executor, one_shot(), TARGETS, "minmax", count=2)
-    assert stats.samples == 2
+        calibrate(executor, one_shot(), TARGETS, "entropy", passes=2)
+    with pytest.raises(UserError, match="cannot make 3 passes"):
+        calibrate(executor, positive_samples(1), TARGETS, "entropy", passes=3)
+    assert calibrate(executor, one_shot(), TARGETS, "minmax", count=2).samples == 2
+    assert calibrate(executor, one_shot(), TARGETS, "entropy").samples == 3
 
 
 def test_json_round_trip(tmp_path: Path) -> None:

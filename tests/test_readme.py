@@ -61,3 +61,25 @@ def test_readme_example_options_exist(words: list[str]) -> None:
     sub = tuple(_subcommand(words))
     for option in (w.split("=")[0] for w in words if w.startswith("-")):
         assert option in _help(sub), f"{' '.join(sub)} has no option {option}"
+
+
+def test_readme_plugin_evaluator_runs(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+
+    from quantlens.evaluation import EvalOptions, evaluate_three_way
+    from tests.models import conv_bn_model
+
+    code = re.search(r"```python\n(# my_eval\.py\n.*?)```", README.read_text(), flags=re.S)
+    assert code is not None
+    plugin = tmp_path / "my_eval.py"
+    plugin.write_text(code.group(1))
+    model = tmp_path / "m.onnx"
+    onnx.save(conv_bn_model(unnamed=False), model)
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        x = np.random.default_rng(i).standard_normal((1, 3, 8, 8)).astype(np.float32)
+        np.savez(data / f"{i}.npz", x=x)
+    report = evaluate_three_way(model, data, f"{plugin}:make_evaluator", EvalOptions())
+    assert report.float_vs_gt is not None and "mean" in report.float_vs_gt

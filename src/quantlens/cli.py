@@ -201,6 +201,35 @@ def _print_check(report: api.CheckReport) -> None:
 
 
 @app.command()
+def demo(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Run folder.")] = Path("runs/demo"),
+    target: Annotated[str, typer.Option(help="Target profile.")] = "hailo8",
+    calib_count: Annotated[int, typer.Option(help="Calibration pages to render.")] = 16,
+    eval_count: Annotated[int, typer.Option(help="Evaluation pages to render.")] = 8,
+) -> None:
+    """The whole job on doclayout-yolov8n with rendered pages: quantize, evaluate, analyse."""
+    from quantlens.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        run_dir=output, target=target, calib_count=calib_count, eval_count=eval_count
+    )
+    with _progress("demo") as progress:
+        summary = run_demo(options, say=_say, progress=progress)
+
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    out.print(f"worst layers (gradient estimate): {', '.join(summary.worst_layers)}")
+    out.print(f"vendor files: {', '.join(summary.vendor_files)}")
+    out.print(
+        f"demo: {summary.metric} float {fmt(summary.float_metric)} -> int8 {summary.target} "
+        f"{fmt(summary.quantized_metric)} (QDQ in ONNX Runtime "
+        f"{fmt(summary.quantized_onnxruntime_metric)}), output SNR {summary.output_snr_db:.1f} dB; "
+        f"run folder {summary.run_dir}"
+    )
+
+
+@app.command()
 def profiles(json: JsonOpt = False) -> None:
     """Target profiles: formats, allowed precision modes, quantizer placement."""
     from quantlens.schemes.profiles import list_profiles

@@ -118,7 +118,12 @@ def calibration_key(
             digest.update(name.encode())
             digest.update(np.ascontiguousarray(feed[name]).tobytes())
     targets = {k: v.model_dump() for k, v in sorted(points.calibration_targets().items())}
-    settings = {"method": opts.method, "percentile": opts.percentile, "targets": targets}
+    settings = {
+        "method": opts.method,
+        "percentile": opts.percentile,
+        "targets": targets,
+        "passes": 1,
+    }
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()
 

@@ -1,20 +1,24 @@
 """Calibration: stream a calibration set through the executor and choose every clip range.
 
-Pass 1 records the min/max of each target tensor; histogram observers then run pass 2, which
-fills one fixed-range histogram per tensor (range = the pass-1 min/max). Both passes reduce each
-tensor on the executor's device as it is computed and let it go, so memory does not grow with
-the number of samples, unlike calibrators that keep every activation of every batch.
+By default histogram methods (percentile, mse, entropy) make one pass: each target tensor's
+exact min/max and a `GrowingHistogram` (power-of-two bins that coarsen as the range grows) are
+updated as the tensor is computed, and at the end the histogram is spread over the range the
+observer asks for. `passes=2` is the exact alternative: pass 1 records the min/max, pass 2 fills
+fixed-range histograms over it. Either way each tensor is reduced on the executor's device as it
+is computed and let go, so memory does not grow with the number of samples, unlike calibrators
+that keep every activation of every batch.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 
 import numpy as np
 import torch
 
-from quantlens.calib.histogram import Histogram
+from quantlens.calib.histogram import GrowingHistogram, Histogram, flat_view
 from quantlens.calib.observers import Observer, ObserverSettings, make_observer
 from quantlens.calib.stats import CalibrationStats, TensorStats, summarize
 from quantlens.emulate.executor import Executor
@@ -24,10 +28,21 @@ from quantlens.schemes.formats import IntFormat
 Tensor = torch.Tensor
 Progress = Callable[[int, int], None]
 Feeds = Iterable[Mapping[str, np.ndarray]]
+# The running histogram has 4x the bins the observer reads over the widest range it may ask for:
+# its bins are then at most half as wide as the final ones, which keeps the interpolation when
+# resampling small (the entropy observer is the sensitive one; at 2x it strayed more often).
+_OVERSAMPLE = 4
+
+
+def _non_finite(name: str, sample: int) -> UserError:
+    return UserError(
+        f"tensor {name!r} holds NaN or Inf on calibration sample {sample} (0-based)",
+        "check that sample's pre-processing, and that the float model runs it cleanly",
+    )
 
 
 class _RangeHooks:
-    """Pass 1: running min/max per target; a NaN or Inf stops the run naming tensor and sample."""
+    """Min/max only: running min/max per target; a NaN or Inf stops the run naming the tensor."""
 
     def __init__(self, targets: Mapping[str, IntFormat]) -> None:
         self.targets = targets
@@ -45,7 +60,7 @@ class _RangeHooks:
             self.numel[name] = self.numel.get(name, 0) + tensor.numel()
             self.slot.setdefault(name, len(self.slot))
             if tensor.numel():
-                low, high = torch.aminmax(tensor.detach())
+                low, high = torch.aminmax(flat_view(tensor.detach()))
                 self._names.append(name)
                 self._pairs.append(torch.stack([low, high]).to(torch.float64))
         return tensor
@@ -57,11 +72,7 @@ class _RangeHooks:
         pairs = torch.stack(self._pairs)
         finite = torch.isfinite(pairs).all(1)
         if not bool(finite.all()):
-            name = self._names[int((~finite).nonzero()[0])]
-            raise UserError(
-                f"tensor {name!r} holds NaN or Inf on calibration sample {index} (0-based)",
-                "check that sample's pre-processing, and that the float model runs it cleanly",
-            )
+            raise _non_finite(self._names[int((~finite).nonzero()[0])], index)
         slots = torch.tensor([self.slot[n] for n in self._names], device=pairs.device)
         grown = pairs.new_empty(len(self.slot), 2)
         grown[:, 0], grown[:, 1] = torch.inf, -torch.inf
@@ -83,8 +94,58 @@ class _RangeHooks:
         return result
 
 
+class _StreamHooks:
+    """One pass: exact min/max and a growing histogram per target.
+
+    Whether the grid must grow is decided on the host, so every target tensor costs one device
+    sync (free on a CPU); that same read-back of min/max checks for NaN and Inf, which min and
+    max propagate.
+    """
+
+    def __init__(self, capacities: Mapping[str, int], device: torch.device) -> None:
+        self.capacities, self.device = capacities, device
+        self.sample = 0
+        self.numel: dict[str, int] = {}
+        self.ranges: dict[str, tuple[float, float]] = {}
+        self.histograms: dict[str, GrowingHistogram] = {}
+
+    def weight(self, name: str, tensor: Tensor) -> Tensor:
+        return tensor
+
+    def activation(self, name: str, tensor: Tensor) -> Tensor:
+        capacity = self.capacities.get(name)
+        if capacity is not None:
+            self._observe(name, flat_view(tensor.detach()), capacity)
+        return tensor
+
+    def end_sample(self, index: int) -> None:
+        self.sample = index + 1
+
+    def _observe(self, name: str, flat: Tensor, capacity: int) -> None:
+        self.numel[name] = self.numel.get(name, 0) + flat.numel()
+        if not flat.numel():
+            return
+        low, high = torch.stack(torch.aminmax(flat)).tolist()
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise _non_finite(name, self.sample)
+        seen_low, seen_high = self.ranges.get(name, (low, high))
+        self.ranges[name] = (min(low, seen_low), max(high, seen_high))
+        histogram = self.histograms.get(name)
+        if histogram is None:
+            histogram = self.histograms[name] = GrowingHistogram(capacity, self.device)
+        if flat.dtype != torch.float32:
+            # Binning is exact in float32; rounding is monotone, so the bounds still hold.
+            flat = flat.float()
+            low, high = float(np.float32(low)), float(np.float32(high))
+        histogram.add(flat, low, high)
+
+    def observed(self) -> dict[str, tuple[float, float]]:
+        """(min, max) per target in the order first seen; (0, 0) for a tensor never non-empty."""
+        return {name: self.ranges.get(name, (0.0, 0.0)) for name in self.numel}
+
+
 class _HistogramHooks:
-    """Pass 2: every target's values go into its histogram."""
+    """Pass 2 of two: every target's values go into its fixed-range histogram."""
 
     def __init__(self, histograms: Mapping[str, Histogram]) -> None:
         self.histograms = histograms
@@ -112,14 +173,14 @@ class _Ticker:
 def _run_pass(
     executor: Executor,
     feeds: Iterable[Mapping[str, np.ndarray]],
-    hooks: _RangeHooks | _HistogramHooks,
+    hooks: _RangeHooks | _StreamHooks | _HistogramHooks,
     tick: _Ticker,
 ) -> int:
     samples = 0
     with torch.inference_mode():
         for index, feed in enumerate(feeds):
             executor.run(feed, hooks=hooks)
-            if isinstance(hooks, _RangeHooks):
+            if not isinstance(hooks, _HistogramHooks):
                 hooks.end_sample(index)
             samples += 1
             tick()
@@ -181,49 +242,55 @@ def calibrate(
     *,
     percentile: float = 99.999,
     bins: int = 2048,
+    passes: int = 1,
     count: int | None = None,
     progress: Progress | None = None,
 ) -> CalibrationStats:
     """Observe the `targets` activations over the calibration set and choose their clip ranges.
 
     `feeds` holds one mapping of input name -> array per sample (a sample may be a batch).
-    Histogram methods (percentile, mse, entropy) read it twice, so it must be re-iterable: a
-    list or other Sequence; a one-shot iterator is accepted only by `minmax`. `count` limits the
-    run to the first `count` samples. `targets` maps each tensor to observe to the grid it will
-    be quantized onto (the MSE and entropy observers optimise for that grid); every other
+    Histogram methods (percentile, mse, entropy) read it once by default, into histograms whose
+    range grows with the data; `passes=2` reads it twice (min/max, then histograms over exactly
+    that range) and then needs a re-iterable `feeds` (a list or other Sequence). `count` limits
+    the run to the first `count` samples. `targets` maps each tensor to observe to the grid it
+    will be quantized onto (the MSE and entropy observers optimise for that grid); every other
     tensor passes through untouched. `progress(done, total)` is called after every sample of
     every pass (total is 0 when the length is unknown).
     """
     observer = make_observer(method, ObserverSettings(percentile=percentile, bins=bins))
     if bins < 64:
         raise UserError(f"{bins} histogram bins are too few", "use at least 64 (default 2048)")
-    if observer.needs_histogram and iter(feeds) is feeds:
+    if passes not in (1, 2):
+        raise UserError(f"calibration cannot make {passes} passes", "pass passes=1 or passes=2")
+    passes = passes if observer.needs_histogram else 1
+    if passes == 2 and iter(feeds) is feeds:
         raise UserError(
-            f"{method} calibration reads the calibration set twice, but got a one-shot iterator",
-            "pass a list (or other sequence) of input mappings",
+            f"two-pass {method} calibration reads the calibration set twice, "
+            "but got a one-shot iterator",
+            "pass a list (or other sequence) of input mappings, or use passes=1",
         )
-    per_pass = _planned_samples(feeds, count)
-    tick = _Ticker(progress, per_pass * (2 if observer.needs_histogram else 1))
-    ranges = _RangeHooks(targets)
-    samples = _run_pass(executor, _limited(feeds, count), ranges, tick)
-    if samples == 0:
-        raise UserError("calibration set is empty", "pass at least one input sample")
-    observed = ranges.observed()
-    _check_targets(targets, observed)
-    histograms: dict[str, Histogram] = {}
-    if observer.needs_histogram:
-        for name, (low, high) in observed.items():
-            if ranges.numel[name]:
-                spec = observer.histogram_range(low, high, targets[name])
-                histograms[name] = Histogram.empty(*spec, device=executor.device)
-        _run_pass(executor, _limited(feeds, count), _HistogramHooks(histograms), tick)
+    tick = _Ticker(progress, _planned_samples(feeds, count) * passes)
+    if not observer.needs_histogram:
+        samples, observed, numel, histograms = _observe_ranges(
+            executor, feeds, targets, count, tick
+        )
+    elif passes == 1:
+        samples, observed, numel, histograms = _observe_one_pass(
+            executor, feeds, targets, observer, count, tick
+        )
+    else:
+        samples, observed, numel, histograms = _observe_two_passes(
+            executor, feeds, targets, observer, count, tick
+        )
     tensors = {
         name: _tensor_stats(
-            name, targets[name], observed[name], ranges.numel[name], histograms.get(name), observer
+            name, targets[name], observed[name], numel[name], histograms.get(name), observer
         )
         for name in observed
     }
-    settings: dict[str, float | int | str] = {"bins": bins} if observer.needs_histogram else {}
+    settings: dict[str, float | int | str] = {"passes": passes}
+    if observer.needs_histogram:
+        settings["bins"] = bins
     if method == "percentile":
         settings["percentile"] = percentile
     return CalibrationStats(
@@ -233,6 +300,74 @@ def calibrate(
         device=str(executor.device),
         tensors=tensors,
     )
+
+
+# What a run observed: samples, (min, max) and value count per target, histograms by target.
+Observed = tuple[int, dict[str, tuple[float, float]], dict[str, int], dict[str, Histogram]]
+
+
+def _observe_ranges(
+    executor: Executor,
+    feeds: Feeds,
+    targets: Mapping[str, IntFormat],
+    count: int | None,
+    tick: _Ticker,
+) -> Observed:
+    ranges = _RangeHooks(targets)
+    samples = _run_pass(executor, _limited(feeds, count), ranges, tick)
+    return samples, _checked(ranges.observed(), targets, samples), ranges.numel, {}
+
+
+def _observe_one_pass(
+    executor: Executor,
+    feeds: Feeds,
+    targets: Mapping[str, IntFormat],
+    observer: Observer,
+    count: int | None,
+    tick: _Ticker,
+) -> Observed:
+    # The most bins the observer can ask for is for signed data (zero-anchored ranges double).
+    capacities = {
+        name: _OVERSAMPLE * observer.histogram_range(-1.0, 1.0, fmt)[2]
+        for name, fmt in targets.items()
+    }
+    hooks = _StreamHooks(capacities, executor.device)
+    samples = _run_pass(executor, _limited(feeds, count), hooks, tick)
+    observed = _checked(hooks.observed(), targets, samples)
+    histograms = {
+        name: growing.histogram(*observer.histogram_range(*observed[name], targets[name]))
+        for name, growing in hooks.histograms.items()
+    }
+    return samples, observed, hooks.numel, histograms
+
+
+def _observe_two_passes(
+    executor: Executor,
+    feeds: Feeds,
+    targets: Mapping[str, IntFormat],
+    observer: Observer,
+    count: int | None,
+    tick: _Ticker,
+) -> Observed:
+    ranges = _RangeHooks(targets)
+    samples = _run_pass(executor, _limited(feeds, count), ranges, tick)
+    observed = _checked(ranges.observed(), targets, samples)
+    histograms: dict[str, Histogram] = {}
+    for name, (low, high) in observed.items():
+        if ranges.numel[name]:
+            spec = observer.histogram_range(low, high, targets[name])
+            histograms[name] = Histogram.empty(*spec, device=executor.device)
+    _run_pass(executor, _limited(feeds, count), _HistogramHooks(histograms), tick)
+    return samples, observed, ranges.numel, histograms
+
+
+def _checked(
+    observed: dict[str, tuple[float, float]], targets: Mapping[str, IntFormat], samples: int
+) -> dict[str, tuple[float, float]]:
+    if samples == 0:
+        raise UserError("calibration set is empty", "pass at least one input sample")
+    _check_targets(targets, observed)
+    return observed
 
 
 def weight_ranges(

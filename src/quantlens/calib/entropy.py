@@ -46,18 +46,19 @@ def kl_divergences(counts: Tensor, levels: int, start: int = START_BIN) -> tuple
     if ends.numel() == 0:
         return ends, bins.new_zeros(0)
 
-    # Prefix sums of b, b*log(b) and [b > 0], gathered once at every level boundary.
-    columns = torch.stack([bins, torch.xlogy(bins, bins), (bins > 0).to(torch.float64)], 1)
-    prefix = torch.cat([columns.new_zeros(1, 3), columns.cumsum(0)])
+    # Prefix sums of b and [b > 0], gathered at every level boundary; the sum of b*log(b) over
+    # a candidate's levels telescopes to one prefix value, so it needs no gather.
+    zero = bins.new_zeros(1)
+    sum_b = torch.cat([zero, bins.cumsum(0)])
+    nonzero = torch.cat([zero, (bins > 0).to(torch.float64).cumsum(0)])
+    blogb = torch.cat([zero, torch.xlogy(bins, bins).cumsum(0)])
     k = torch.arange(levels + 1, device=bins.device)
     # Level k of candidate i holds bins [ceil(k*i/L), ceil((k+1)*i/L)), as np.digitize does.
     bounds = (k[None, :] * ends[:, None] + levels - 1) // levels
-    per_level = prefix[bounds].diff(dim=1)
-    level_sum, level_blogb, level_nonzero = per_level.unbind(2)
+    level_sum, level_nonzero = sum_b[bounds].diff(dim=1), nonzero[bounds].diff(dim=1)
     q_value = level_sum / level_nonzero.clamp(min=1.0)
     # sum over bins of b*log(b/q), with q constant over each level's non-empty bins
-    p_log_p_over_q = (level_blogb - torch.xlogy(level_sum, q_value)).sum(1)
-    sum_b = prefix[:, 0]
+    p_log_p_over_q = blogb[ends] - torch.xlogy(level_sum, q_value).sum(1)
     last, q_last = bins[ends - 1], q_value[:, -1]
     tail = sum_b[-1] - sum_b[ends]
     moved = torch.xlogy(last + tail, last + tail) - torch.xlogy(last, last)

@@ -1,0 +1,21 @@
+"""`quantlens demo` end to end (about 3 minutes on 2 cores, so it is in the slow suite)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import quantlens
+
+
+@pytest.mark.zoo
+@pytest.mark.slow
+def test_demo_runs_the_whole_job(tmp_path: Path) -> None:
+    run = tmp_path / "demo"
+    result = quantlens("demo", "-o", str(run), "--calib-count", "8", "--eval-count", "4")
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("demo: map50_95 float") and str(run) in last
+    for name in ("model.qdq.onnx", "quantize.json", "eval.json", "analysis.json", "model.alls"):
+        assert (run / name).is_file(), name
