@@ -270,7 +270,9 @@ class _Builder:
         if target.is_glob and target.text in ("*", "*/*"):
             self.default, self.patterns, self.layers = mode, [], {}
         elif target.is_glob and self.inverse is not None:
-            matched = fnmatch.filter(self.inverse, _unscope(target.text))
+            # Map keys may be scoped (net/conv1) or bare (conv1), like the glob itself.
+            pattern = _unscope(target.text)
+            matched = [h for h in self.inverse if fnmatch.fnmatchcase(_unscope(h), pattern)]
             if not matched:
                 raise UserError(
                     f"{self.source}:{line}: the glob {{{target.text}}} matches no mapped layer",
