@@ -1,8 +1,9 @@
 """The Hailo model-script (.alls) grammar, as far as reading precision modes needs it.
 
 One command per line, Python-call-like (`quantization_param([conv1, conv2], precision_mode=
-a16_w16)`), `#` comments, optional `name = command(...)` or `a, b = command(...)` assignments; layer arguments are bare
-or scoped names (`net/conv3`), lists `[a, b]` and brace globs `{conv*}` (vendor-formats.md 1.4).
+a16_w16)`), `#` comments, optional `name = command(...)` or `a, b = command(...)` assignments;
+layer arguments are bare or scoped names (`net/conv3`), lists `[a, b]` and brace globs
+`{conv*}` (vendor-formats.md 1.4).
 A call whose brackets are still open at the end of a line continues on the next one, so
 hand-wrapped lines read too.
 """
