@@ -20,6 +20,7 @@ import torch
 from onnx.helper import make_empty_tensor_value_info
 from pydantic import BaseModel, Field
 
+from quantlens.analysis.metrics import ErrorSums
 from quantlens.emulate.executor import Executor
 from quantlens.emulate.fakequant import QuantHooks
 from quantlens.errors import UserError
@@ -89,29 +90,26 @@ def agreement(
 
 
 class _Accumulator:
+    """Worst per-feed SNR, pooled SNR (the analysis layer's ErrorSums) and argmax agreement."""
+
     def __init__(self) -> None:
         self.worst = math.inf
-        self.signal = self.noise = 0.0
+        self.sums = ErrorSums()
         self.matches = self.positions = 0
 
     def add(self, reference: torch.Tensor, emulated: torch.Tensor) -> None:
         ref, emu = reference.to(torch.float64), emulated.to(torch.float64)
         self.worst = min(self.worst, snr_db(ref, emu))
-        self.signal += float(ref.pow(2).sum())
-        self.noise += float((emu - ref).pow(2).sum())
+        self.sums.add(ref, emu)
         if ref.dim() > 0 and ref.numel() > 0:
             self.matches += int((ref.argmax(-1) == emu.argmax(-1)).sum())
             self.positions += ref.argmax(-1).numel()
 
     def result(self) -> AgreementStats:
-        if self.noise == 0.0:
-            pooled = math.inf
-        elif self.signal == 0.0:
-            pooled = -math.inf
-        else:
-            pooled = 10.0 * math.log10(self.signal / self.noise)
         match = self.matches / self.positions if self.positions else 1.0
-        return AgreementStats(worst_snr_db=self.worst, pooled_snr_db=pooled, argmax_match=match)
+        return AgreementStats(
+            worst_snr_db=self.worst, pooled_snr_db=self.sums.snr_db, argmax_match=match
+        )
 
 
 def _numpy(value: np.ndarray | torch.Tensor) -> np.ndarray:
