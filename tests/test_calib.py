@@ -469,3 +469,19 @@ def test_custom_observers_plug_in_by_name() -> None:
         Executor(elementwise_model()), positive_samples(2), TARGETS, "test-half-range"
     )
     assert stats.tensors["x"].clip_max == pytest.approx(stats.tensors["x"].max / 2)
+
+
+def test_percentile_keeps_the_full_range_on_16_bit_grids() -> None:
+    from quantlens.calib.histogram import Histogram
+    from quantlens.calib.observers import ObserverSettings, make_observer
+    from quantlens.schemes.formats import int_format
+
+    data = torch.cat([torch.randn(100_000), torch.tensor([50.0])])
+    observer = make_observer("percentile", ObserverSettings(percentile=99.9))
+    low, high = float(data.min()), float(data.max())
+    h_low, h_high, bins = observer.histogram_range(low, high, int_format("uint16-asym"))
+    hist = Histogram.empty(h_low, h_high, bins, torch.device("cpu"))
+    hist.add(data)
+    assert observer.clip_range(low, high, hist, int_format("uint16-asym")) == (low, high)
+    clipped = observer.clip_range(low, high, hist, int_format("uint8-asym"))
+    assert clipped[1] < 10.0

@@ -126,6 +126,10 @@ class PercentileObserver:
         self, low: float, high: float, hist: Histogram | None, fmt: IntFormat
     ) -> tuple[float, float]:
         assert hist is not None
+        if fmt.bits >= 16:
+            # A 16-bit grid resolves the outliers a percentile cut exists to drop for 8 bits;
+            # clipping them would only add error (the entropy observer does the same).
+            return low, high
         cut = 1.0 - self.keep
         if low >= 0.0:
             fractions = [0.0, self.keep]
