@@ -29,6 +29,7 @@ import onnxruntime as ort
 from quantlens.data import zoo
 from quantlens.data.preprocess import load_inputs
 from quantlens.data.render import write_samples
+from quantlens.evaluate.ocr import ctc_alphabet, ctc_greedy_decode, edit_distance
 from quantlens.quantize import QuantizeOptions, quantize_model
 
 SAMPLES = {
@@ -112,30 +113,12 @@ def task_metric(
         meta = {
             p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props
         }
-        chars = ["blank", *meta["character"].splitlines(), " "]
-        return char_accuracy([ctc_greedy(o[0][0], chars) for o in outputs], labels)
+        chars = ctc_alphabet(meta["character"].splitlines())
+        texts = [ctc_greedy_decode(o[0][0], chars) for o in outputs]
+        # Pooled over all characters: 1 - total edits / total characters.
+        edits = sum(edit_distance(p, t) for p, t in zip(texts, labels))
+        return 1.0 - edits / max(sum(len(t) for t in labels), 1)
     return None
-
-
-def ctc_greedy(probs: np.ndarray, chars: Sequence[str]) -> str:
-    best = probs.argmax(-1)
-    keep = [i for k, i in enumerate(best) if i != 0 and (k == 0 or i != best[k - 1])]
-    return "".join(chars[i] for i in keep)
-
-
-def char_accuracy(predicted: Sequence[str], truth: Sequence[str]) -> float:
-    """1 - total edit distance / total characters."""
-
-    def edits(a: str, b: str) -> int:
-        row = list(range(len(b) + 1))
-        for i, ca in enumerate(a, 1):
-            prev, row[0] = row[0], i
-            for j, cb in enumerate(b, 1):
-                prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
-        return row[-1]
-
-    total = sum(len(t) for t in truth)
-    return 1.0 - sum(edits(p, t) for p, t in zip(predicted, truth)) / max(total, 1)
 
 
 def evaluate(
