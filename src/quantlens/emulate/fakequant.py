@@ -19,14 +19,20 @@ Tensor = torch.Tensor
 _FLOAT_TYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def _along(param: Tensor, rank: int, axis: int | None) -> Tensor:
+    """Per-channel parameters shaped to broadcast along `axis` of a rank-`rank` tensor."""
+    if axis is None or param.numel() <= 1:
+        return param
+    shape = [1] * rank
+    shape[axis] = -1
+    return param.reshape(shape)
+
+
 def fake_quantize(
     x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None = None
 ) -> Tensor:
     """Quantize then dequantize `x`; `scale`/`zero_point` are per tensor or along `axis`."""
-    if axis is not None and scale.numel() > 1:
-        shape = [1] * x.dim()
-        shape[axis] = -1
-        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    scale, zero_point = _along(scale, x.dim(), axis), _along(zero_point, x.dim(), axis)
     if x.requires_grad:
         scaled = x / scale
         rounded = scaled + (torch.round(scaled) - scaled).detach()
@@ -60,10 +66,7 @@ def quantize_to_int(
     x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None = None
 ) -> Tensor:
     """The integer codes (as int64) that QuantizeLinear would store, for exporters."""
-    if axis is not None and scale.numel() > 1:
-        shape = [1] * x.dim()
-        shape[axis] = -1
-        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    scale, zero_point = _along(scale, x.dim(), axis), _along(zero_point, x.dim(), axis)
     return torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax).to(torch.int64)
 
 
@@ -111,13 +114,10 @@ class TensorQuantizer:
         """Scale and bounds shaped to broadcast along `axis` for a tensor of `rank`."""
         cached = self._shape_cache.get(rank)
         if cached is None:
-            scale, lower, upper = self.scale, self.lower, self.upper
-            if self.axis is not None and self.scale.numel() > 1:
-                shape = [1] * rank
-                shape[self.axis] = -1
-                scale = scale.reshape(shape)
-                lower = lower.reshape(shape) if isinstance(lower, Tensor) else lower
-                upper = upper.reshape(shape) if isinstance(upper, Tensor) else upper
+            lower, upper = self.lower, self.upper
+            scale = _along(self.scale, rank, self.axis)
+            lower = _along(lower, rank, self.axis) if isinstance(lower, Tensor) else lower
+            upper = _along(upper, rank, self.axis) if isinstance(upper, Tensor) else upper
             cached = self._shape_cache[rank] = (scale, lower, upper)
         return cached
 
