@@ -17,5 +17,7 @@ def test_demo_runs_the_whole_job(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("demo: map50_95 float") and str(run) in last
-    for name in ("model.qdq.onnx", "quantize.json", "eval.json", "analysis.json", "model.alls"):
+    assert last.endswith(f"report {run / 'report.html'}")
+    files = ("model.qdq.onnx", "quantize.json", "eval.json", "analysis.json", "model.alls")
+    for name in (*files, "graph.json", "command.json", "report.html"):
         assert (run / name).is_file(), name

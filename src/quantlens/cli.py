@@ -7,11 +7,12 @@ Problems with the user's input surface as one `error:` line and exit code 1.
 from __future__ import annotations
 
 import collections
+import functools
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar, cast
 
 import typer
 from rich.console import Console
@@ -22,6 +23,8 @@ from quantlens import __version__, api
 from quantlens.data import zoo
 from quantlens.errors import UserError
 from quantlens.ir.passes.pipeline import parse_input_shapes
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 app = typer.Typer(
     name="quantlens",
@@ -61,6 +64,37 @@ def _progress(label: str) -> Iterator[api.Progress]:
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+def _records(folder: str, seeds: dict[str, int] | None = None) -> Callable[[F], F]:
+    """Decorate a command that writes into the run folder held by its option `folder`: once it
+    succeeds, its command line goes into that folder's command.json (the report's
+    reproducibility section)."""
+
+    def decorate(command: F) -> F:
+        @functools.wraps(command)
+        def run(**params: Any) -> Any:
+            result = command(**params)
+            run_dir = params.get(folder)
+            # `doctor -o FILE.json` names a file, not a run folder: nothing to record then.
+            if isinstance(run_dir, Path) and run_dir.suffix != ".json" and run_dir.is_dir():
+                _record(run_dir, command.__name__.removesuffix("_cmd"), params, seeds)
+            return result
+
+        return cast(F, run)
+
+    return decorate
+
+
+def _record(run_dir: Path, name: str, params: dict[str, Any], seeds: dict[str, int] | None) -> None:
+    from quantlens.report.provenance import record_command
+
+    program = Path(sys.argv[0]).name
+    argv = sys.argv if "quantlens" in program or program == "__main__.py" else None
+    if argv is None:  # called in-process (tests): rebuild the line from the parsed options
+        options = [f"--{k.replace('_', '-')}={v}" for k, v in params.items() if v]
+        argv = ["quantlens", name, *options]
+    record_command(run_dir, name, params, seeds, argv)
 
 
 @app.command()
@@ -201,6 +235,7 @@ def _print_check(report: api.CheckReport) -> None:
 
 
 @app.command()
+@_records("output", seeds={"calibration pages": 1, "evaluation pages": 2})
 def demo(
     output: Annotated[Path, typer.Option("-o", "--output", help="Run folder.")] = Path("runs/demo"),
     target: Annotated[str, typer.Option(help="Target profile.")] = "hailo8",
@@ -225,7 +260,7 @@ def demo(
         f"demo: {summary.metric} float {fmt(summary.float_metric)} -> int8 {summary.target} "
         f"{fmt(summary.quantized_metric)} (QDQ in ONNX Runtime "
         f"{fmt(summary.quantized_onnxruntime_metric)}), output SNR {summary.output_snr_db:.1f} dB; "
-        f"run folder {summary.run_dir}"
+        f"run folder {summary.run_dir}; report {summary.report}"
     )
 
 
@@ -259,6 +294,7 @@ def profiles(json: JsonOpt = False) -> None:
 
 
 @app.command()
+@_records("output")
 def quantize(
     model: ModelArg,
     calib: Annotated[Path, typer.Option(help="Folder (or file) of images or .npy/.npz inputs.")],
@@ -281,6 +317,31 @@ def quantize(
     limit: Annotated[int | None, typer.Option(help="Use at most N calibration samples.")] = None,
     input_shape: ShapeOpt = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    optimize: Annotated[
+        int,
+        typer.Option(
+            "--optimize",
+            "-O",
+            help="Optimization level 0-3: 1 = graph fusions, equalization, bias correction; "
+            "2 = + clip search; 3 = + AdaRound and fine-tune (see README).",
+        ),
+    ] = 0,
+    equalize: Annotated[
+        bool | None, typer.Option("--equalize/--no-equalize", help="Cross-layer equalization.")
+    ] = None,
+    fuse: Annotated[
+        bool | None,
+        typer.Option("--fuse/--no-fuse", help="Fold Div/Mul/Add and RGB reorders into convs."),
+    ] = None,
+    bias_correction: Annotated[
+        bool | None, typer.Option("--bias-correction/--no-bias-correction")
+    ] = None,
+    clip_search: Annotated[
+        bool | None,
+        typer.Option("--clip-search/--no-clip-search", help="Search activation/weight clips."),
+    ] = None,
+    adaround: Annotated[bool | None, typer.Option("--adaround/--no-adaround")] = None,
+    finetune: Annotated[bool | None, typer.Option("--finetune/--no-finetune")] = None,
     json: JsonOpt = False,
 ) -> None:
     """Calibrate, emulate and export a QDQ model for a target; writes the run folder."""
@@ -298,6 +359,15 @@ def quantize(
         spec_file=spec,
         limit=limit,
         device=device,
+        optimize=optimize,
+        fixes={
+            "equalize": equalize,
+            "fuse": fuse,
+            "bias_correction": bias_correction,
+            "clip_search": clip_search,
+            "adaround": adaround,
+            "finetune": finetune,
+        },
     )
     with _progress("calibrate") as progress:
         report = quantize_model(path, options, say=_say, progress=progress)
@@ -328,6 +398,8 @@ def _print_quantize(report: object) -> None:
         table.add_row(o.name, f"{d.snr_db:.2f}", f"{d.cosine:.6f}", agree, match)
     out.print(table)
     modes = ", ".join(f"{m} x{n}" for m, n in report.modes.items())
+    for fix in report.optimize.fixes:
+        out.print(f"fix {fix['name']}: {len(fix['changes'])} changes, {fix['seconds']} s")  # type: ignore[arg-type]
     reused = " (calibration reused)" if report.calibration_reused else ""
     pooled = report.pooled_agreement()
     agree = "?" if pooled is None else f"{pooled:.1f}"
@@ -335,6 +407,26 @@ def _print_quantize(report: object) -> None:
         f"{Path(report.model).name} -> {report.files['qdq_model']}: {report.target}, {modes}; "
         f"worst output SNR {report.worst_snr():.1f} dB, emulator vs ONNX Runtime {agree} dB "
         f"(pooled), {report.samples} samples{reused}"
+    )
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (quantize, analyze, eval, ...).")],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="HTML file (default RUN_DIR/report.html).")
+    ] = None,
+) -> None:
+    """One self-contained HTML page from the run folder's artifacts; works offline."""
+    from quantlens.report.render import render_report
+
+    result = render_report(run_dir, output)
+    out.print(result.summary, markup=False)
+    mb, plotly_mb = result.bytes / 1e6, result.plotly_bytes / 1e6
+    out.print(
+        f"report: {len(result.sections)} sections ({', '.join(result.sections)}), {mb:.1f} MB "
+        f"({plotly_mb:.1f} MB of it plotly.js) -> {result.path}",
+        markup=False,
     )
 
 
@@ -374,6 +466,7 @@ def zoo_fetch(name: Annotated[str, typer.Argument(help="Zoo model name, or 'all'
 
 
 @app.command()
+@_records("output")
 def doctor(
     calib: Annotated[Path, typer.Option(help="Calibration images to diagnose.")],
     data: Annotated[
@@ -383,7 +476,8 @@ def doctor(
         str | None, typer.Option(help="Model (file or zoo name) for the activation check.")
     ] = None,
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Write doctor.json.")
+        Path | None,
+        typer.Option("-o", "--output", help="doctor.json to write, or a run folder for it."),
     ] = None,
     json: JsonOpt = False,
 ) -> None:
@@ -391,7 +485,7 @@ def doctor(
     path = api.resolve_model(model, say=_say) if model else None
     report = api.doctor(calib, data, path)
     if output is not None:
-        report.save(output)
+        report.save(output if output.suffix else output / "doctor.json")
     if json:
         out.print(report.to_json(), markup=False)
         return
@@ -407,6 +501,7 @@ def doctor(
 
 
 @app.command()
+@_records("output")
 def analyze(
     model: ModelArg,
     calib: Annotated[Path, typer.Option(help="Folder (or file) of images or .npy/.npz inputs.")],
@@ -466,7 +561,137 @@ def analyze(
     )
 
 
+@app.command()
+@_records("output")
+def search(
+    model: ModelArg,
+    calib: Annotated[Path, typer.Option(help="Folder (or file) of images or .npy/.npz inputs.")],
+    target: Annotated[str, typer.Option(help="Target profile.")] = "hailo8",
+    output: Annotated[Path, typer.Option("-o", "--output", help="Run folder.")] = Path(
+        "runs/search"
+    ),
+    data: Annotated[
+        Path | None, typer.Option(help="Evaluation data with ground truth (for --max-drop).")
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option(help="Task metric: classification, detection, ocr, file.py:name.")
+    ] = None,
+    strategy: Annotated[str, typer.Option(help="milp, greedy or tpu-mlir.")] = "milp",
+    cost: Annotated[str, typer.Option(help="Cost model: analytic, measured, imported.")] = (
+        "analytic"
+    ),
+    cost_table: Annotated[
+        Path | None, typer.Option(help="CSV layer,mode,time from a vendor profiler.")
+    ] = None,
+    max_drop: Annotated[
+        float | None, typer.Option(help="Allowed task-metric drop vs float (default: 10% of gap).")
+    ] = None,
+    min_snr: Annotated[
+        float | None, typer.Option(help="Required output SNR in dB (without --data).")
+    ] = None,
+    max_cost: Annotated[float | None, typer.Option(help="Cost budget relative to int8.")] = None,
+    max_evals: Annotated[int, typer.Option(help="Full task-metric evaluations at most.")] = 10,
+    time_budget: Annotated[
+        float | None, typer.Option(help="Seconds; the best point so far is kept.")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Reuse finished evaluations in -o.")] = False,
+    samples: Annotated[int, typer.Option(help="Samples for the output-SNR checks.")] = 8,
+    method: Annotated[str, typer.Option(help="Activation calibration method.")] = "percentile",
+    limit: Annotated[int | None, typer.Option(help="Use at most N calibration samples.")] = None,
+    eval_limit: Annotated[int | None, typer.Option(help="Evaluate at most N samples.")] = None,
+    explain: Annotated[
+        str | None, typer.Option(help="Only show what promoting LAYER drags along, and its cost.")
+    ] = None,
+    spec: Annotated[Path | None, typer.Option(help="Pre-processing YAML.")] = None,
+    input_shape: ShapeOpt = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    json: JsonOpt = False,
+) -> None:
+    """Mixed-precision search: the cheapest assignment that meets the goal, under the chip's
+    rules; writes search.json, assignment.json and the QDQ export of the chosen point."""
+    from quantlens.search_run import SearchOptions, prepare_search, search_model
+    from quantlens.search_run import explain as explain_layer
+
+    path = api.resolve_model(model, say=_say)
+    options = SearchOptions(
+        calib=calib,
+        target=target,
+        run_dir=output,
+        data=data,
+        task=task,
+        strategy=strategy,
+        cost_model=cost,
+        cost_table=cost_table,
+        max_drop=max_drop,
+        min_snr=min_snr,
+        max_cost=max_cost,
+        max_evals=max_evals,
+        time_budget=time_budget,
+        resume=resume,
+        samples=samples,
+        method=method,
+        limit=limit,
+        eval_limit=eval_limit,
+        spec_file=spec,
+        input_shapes=parse_input_shapes(input_shape or []),
+        device=device,
+    )
+    if explain is not None:
+        found = explain_layer(prepare_search(path, options, calibrated=False), explain)
+        if json:
+            out.print(found.model_dump_json(indent=2), markup=False)
+            return
+        _print_explain(found)
+        return
+    with _progress("search") as progress:
+        report = search_model(path, options, say=_say, progress=progress)
+    if json:
+        out.print(report.to_json(), markup=False)
+        return
+    _print_search(report, output)
+
+
+def _print_explain(found: Any) -> None:
+    table = Table(title=f"promoting {found.unit} ({found.op_type})")
+    table.add_column("node")
+    table.add_column("mode")
+    for node, mode in found.modes.items():
+        table.add_row(node, mode)
+    out.print(table)
+    out.print(
+        f"{found.unit}: {len(found.modes)} nodes change; cost {found.cost:.4f}x int8 "
+        f"(+{found.cost_delta:.2%})"
+    )
+
+
+def _print_search(report: Any, output: Path) -> None:
+    metric = report.metric_name or "metric"
+    table = Table(title=f"mixed precision on {report.target} ({report.strategy})")
+    for column in ("point", metric, "output SNR dB", "cost vs int8", "nodes promoted"):
+        table.add_column(column, justify="left" if column == "point" else "right")
+    if report.float_metric is not None:
+        table.add_row("float", f"{report.float_metric:.4f}", "-", "-", "-")
+    rows = [("all-int8", report.baseline), ("chosen", report.chosen), ("all-16-bit", report.all16)]
+    for name, key in rows:
+        point = report.point(key)
+        if point is None:
+            continue
+        value = "-" if point.metric is None else f"{point.metric:.4f}"
+        snr = "-" if point.snr_db is None else f"{point.snr_db:.1f}"
+        table.add_row(name, value, snr, f"{point.cost:.3f}x", str(len(point.modes)))
+    out.print(table)
+    for note in report.notes:
+        out.print(f"[dim]note: {note}[/dim]")
+    chosen = report.point(report.chosen)
+    what = "-" if chosen is None else f"{chosen.label}, {chosen.cost:.3f}x int8 cost"
+    out.print(
+        f"{Path(report.model).name}: {len(report.points)} points, "
+        f"{report.full_evaluations} full evaluations, chosen {what}; {output / 'search.json'}"
+    )
+
+
 @app.command("eval")
+@_records("run")
 def eval_cmd(
     model: ModelArg,
     data: Annotated[Path, typer.Option(help="Evaluation samples (images or .npy/.npz).")],
@@ -564,6 +789,7 @@ NameMapOpt = Annotated[
 
 
 @app.command("export")
+@_records("run_dir")
 def export_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `quantlens quantize`.")],
     fmt: FormatOpt,

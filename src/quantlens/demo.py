@@ -3,7 +3,7 @@
 doclayout-yolov8n (a YOLOv8n document-layout detector) is fetched, synthetic pages with known
 layout boxes are rendered for calibration and evaluation, the model is quantized to int8 for the
 target, evaluated three ways, analysed per layer and exported in the vendor's format. Every
-stage writes into one run folder.
+stage writes into one run folder, and the HTML report is rendered from it last.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from quantlens.data import zoo
 from quantlens.data.render import write_samples
 from quantlens.evaluation import EvalOptions, evaluate_three_way
 from quantlens.quantize import QuantizeOptions, quantize_model
+from quantlens.report.render import render_report
 from quantlens.vendor_io import export_vendor
 
 MODEL = "doclayout-yolov8n"
@@ -54,6 +55,7 @@ class DemoSummary(BaseModel):
     output_snr_db: float
     worst_layers: list[str]
     vendor_files: list[str]
+    report: str
 
 
 def run_demo(opts: DemoOptions, say: Say, progress: Progress | None = None) -> DemoSummary:
@@ -85,6 +87,8 @@ def run_demo(opts: DemoOptions, say: Say, progress: Progress | None = None) -> D
         progress,
     )
     exported = export_vendor(run, VENDOR_FORMAT.get(opts.target, "ort"), model=model)
+    say("rendering the report")
+    page = render_report(run)
     return DemoSummary(
         run_dir=str(run),
         target=opts.target,
@@ -95,4 +99,5 @@ def run_demo(opts: DemoOptions, say: Say, progress: Progress | None = None) -> D
         output_snr_db=quantized.worst_snr(),
         worst_layers=[layer.id for layer in analysis.worst(5)],
         vendor_files=exported.files,
+        report=str(page.path),
     )

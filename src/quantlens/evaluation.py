@@ -431,7 +431,9 @@ def evaluate_three_way(
     clock["float"] = time.perf_counter() - start
     # Only a trusted float baseline is worth quantizing against.
     start = time.perf_counter()
-    quantized, notes = _quantized(prepared, folder, executor, opts)
+    quantized_executor = _run_executor(opts) or executor
+    quantized, notes = _quantized(prepared, folder, quantized_executor, opts)
+    runner.executor = quantized_executor
     if quantized is not None:
         _add_quantized_arms(arms, task, context, with_qdq=quantized.qdq is not None)
         runner.quantized_pass(arms, quantized)
@@ -443,6 +445,18 @@ def evaluate_three_way(
     if out is not None:
         report.save(out)
     return report
+
+
+def _run_executor(opts: EvalOptions) -> Executor | None:
+    """The run folder's own float model when `quantize --optimize` changed the graph or weights:
+    the plan names its tensors and was fitted to its weights (float arms keep the original)."""
+    from quantlens.api import prepare
+
+    optimized = opts.run_dir / "model.float.onnx" if opts.run_dir is not None else None
+    if optimized is None or not optimized.is_file() or opts.plan is not None:
+        return None
+    model = prepare(optimized, opts.input_shapes, batch=1).model
+    return Executor(model, device=opts.device)
 
 
 def _nonfinite_notes(report: EvalReport) -> list[str]:
@@ -607,3 +621,49 @@ def _worst_first(row: SampleResult) -> tuple[float, float, float]:
     if row.quantized_score is None:
         return row.float_score, 0.0, 0.0
     return row.quantized_score - row.float_score, row.quantized_score, snr
+
+
+class TaskScorer:
+    """The task metric of one model on one data folder for many quantization plans.
+
+    The inputs are read once and the float outputs computed once, so scoring a plan costs one
+    quantized pass; the search's oracle calls it for every full evaluation.
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        data: str | Path,
+        task: str,
+        executor: Executor,
+        options: EvalOptions | None = None,
+    ) -> None:
+        opts = options or EvalOptions()
+        folder = Path(data)
+        self.prepared = _prepare_model(model, opts)
+        files = list_samples(folder)
+        self.context = _context(folder, [name for name, _ in files], self.prepared, opts, task)
+        files = files[: opts.limit] if opts.limit is not None else files
+        if not _has_truth(task):
+            raise UserError(
+                f"task {task!r} has no ground truth to score plans with",
+                "pick a task with a metric (classification, detection, ocr)",
+            )
+        self.task, self.executor = task, executor
+        self.samples = [
+            (Sample(index, name, path, _image_size(path)), load_inputs(path, self.prepared.spec)[0])
+            for index, (name, path) in enumerate(files)
+        ]
+        self.primary = make_evaluator(task, self.context).primary
+
+    def score(self, plan: QuantPlan | None, progress: Progress | None = None) -> dict[str, float]:
+        """Every metric of the task; `plan` None scores the float model."""
+        evaluator = make_evaluator(self.task, self.context)
+        hooks = QuantHooks(plan, self.executor.device) if plan is not None else None
+        with torch.inference_mode():
+            for done, (sample, feed) in enumerate(self.samples, start=1):
+                outputs = as_reference(self.executor.run(feed, hooks=hooks))
+                evaluator.update(outputs, sample)
+                if progress is not None:
+                    progress(done, len(self.samples))
+        return evaluator.result()

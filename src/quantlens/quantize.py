@@ -29,6 +29,8 @@ from quantlens.errors import UserError
 from quantlens.evaluate.distance import Distance, distance
 from quantlens.export.qdq import export_qdq
 from quantlens.export.verify import AgreementStats, agreement_stats
+from quantlens.fixes.levels import run_fixes, settings_for
+from quantlens.ir.passes.optimize import optimize_graph
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.profiles import TargetProfile, get_profile
 from quantlens.schemes.qparams import QuantPlan
@@ -51,6 +53,11 @@ class QuantizeOptions:
     spec_file: Path | None = None
     limit: int | None = None
     device: str = "cpu"
+    # Optimization level 0-3 (see quantlens.fixes.levels); a fix set here (not None) overrides it.
+    optimize: int = 0
+    fixes: dict[str, bool | None] = field(default_factory=dict)
+    # Time cap in seconds for each learned fix (AdaRound, fine-tune); None: their own defaults.
+    fix_budget_s: float | None = None
 
 
 class OutputQuality(BaseModel):
@@ -58,6 +65,15 @@ class OutputQuality(BaseModel):
     float_vs_quantized: Distance
     # The exported QDQ model in ONNX Runtime against the emulator, same inputs.
     emulator_vs_onnxruntime: AgreementStats | None = None
+
+
+class OptimizeRecord(BaseModel):
+    """What `--optimize` did: graph passes before calibration, fixes after the plan."""
+
+    level: int = 0
+    enabled: list[str] = Field(default_factory=list)
+    passes: dict[str, list[str]] = Field(default_factory=dict)
+    fixes: list[dict[str, object]] = Field(default_factory=list)
 
 
 class QuantizeReport(Artifact):
@@ -75,6 +91,7 @@ class QuantizeReport(Artifact):
     files: dict[str, str]
     seconds: dict[str, float]
     notes: list[str] = Field(default_factory=list)
+    optimize: OptimizeRecord = Field(default_factory=OptimizeRecord)
     quantlens_version: str = __version__
 
     def worst_snr(self) -> float:
@@ -109,7 +126,11 @@ def load_calibration_set(
 
 
 def calibration_key(
-    model: Path, feeds: Sequence[dict[str, np.ndarray]], opts: QuantizeOptions, points: QuantPoints
+    model: Path,
+    feeds: Sequence[dict[str, np.ndarray]],
+    opts: QuantizeOptions,
+    points: QuantPoints,
+    graph: dict[str, bool] | None = None,
 ) -> str:
     digest = hashlib.sha256()
     digest.update(hashlib.sha256(model.read_bytes()).digest())
@@ -123,6 +144,8 @@ def calibration_key(
         "percentile": opts.percentile,
         "targets": targets,
         "passes": 1,
+        # Graph passes change the tensors calibration sees.
+        "graph": graph or {},
     }
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()
@@ -181,12 +204,17 @@ def quantize_model(
 ) -> QuantizeReport:
     """Canonicalize, calibrate, plan, emulate, export and verify; artifacts go to opts.run_dir."""
     from quantlens.api import prepare, spec_for
+    from quantlens.report.graph import write_graph
 
     clock: dict[str, float] = {}
     start = time.perf_counter()
     profile = get_profile(opts.target)
     prepared = prepare(path, opts.input_shapes, batch=1)
     model = prepared.model
+    settings = settings_for(opts.optimize, opts.fixes)
+    graph_options = settings.graph_options()
+    graph_reports = optimize_graph(model, graph_options)
+    write_graph(model, opts.run_dir)  # the graph as quantized, for the report's graph view
     assignment = load_assignment(opts.assignment, profile)
     points = quantization_points(model, assignment, profile)
     executor = Executor(model, device=opts.device)
@@ -198,14 +226,23 @@ def quantize_model(
     clock["prepare"] = time.perf_counter() - start
 
     _say(say, f"calibrating {len(feeds)} samples ({opts.method})")
-    key = calibration_key(path, feeds, opts, points)
+    key = calibration_key(path, feeds, opts, points, graph_options.model_dump())
     start = time.perf_counter()
     stats, reused = run_calibration(executor, feeds, points, opts, key, progress)
     clock["calibrate"] = time.perf_counter() - start
 
     ranges = {name: (t.clip_min, t.clip_max) for name, t in stats.tensors.items()}
     plan = build_plan(points, ranges, executor.weights, profile.name)
+    plan, fixes = run_fixes(
+        executor, plan, points, feeds, settings, say, progress, opts.fix_budget_s
+    )
+    clock.update({f"fix:{f.name}": f.seconds for f in fixes})
     files = _write_plan(opts.run_dir, assignment, plan)
+    if graph_options.any() or any(f.weights for f in fixes):
+        # Vendor exports and `evaluate --run` must see the graph and weights the plan names.
+        files["float_model"] = str(_write_float_model(model, opts.run_dir))
+    else:
+        (opts.run_dir / FLOAT_MODEL_FILE).unlink(missing_ok=True)  # a stale one would mislead
     start = time.perf_counter()
     quality = compare_outputs(executor, plan, feeds, opts.device)
     clock["emulate"] = time.perf_counter() - start
@@ -234,9 +271,30 @@ def quantize_model(
         files={**files, "calibration": str(opts.run_dir / "calibration.json")},
         seconds={k: round(v, 3) for k, v in clock.items()},
         notes=plan.notes,
+        optimize=OptimizeRecord(
+            level=opts.optimize,
+            enabled=settings.enabled(),
+            passes={r.name: r.details for r in graph_reports},
+            fixes=[f.as_record() for f in fixes],
+        ),
     )
     report.save(opts.run_dir / "quantize.json")
     return report
+
+
+FLOAT_MODEL_FILE = "model.float.onnx"
+
+
+def _write_float_model(model: object, run_dir: Path) -> Path:
+    import onnx_ir as ir
+
+    assert isinstance(model, ir.Model)
+    path = run_dir / FLOAT_MODEL_FILE
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    ir.save(model, tmp)
+    tmp.replace(path)
+    return path
 
 
 def _write_plan(run_dir: Path, assignment: Assignment, plan: QuantPlan) -> dict[str, str]:

@@ -143,7 +143,11 @@ def _report(run_dir: Path) -> dict[str, Any]:
 
 def _run_model(run_dir: Path, report: dict[str, Any]) -> Path:
     """The model path quantize.json recorded, relative to the cwd it ran in (unknown here),
-    so a few likely bases are tried."""
+    so a few likely bases are tried. A run whose graph passes or fixes changed the model left
+    the changed float model in the folder; that one matches the plan's names and weights."""
+    optimized = run_dir / "model.float.onnx"
+    if optimized.is_file():
+        return optimized
     recorded = report.get("model")
     if isinstance(recorded, str):
         for base in (Path.cwd(), run_dir, run_dir.parent):

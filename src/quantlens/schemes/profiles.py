@@ -26,6 +26,25 @@ class CostFactor(BaseModel):
     source: str
 
 
+class SearchRules(BaseModel):
+    """How promoting one layer changes its neighbours on this chip (the search's closure)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The mode a promoted layer runs in.
+    promote: ModeName = "a16_w16"
+    # The mode of a producer whose output must carry the higher precision (Hailo: a8_w8_a16);
+    # None where the chip converts between precisions instead.
+    output_mode: ModeName | None = None
+    # Ops right after a promoted layer that follow it, and it them (TPU-MLIR: Conv + Scale).
+    drag_after: list[str] = Field(default_factory=list)
+    # Cost of a precision convert at a boundary, in MAC-equivalents per element (QNN).
+    convert_factor: float = 0.0
+    # Cost of writing one output element, in MAC-equivalents (the analytic cost model).
+    element_cost: float = 1.0
+    source: str = ""
+
+
 class TargetProfile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -48,6 +67,7 @@ class TargetProfile(BaseModel):
     # Ops whose output reuses its input's quantization parameters (pure data movement).
     shared_scale_ops: list[str] = Field(default_factory=list)
     cost: dict[str, CostFactor] = Field(default_factory=dict)
+    search: SearchRules = Field(default_factory=SearchRules)
     sources: list[str] = Field(default_factory=list)
     notes: str = ""
 

@@ -1,0 +1,170 @@
+"""Empirical bias correction (Finkelstein et al. 2019; NNCF's bias correction).
+
+Quantized weights and inputs shift each layer's mean output; the shift passes through the rest of
+the network (a ReLU turns a mean shift into a range change). For every quantized Conv, Gemm and
+ConvTranspose with a bias, the per-channel E[y_float - y_quant] over the calibration data moves
+into the bias. Layers are corrected in graph order, in a few passes: a layer measured in pass k
+sees the corrections of every layer corrected in earlier passes (one layer per pass is the exact
+layer-by-layer method; fewer passes trade a little accuracy for time).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from quantlens.emulate.executor import Executor, Hooks
+from quantlens.emulate.fakequant import QuantHooks
+from quantlens.fixes.result import FixResult
+from quantlens.ir.layers import Layer, discover_layers
+from quantlens.schemes.qparams import QuantPlan
+
+Tensor = torch.Tensor
+Progress = Callable[[int, int], None]
+_CORRECTABLE = ("Conv", "ConvTranspose", "Gemm")
+
+
+@dataclass
+class BiasCorrectionOptions:
+    samples: int = 32
+    # Layers are corrected in at most this many sequential passes over the data.
+    max_passes: int = 16
+
+
+class _MeanRecorder:
+    """Hooks that record per-channel (axis 1) sums of chosen tensors, then defer to `inner`."""
+
+    def __init__(self, names: Sequence[str], inner: Hooks | None) -> None:
+        self.inner = inner
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = dict.fromkeys(names, 0)
+
+    def weight(self, name: str, tensor: Tensor) -> Tensor:
+        return self.inner.weight(name, tensor) if self.inner else tensor
+
+    def activation(self, name: str, tensor: Tensor) -> Tensor:
+        if name in self.counts and tensor.dim() >= 2:
+            dims = [d for d in range(tensor.dim()) if d != 1]
+            total = tensor.detach().to(torch.float64).sum(dim=dims)
+            self.sums[name] = self.sums[name] + total if name in self.sums else total
+            self.counts[name] += tensor.numel() // tensor.shape[1]
+        return self.inner.activation(name, tensor) if self.inner else tensor
+
+    def means(self) -> dict[str, np.ndarray]:
+        return {n: (s / max(self.counts[n], 1)).cpu().numpy() for n, s in self.sums.items()}
+
+
+def correctable_layers(executor: Executor, plan: QuantPlan) -> tuple[list[Layer], list[str]]:
+    """Quantized layers with a bias, in graph order; and notes on the ones left out."""
+    layers, notes = [], []
+    for layer in discover_layers(executor.model).layers:
+        quant = plan.weights.get(layer.weight)
+        if quant is None or not quant.is_int:
+            continue
+        if layer.op_type not in _CORRECTABLE or layer.bias is None:
+            notes.append(f"{layer.id}: not bias-corrected ({layer.op_type} without a bias)")
+            continue
+        layers.append(layer)
+    order = {step.outputs[0]: step.index for step in executor.steps}
+    layers.sort(key=lambda layer: order.get(layer.output, 0))
+    return layers, notes
+
+
+def bias_correction(
+    executor: Executor,
+    plan: QuantPlan,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    options: BiasCorrectionOptions | None = None,
+    progress: Progress | None = None,
+) -> FixResult:
+    opts = options or BiasCorrectionOptions()
+    start = time.perf_counter()
+    data = list(feeds)[: opts.samples]
+    layers, notes = correctable_layers(executor, plan)
+    result = FixResult(name="bias-correction", changes=notes)
+    if not layers or not data:
+        result.seconds = time.perf_counter() - start
+        return result
+    chunks = _chunks(layers, opts.max_passes)
+    total, done = (len(chunks) + 1) * len(data), 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    float_means = _means(executor, data, [x.output for x in layers], None, tick)
+    original = {x.bias: executor.weights[x.bias] for x in layers if x.bias}
+    try:
+        for chunk in chunks:
+            hooks = QuantHooks(plan, executor.device)
+            quant_means = _means(executor, data, [x.output for x in chunk], hooks, tick)
+            for layer in chunk:
+                _correct(executor, layer, float_means, quant_means, result)
+    finally:
+        # The executor is the caller's: corrections travel in the result, applied by apply_fix.
+        executor.weights.update(original)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _chunks(layers: list[Layer], passes: int) -> list[list[Layer]]:
+    size = max(1, -(-len(layers) // max(passes, 1)))
+    return [layers[i : i + size] for i in range(0, len(layers), size)]
+
+
+def _means(
+    executor: Executor,
+    data: Sequence[Mapping[str, np.ndarray]],
+    names: Sequence[str],
+    hooks: Hooks | None,
+    tick: Callable[[], None],
+) -> dict[str, np.ndarray]:
+    recorder = _MeanRecorder(names, hooks)
+    with torch.inference_mode():
+        for feed in data:
+            executor.run(feed, outputs=list(names), hooks=recorder)
+            tick()
+    return recorder.means()
+
+
+def _correct(
+    executor: Executor,
+    layer: Layer,
+    float_means: Mapping[str, np.ndarray],
+    quant_means: Mapping[str, np.ndarray],
+    result: FixResult,
+) -> None:
+    assert layer.bias is not None
+    want, got = float_means.get(layer.output), quant_means.get(layer.output)
+    bias = executor.weights[layer.bias]
+    if want is None or got is None or want.shape != got.shape or want.size != bias.numel():
+        result.changes.append(f"{layer.id}: not bias-corrected (output channels unknown)")
+        return
+    shift = want - got
+    if not np.all(np.isfinite(shift)):
+        result.changes.append(f"{layer.id}: not bias-corrected (non-finite output mean)")
+        return
+    beta = _gemm_beta(executor, layer)
+    new = bias.detach().to(torch.float64).cpu().numpy().reshape(-1) + shift / beta
+    executor.weights[layer.bias] = torch.as_tensor(new.reshape(bias.shape), dtype=bias.dtype).to(
+        bias.device
+    )
+    result.weights[layer.bias] = new.reshape(bias.shape).astype(np.float32)
+    result.changes.append(
+        f"{layer.id}: bias moved by mean |shift| {np.abs(shift).mean():.3g} "
+        f"(max {np.abs(shift).max():.3g})"
+    )
+
+
+def _gemm_beta(executor: Executor, layer: Layer) -> float:
+    for step in executor.steps:
+        if step.ctx.name == layer.id and step.ctx.op_type == "Gemm":
+            beta = float(step.ctx.attrs.get("beta", 1.0))
+            return beta if beta != 0 else 1.0
+    return 1.0

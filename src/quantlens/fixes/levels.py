@@ -1,0 +1,151 @@
+"""Optimization levels (`quantlens quantize --optimize LEVEL`) and the order fixes run in.
+
+- 0: nothing.
+- 1: graph passes before calibration (Div->Mul, affine fusion, RGB/BGR reorder removal,
+  cross-layer equalization) and bias correction after the plan.
+- 2: level 1 plus clip search (activation clip ranges, per-channel weight clips).
+- 3: level 2 plus AdaRound and the fine-tune of quantization parameters.
+
+Individual flags override the level either way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from quantlens.emulate.executor import Executor
+from quantlens.emulate.plan import QuantPoints
+from quantlens.errors import UserError
+from quantlens.fixes.result import FixResult, apply_fix
+from quantlens.ir.passes.optimize import GraphOptions
+from quantlens.schemes.qparams import QuantPlan
+
+Progress = Callable[[int, int], None]
+Say = Callable[[str], None]
+MAX_LEVEL = 3
+
+
+@dataclass
+class FixSettings:
+    """What runs; `None` in a request means "as the level says"."""
+
+    fuse: bool = False
+    equalize: bool = False
+    bias_correction: bool = False
+    clip_search: bool = False
+    adaround: bool = False
+    finetune: bool = False
+
+    def graph_options(self) -> GraphOptions:
+        return GraphOptions(
+            div_to_mul=self.fuse,
+            fuse_affine=self.fuse,
+            channel_reorder=self.fuse,
+            equalize=self.equalize,
+            add_bias=self.bias_correction,
+        )
+
+    def enabled(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name)]
+
+
+def settings_for(level: int, overrides: Mapping[str, bool | None] | None = None) -> FixSettings:
+    if not 0 <= level <= MAX_LEVEL:
+        raise UserError(
+            f"optimization level {level} does not exist", f"pick 0 to {MAX_LEVEL} (--optimize)"
+        )
+    settings = FixSettings(
+        fuse=level >= 1,
+        equalize=level >= 1,
+        bias_correction=level >= 1,
+        clip_search=level >= 2,
+        adaround=level >= 3,
+        finetune=level >= 3,
+    )
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            if not hasattr(settings, name):
+                raise UserError(f"unknown fix {name!r}", f"use one of {settings.enabled()}")
+            setattr(settings, name, value)
+    return settings
+
+
+def run_fixes(
+    executor: Executor,
+    plan: QuantPlan,
+    points: QuantPoints,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    settings: FixSettings,
+    say: Say | None = None,
+    progress: Progress | None = None,
+    budget_s: float | None = None,
+) -> tuple[QuantPlan, list[FixResult]]:
+    """Run the enabled fixes in order, applying each to the executor and its model.
+    `budget_s` caps each learned fix (AdaRound, fine-tune)."""
+    results: list[FixResult] = []
+    for name, make in _steps(settings, points, budget_s):
+        if say is not None:
+            say(f"fix: {name} on {len(feeds)} samples")
+        start = time.perf_counter()
+        result = make(executor, plan, feeds, progress)
+        result.seconds = result.seconds or time.perf_counter() - start
+        new_plan = apply_fix(executor, result)
+        plan = new_plan if new_plan is not None else plan
+        results.append(result)
+    return plan, results
+
+
+Fix = Callable[
+    [Executor, QuantPlan, Sequence[Mapping[str, np.ndarray]], Progress | None], FixResult
+]
+
+
+def _steps(
+    settings: FixSettings, points: QuantPoints, budget_s: float | None
+) -> list[tuple[str, Fix]]:
+    # Imports inside: the heavier fixes load only when asked for.
+    steps: list[tuple[str, Fix]] = []
+    if settings.clip_search:
+        from quantlens.fixes.clip_search import clip_search, weight_clip_search
+
+        steps.append(("clip-search", lambda e, p, f, pr: clip_search(e, p, f, points, progress=pr)))
+        steps.append(("weight-clip", lambda e, p, f, pr: weight_clip_search(e, p)))
+    if settings.adaround:
+        from quantlens.fixes.adaround import AdaRoundOptions, adaround
+
+        steps.append(
+            (
+                "adaround",
+                lambda e, p, f, pr: adaround(
+                    e,
+                    p,
+                    [dict(x) for x in f],
+                    AdaRoundOptions(device=str(e.device), time_budget_s=budget_s),
+                    progress=pr,
+                ),
+            )
+        )
+    if settings.bias_correction:
+        from quantlens.fixes.bias_correction import bias_correction
+
+        steps.append(("bias-correction", lambda e, p, f, pr: bias_correction(e, p, f, progress=pr)))
+    if settings.finetune:
+        from quantlens.fixes.finetune import FinetuneOptions, finetune
+
+        steps.append(
+            (
+                "finetune",
+                lambda e, p, f, pr: finetune(
+                    e,
+                    p,
+                    [dict(x) for x in f],
+                    FinetuneOptions(device=str(e.device), time_budget_s=budget_s),
+                    progress=pr,
+                ),
+            )
+        )
+    return steps

@@ -1,0 +1,10 @@
+"""The report: one self-contained HTML page rendered from a run folder's artifacts only.
+
+`render_report` lives in `quantlens.report.render`; it is not imported here because the
+pipeline (`quantize`) imports `write_graph` from this package, and render reads its artifacts.
+"""
+
+from quantlens.report.graph import GraphArtifact, build_graph, write_graph
+from quantlens.report.provenance import CommandLog, record_command
+
+__all__ = ["CommandLog", "GraphArtifact", "build_graph", "record_command", "write_graph"]

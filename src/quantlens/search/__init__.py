@@ -1,0 +1,1 @@
+"""Mixed-precision search: precision groups, cost models, strategies and the oracle."""

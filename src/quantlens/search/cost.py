@@ -1,0 +1,140 @@
+"""Cost models: what an assignment costs at run time, relative to all-int8.
+
+- `analytic`: per unit, (MACs + element_cost x output elements) x the profile's factor for the
+  mode (each factor in the profile JSON says where it comes from); on QNN also a convert per
+  precision boundary (convert_factor x elements).
+- `imported`: a per-layer time table from a vendor profiler (CSV: `layer,mode,time`), with the
+  profile's factors for modes the table lacks.
+- `measured`: ONNX Runtime latency of the exported QDQ model on this machine (`latency`), applied
+  to the points the search verifies.
+
+Costs are linear in the unit levels, so the integer program can use them directly.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from quantlens.errors import UserError
+from quantlens.schemes.profiles import TargetProfile
+from quantlens.search.groups import Rules
+
+COST_MODELS = ("analytic", "measured", "imported")
+
+
+@dataclass
+class CostTable:
+    """Absolute cost of every unit at every level, and of each precision boundary."""
+
+    name: str
+    unit: dict[str, dict[int, float]]  # unit -> level -> cost (level 0 included)
+    # (producer, consumer, cost of a convert between them when their precisions differ)
+    boundaries: list[tuple[str, str, float]]
+    total_int8: float
+
+    def absolute(self, state: Mapping[str, int]) -> float:
+        total = sum(costs[state.get(u, 0)] for u, costs in self.unit.items())
+        total += sum(c for a, b, c in self.boundaries if _level(state, a) != _level(state, b))
+        return total
+
+    def relative(self, state: Mapping[str, int]) -> float:
+        return self.absolute(state) / self.total_int8 if self.total_int8 > 0 else 1.0
+
+
+def _level(state: Mapping[str, int], unit: str) -> int:
+    return min(state.get(unit, 0), 1)  # a boundary exists between int8 and anything higher
+
+
+def analytic_costs(rules: Rules, profile: TargetProfile) -> CostTable:
+    element = profile.search.element_cost
+    base = {u.id: u.macs + element * u.elements for u in rules.units.values()}
+    return _table("analytic", rules, profile, base)
+
+
+def imported_costs(rules: Rules, profile: TargetProfile, path: Path) -> CostTable:
+    """Per-unit times from a CSV with columns layer, mode (optional), time."""
+    times = read_time_table(path)
+    known = set(times) & {node for u in rules.units.values() for node in u.nodes}
+    if not known:
+        raise UserError(
+            f"no layer in {path} matches the model's layers",
+            "use the layer ids `quantlens inspect` prints, in a 'layer' column",
+        )
+    base, table = {}, {}
+    for unit in rules.units.values():
+        rows = [times[n] for n in unit.nodes if n in times]
+        merged: dict[str, float] = {}
+        for row in rows:
+            for mode, value in row.items():
+                merged[mode] = merged.get(mode, 0.0) + value
+        base[unit.id] = merged.get(profile.default_mode, 0.0)
+        table[unit.id] = merged
+    result = _table("imported", rules, profile, base)
+    for name, costs in result.unit.items():
+        for level, mode in rules.modes[name].items():
+            if mode in table[name]:
+                costs[level] = table[name][mode]
+    return result
+
+
+def read_time_table(path: Path) -> dict[str, dict[str, float]]:
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as exc:
+        raise UserError(f"cannot read cost table {path}: {exc}", "check the path") from exc
+    if not rows or "layer" not in rows[0] or "time" not in rows[0]:
+        raise UserError(
+            f"{path} needs the columns layer and time (and optionally mode)",
+            "write one row per layer: layer,mode,time",
+        )
+    table: dict[str, dict[str, float]] = {}
+    for number, row in enumerate(rows, start=2):
+        try:
+            value = float(row["time"])
+        except ValueError as exc:
+            raise UserError(
+                f"{path}:{number}: time {row['time']!r} is not a number", "write it as a number"
+            ) from exc
+        table.setdefault(row["layer"], {})[row.get("mode") or "a8_w8"] = value
+    return table
+
+
+def _table(name: str, rules: Rules, profile: TargetProfile, base: Mapping[str, float]) -> CostTable:
+    def factor(mode: str) -> float:
+        found = profile.cost.get(mode)
+        return found.factor if found is not None else 1.0
+
+    unit = {
+        u: {0: base[u] * factor(rules.default_mode)}
+        | {lv: base[u] * factor(m) for lv, m in rules.modes[u].items()}
+        for u in rules.units
+    }
+    convert = profile.search.convert_factor
+    boundaries = [(a, b, convert * size) for a, b, size in rules.edges if convert > 0]
+    total = sum(costs[0] for costs in unit.values())
+    return CostTable(name, unit, boundaries, total)
+
+
+def latency(path: Path, feeds: Sequence[dict[str, np.ndarray]], repeats: int = 20) -> float:
+    """Median seconds per inference of an ONNX model in ONNX Runtime on this machine."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for feed in feeds[:2]:
+        session.run(None, feed)  # warm-up: allocations and kernel selection
+    times = []
+    for index in range(repeats):
+        feed = feeds[index % len(feeds)]
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

@@ -1,0 +1,598 @@
+"""The search pipeline: the cheapest mixed-precision assignment that meets the user's goal.
+
+prepare → calibrate at 8 and 16 bits once (every candidate's plan is assembled from those
+ranges) → units and closure rules → cost table → each unit's isolated noise → a strategy's
+candidates, cheapest first → the oracle verifies them (balanced output SNR on a few samples, the
+task metric on the evaluation set for at most `max_evals` points, by bisection along the
+candidates) → search.json, the chosen assignment and its QDQ export through `quantize`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import torch
+from pydantic import BaseModel
+
+from quantlens.artifacts import write_text_atomic
+from quantlens.calib import calibrate
+from quantlens.data.preprocess import InputSpec, load_spec_file
+from quantlens.emulate import Executor
+from quantlens.emulate.plan import QuantPoints, build_plan, quantization_points
+from quantlens.errors import UserError
+from quantlens.quantize import QuantizeOptions, QuantizeReport, load_calibration_set, quantize_model
+from quantlens.schemes.assignment import Assignment
+from quantlens.schemes.formats import IntFormat
+from quantlens.schemes.profiles import TargetProfile, get_profile
+from quantlens.schemes.qparams import QuantPlan
+from quantlens.search.artifact import GroupInfo, SearchGoal, SearchPoint, SearchReport
+from quantlens.search.cost import COST_MODELS, CostTable, analytic_costs, imported_costs, latency
+from quantlens.search.groups import Rules, State, build_rules
+from quantlens.search.oracle import BudgetExhausted, Evaluators, Oracle, modes_key
+from quantlens.search.sensitivity import UnitNoise, db_to_nsr, nsr_to_db, output_noise, unit_noise
+from quantlens.search.strategies import (
+    STRATEGIES,
+    Candidate,
+    NoiseModel,
+    greedy_chain,
+    milp_front,
+    tpu_mlir_chain,
+)
+from quantlens.search.units import Unit, element_counts, find_units
+
+Say = Callable[[str], None]
+Progress = Callable[[int, int], None]
+Feed = dict[str, np.ndarray]
+FLOAT = {"*": "float"}  # the oracle key of the float model's own metric
+DEFAULT_MIN_SNR = 30.0
+DEFAULT_RECOVERY = 0.9
+
+
+@dataclass
+class SearchOptions:
+    calib: Path
+    target: str = "hailo8"
+    run_dir: Path = Path("runs/search")
+    # Evaluation data with ground truth and its task; without them the goal is an output SNR.
+    data: Path | None = None
+    task: str | None = None
+    task_options: dict[str, object] = field(default_factory=dict)
+    strategy: str = "milp"
+    cost_model: str = "analytic"
+    cost_table: Path | None = None
+    max_drop: float | None = None
+    min_snr: float | None = None
+    max_cost: float | None = None
+    max_evals: int = 10
+    time_budget: float | None = None
+    resume: bool = False
+    method: str = "percentile"
+    percentile: float = 99.999
+    samples: int = 8
+    sensitivity_samples: int = 4
+    limit: int | None = None
+    eval_limit: int | None = None
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    spec: InputSpec | None = None
+    spec_file: Path | None = None
+    device: str = "cpu"
+    export: bool = True
+
+
+@dataclass
+class Planner:
+    """Plans for any assignment from ranges calibrated once per activation grid."""
+
+    profile: TargetProfile
+    model: ir.Model
+    executor: Executor
+    ranges: dict[int, dict[str, tuple[float, float]]]
+
+    def plan_for(self, modes: Mapping[str, str]) -> QuantPlan:
+        assignment = Assignment(
+            target=self.profile.name,
+            default=self.profile.default_mode,
+            layers=dict(modes),  # type: ignore[arg-type]
+        )
+        points = quantization_points(self.model, assignment, self.profile)
+        ranges = {
+            name: self.ranges[fmt.bits if fmt.bits in self.ranges else 8][name]
+            for name, fmt in points.calibration_targets().items()
+        }
+        return build_plan(points, ranges, self.executor.weights, self.profile.name)
+
+
+@dataclass
+class Setup:
+    path: Path
+    planner: Planner
+    feeds: list[Feed]
+    units: list[Unit]
+    rules: Rules
+    costs: CostTable
+    context_key: str
+
+    @property
+    def profile(self) -> TargetProfile:
+        return self.planner.profile
+
+    @property
+    def executor(self) -> Executor:
+        return self.planner.executor
+
+    def plan_for(self, modes: Mapping[str, str]) -> QuantPlan:
+        return self.planner.plan_for(modes)
+
+    def all16(self) -> State:
+        return self.rules.closure((u, max(self.rules.levels[u])) for u in self.rules.units)
+
+
+def _check_options(opts: SearchOptions) -> None:
+    if opts.strategy not in STRATEGIES:
+        raise UserError(
+            f"unknown strategy {opts.strategy!r}", f"use one of {', '.join(STRATEGIES)}"
+        )
+    if opts.cost_model not in COST_MODELS:
+        raise UserError(
+            f"unknown cost model {opts.cost_model!r}", f"use one of {', '.join(COST_MODELS)}"
+        )
+    if opts.cost_model == "imported" and opts.cost_table is None:
+        raise UserError("the imported cost model needs a table", "pass --cost-table times.csv")
+    if opts.max_drop is not None and (opts.data is None or opts.task is None):
+        raise UserError("--max-drop needs evaluation data", "pass --data FOLDER and --task TASK")
+    if opts.max_evals < 2:
+        raise UserError("--max-evals must be at least 2", "the float model and int8 need one each")
+
+
+def prepare_search(
+    path: Path,
+    opts: SearchOptions,
+    say: Say | None = None,
+    progress: Progress | None = None,
+    calibrated: bool = True,
+) -> Setup:
+    """Units, rules and costs; with `calibrated`, ranges on every activation grid too (without,
+    plans use placeholder ranges: enough for closures and costs, as `--explain` needs)."""
+    from quantlens.api import prepare, spec_for
+
+    profile = get_profile(opts.target)
+    model = prepare(path, opts.input_shapes, batch=1).model
+    executor = Executor(model, device=opts.device)
+    base = Assignment(target=profile.name, default=profile.default_mode)
+    points = quantization_points(model, base, profile)
+    feeds: list[Feed] = []
+    context = "uncalibrated"
+    if calibrated:
+        spec = opts.spec or spec_for(path, model)
+        if opts.spec_file is not None:
+            spec = load_spec_file(opts.spec_file, spec)
+        feeds = load_calibration_set(opts.calib, spec, opts.limit, executor.input_names)
+        context = _context_key(path, feeds, opts)
+        ranges = _ranges(executor, feeds, points, profile, opts, context, say, progress)
+    else:
+        names = [n for n, f in points.activations.items() if isinstance(f, IntFormat)]
+        ranges = {8: dict.fromkeys(names, (0.0, 1.0))}
+    planner = Planner(profile, model, executor, ranges)
+    units = find_units(model, executor, planner.plan_for({}), profile)
+    rules = build_rules(units, profile, element_counts(model))
+    return Setup(path, planner, feeds, units, rules, _cost_table(rules, profile, opts), context)
+
+
+def _context_key(path: Path, feeds: Sequence[Feed], opts: SearchOptions) -> str:
+    digest = hashlib.sha256(hashlib.sha256(path.read_bytes()).digest())
+    for feed in feeds:
+        for name in sorted(feed):
+            digest.update(np.ascontiguousarray(feed[name]).tobytes())
+    settings = [opts.target, opts.method, opts.percentile, opts.samples, str(opts.data)]
+    settings += [opts.task, opts.eval_limit, opts.sensitivity_samples, sorted(opts.task_options)]
+    digest.update(json.dumps(settings, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def _ranges(
+    executor: Executor,
+    feeds: Sequence[Feed],
+    points: QuantPoints,
+    profile: TargetProfile,
+    opts: SearchOptions,
+    context: str,
+    say: Say | None,
+    progress: Progress | None,
+) -> dict[int, dict[str, tuple[float, float]]]:
+    """Clip ranges of every quantizable activation on each activation grid the profile has."""
+    names = [n for n, f in points.activations.items() if isinstance(f, IntFormat)]
+    result = {}
+    for bits in sorted(profile.activation_formats):
+        if bits not in (8, 16):
+            continue
+        path = opts.run_dir / "search-cache" / context / f"ranges{bits}.json"
+        if path.is_file():
+            result[bits] = {k: (v[0], v[1]) for k, v in json.loads(path.read_text()).items()}
+            continue
+        _say(say, f"calibrating {len(feeds)} samples on the {bits}-bit grid ({opts.method})")
+        targets = dict.fromkeys(names, profile.activation_format(bits))
+        stats = calibrate(
+            executor, feeds, targets, opts.method, percentile=opts.percentile, progress=progress
+        )
+        result[bits] = {n: (t.clip_min, t.clip_max) for n, t in stats.tensors.items()}
+        write_text_atomic(path, json.dumps(result[bits]))
+    return result
+
+
+def _cost_table(rules: Rules, profile: TargetProfile, opts: SearchOptions) -> CostTable:
+    if opts.cost_model == "imported" and opts.cost_table is not None:
+        return imported_costs(rules, profile, opts.cost_table)
+    return analytic_costs(rules, profile)
+
+
+# --- explain ------------------------------------------------------------------------------------
+
+
+class Explanation(BaseModel):
+    unit: str
+    op_type: str
+    modes: dict[str, str]
+    cost: float
+    cost_delta: float
+
+
+def explain(setup: Setup, layer: str) -> Explanation:
+    """The closure of promoting `layer` (a unit id or any of its nodes) and its cost."""
+    unit = _find_unit(setup, layer)
+    group = setup.rules.group(unit.id)
+    cost = setup.costs.relative(group)
+    modes = setup.rules.node_modes(group)
+    return Explanation(
+        unit=unit.id, op_type=unit.op_type, modes=modes, cost=cost, cost_delta=cost - 1
+    )
+
+
+def _find_unit(setup: Setup, layer: str) -> Unit:
+    for unit in setup.units:
+        if layer == unit.id or layer in unit.nodes:
+            return unit
+    import difflib
+
+    names = [u.id for u in setup.units]
+    close = difflib.get_close_matches(layer, names, n=3, cutoff=0.4)
+    hint = f"did you mean {', '.join(close)}?" if close else "run `quantlens inspect` for layer ids"
+    raise UserError(f"no searchable layer {layer!r} in the model", hint)
+
+
+# --- the search ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    setup: Setup
+    opts: SearchOptions
+    oracle: Oracle
+    report: SearchReport
+    noise: NoiseModel
+    candidates: dict[str, Candidate] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def point(self, candidate: Candidate, full: bool = False) -> SearchPoint:
+        """Verify `candidate` (proxy SNR, and the task metric when `full`) and record it."""
+        modes = self.setup.rules.node_modes(candidate.state)
+        key = modes_key(modes)
+        found = self.report.point(key)
+        if found is None:
+            found = SearchPoint(
+                key=key,
+                label=candidate.label,
+                strategy=candidate.strategy,
+                promoted=candidate.promoted,
+                modes=modes,
+                cost=round(candidate.cost, 5),
+                predicted_snr_db=_rounded(nsr_to_db(candidate.predicted_nsr)),
+            )
+            self.report.points.append(found)
+            self.candidates[key] = candidate
+        if found.snr_db is None:
+            found.snr_db = _rounded(self.oracle.snr(modes))
+            found.verified = True
+        if full and found.metric is None:
+            found.metric = self.oracle.metric(modes)
+        self.checkpoint()
+        return found
+
+    def checkpoint(self) -> None:
+        self.report.full_evaluations = len(self.oracle.full_done)
+        self.report.seconds = round(time.perf_counter() - self.started, 2)
+        self.report.pareto = pareto(self.report.points)
+        self.report.save(self.opts.run_dir / "search.json")
+        best = self.report.point(self.report.chosen)
+        if best is not None:
+            self.assignment(best).save(self.opts.run_dir / "assignment.json")
+
+    def assignment(self, point: SearchPoint) -> Assignment:
+        profile = self.setup.profile
+        modes = point.modes
+        return Assignment(target=profile.name, default=profile.default_mode, layers=modes)  # type: ignore[arg-type]
+
+
+def pareto(points: Sequence[SearchPoint]) -> list[str]:
+    """Verified points no other point beats on both cost and quality (metric, else SNR)."""
+    use_metric = any(p.metric is not None for p in points)
+
+    def quality(p: SearchPoint) -> float | None:
+        return p.metric if use_metric else p.snr_db
+
+    scored = [p for p in points if quality(p) is not None]
+    scored.sort(key=lambda p: (p.cost, -(quality(p) or 0.0)))
+    front, best = [], -math.inf
+    for p in scored:
+        q = quality(p)
+        assert q is not None
+        if q > best:
+            front.append(p.key)
+            best = q
+    return front
+
+
+def search_model(
+    path: Path, opts: SearchOptions, say: Say | None = None, progress: Progress | None = None
+) -> SearchReport:
+    """Search; search.json, assignment.json and (with `export`) the QDQ run go to run_dir."""
+    _check_options(opts)
+    setup = prepare_search(path, opts, say, progress)
+    cache = opts.run_dir / "search-cache" / setup.context_key
+    if not opts.resume:
+        for stale in cache.glob("*.json"):
+            if not stale.name.startswith(("ranges", "noise")):
+                stale.unlink()
+    noise = NoiseModel(_unit_noise(setup, opts, cache, say, progress), setup.rules)
+    run = _Run(setup, opts, _oracle(setup, opts, cache, progress), _new_report(setup, opts), noise)
+    try:
+        _search(run, say)
+    except BudgetExhausted as exc:
+        run.report.notes.append(f"stopped early: {exc}; the best point so far is chosen")
+    _choose_fallback(run)
+    run.report.finished = True
+    run.checkpoint()
+    if opts.export and run.report.chosen is not None:
+        _export(run, say, progress)
+    return run.report
+
+
+def _new_report(setup: Setup, opts: SearchOptions) -> SearchReport:
+    groups = []
+    for unit in setup.units:
+        group = setup.rules.group(unit.id)
+        groups.append(
+            GroupInfo(
+                unit=unit.id,
+                op_type=unit.op_type,
+                modes=setup.rules.node_modes(group),
+                cost_delta=round(setup.costs.relative(group) - 1.0, 6),
+            )
+        )
+    goal = SearchGoal(max_drop=opts.max_drop, min_snr=opts.min_snr, max_cost=opts.max_cost)
+    return SearchReport(
+        model=str(setup.path.resolve()),
+        target=setup.profile.name,
+        cost_model=opts.cost_model,
+        strategy=opts.strategy,
+        goal=goal,
+        baseline=modes_key({}),
+        groups=groups,
+    )
+
+
+def _unit_noise(
+    setup: Setup, opts: SearchOptions, cache: Path, say: Say | None, progress: Progress | None
+) -> dict[str, UnitNoise]:
+    path = cache / "noise.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        return {k: UnitNoise(**v) for k, v in data.items()}
+    feeds = setup.feeds[: opts.sensitivity_samples]
+    _say(say, f"measuring the isolated noise of {len(setup.units)} units on {len(feeds)} samples")
+    found = unit_noise(setup.executor, setup.plan_for({}), setup.units, feeds, progress)
+    write_text_atomic(path, json.dumps({k: vars(v) for k, v in found.items()}))
+    return found
+
+
+def _oracle(setup: Setup, opts: SearchOptions, cache: Path, progress: Progress | None) -> Oracle:
+    feeds = setup.feeds[: opts.samples]
+    with torch.inference_mode():
+        references = [setup.executor.run(feed) for feed in feeds]
+
+    def proxy(modes: Mapping[str, str]) -> float:
+        return output_noise(setup.executor, setup.plan_for(modes), feeds, references).snr_db
+
+    metric = None
+    if opts.data is not None and opts.task is not None:
+        from quantlens.evaluation import EvalOptions, TaskScorer
+
+        eval_opts = EvalOptions(
+            limit=opts.eval_limit,
+            input_shapes=opts.input_shapes,
+            spec=opts.spec,
+            spec_file=opts.spec_file,
+            task_options=dict(opts.task_options),
+        )
+        scorer = TaskScorer(setup.path, opts.data, opts.task, setup.executor, eval_opts)
+
+        def metric(modes: Mapping[str, str]) -> float:
+            plan = None if dict(modes) == FLOAT else setup.plan_for(modes)
+            return scorer.score(plan, progress)[scorer.primary]
+
+        metric.primary = scorer.primary  # type: ignore[attr-defined]
+    return Oracle(cache, Evaluators(proxy, metric), opts.time_budget, opts.max_evals)
+
+
+def _search(run: _Run, say: Say | None) -> None:
+    setup, opts, report = run.setup, run.opts, run.report
+    int8 = Candidate({}, "all-int8", "baseline", [], run.noise.nsr({}), 1.0)
+    full = run.oracle.has_metric
+    if full:
+        metric = run.oracle.evaluators.metric
+        report.metric_name = getattr(metric, "primary", None)
+        _say(say, "scoring the float model")
+        report.float_metric = run.oracle.metric(FLOAT)
+    base = run.point(int8, full=full)
+    report.chosen = base.key
+    max_cost = opts.max_cost or math.inf
+    candidates = _strategy(run, max_cost)
+    high = setup.all16()
+    top = Candidate(high, "all-16-bit", "baseline", list(high), run.noise.nsr(high), 1.0)
+    top.cost = setup.costs.relative(high)
+    if top.cost <= max_cost:
+        candidates.append(top)  # the last resort when no cheaper point meets the goal
+    _say(say, f"{opts.strategy}: {len(candidates)} candidates; verifying their output SNR")
+    verified = [run.point(c) for c in candidates]
+    better = [p for p in verified if (p.snr_db or -math.inf) > (base.snr_db or -math.inf)]
+    if full:
+        _bisect_metric(run, better, base)
+    else:
+        _pick_by_snr(run, better)
+    report.all16 = run.point(top).key
+    if full:
+        run.point(top, full=True)
+
+
+def _strategy(run: _Run, max_cost: float) -> list[Candidate]:
+    setup, name = run.setup, run.opts.strategy
+    if name == "greedy":
+        return greedy_chain(setup.rules, setup.costs, run.noise, max_cost)
+    if name == "tpu-mlir":
+        return tpu_mlir_chain(setup.rules, setup.costs, run.noise, max_cost)
+    return milp_front(setup.rules, setup.costs, run.noise, max_cost)
+
+
+def _bisect_metric(run: _Run, points: list[SearchPoint], base: SearchPoint) -> None:
+    """The cheapest point meeting the metric goal, by bisection along the candidates."""
+    report = run.report
+    assert report.float_metric is not None and base.metric is not None
+    gap = report.float_metric - base.metric
+    drop = run.opts.max_drop if run.opts.max_drop is not None else (1 - DEFAULT_RECOVERY) * gap
+    if run.opts.max_drop is None:
+        report.notes.append(
+            f"goal: recover {DEFAULT_RECOVERY:.0%} of the float-int8 gap "
+            f"({report.float_metric:.4f} - {base.metric:.4f}), i.e. a drop of at most {drop:.4f}"
+        )
+    report.goal.max_drop = round(drop, 6)
+    target = report.float_metric - drop
+    if base.metric >= target or not points:
+        return
+    points = sorted(points, key=lambda p: p.cost)
+    low, high = 0, len(points) - 1
+    if _score(run, points[high]) < target:
+        report.chosen = points[high].key
+        report.notes.append("no candidate within the budget meets the goal: the best one is chosen")
+        return
+    while low < high:
+        middle = (low + high) // 2
+        if _score(run, points[middle]) >= target:
+            high = middle
+        else:
+            low = middle + 1
+    report.chosen = points[high].key
+
+
+def _score(run: _Run, point: SearchPoint) -> float:
+    done = run.point(run.candidates[point.key], full=True)
+    assert done.metric is not None
+    return done.metric
+
+
+def _pick_by_snr(run: _Run, points: list[SearchPoint]) -> None:
+    goal = run.opts.min_snr if run.opts.min_snr is not None else DEFAULT_MIN_SNR
+    run.report.goal.min_snr = goal
+    meets = [p for p in points if (p.snr_db or -math.inf) >= goal]
+    if meets:
+        run.report.chosen = min(meets, key=lambda p: p.cost).key
+    elif points:
+        run.report.chosen = max(points, key=lambda p: p.snr_db or -math.inf).key
+        run.report.notes.append(f"no candidate reaches {goal} dB: the best one is chosen")
+
+
+def _choose_fallback(run: _Run) -> None:
+    """After an early stop: the cheapest point meeting the goal, else the best one verified."""
+    report = run.report
+    if report.chosen is not None or not report.points:
+        return
+    report.chosen = report.baseline
+
+
+def _export(run: _Run, say: Say | None, progress: Progress | None) -> QuantizeReport:
+    opts = run.opts
+    point = run.report.point(run.report.chosen)
+    assert point is not None
+    path = run.assignment(point).save(opts.run_dir / "assignment.json")
+    _say(say, f"exporting the chosen assignment ({len(point.modes)} nodes promoted)")
+    quantized = quantize_model(
+        run.setup.path,
+        QuantizeOptions(
+            calib=opts.calib,
+            target=opts.target,
+            run_dir=opts.run_dir,
+            assignment=path,
+            method=opts.method,
+            percentile=opts.percentile,
+            input_shapes=opts.input_shapes,
+            spec=opts.spec,
+            spec_file=opts.spec_file,
+            limit=opts.limit,
+            device=opts.device,
+        ),
+        say,
+        progress,
+    )
+    if opts.cost_model == "measured":
+        _measured_costs(run, quantized)
+    return quantized
+
+
+def _measured_costs(run: _Run, quantized: QuantizeReport) -> None:
+    """ONNX Runtime latency of the chosen export against the all-int8 export."""
+    opts, report = run.opts, run.report
+    feeds = run.setup.feeds[:4]
+    chosen = latency(Path(quantized.files["qdq_model"]), feeds)
+    int8_dir = opts.run_dir / "search-cache" / "int8"
+    quantize_model(
+        run.setup.path,
+        QuantizeOptions(
+            calib=opts.calib,
+            target=opts.target,
+            run_dir=int8_dir,
+            method=opts.method,
+            percentile=opts.percentile,
+            input_shapes=opts.input_shapes,
+            spec=opts.spec,
+            limit=opts.limit,
+        ),
+    )
+    base = latency(int8_dir / "model.qdq.onnx", feeds)
+    point = report.point(report.chosen)
+    assert point is not None
+    report.notes.append(
+        f"measured in ONNX Runtime here: chosen {chosen * 1e3:.2f} ms vs all-int8 "
+        f"{base * 1e3:.2f} ms ({chosen / base:.3f}x; the analytic model said {point.cost:.3f}x)"
+    )
+    point.cost = round(chosen / base, 5)
+    report.save(opts.run_dir / "search.json")
+
+
+def _rounded(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return value
+    return round(value, 3)
+
+
+def _say(say: Say | None, message: str) -> None:
+    if say is not None:
+        say(message)
+
+
+__all__ = ["SearchOptions", "db_to_nsr", "explain", "prepare_search", "search_model"]

@@ -1,0 +1,212 @@
+"""Fixes after the plan (bias correction, clip search) and `quantize --optimize` end to end, on
+a model with deliberately unbalanced channel ranges and no BatchNorm."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+from quantlens.api import prepare
+from quantlens.calib import calibrate
+from quantlens.cli import app
+from quantlens.emulate import Executor
+from quantlens.emulate.fakequant import QuantHooks
+from quantlens.emulate.plan import QuantPoints, build_plan, quantization_points
+from quantlens.fixes import apply_fix
+from quantlens.fixes.bias_correction import bias_correction
+from quantlens.fixes.clip_search import (
+    ClipSearchOptions,
+    activation_candidates,
+    clip_search,
+    score_candidates,
+    weight_clip_search,
+)
+from quantlens.fixes.levels import settings_for
+from quantlens.quantize import QuantizeOptions, quantize_model
+from quantlens.schemes.assignment import Assignment
+from quantlens.schemes.profiles import get_profile
+from quantlens.schemes.qparams import QuantPlan
+
+F32 = np.float32
+Feeds = list[dict[str, np.ndarray]]
+
+
+def unbalanced_model(seed: int = 0) -> onnx.ModelProto:
+    """conv1 (a few output channels 50-100x wider) -> ReLU -> conv2 -> ReLU -> conv3 -> pool
+    -> Gemm; no BatchNorm anywhere, the input normalised by Sub/Div."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((16, 3, 3, 3)).astype(F32) * 0.2
+    w1[[0, 5, 11]] *= np.array([60.0, 100.0, 50.0], F32)[:, None, None, None]
+    w2 = rng.standard_normal((16, 16, 3, 3)).astype(F32) * 0.1
+    w2[:, [0, 5, 11]] /= 60.0  # conv2 reads the wide channels with small weights
+    inits = {
+        "mean": np.array([0.5, 0.4, 0.3], F32).reshape(1, 3, 1, 1),
+        "std": np.array([0.25, 0.25, 0.3], F32).reshape(1, 3, 1, 1),
+        "w1": w1,
+        "b1": rng.standard_normal(16).astype(F32) * 0.1,
+        "w2": w2,
+        "w3": rng.standard_normal((8, 16, 3, 3)).astype(F32) * 0.1,
+        "wf": rng.standard_normal((8, 4)).astype(F32),
+    }
+    nodes = [
+        helper.make_node("Sub", ["x", "mean"], ["xs"], name="sub"),
+        helper.make_node("Div", ["xs", "std"], ["xn"], name="div"),
+        helper.make_node("Conv", ["xn", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w3"], ["c3"], name="conv3", pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c3"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wf"], ["y"], name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "unbalanced",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _feeds(count: int, seed: int = 0) -> Feeds:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.uniform(0, 1, (1, 3, 16, 16)).astype(F32)} for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("fixes") / "unbalanced.onnx"
+    onnx.save(unbalanced_model(), path)
+    return path
+
+
+def _setup(
+    path: Path, level: int, feeds: Feeds, add_bias: bool = False
+) -> tuple[Executor, QuantPlan, QuantPoints]:
+    """Float passes of `level`, hailo8 (per-tensor weights) plan from min-max calibration."""
+    from quantlens.ir.passes.optimize import optimize_graph
+
+    model = prepare(path, batch=1).model
+    graph = settings_for(level).graph_options().model_copy(update={"add_bias": add_bias})
+    optimize_graph(model, graph)
+    profile = get_profile("hailo8")
+    points = quantization_points(model, Assignment(target="hailo8", default="a8_w8"), profile)
+    executor = Executor(model)
+    stats = calibrate(executor, feeds, points.calibration_targets(), "minmax")
+    ranges = {n: (t.clip_min, t.clip_max) for n, t in stats.tensors.items()}
+    return executor, build_plan(points, ranges, executor.weights, "hailo8"), points
+
+
+def _outputs(executor: Executor, plan: QuantPlan | None, feeds: Feeds) -> np.ndarray:
+    hooks = QuantHooks(plan) if plan is not None else None
+    with torch.inference_mode():
+        return np.concatenate([executor.run(f, hooks=hooks)["y"].numpy() for f in feeds])
+
+
+def _snr(reference: np.ndarray, quantized: np.ndarray) -> float:
+    return float(10 * np.log10((reference**2).sum() / ((reference - quantized) ** 2).sum()))
+
+
+def test_equalization_raises_int8_snr(model_path: Path) -> None:
+    calib, test = _feeds(16), _feeds(16, seed=1)
+    plain, plain_plan, _ = _setup(model_path, 0, calib)
+    equal, equal_plan, _ = _setup(model_path, 1, calib)
+    reference = _outputs(plain, None, test)
+    np.testing.assert_allclose(_outputs(equal, None, test), reference, rtol=1e-4, atol=1e-5)
+    before = _snr(reference, _outputs(plain, plain_plan, test))
+    after = _snr(reference, _outputs(equal, equal_plan, test))
+    assert after > before + 6.0, (before, after)
+
+
+def test_bias_correction_reduces_the_mean_output_shift(model_path: Path) -> None:
+    calib = _feeds(24)
+    executor, plan, _ = _setup(model_path, 0, calib, add_bias=True)
+    assert "conv2.bias" in plan.weights  # added as zeros, quantized like any bias
+    reference = _outputs(executor, None, calib)
+    before = np.abs((reference - _outputs(executor, plan, calib)).mean(axis=0)).mean()
+    progress: list[tuple[int, int]] = []
+    result = bias_correction(executor, plan, calib, progress=lambda d, t: progress.append((d, t)))
+    assert result.weights and result.changes and progress[-1][0] == progress[-1][1]
+    assert executor.weights["conv2.bias"].abs().sum() == 0  # the executor is left alone
+    apply_fix(executor, result)
+    after = np.abs((reference - _outputs(executor, plan, calib)).mean(axis=0)).mean()
+    assert after < 0.7 * before, (before, after)
+
+
+def test_clip_search_never_worse_than_minmax(model_path: Path) -> None:
+    calib = _feeds(4)
+    executor, plan, points = _setup(model_path, 0, calib)
+    options = ClipSearchOptions(samples=4, score_samples=2)
+    targets = {n: f for n, f in points.calibration_targets().items() if n in plan.activations}
+    candidates = activation_candidates(executor, calib, targets, options)
+    scores = score_candidates(executor, plan, calib[:2], candidates)
+    result = clip_search(executor, plan, calib, points, options)
+    assert result.plan is not None and len(result.changes) == len(scores)
+    for name, found in scores.items():
+        chosen = result.plan.activations[name]
+        picked = (chosen.range_min[0], chosen.range_max[0])
+        score = min(found[k] for k, r in candidates[name].items() if r == picked)
+        assert score <= found["minmax"] and score == min(found.values())
+    clipped = weight_clip_search(executor, plan)
+    assert clipped.plan is not None
+    for quant in clipped.plan.weights.values():
+        if quant.bias_of is not None:  # bias grids follow input x weight scales
+            act, weight = quant.bias_of
+            expected = np.float32(clipped.plan.activations[act].scale[0]) * np.asarray(
+                clipped.plan.weights[weight].scale, F32
+            )
+            np.testing.assert_array_equal(np.asarray(quant.scale, F32), expected)
+
+
+def test_quantize_records_fixes_and_writes_the_float_model(
+    model_path: Path, tmp_path: Path
+) -> None:
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, feed in enumerate(_feeds(8)):
+        np.savez(calib / f"{i:03d}.npz", **feed)
+    run = tmp_path / "run"
+    report = quantize_model(
+        model_path, QuantizeOptions(calib=calib, target="hailo8", run_dir=run, optimize=1)
+    )
+    assert report.optimize.enabled == ["fuse", "equalize", "bias_correction"]
+    assert report.optimize.passes["equalize"] and report.optimize.fixes[0]["changes"]
+    assert "fix:bias-correction" in report.seconds
+    float_model = run / "model.float.onnx"
+    assert report.files["float_model"] == str(float_model)
+    ops = [n.op_type for n in onnx.load(str(float_model)).graph.node]
+    assert "Div" not in ops and "Sub" in ops  # the shift before a padded conv stays
+    quantize_model(model_path, QuantizeOptions(calib=calib, target="hailo8", run_dir=run))
+    assert not float_model.exists()  # level 0 leaves no stale optimized model
+
+
+@pytest.mark.parametrize("level", [0, 1, 2, pytest.param(3, marks=pytest.mark.slow)])
+def test_cli_optimize_levels_export_runs_in_onnxruntime(
+    model_path: Path, tmp_path: Path, level: int
+) -> None:
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, feed in enumerate(_feeds(6)):
+        np.savez(calib / f"{i:03d}.npz", **feed)
+    run = tmp_path / f"O{level}"
+    args = ["quantize", str(model_path), "--calib", str(calib), "--target", "hailo8"]
+    args += ["-o", str(run), "--optimize", str(level)]
+    if level == 1:
+        args.append("--no-equalize")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((run / "quantize.json").read_text())
+    assert data["optimize"]["level"] == level
+    assert ("equalize" in data["optimize"]["enabled"]) == (level >= 2)
+    session = ort.InferenceSession(str(run / "model.qdq.onnx"), providers=["CPUExecutionProvider"])
+    assert session.run(None, _feeds(1)[0])[0].shape == (1, 4)
