@@ -242,7 +242,8 @@ def demo(
     calib_count: Annotated[int, typer.Option(help="Calibration pages to render.")] = 16,
     eval_count: Annotated[int, typer.Option(help="Evaluation pages to render.")] = 8,
 ) -> None:
-    """The whole job on doclayout-yolov8n with rendered pages: quantize, evaluate, analyse."""
+    """The whole job on doclayout-yolov8n with rendered pages: quantize, evaluate, analyse,
+    search for mixed precision, export and report."""
     from quantlens.demo import DemoOptions, run_demo
 
     options = DemoOptions(
@@ -254,13 +255,20 @@ def demo(
     def fmt(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
 
+    mixed, found = "", summary.mixed
+    if found is not None:
+        mixed = (
+            f" -> mixed {fmt(found.metric)} (ONNX Runtime {fmt(found.onnxruntime_metric)}) at "
+            f"{found.cost:.3f}x int8 cost, {found.nodes} nodes promoted, "
+            f"{found.full_evaluations} full evaluations"
+        )
     out.print(f"worst layers (gradient estimate): {', '.join(summary.worst_layers)}")
     out.print(f"vendor files: {', '.join(summary.vendor_files)}")
     out.print(
         f"demo: {summary.metric} float {fmt(summary.float_metric)} -> int8 {summary.target} "
         f"{fmt(summary.quantized_metric)} (QDQ in ONNX Runtime "
-        f"{fmt(summary.quantized_onnxruntime_metric)}), output SNR {summary.output_snr_db:.1f} dB; "
-        f"run folder {summary.run_dir}; report {summary.report}"
+        f"{fmt(summary.quantized_onnxruntime_metric)}), output SNR {summary.output_snr_db:.1f} dB"
+        f"{mixed}; run folder {summary.run_dir}; report {summary.report}"
     )
 
 

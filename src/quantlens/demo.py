@@ -20,6 +20,7 @@ from quantlens.data.render import write_samples
 from quantlens.evaluation import EvalOptions, evaluate_three_way
 from quantlens.quantize import QuantizeOptions, quantize_model
 from quantlens.report.render import render_report
+from quantlens.search_run import SearchOptions, search_model
 from quantlens.vendor_io import export_vendor
 
 MODEL = "doclayout-yolov8n"
@@ -43,6 +44,15 @@ class DemoOptions:
     calib_count: int = 16
     eval_count: int = 8
     analyze_samples: int = 4
+    search: bool = True
+
+
+class MixedSummary(BaseModel):
+    metric: float | None
+    onnxruntime_metric: float | None
+    cost: float
+    nodes: int
+    full_evaluations: int
 
 
 class DemoSummary(BaseModel):
@@ -53,6 +63,7 @@ class DemoSummary(BaseModel):
     quantized_metric: float | None
     quantized_onnxruntime_metric: float | None
     output_snr_db: float
+    mixed: MixedSummary | None = None
     worst_layers: list[str]
     vendor_files: list[str]
     report: str
@@ -86,6 +97,7 @@ def run_demo(opts: DemoOptions, say: Say, progress: Progress | None = None) -> D
         say,
         progress,
     )
+    mixed = _search(model, calib, data, opts, say, progress) if opts.search else None
     exported = export_vendor(run, VENDOR_FORMAT.get(opts.target, "ort"), model=model)
     say("rendering the report")
     page = render_report(run)
@@ -97,7 +109,45 @@ def run_demo(opts: DemoOptions, say: Say, progress: Progress | None = None) -> D
         quantized_metric=report.primary_metric("quantized_vs_gt"),
         quantized_onnxruntime_metric=report.primary_metric("quantized_onnxruntime_vs_gt"),
         output_snr_db=quantized.worst_snr(),
+        mixed=mixed,
         worst_layers=[layer.id for layer in analysis.worst(5)],
         vendor_files=exported.files,
         report=str(page.path),
+    )
+
+
+def _search(
+    model: Path, calib: Path, data: Path, opts: DemoOptions, say: Say, progress: Progress | None
+) -> MixedSummary | None:
+    """Mixed precision at <= 1.1x the int8 cost, then the chosen point evaluated three ways (its
+    eval.json replaces the int8 one; the search keeps the int8 numbers in search.json)."""
+    say("searching for the cheapest mixed precision that recovers the metric")
+    found = search_model(
+        model,
+        SearchOptions(
+            calib=calib,
+            target=opts.target,
+            run_dir=opts.run_dir,
+            data=data,
+            task="detection",
+            max_cost=1.1,
+            samples=4,
+            sensitivity_samples=2,
+        ),
+        say,
+        progress,
+    )
+    say("evaluating the chosen assignment three ways")
+    report = evaluate_three_way(
+        model, data, "detection", EvalOptions(run_dir=opts.run_dir), progress=progress
+    )
+    chosen = found.point(found.chosen)
+    if chosen is None:
+        return None
+    return MixedSummary(
+        metric=report.primary_metric("quantized_vs_gt"),
+        onnxruntime_metric=report.primary_metric("quantized_onnxruntime_vs_gt"),
+        cost=chosen.cost,
+        nodes=len(chosen.modes),
+        full_evaluations=found.full_evaluations,
     )
