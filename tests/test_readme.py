@@ -44,6 +44,8 @@ def test_readme_has_examples_for_every_command() -> None:
         "data make",
         "zoo list",
         "zoo fetch",
+        "search",
+        "report",
     }
     assert expected <= used, expected - used
 
