@@ -13,13 +13,14 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from quantlens.analysis.metrics import OutputNoise
 from quantlens.errors import UserError
 from quantlens.schemes.profiles import get_profile
 from quantlens.search import oracle as oracle_module
 from quantlens.search.cost import analytic_costs, imported_costs
 from quantlens.search.groups import build_rules
 from quantlens.search.oracle import BudgetExhausted, Evaluators, Oracle
-from quantlens.search.sensitivity import ChannelNoise, UnitNoise
+from quantlens.search.sensitivity import UnitNoise
 from quantlens.search.strategies import NoiseModel, greedy_chain, milp_front, tpu_mlir_chain
 from quantlens.search.units import Unit
 from quantlens.search_run import SearchOptions, explain, prepare_search, search_model
@@ -249,7 +250,7 @@ def test_channel_noise_weighs_small_channels() -> None:
 
     ref = torch.tensor([[[100.0, 200.0], [0.5, 0.25]]])  # [1, 2 channels, 2]
     cand = torch.tensor([[[101.0, 199.0], [0.0, 0.0]]])  # small channel wiped out
-    noise = ChannelNoise()
+    noise = OutputNoise()
     noise.add({"y": ref}, {"y": cand})
     assert noise.nsr == pytest.approx((2 / 50000 + 1.0) / 2)
     assert noise.snr_db < 3.1

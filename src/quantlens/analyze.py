@@ -32,6 +32,7 @@ from quantlens.analysis import (
     diagnose,
     flag_low_snr,
     layer_tensors,
+    node_tensors,
     run_accumulated,
     run_gradient,
     run_isolated,
@@ -82,6 +83,8 @@ class AnalyzeOptions:
     split: int | None = None
     max_batch: int = 8
     memory_budget_mb: int = 2048
+    # Also analyse weightless nodes that own a quantizer (targets that quantize every output).
+    all_nodes: bool = False
     pairs: int = 512
     bins: int = 32
     device: str = "cpu"
@@ -144,6 +147,8 @@ def prepare_analysis(path: Path, opts: AnalyzeOptions, progress: Progress | None
         feeds = load_calibration_set(opts.data, spec, None, executor.input_names)
     feeds = feeds[: opts.samples] if opts.samples is not None else feeds
     layers = layer_tensors(executor, discover_layers(model).layers, plan, profile.placement)
+    if opts.all_nodes and profile.placement == "all-outputs":
+        layers = sorted([*layers, *node_tensors(executor, layers, plan)], key=lambda lt: lt.step)
     return Setup(path, profile, executor, plan, stats, feeds, layers)
 
 

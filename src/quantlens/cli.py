@@ -531,6 +531,9 @@ def analyze(
     spec: Annotated[Path | None, typer.Option(help="Pre-processing YAML.")] = None,
     limit: Annotated[int | None, typer.Option(help="Use at most N calibration samples.")] = None,
     top: Annotated[int, typer.Option(help="Rows in the table of worst layers.")] = 15,
+    all_nodes: Annotated[
+        bool, typer.Option(help="Also weightless nodes that own a quantizer (Concat, Sigmoid...).")
+    ] = False,
     input_shape: ShapeOpt = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     json: JsonOpt = False,
@@ -553,6 +556,7 @@ def analyze(
         limit=limit,
         input_shapes=parse_input_shapes(input_shape or []),
         device=device,
+        all_nodes=all_nodes,
     )
     with _progress("analyze") as progress:
         report = analyze_model(path, options, say=_say, progress=progress)

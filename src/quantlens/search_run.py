@@ -37,7 +37,7 @@ from quantlens.search.artifact import GroupInfo, SearchGoal, SearchPoint, Search
 from quantlens.search.cost import COST_MODELS, CostTable, analytic_costs, imported_costs, latency
 from quantlens.search.groups import Rules, State, build_rules
 from quantlens.search.oracle import BudgetExhausted, Evaluators, Oracle, modes_key
-from quantlens.search.sensitivity import UnitNoise, db_to_nsr, nsr_to_db, output_noise, unit_noise
+from quantlens.search.sensitivity import UnitNoise, nsr_to_db, output_noise, unit_noise
 from quantlens.search.strategies import (
     STRATEGIES,
     Candidate,
@@ -595,4 +595,4 @@ def _say(say: Say | None, message: str) -> None:
         say(message)
 
 
-__all__ = ["SearchOptions", "db_to_nsr", "explain", "prepare_search", "search_model"]
+__all__ = ["SearchOptions", "explain", "prepare_search", "search_model"]

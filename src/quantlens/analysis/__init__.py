@@ -10,7 +10,7 @@ from quantlens.analysis.diagnostics import diagnose, flag_low_snr, suggest
 from quantlens.analysis.gradient import GradientResult, run_gradient
 from quantlens.analysis.isolated import VARIANTS, Evaluator, IsolatedResult, run_isolated
 from quantlens.analysis.metrics import ErrorSums, NoiseStats, OutputNoise, spearman
-from quantlens.analysis.ownership import LayerTensors, layer_tensors
+from quantlens.analysis.ownership import LayerTensors, layer_tensors, node_tensors
 from quantlens.analysis.report import AnalysisReport, Diagnostics, LayerAnalysis, Suggestion
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "diagnose",
     "flag_low_snr",
     "layer_tensors",
+    "node_tensors",
     "run_accumulated",
     "run_gradient",
     "run_isolated",

@@ -55,7 +55,11 @@ def diagnose(
         range_width=out_stats.clip_max - out_stats.clip_min if out_stats else None,
         output_outlier_ratio=outlier_ratio(out_stats),
         input_outlier_ratio=outlier_ratio(calibration.tensors.get(layer.input)),
-        weight_channel_spread=channel_spread(weights[layer.weight], layer.weight_axis),
+        weight_channel_spread=(
+            channel_spread(weights[layer.weight], layer.weight_axis)
+            if layer.weight in weights
+            else None
+        ),
         weight_per_channel=weight_quant.axis is not None if weight_quant else None,
         folded_bn=layer.folded_bn,
         conv_without_bn=layer.op_type == "Conv" and layer.folded_bn is None,

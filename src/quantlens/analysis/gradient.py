@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from quantlens.analysis.metrics import channel_powers
 from quantlens.analysis.ownership import LayerTensors
 from quantlens.emulate.executor import Executor
 from quantlens.emulate.fakequant import QuantHooks
@@ -81,16 +82,25 @@ class GradientResult:
 
 
 def _probe_loss(outputs: Mapping[str, Tensor], seed: int) -> Tensor | None:
+    """Σ over outputs of ⟨probe, y⟩ with a ±1 probe scaled by 1/√(C·P_c) per channel c (axis 1):
+    the squared first-order change then estimates the mean per-channel noise-to-signal ratio,
+    the quantity `OutputNoise` measures."""
     generator = torch.Generator().manual_seed(seed)
     terms = []
     for y in outputs.values():
         if not y.requires_grad or not y.is_floating_point():
             continue
-        power = float(y.detach().double().pow(2).sum())
-        if power <= 0:
+        powers = channel_powers(y)
+        live = powers > 0
+        if not bool(live.any()):
             continue
+        scale = torch.where(live, 1.0 / (powers * int(live.sum())).clamp_min(1e-300).sqrt(), 0.0)
+        shape = [1] * y.dim()
+        if y.dim() >= 2:
+            shape[1] = -1
         probe = torch.randint(0, 2, y.shape, generator=generator).to(y.device, y.dtype) * 2 - 1
-        terms.append((probe * y).sum() / math.sqrt(power))
+        weights = scale.to(y.device, y.dtype).reshape(shape)
+        terms.append((probe * weights * y).sum())
     return torch.stack(terms).sum() if terms else None
 
 

@@ -169,3 +169,34 @@ def layer_tensors(
             LayerTensors(layer, index, weights, acts, chain.end, tuple(chain.ops), nodes, cut)
         )
     return sorted(result, key=lambda lt: lt.step)
+
+
+def node_tensors(
+    executor: Executor, layers: Sequence[LayerTensors], plan: QuantPlan
+) -> list[LayerTensors]:
+    """Every other node that writes a quantizer of its own (a Sigmoid, a Concat, a Resize), as a
+    weightless layer: on targets that quantize every node output these are choices too, and a
+    detector's last Concat can matter more than any convolution."""
+    graph = _Graph(executor)
+    taken = {node for lt in layers for node in lt.nodes}
+    found = []
+    for step in executor.steps:
+        if step.ctx.name in taken:
+            continue
+        owned = tuple(n for n in step.outputs if n in plan.activations)
+        if not owned:
+            continue
+        inputs = [n for n in step.inputs if n is not None and n not in graph.weights]
+        layer = Layer(
+            id=step.ctx.name,
+            op_type=step.ctx.op_type,
+            input=inputs[0] if inputs else "",
+            output=step.outputs[0],
+            weight="",
+            macs=0,
+        )
+        cut = graph.cut(step.index)
+        found.append(
+            LayerTensors(layer, step.index, (), owned, owned[0], (), (step.ctx.name,), cut)
+        )
+    return found

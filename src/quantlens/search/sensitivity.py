@@ -1,21 +1,19 @@
-"""Output noise measured per channel, and each unit's isolated noise at the outputs.
+"""Each unit's isolated noise at the outputs, and a whole candidate's.
 
-Noise is compared per output channel (axis 1) and the noise-to-signal ratios are averaged, so a
-channel of small values is not hidden by a large one: a YOLO head writes box coordinates in
-pixels (hundreds) next to class scores in 0..1, and one 8-bit grid over both rounds every score
-to zero while the pooled SNR stays near 30 dB. Independent noise adds per channel, so these
-ratios add across units too, which is what the integer program's noise model assumes.
+Noise is `analysis.metrics.OutputNoise`: compared per output channel, as noise-to-signal ratios
+that add across units, which is what the integer program's noise model assumes.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from quantlens.analysis.metrics import OutputNoise
 from quantlens.emulate.executor import Executor
 from quantlens.emulate.fakequant import QuantHooks
 from quantlens.schemes.qparams import QuantPlan
@@ -26,49 +24,8 @@ Feed = dict[str, np.ndarray]
 Tick = Callable[[int, int], None]
 
 
-@dataclass
-class ChannelNoise:
-    """Per output, per channel sums of reference² and noise² over every sample seen."""
-
-    signal: dict[str, Tensor] = field(default_factory=dict)
-    noise: dict[str, Tensor] = field(default_factory=dict)
-
-    def add(self, reference: Mapping[str, Tensor], candidate: Mapping[str, Tensor]) -> None:
-        for name, ref in reference.items():
-            r = _channels_first(ref.detach().to(torch.float64))
-            d = _channels_first(candidate[name].detach().to(torch.float64)) - r
-            s, n = r.pow(2).sum(dim=1).cpu(), d.pow(2).sum(dim=1).cpu()
-            self.signal[name] = self.signal[name] + s if name in self.signal else s
-            self.noise[name] = self.noise[name] + n if name in self.noise else n
-
-    @property
-    def nsr(self) -> float:
-        """Mean over outputs of the mean noise-to-signal ratio of their channels."""
-        ratios = []
-        for name, signal in self.signal.items():
-            live = signal > 0
-            if bool(live.any()):
-                ratios.append(float((self.noise[name][live] / signal[live]).mean()))
-        return sum(ratios) / len(ratios) if ratios else 0.0
-
-    @property
-    def snr_db(self) -> float:
-        return nsr_to_db(self.nsr)
-
-
 def nsr_to_db(nsr: float) -> float:
     return math.inf if nsr <= 0 else -10.0 * math.log10(nsr)
-
-
-def db_to_nsr(snr_db: float) -> float:
-    return 0.0 if snr_db == math.inf else 10.0 ** (-snr_db / 10.0)
-
-
-def _channels_first(value: Tensor) -> Tensor:
-    """[channels, everything else]: axis 1 for tensors of rank >= 2, one channel otherwise."""
-    if value.dim() < 2:
-        return value.reshape(1, -1)
-    return value.transpose(0, 1).reshape(value.shape[1], -1)
 
 
 @dataclass
@@ -91,7 +48,7 @@ def unit_noise(
     hooks = {
         (u.id, v): QuantHooks(plan, executor.device, only=u.quantizers(v)) for u, v in variants
     }
-    sums = {(u.id, v): ChannelNoise() for u, v in variants}
+    sums = {(u.id, v): OutputNoise() for u, v in variants}
     outputs = executor.output_names
     with torch.inference_mode():
         for index, feed in enumerate(feeds):
@@ -116,10 +73,10 @@ def output_noise(
     plan: QuantPlan,
     feeds: Sequence[Feed],
     references: Sequence[Mapping[str, Tensor]],
-) -> ChannelNoise:
+) -> OutputNoise:
     """The whole quantized model against cached float outputs."""
     hooks = QuantHooks(plan, executor.device)
-    noise = ChannelNoise()
+    noise = OutputNoise()
     with torch.inference_mode():
         for feed, reference in zip(feeds, references):
             noise.add(reference, executor.run(feed, hooks=hooks))

@@ -16,7 +16,7 @@ from typing import Literal
 
 import onnx_ir as ir
 
-from quantlens.analysis.ownership import LayerTensors, _Graph, layer_tensors
+from quantlens.analysis.ownership import LayerTensors, layer_tensors, node_tensors
 from quantlens.emulate.executor import Executor, Step
 from quantlens.ir.layers import discover_layers
 from quantlens.schemes.profiles import TargetProfile
@@ -56,14 +56,16 @@ def find_units(
     """Every unit in execution order; `plan` is the all-int8 plan (it says what is quantized)."""
     sizes = element_counts(model)
     layers = layer_tensors(executor, discover_layers(model).layers, plan, profile.placement)
-    steps = {step.ctx.name: step for step in executor.steps}
-    units = [_layer_unit(lt, steps, sizes) for lt in layers]
     if profile.placement == "all-outputs":
-        taken = {node for lt in layers for node in lt.nodes}
-        graph = _Graph(executor)
-        for step in executor.steps:
-            if step.ctx.name not in taken and _writes_quantized(step, plan):
-                units.append(_node_unit(step, graph, plan, profile, sizes))
+        layers = [*layers, *node_tensors(executor, layers, plan)]
+    steps = {step.ctx.name: step for step in executor.steps}
+    moves_data = {*profile.passthrough_ops, *profile.shared_scale_ops}
+    units = []
+    for lt in layers:
+        kind: UnitKind = "layer" if lt.layer.weight else "node"
+        if kind == "node" and lt.layer.op_type in moves_data:
+            kind = "passthrough"
+        units.append(_unit(lt, kind, steps, set(executor.weights), sizes))
     return sorted(units, key=lambda u: u.step)
 
 
@@ -72,18 +74,23 @@ def producers(units: Sequence[Unit]) -> dict[str, str]:
     return {tensor: unit.id for unit in units for tensor in unit.outputs}
 
 
-def _layer_unit(lt: LayerTensors, steps: dict[str, Step], sizes: dict[str, int]) -> Unit:
+def _unit(
+    lt: LayerTensors,
+    kind: UnitKind,
+    steps: dict[str, Step],
+    constants: set[str],
+    sizes: dict[str, int],
+) -> Unit:
     members = [steps[name] for name in lt.nodes]
     written = tuple(name for step in members for name in step.outputs)
-    inside = set(written)
-    read = [n for step in members for n in step.inputs if n is not None and n not in inside]
-    inputs = tuple(dict.fromkeys(n for n in read if n not in (lt.layer.weight, lt.layer.bias)))
+    inside = {*written, *constants}
+    read = (n for step in members for n in step.inputs if n is not None and n not in inside)
     return Unit(
         id=lt.id,
         op_type=lt.layer.op_type + "".join(f"+{op}" for op in lt.fused),
-        kind="layer",
+        kind=kind,
         nodes=lt.nodes,
-        inputs=inputs,
+        inputs=tuple(dict.fromkeys(read)),
         outputs=written,
         weights=lt.weights,
         activations=lt.activations,
@@ -92,31 +99,6 @@ def _layer_unit(lt: LayerTensors, steps: dict[str, Step], sizes: dict[str, int])
         macs=lt.layer.macs or 0,
         elements=sum(sizes.get(n, 0) for n in written),
     )
-
-
-def _node_unit(
-    step: Step, graph: _Graph, plan: QuantPlan, profile: TargetProfile, sizes: dict[str, int]
-) -> Unit:
-    moves_data = step.ctx.op_type in (*profile.passthrough_ops, *profile.shared_scale_ops)
-    inputs = tuple(n for n in step.inputs if n is not None and n not in graph.weights)
-    return Unit(
-        id=step.ctx.name,
-        op_type=step.ctx.op_type,
-        kind="passthrough" if moves_data else "node",
-        nodes=(step.ctx.name,),
-        inputs=tuple(dict.fromkeys(inputs)),
-        outputs=step.outputs,
-        weights=(),
-        activations=tuple(n for n in step.outputs if n in plan.activations),
-        cut=graph.cut(step.index),
-        step=step.index,
-        macs=0,
-        elements=sum(sizes.get(n, 0) for n in step.outputs),
-    )
-
-
-def _writes_quantized(step: Step, plan: QuantPlan) -> bool:
-    return any(name in plan.activations for name in step.outputs)
 
 
 def element_counts(model: ir.Model) -> dict[str, int]:
