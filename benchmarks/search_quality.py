@@ -52,7 +52,7 @@ def main() -> None:
             export=False,
         )
         start = time.perf_counter()
-        report = search_model(model, opts, say=lambda m: print(f"  [{strategy}] {m}", flush=True))
+        report = search_model(model, opts, say=lambda m, s=strategy: print(f"  [{s}] {m}"))
         seconds = time.perf_counter() - start
         chosen, base = report.point(report.chosen), report.point(report.baseline)
         assert chosen is not None and base is not None
@@ -60,9 +60,13 @@ def main() -> None:
         recovered = ((chosen.metric or 0.0) - (base.metric or 0.0)) / gap if gap > 0 else 1.0
         rows.append((strategy, report, chosen, base, recovered, seconds))
 
-    print(f"\ndoclayout-yolov8n on {args.target}: {args.calib} calibration / {args.eval} eval pages")
-    print(f"{'strategy':10} {'float':>7} {'int8':>7} {'chosen':>7} {'recovered':>9} "
-          f"{'cost':>7} {'nodes':>6} {'full evals':>10} {'points':>6} {'seconds':>8}")
+    print(
+        f"\ndoclayout-yolov8n on {args.target}: {args.calib} calibration / {args.eval} eval pages"
+    )
+    print(
+        f"{'strategy':10} {'float':>7} {'int8':>7} {'chosen':>7} {'recovered':>9} "
+        f"{'cost':>7} {'nodes':>6} {'full evals':>10} {'points':>6} {'seconds':>8}"
+    )
     for strategy, report, chosen, base, recovered, seconds in rows:
         print(
             f"{strategy:10} {report.float_metric or 0:7.4f} {base.metric or 0:7.4f} "
