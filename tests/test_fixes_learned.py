@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,16 +19,17 @@ from quantlens.emulate import Executor
 from quantlens.emulate.fakequant import QuantHooks, TensorQuantizer
 from quantlens.emulate.plan import build_plan, quantization_points
 from quantlens.fixes.adaround import AdaRoundOptions, adaround, find_targets
-from quantlens.fixes.finetune import FinetuneOptions, finetune
+from quantlens.fixes.finetune import FinetuneOptions, finetune, learnable_scales
 from quantlens.fixes.result import apply_to_executor
 from quantlens.schemes.assignment import Assignment
+from quantlens.schemes.formats import IntFormat
 from quantlens.schemes.profiles import get_profile
 from quantlens.schemes.qparams import QuantPlan
 
 Tensor = torch.Tensor
 Feeds = list[dict[str, np.ndarray]]
 TARGETS = ("hailo8", "ort-cpu")  # per-tensor and per-channel weights
-FAST = AdaRoundOptions(iterations=150)
+FAST = AdaRoundOptions(iterations=100)
 
 
 def small_net(seed: int = 0) -> onnx.ModelProto:
@@ -86,6 +87,15 @@ def make_plan(executor: Executor, feeds: Feeds, target: str) -> QuantPlan:
     stats = calibrate(executor, feeds, points.calibration_targets(), "minmax")
     ranges = {name: (t.clip_min, t.clip_max) for name, t in stats.tensors.items()}
     return build_plan(points, ranges, executor.weights, target)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tensors here are tiny: one thread is ~10x faster than two fighting over shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -205,35 +215,38 @@ def output_error(case: Case, plan: QuantPlan) -> float:
 
 
 @pytest.fixture(scope="module")
-def tuned(case: Case) -> QuantPlan:
+def tuned(case: Case) -> QuantPlan | None:
     options = FinetuneOptions(steps=40, batch_size=4, lr=1e-2)
-    result = finetune(case.executor, case.plan, case.feeds, options)
-    assert result.plan is not None, result.changes
-    return result.plan
+    return finetune(case.executor, case.plan, case.feeds, options).plan
 
 
-def test_finetune_lowers_output_error(case: Case, tuned: QuantPlan) -> None:
-    assert output_error(case, tuned) < 0.9 * output_error(case, case.plan)
+def test_finetune_lowers_output_error(case: Case, tuned: QuantPlan | None) -> None:
+    before = output_error(case, case.plan)
+    if case.plan.target == "hailo8":  # every tensor quantized: scales have much to gain
+        assert tuned is not None and output_error(case, tuned) < 0.9 * before
+    # Only a plan that beats the starting one on the calibration set comes back.
+    assert tuned is None or output_error(case, tuned) < before
 
 
-def test_finetune_keeps_the_grid_consistent(case: Case, tuned: QuantPlan) -> None:
+def test_finetune_keeps_the_grid_consistent(case: Case, tuned: QuantPlan | None) -> None:
     old = case.plan
+    if tuned is None:
+        pytest.skip("no better plan learned for this target")
     assert tuned.activations["x"] == old.activations["x"]  # graph inputs keep their scale
+    moved = [n for n, s in tuned.activations.items() if s.scale != old.activations[n].scale]
+    assert moved
     for name, spec in tuned.activations.items():
         assert spec.zero_point == old.activations[name].zero_point
         assert spec.format == old.activations[name].format
-        if spec.is_int:
-            fmt = spec.format
-            low = (fmt.qmin - spec.zero_point[0]) * spec.scale[0]  # type: ignore[union-attr]
+        if name in moved and isinstance(spec.format, IntFormat):  # the range is the grid's
+            low = (spec.format.qmin - spec.zero_point[0]) * spec.scale[0]
             assert spec.range_min[0] == pytest.approx(low, rel=1e-6)
-    moved = [n for n, s in tuned.activations.items() if s.scale != old.activations[n].scale]
-    assert moved
     for spec in tuned.weights.values():
         if spec.bias_of is not None:  # bias scale = input scale x weight scale, in float32
             act, weight = tuned.activations[spec.bias_of[0]], tuned.weights[spec.bias_of[1]]
             expected = np.float32(act.scale[0]) * np.asarray(weight.scale, np.float32)
             assert spec.scale == expected.astype(np.float32).tolist()
-    if "flat" in tuned.activations:  # Flatten shares its input's parameters on Hailo
+    if "g" in tuned.activations:  # Flatten shares its input's parameters on Hailo
         assert tuned.activations["flat"].scale == tuned.activations["g"].scale
 
 
@@ -249,16 +262,12 @@ def test_finetune_respects_the_time_budget(case: Case) -> None:
 
 def test_finetune_leaves_adarounded_weight_scales_alone(case: Case) -> None:
     executor = Executor(case.executor.model)
-    apply_to_executor(
-        executor, adaround(executor, case.plan, case.feeds, AdaRoundOptions(iterations=30))
-    )
-    options = FinetuneOptions(steps=12, batch_size=4, lr=1e-2, checkpoints=1)
-    result = finetune(executor, case.plan, case.feeds, options)
-    assert result.plan is not None
-    for name in ("w1", "w2", "w3", "wg"):
-        if result.plan.weights[name].scale != case.plan.weights[name].scale:
-            # only a bias that no longer fits int32 may raise it
-            assert any(name in note for note in result.plan.notes)
+    options = FinetuneOptions()
+    assert set(learnable_scales(executor, case.plan, options).weights) == {"w1", "w2", "w3", "wg"}
+    rounded = adaround(executor, case.plan, case.feeds, AdaRoundOptions(iterations=30))
+    apply_to_executor(executor, rounded)
+    learned = learnable_scales(executor, case.plan, options)
+    assert rounded.weights and not set(rounded.weights) & set(learned.weights)
 
 
 def test_float_behaviour_is_unchanged(case: Case) -> None:

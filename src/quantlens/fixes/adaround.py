@@ -5,7 +5,8 @@ per weight element, whether to round down or up: w̃ = s·(clamp(⌊w/s⌋ + h(V
 with h a rectified sigmoid initialised at frac(w/s) (so training starts at nearest rounding),
 minimising ‖W x − W̃ x̂‖² + λ·Σ(1 − |2h(V) − 1|^β) with β annealed from 20 to 2 after a warm-up.
 x is the layer's input in the float model, x̂ in the quantized model with every earlier layer
-already rounded ("asymmetric" reconstruction, so later layers compensate earlier ones' error).
+already rounded ("asymmetric" reconstruction, so later layers compensate earlier ones' error;
+`float_target=False` reconstructs W x̂ instead, the rounding error alone).
 
 Every weighted layer becomes a matrix product on sampled rows: a Conv's input patches (im2col at
 a random subset of output positions, so memory stays bounded whatever the resolution), a Gemm or
@@ -57,6 +58,9 @@ class AdaRoundOptions:
     memory_mb: float = 256.0
     # Wider weight grids are left alone: their rounding error is already negligible.
     max_bits: int = 8
+    # Target W·x with x from the float model (also corrects earlier layers' noise), or W·x̂
+    # with the quantized model's own input (rounding error only; less prone to overfit).
+    float_target: bool = True
 
 
 @dataclass
@@ -251,7 +255,8 @@ def _collect(
             x_quant = runner.run(feed, outputs=[name], hooks=hooks)[name].float()
             total = _row_count(target, x_float)
             index = torch.randperm(total, generator=generator)[:per_sample].to(x_float.device)
-            rows = apply_rows(target, sample_rows(target, x_float, index), matrix)
+            source = x_float if opts.float_target else x_quant
+            rows = apply_rows(target, sample_rows(target, source, index), matrix)
             targets.append(rows.to(device))
             inputs.append(sample_rows(target, x_quant, index).to(device))
     return _Rows(torch.cat(inputs), torch.cat(targets), per_sample)

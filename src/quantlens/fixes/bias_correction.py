@@ -31,8 +31,13 @@ _CORRECTABLE = ("Conv", "ConvTranspose", "Gemm")
 @dataclass
 class BiasCorrectionOptions:
     samples: int = 32
-    # Layers are corrected in at most this many sequential passes over the data.
-    max_passes: int = 16
+    # Layers are corrected in at most this many sequential passes over the data; None: one
+    # layer per pass. Layers measured in the same pass double-count each other's shift, which
+    # measurably over-corrects deep nets (pplcnet: output SNR 41 -> 14 dB with 16 passes).
+    max_passes: int | None = None
+    # A channel mean from fewer values than this is noise (e.g. 1x1 convs after global
+    # pooling see one value per sample); such layers are left alone.
+    min_values: int = 256
 
 
 class _MeanRecorder:
@@ -89,7 +94,7 @@ def bias_correction(
     if not layers or not data:
         result.seconds = time.perf_counter() - start
         return result
-    chunks = _chunks(layers, opts.max_passes)
+    chunks = _chunks(layers, opts.max_passes or len(layers))
     total, done = (len(chunks) + 1) * len(data), 0
 
     def tick() -> None:
@@ -98,13 +103,19 @@ def bias_correction(
         if progress is not None:
             progress(done, total)
 
-    float_means = _means(executor, data, [x.output for x in layers], None, tick)
+    float_means, counts = _means(executor, data, [x.output for x in layers], None, tick)
     original = {x.bias: executor.weights[x.bias] for x in layers if x.bias}
     try:
         for chunk in chunks:
             hooks = QuantHooks(plan, executor.device)
-            quant_means = _means(executor, data, [x.output for x in chunk], hooks, tick)
+            quant_means, _ = _means(executor, data, [x.output for x in chunk], hooks, tick)
             for layer in chunk:
+                if counts.get(layer.output, 0) < opts.min_values:
+                    result.changes.append(
+                        f"{layer.id}: not bias-corrected (only {counts.get(layer.output, 0)} "
+                        f"values per channel, under {opts.min_values})"
+                    )
+                    continue
                 _correct(executor, layer, float_means, quant_means, result)
     finally:
         # The executor is the caller's: corrections travel in the result, applied by apply_fix.
@@ -124,13 +135,14 @@ def _means(
     names: Sequence[str],
     hooks: Hooks | None,
     tick: Callable[[], None],
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Per-channel means of `names`, and how many values each channel mean is over."""
     recorder = _MeanRecorder(names, hooks)
     with torch.inference_mode():
         for feed in data:
             executor.run(feed, outputs=list(names), hooks=recorder)
             tick()
-    return recorder.means()
+    return recorder.means(), dict(recorder.counts)
 
 
 def _correct(

@@ -119,7 +119,7 @@ class _LearnHooks:
 
 
 @dataclass
-class _Learnables:
+class Learnables:
     acts: dict[str, LearnedScale] = field(default_factory=dict)
     weights: dict[str, LearnedScale] = field(default_factory=dict)
 
@@ -152,8 +152,8 @@ def _same_grid(a: TensorQuant, b: TensorQuant) -> bool:
     return (a.format, a.scale, a.zero_point, a.axis) == (b.format, b.scale, b.zero_point, b.axis)
 
 
-def _learnables(runner: Executor, plan: QuantPlan, opts: FinetuneOptions) -> _Learnables:
-    found, device = _Learnables(), runner.device
+def learnable_scales(runner: Executor, plan: QuantPlan, opts: FinetuneOptions) -> Learnables:
+    found, device = Learnables(), runner.device
     roots = shared_sources(runner, plan)
     fixed = set() if opts.learn_input_scales else set(runner.input_names)
     for name in sorted(plan.activations, key=lambda n: n in roots):  # roots first
@@ -304,7 +304,7 @@ def _bias_grid(
     return bias.model_copy(update={"scale": scale.tolist()}), raised
 
 
-def learned_plan(plan: QuantPlan, found: _Learnables, weights: Mapping[str, Tensor]) -> QuantPlan:
+def learned_plan(plan: QuantPlan, found: Learnables, weights: Mapping[str, Tensor]) -> QuantPlan:
     new = plan.model_copy(deep=True)
     for name, learned in found.acts.items():
         new.activations[name] = _with_scale(new.activations[name], learned.learned())
@@ -369,7 +369,7 @@ def finetune(
     runner = on_device(executor, opts.device)
     result = FixResult(name="finetune")
     with torch.inference_mode(False):
-        found = _learnables(runner, plan, opts)
+        found = learnable_scales(runner, plan, opts)
         if not found.parameters() or not feeds:
             result.changes.append("nothing to learn: no 8-bit scales or no calibration data")
             return _finish(result, started)
