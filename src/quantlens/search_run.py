@@ -410,7 +410,7 @@ def _oracle(setup: Setup, opts: SearchOptions, cache: Path, progress: Progress |
     def proxy(modes: Mapping[str, str]) -> float:
         return output_noise(setup.executor, setup.plan_for(modes), feeds, references).snr_db
 
-    metric = None
+    metric, name = None, None
     if opts.data is not None and opts.task is not None:
         from quantlens.evaluation import EvalOptions, TaskScorer
 
@@ -427,8 +427,8 @@ def _oracle(setup: Setup, opts: SearchOptions, cache: Path, progress: Progress |
             plan = None if dict(modes) == FLOAT else setup.plan_for(modes)
             return scorer.score(plan, progress)[scorer.primary]
 
-        metric.primary = scorer.primary  # type: ignore[attr-defined]
-    return Oracle(cache, Evaluators(proxy, metric), opts.time_budget, opts.max_evals)
+        name = scorer.primary
+    return Oracle(cache, Evaluators(proxy, metric, name), opts.time_budget, opts.max_evals)
 
 
 def _search(run: _Run, say: Say | None) -> None:
@@ -436,8 +436,7 @@ def _search(run: _Run, say: Say | None) -> None:
     int8 = Candidate({}, "all-int8", "baseline", [], run.noise.nsr({}), 1.0)
     full = run.oracle.has_metric
     if full:
-        metric = run.oracle.evaluators.metric
-        report.metric_name = getattr(metric, "primary", None)
+        report.metric_name = run.oracle.evaluators.metric_name
         _say(say, "scoring the float model")
         report.float_metric = run.oracle.metric(FLOAT)
     base = run.point(int8, full=full)

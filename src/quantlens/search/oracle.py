@@ -35,6 +35,7 @@ class Evaluators:
     proxy: Callable[[Mapping[str, str]], float]
     # The task metric over the evaluation set: a full evaluation; None without ground truth.
     metric: Callable[[Mapping[str, str]], float] | None = None
+    metric_name: str | None = None
 
 
 class Oracle:
