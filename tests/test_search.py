@@ -331,3 +331,20 @@ def test_bad_options(outlier: tuple[Path, Path], tmp_path: Path) -> None:
         search_model(model, SearchOptions(calib=calib, run_dir=tmp_path, strategy="annealing"))
     with pytest.raises(UserError, match="--data"):
         search_model(model, SearchOptions(calib=calib, run_dir=tmp_path, max_drop=0.01))
+
+
+def test_measured_cost_times_the_chosen_export(outlier: tuple[Path, Path], tmp_path: Path) -> None:
+    model, calib = outlier
+    opts = SearchOptions(
+        calib=calib,
+        target="ort-cpu",
+        run_dir=tmp_path,
+        min_snr=45.0,
+        samples=2,
+        cost_model="measured",
+    )
+    report = search_model(model, opts)
+    chosen = report.point(report.chosen)
+    assert chosen is not None and chosen.cost > 0
+    assert any(note.startswith("measured in ONNX Runtime") for note in report.notes)
+    assert (tmp_path / "search-cache" / "int8" / "model.qdq.onnx").is_file()

@@ -531,26 +531,29 @@ def _export(run: _Run, say: Say | None, progress: Progress | None) -> QuantizeRe
     path = run.assignment(point).save(opts.run_dir / "assignment.json")
     _say(say, f"exporting the chosen assignment ({len(point.modes)} nodes promoted)")
     quantized = quantize_model(
-        run.setup.path,
-        QuantizeOptions(
-            calib=opts.calib,
-            target=opts.target,
-            run_dir=opts.run_dir,
-            assignment=path,
-            method=opts.method,
-            percentile=opts.percentile,
-            input_shapes=opts.input_shapes,
-            spec=opts.spec,
-            spec_file=opts.spec_file,
-            limit=opts.limit,
-            device=opts.device,
-        ),
-        say,
-        progress,
+        run.setup.path, _quantize_options(opts, opts.run_dir, path), say, progress
     )
     if opts.cost_model == "measured":
         _measured_costs(run, quantized)
     return quantized
+
+
+def _quantize_options(
+    opts: SearchOptions, run_dir: Path, assignment: Path | None
+) -> QuantizeOptions:
+    return QuantizeOptions(
+        calib=opts.calib,
+        target=opts.target,
+        run_dir=run_dir,
+        assignment=assignment,
+        method=opts.method,
+        percentile=opts.percentile,
+        input_shapes=opts.input_shapes,
+        spec=opts.spec,
+        spec_file=opts.spec_file,
+        limit=opts.limit,
+        device=opts.device,
+    )
 
 
 def _measured_costs(run: _Run, quantized: QuantizeReport) -> None:
@@ -559,19 +562,7 @@ def _measured_costs(run: _Run, quantized: QuantizeReport) -> None:
     feeds = run.setup.feeds[:4]
     chosen = latency(Path(quantized.files["qdq_model"]), feeds)
     int8_dir = opts.run_dir / "search-cache" / "int8"
-    quantize_model(
-        run.setup.path,
-        QuantizeOptions(
-            calib=opts.calib,
-            target=opts.target,
-            run_dir=int8_dir,
-            method=opts.method,
-            percentile=opts.percentile,
-            input_shapes=opts.input_shapes,
-            spec=opts.spec,
-            limit=opts.limit,
-        ),
-    )
+    quantize_model(run.setup.path, _quantize_options(opts, int8_dir, None))
     base = latency(int8_dir / "model.qdq.onnx", feeds)
     point = report.point(report.chosen)
     assert point is not None
