@@ -22,6 +22,7 @@ import onnx_ir as ir
 import torch
 from pydantic import BaseModel
 
+from quantlens.analysis.metrics import nsr_to_db
 from quantlens.artifacts import write_text_atomic
 from quantlens.calib import calibrate
 from quantlens.data.preprocess import InputSpec, load_spec_file
@@ -37,7 +38,7 @@ from quantlens.search.artifact import GroupInfo, SearchGoal, SearchPoint, Search
 from quantlens.search.cost import COST_MODELS, CostTable, analytic_costs, imported_costs, latency
 from quantlens.search.groups import Rules, State, build_rules
 from quantlens.search.oracle import BudgetExhausted, Evaluators, Oracle, modes_key
-from quantlens.search.sensitivity import UnitNoise, nsr_to_db, output_noise, unit_noise
+from quantlens.search.sensitivity import UnitNoise, output_noise, unit_noise
 from quantlens.search.strategies import (
     STRATEGIES,
     Candidate,

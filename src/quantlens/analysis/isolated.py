@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from quantlens.analysis.metrics import OutputNoise
-from quantlens.analysis.ownership import LayerTensors
 from quantlens.emulate.executor import Executor
 from quantlens.emulate.fakequant import QuantHooks
 from quantlens.schemes.qparams import QuantPlan
@@ -29,6 +29,18 @@ Tick = Callable[[], None]
 VARIANTS = ("both", "weight", "activation")
 # Task metric of quantized outputs against float ones for one batch (higher is better).
 Evaluator = Callable[[Mapping[str, Tensor], Mapping[str, Tensor]], float]
+
+
+class IsolatedUnit(Protocol):
+    """What an isolated run needs of a layer (`LayerTensors`, or a search unit)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def cut(self) -> tuple[str, ...]: ...
+
+    def quantizers(self, variant: str) -> frozenset[str]: ...
 
 
 @dataclass
@@ -46,7 +58,7 @@ class IsolatedResult:
 def run_isolated(
     executor: Executor,
     plan: QuantPlan,
-    layers: Sequence[LayerTensors],
+    layers: Sequence[IsolatedUnit],
     batches: Iterable[Mapping[str, np.ndarray]],
     variants: Sequence[str] = VARIANTS,
     evaluator: Evaluator | None = None,
@@ -84,7 +96,7 @@ def run_isolated(
 
 
 def _run_one(
-    executor: Executor, lt: LayerTensors, hooks: QuantHooks, cache: Mapping[str, Tensor]
+    executor: Executor, lt: IsolatedUnit, hooks: QuantHooks, cache: Mapping[str, Tensor]
 ) -> dict[str, Tensor]:
     if not hooks.activations and not hooks.weights:
         return {name: cache[name] for name in executor.output_names}

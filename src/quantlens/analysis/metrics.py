@@ -107,7 +107,12 @@ class OutputNoise:
 
     @property
     def snr_db(self) -> float:
-        return _db(1.0, self.nsr)
+        return nsr_to_db(self.nsr)
+
+
+def nsr_to_db(nsr: float) -> float:
+    """A noise-to-signal ratio in dB of SNR (+inf for no noise)."""
+    return _db(1.0, nsr)
 
 
 def channel_powers(value: Tensor) -> Tensor:

@@ -59,12 +59,18 @@ class LayerTensors:
         return self.layer.id
 
     def quantizers(self, variant: str) -> frozenset[str]:
-        """Names for `QuantHooks(only=...)`: "weight", "activation" or "both"."""
-        if variant == "weight":
-            return frozenset(self.weights)
-        if variant == "activation":
-            return frozenset(self.activations)
-        return frozenset(self.weights) | frozenset(self.activations)
+        return quantizer_names(self.weights, self.activations, variant)
+
+
+def quantizer_names(
+    weights: tuple[str, ...], activations: tuple[str, ...], variant: str
+) -> frozenset[str]:
+    """Names for `QuantHooks(only=...)`: "weight", "activation" or "both"."""
+    if variant == "weight":
+        return frozenset(weights)
+    if variant == "activation":
+        return frozenset(activations)
+    return frozenset(weights) | frozenset(activations)
 
 
 class _Graph:

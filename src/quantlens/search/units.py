@@ -16,7 +16,12 @@ from typing import Literal
 
 import onnx_ir as ir
 
-from quantlens.analysis.ownership import LayerTensors, layer_tensors, node_tensors
+from quantlens.analysis.ownership import (
+    LayerTensors,
+    layer_tensors,
+    node_tensors,
+    quantizer_names,
+)
 from quantlens.emulate.executor import Executor, Step
 from quantlens.ir.layers import discover_layers
 from quantlens.schemes.profiles import TargetProfile
@@ -43,11 +48,7 @@ class Unit:
     elements: int
 
     def quantizers(self, variant: str) -> frozenset[str]:
-        if variant == "weight":
-            return frozenset(self.weights)
-        if variant == "activation":
-            return frozenset(self.activations)
-        return frozenset(self.weights) | frozenset(self.activations)
+        return quantizer_names(self.weights, self.activations, variant)
 
 
 def find_units(
