@@ -348,3 +348,12 @@ def test_measured_cost_times_the_chosen_export(outlier: tuple[Path, Path], tmp_p
     assert chosen is not None and chosen.cost > 0
     assert any(note.startswith("measured in ONNX Runtime") for note in report.notes)
     assert (tmp_path / "search-cache" / "int8" / "model.qdq.onnx").is_file()
+
+
+def test_spent_time_budget_stops_cleanly(outlier: tuple[Path, Path], tmp_path: Path) -> None:
+    model, calib = outlier
+    opts = SearchOptions(calib=calib, target="ort-cpu", run_dir=tmp_path, time_budget=1e-9)
+    report = search_model(model, opts)
+    assert report.finished and report.chosen is None
+    assert any("stopped early" in note for note in report.notes)
+    assert (tmp_path / "search.json").is_file() and not (tmp_path / "model.qdq.onnx").exists()

@@ -335,9 +335,7 @@ class _Runner:
         self._total = len(files) * passes
 
     def inputs(self, start: int = 0) -> Iterator[tuple[Sample, Feed]]:
-        for index, (name, path) in enumerate(self.files[start:], start=start):
-            feed = load_inputs(path, self.prepared.spec)[0]
-            yield Sample(index, name, path, _image_size(path)), feed
+        return read_samples(self.files, self.prepared.spec, start)
 
     def float_outputs(self, feed: Feed, hooks: QuantHooks | None = None) -> Outputs:
         with torch.inference_mode():
@@ -386,6 +384,14 @@ class _Runner:
         self._done += 1
         if self.progress is not None:
             self.progress(self._done, self._total)
+
+
+def read_samples(
+    files: Sequence[tuple[str, Path]], spec: InputSpec, start: int = 0
+) -> Iterator[tuple[Sample, Feed]]:
+    """(sample, model inputs) of every file from `start`, read through the pre-processing."""
+    for index, (name, path) in enumerate(files[start:], start=start):
+        yield Sample(index, name, path, _image_size(path)), load_inputs(path, spec)[0]
 
 
 def _with_reference(sample: Sample, reference: Outputs) -> Sample:
@@ -650,10 +656,7 @@ class TaskScorer:
                 "pick a task with a metric (classification, detection, ocr)",
             )
         self.task, self.executor = task, executor
-        self.samples = [
-            (Sample(index, name, path, _image_size(path)), load_inputs(path, self.prepared.spec)[0])
-            for index, (name, path) in enumerate(files)
-        ]
+        self.samples = list(read_samples(files, self.prepared.spec))
         self.primary = make_evaluator(task, self.context).primary
 
     def score(self, plan: QuantPlan | None, progress: Progress | None = None) -> dict[str, float]:

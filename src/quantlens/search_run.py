@@ -120,6 +120,7 @@ class Setup:
     rules: Rules
     costs: CostTable
     context_key: str
+    int8: QuantPlan  # the all-int8 plan
 
     @property
     def profile(self) -> TargetProfile:
@@ -182,9 +183,11 @@ def prepare_search(
         names = [n for n, f in points.activations.items() if isinstance(f, IntFormat)]
         ranges = {8: dict.fromkeys(names, (0.0, 1.0))}
     planner = Planner(profile, model, executor, ranges)
-    units = find_units(model, executor, planner.plan_for({}), profile)
+    int8 = planner.plan_for({})
+    units = find_units(model, executor, int8, profile)
     rules = build_rules(units, profile, element_counts(model))
-    return Setup(path, planner, feeds, units, rules, _cost_table(rules, profile, opts), context)
+    costs = _cost_table(rules, profile, opts)
+    return Setup(path, planner, feeds, units, rules, costs, context, int8)
 
 
 def _context_key(path: Path, feeds: Sequence[Feed], opts: SearchOptions) -> str:
@@ -357,7 +360,8 @@ def search_model(
         _search(run, say)
     except BudgetExhausted as exc:
         run.report.notes.append(f"stopped early: {exc}; the best point so far is chosen")
-    _choose_fallback(run)
+    if run.report.chosen is None:
+        run.report.notes.append("no point was evaluated before the stop: nothing is chosen")
     run.report.finished = True
     run.checkpoint()
     if opts.export and run.report.chosen is not None:
@@ -398,7 +402,7 @@ def _unit_noise(
         return {k: UnitNoise(**v) for k, v in data.items()}
     feeds = setup.feeds[: opts.sensitivity_samples]
     _say(say, f"measuring the isolated noise of {len(setup.units)} units on {len(feeds)} samples")
-    found = unit_noise(setup.executor, setup.plan_for({}), setup.units, feeds, progress)
+    found = unit_noise(setup.executor, setup.int8, setup.units, feeds, progress)
     write_text_atomic(path, json.dumps({k: vars(v) for k, v in found.items()}))
     return found
 
@@ -515,14 +519,6 @@ def _pick_by_snr(run: _Run, points: list[SearchPoint]) -> None:
     elif points:
         run.report.chosen = max(points, key=lambda p: p.snr_db or -math.inf).key
         run.report.notes.append(f"no candidate reaches {goal} dB: the best one is chosen")
-
-
-def _choose_fallback(run: _Run) -> None:
-    """After an early stop: the cheapest point meeting the goal, else the best one verified."""
-    report = run.report
-    if report.chosen is not None or not report.points:
-        return
-    report.chosen = report.baseline
 
 
 def _export(run: _Run, say: Say | None, progress: Progress | None) -> QuantizeReport:
