@@ -69,7 +69,8 @@ def settings_for(level: int, overrides: Mapping[str, bool | None] | None = None)
     for name, value in (overrides or {}).items():
         if value is not None:
             if not hasattr(settings, name):
-                raise UserError(f"unknown fix {name!r}", f"use one of {settings.enabled()}")
+                names = ", ".join(f.name for f in fields(settings))
+                raise UserError(f"unknown fix {name!r}", f"use one of: {names}")
             setattr(settings, name, value)
     return settings
 
