@@ -2,15 +2,17 @@
 
 Method. One zoo model, N rendered samples through the model's own pre-processing, calibrated
 once for the target (not timed). Then, on the same executor, samples and plan:
-- "full pass": one fully quantized pass over the N samples, one sample at a time (the unit);
+- "full pass": one fully quantized pass over the N samples, in the same batches as the modes
+  below (the unit);
 - naive isolated: for every layer, a full pass from the graph inputs with only that layer's
-  quantizers on (`QuantHooks(only=...)`), plus one float pass for the reference;
+  quantizers on (`QuantHooks(only=...)`), plus one float pass for the reference, same batches;
 - quantlens isolated: one float pass caching the layers' cut tensors, then for every layer only
   its node and its successors re-run from the cache (batched when the model has a dynamic batch);
   once for the "both" variant only and once with the weight-only / activation-only split;
 - gradient: one forward + one backward per batch.
-Both isolated ways must give the same SNRs (checked). CPU seconds of the process for one run
-each (min of 3 for the unit), with torch on `--threads` threads. `--naive-layers K` times the
+Both isolated ways must give the same SNRs (checked). CPU seconds of the process, the fewest of
+4 runs for the unit and of 2 for each mode (the first run pays for warm-up), one run for the
+naive way, with torch on `--threads` threads. `--naive-layers K` times the
 naive way on K evenly spread layers and scales by the layer count (said so in the output).
 
     python benchmarks/analysis_speed.py [--model pplcnet-orientation] [--samples 4]
@@ -31,7 +33,9 @@ from typing import TypeVar
 import torch
 
 from quantlens.analysis import OutputNoise, batches, choose_batch_size, run_gradient, spearman
+from quantlens.analysis.gradient import ESTIMATORS
 from quantlens.analysis.isolated import run_isolated
+from quantlens.analysis.metrics import pooled_outputs
 from quantlens.analysis.ownership import LayerTensors
 from quantlens.analyze import AnalyzeOptions, Setup, prepare_analysis
 from quantlens.api import resolve_model
@@ -54,22 +58,30 @@ def timed(fn: Callable[[], T]) -> tuple[T, float]:
     return value, time.process_time() - start
 
 
-def full_pass(setup: Setup) -> None:
+def full_pass(setup: Setup, size: int) -> None:
     hooks = QuantHooks(setup.plan, setup.executor.device)
     with torch.inference_mode():
-        for feed in setup.feeds:
+        for feed in batches(setup.feeds, size):
             setup.executor.run(feed, hooks=hooks)
 
 
-def naive_isolated(setup: Setup, layers: Sequence[LayerTensors]) -> dict[str, float]:
+def best_of(runs: int, fn: Callable[[], T]) -> tuple[T, float]:
+    """The last value and the fewest CPU seconds of `runs` runs (the first pays for warm-up)."""
+    results = [timed(fn) for _ in range(runs)]
+    return results[-1][0], min(seconds for _, seconds in results)
+
+
+def naive_isolated(setup: Setup, layers: Sequence[LayerTensors], size: int) -> dict[str, float]:
     ex = setup.executor
     snr: dict[str, float] = {}
+    pooled = pooled_outputs(ex.model.graph.outputs)
     with torch.inference_mode():
-        reference = [ex.run(feed) for feed in setup.feeds]
+        feeds = list(batches(setup.feeds, size))
+        reference = [ex.run(feed) for feed in feeds]
         for lt in layers:
             hooks = QuantHooks(setup.plan, ex.device, only=lt.quantizers("both"))
-            noise = OutputNoise()
-            for feed, ref in zip(setup.feeds, reference):
+            noise = OutputNoise(pooled=pooled)
+            for feed, ref in zip(feeds, reference):
                 noise.add(ref, ex.run(feed, hooks=hooks))
             snr[lt.id] = noise.snr_db
     return snr
@@ -105,23 +117,23 @@ def report(setup: Setup, naive_layers: int | None) -> None:
     ex, plan, layers, feeds = setup.executor, setup.plan, setup.layers, setup.feeds
     keep = {n for lt in layers for n in lt.cut}
     size = choose_batch_size(ex, feeds, keep, 2048 << 20, 8)
-    full_pass(setup)  # warm-up
-    unit = min(timed(lambda: full_pass(setup))[1] for _ in range(3))
+    _, unit = best_of(4, lambda: full_pass(setup, size))
     subset = spread(layers, naive_layers)
-    naive, t_naive = timed(lambda: naive_isolated(setup, subset))
+    naive, t_naive = timed(lambda: naive_isolated(setup, subset, size))
     t_naive *= len(layers) / len(subset)
-    both, t_both = timed(lambda: run_isolated(ex, plan, layers, batches(feeds, size), ("both",)))
-    _, t_split = timed(lambda: run_isolated(ex, plan, layers, batches(feeds, size)))
-    grad, t_grad = timed(lambda: run_gradient(ex, plan, layers, batches(feeds, size)))
+    both, t_both = best_of(
+        2, lambda: run_isolated(ex, plan, layers, batches(feeds, size), ("both",))
+    )
+    _, t_split = best_of(2, lambda: run_isolated(ex, plan, layers, batches(feeds, size)))
+    grad, t_grad = best_of(
+        2, lambda: run_gradient(ex, plan, layers, batches(feeds, size), estimators=ESTIMATORS)
+    )
+    _, t_grad = best_of(2, lambda: run_gradient(ex, plan, layers, batches(feeds, size)))
     iso = {lt.id: both.snr_db(lt.id) for lt in layers}
     gap = max(abs(naive[k] - (iso[k] or 0.0)) for k in naive if math.isfinite(naive[k]))
     ids = [lt.id for lt in layers]
     iso_values = [iso[k] or math.nan for k in ids]
-    rho_diag = spearman(iso_values, [grad.snr_db(k) for k in ids])
-    rho_direct = spearman(
-        iso_values,
-        [grad.snr_db(k, estimator="direct") for k in ids],
-    )
+    rho = {e: spearman(iso_values, [grad.snr_db(k, estimator=e) for k in ids]) for e in ESTIMATORS}
     scaled = "" if len(subset) == len(layers) else f" (timed on {len(subset)} layers, scaled)"
     print(f"model {setup.path.name}, target {plan.target}, {len(feeds)} samples, batch {size}, ")
     print(f"{len(layers)} layers, {len(ex.steps)} nodes, {torch.get_num_threads()} threads")
@@ -137,7 +149,8 @@ def report(setup: Setup, naive_layers: int | None) -> None:
         print(f"{label:44s} {seconds:9.2f} {seconds / unit:12.1f}")
     print(f"speed-up over naive (both): {t_naive / t_both:.1f}x")
     print(f"max |SNR naive - SNR isolated| over timed layers: {gap:.2e} dB")
-    print(f"Spearman gradient vs isolated: diagonal {rho_diag:.3f}, direct {rho_direct:.3f}")
+    ranks = ", ".join(f"{e} {r:.3f}" for e, r in rho.items())
+    print(f"Spearman gradient vs isolated, by estimator ({ESTIMATORS[0]} is the default): {ranks}")
     worst = sorted(ids, key=lambda k: iso[k] or math.inf)[:5]
     print("worst isolated:", ", ".join(f"{k} {iso[k]:.1f} dB" for k in worst))
 

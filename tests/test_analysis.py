@@ -13,8 +13,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 
-from quantlens.analysis import ErrorSums, OutputNoise, spearman
-from quantlens.analysis.metrics import HistogramPair, rankdata
+from quantlens.analysis import ErrorSums, OutputNoise, batches, spearman
+from quantlens.analysis.metrics import HistogramPair, pooled_outputs, rankdata
 from quantlens.analyze import AnalyzeOptions, analyze_model, render_table
 from quantlens.errors import UserError
 from quantlens.quantize import QuantizeOptions, quantize_model
@@ -195,3 +195,26 @@ def test_spearman_matches_definition() -> None:
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 2, math.nan, 4], [1, 2, 3, 4]) == pytest.approx(1.0)
     assert spearman([1, 2], [1, 2]) is None
+
+
+def test_batches_keep_shapes_apart() -> None:
+    """Samples of different widths (text lines) batch only with samples of their own width."""
+    feeds = [{"x": np.zeros((1, 3, 8, w), np.float32)} for w in (16, 24, 16, 16, 24)]
+    shapes = [b["x"].shape for b in batches(feeds, 2)]
+    assert shapes == [(2, 3, 8, 16), (1, 3, 8, 16), (2, 3, 8, 24)]
+
+
+def test_outputs_with_a_variable_axis_1_are_pooled() -> None:
+    import onnx_ir as ir
+
+    seq = ir.Value(name="seq", shape=ir.Shape(["N", "T", 5]))
+    logits = ir.Value(name="logits", shape=ir.Shape(["N", 4]))
+    pooled = pooled_outputs([seq, logits])
+    assert pooled == {"seq"}
+    noise = OutputNoise(pooled=pooled)
+    for steps in (3, 7):  # per-channel sums over axis 1 would not add up across these
+        y = torch.ones(1, steps, 5)
+        noise.add(
+            {"seq": y, "logits": torch.ones(1, 4)}, {"seq": y * 1.1, "logits": torch.ones(1, 4)}
+        )
+    assert noise.snr_db == pytest.approx(-10 * math.log10(0.01 / 2))

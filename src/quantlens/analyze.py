@@ -98,7 +98,7 @@ class Setup:
     executor: Executor
     plan: QuantPlan
     calibration: CalibrationStats
-    feeds: list[Feed]
+    feeds: Sequence[Feed]
     layers: list[LayerTensors]
 
 
@@ -326,7 +326,6 @@ def _layer_analysis(
             snr_db=gradient.snr_db(lt.id),
             weight_snr_db=gradient.snr_db(lt.id, "weight"),
             activation_snr_db=gradient.snr_db(lt.id, "activation"),
-            direct_snr_db=gradient.snr_db(lt.id, estimator="direct"),
         )
     return la
 

@@ -271,7 +271,7 @@ def _check_device(device: str) -> None:
 
 def _check_inputs(
     path: Path, model: ir.Model, options: CheckOptions
-) -> tuple[list[dict[str, np.ndarray]], str]:
+) -> tuple[Sequence[dict[str, np.ndarray]], str]:
     if options.data is not None:
         spec = options.spec or spec_for(path, model)
         return load_inputs(options.data, spec), f"data: {options.data}"

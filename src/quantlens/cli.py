@@ -394,6 +394,7 @@ def _print_quantize(report: object) -> None:
         "SNR dB float vs int",
         "cosine",
         "emulator vs ORT QDQ: pooled / worst dB",
+        "ORT vs itself dB",
         "argmax match",
         title=f"{report.target}: quantized emulation",
         title_justify="left",
@@ -402,8 +403,11 @@ def _print_quantize(report: object) -> None:
         a = o.emulator_vs_onnxruntime
         agree = "?" if a is None else f"{a.pooled_snr_db:.1f} / {a.worst_snr_db:.1f}"
         match = "?" if a is None else f"{a.argmax_match:.4f}"
+        drift = (
+            "?" if a is None or a.onnxruntime_self_db is None else f"{a.onnxruntime_self_db:.1f}"
+        )
         d = o.float_vs_quantized
-        table.add_row(o.name, f"{d.snr_db:.2f}", f"{d.cosine:.6f}", agree, match)
+        table.add_row(o.name, f"{d.snr_db:.2f}", f"{d.cosine:.6f}", agree, drift, match)
     out.print(table)
     modes = ", ".join(f"{m} x{n}" for m, n in report.modes.items())
     for fix in report.optimize.fixes:

@@ -31,7 +31,7 @@ from quantlens.data.preprocess import (
     IMAGE_SUFFIXES,
     InputSpec,
     list_input_files,
-    load_inputs,
+    load_feed,
     load_spec_file,
 )
 from quantlens.emulate import Executor
@@ -391,7 +391,7 @@ def read_samples(
 ) -> Iterator[tuple[Sample, Feed]]:
     """(sample, model inputs) of every file from `start`, read through the pre-processing."""
     for index, (name, path) in enumerate(files[start:], start=start):
-        yield Sample(index, name, path, _image_size(path)), load_inputs(path, spec)[0]
+        yield Sample(index, name, path, _image_size(path)), load_feed(path, spec)
 
 
 def _with_reference(sample: Sample, reference: Outputs) -> Sample:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from quantlens import __version__
 from quantlens.artifacts import Artifact, write_text_atomic
 from quantlens.calib import CalibrationStats, calibrate
-from quantlens.data.preprocess import InputSpec, load_inputs, load_spec_file
+from quantlens.data.preprocess import FeedSet, InputSpec, load_inputs, load_spec_file
 from quantlens.emulate import Executor
 from quantlens.emulate.fakequant import QuantHooks
 from quantlens.emulate.plan import QuantPoints, build_plan, quantization_points
@@ -111,7 +111,8 @@ def load_assignment(path: Path | None, profile: TargetProfile) -> Assignment:
 
 def load_calibration_set(
     folder: Path, spec: InputSpec, limit: int | None, model_inputs: Sequence[str]
-) -> list[dict[str, np.ndarray]]:
+) -> FeedSet:
+    """The calibration feeds (read from disk on each use), checked once for missing inputs."""
     feeds = load_inputs(folder, spec)
     if limit is not None:
         feeds = feeds[:limit]

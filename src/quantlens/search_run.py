@@ -115,7 +115,7 @@ class Planner:
 class Setup:
     path: Path
     planner: Planner
-    feeds: list[Feed]
+    feeds: Sequence[Feed]
     units: list[Unit]
     rules: Rules
     costs: CostTable
@@ -170,7 +170,7 @@ def prepare_search(
     executor = Executor(model, device=opts.device)
     base = Assignment(target=profile.name, default=profile.default_mode)
     points = quantization_points(model, base, profile)
-    feeds: list[Feed] = []
+    feeds: Sequence[Feed] = []
     context = "uncalibrated"
     if calibrated:
         spec = opts.spec or spec_for(path, model)

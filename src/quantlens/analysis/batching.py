@@ -19,8 +19,19 @@ def stack(feeds: Sequence[Feed]) -> dict[str, np.ndarray]:
 
 
 def batches(feeds: Sequence[Feed], size: int) -> Iterator[dict[str, np.ndarray]]:
-    for start in range(0, len(feeds), size):
-        yield stack(feeds[start : start + size])
+    """Batches of at most `size` samples of equal input shapes (text lines differ in width),
+    in the order each shape first appears."""
+    for group in _same_shapes(feeds):
+        for start in range(0, len(group), size):
+            yield stack(group[start : start + size])
+
+
+def _same_shapes(feeds: Sequence[Feed]) -> list[list[Feed]]:
+    groups: dict[tuple[tuple[int, ...], ...], list[Feed]] = {}
+    for feed in feeds:
+        key = tuple(tuple(np.shape(feed[name])) for name in sorted(feed))
+        groups.setdefault(key, []).append(feed)
+    return list(groups.values())
 
 
 def dynamic_batch(executor: Executor) -> bool:
@@ -40,13 +51,14 @@ def choose_batch_size(
 ) -> int:
     """The largest batch whose cached tensors fit `budget_bytes`, once a batch of two has been
     checked to give the same outputs as two single runs (reshapes may hard-code batch 1)."""
-    if max_batch <= 1 or len(feeds) < 2 or not dynamic_batch(executor):
+    two = next((group[:2] for group in _same_shapes(feeds) if len(group) >= 2), None)
+    if max_batch <= 1 or two is None or not dynamic_batch(executor):
         return 1
     with torch.inference_mode():
-        single = executor.run(feeds[0], keep=keep)
+        single = executor.run(two[0], keep=keep)
         per_sample = sum(t.numel() * t.element_size() for t in single.values())
         try:
-            pair = executor.run(stack(feeds[:2]), outputs=executor.output_names)
+            pair = executor.run(stack(two), outputs=executor.output_names)
         except Exception:  # any kernel refusing the batch means: run one sample at a time
             return 1
         for name in executor.output_names:

@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from quantlens.analysis.metrics import OutputNoise
+from quantlens.analysis.metrics import OutputNoise, pooled_outputs
 from quantlens.emulate.executor import Executor
 from quantlens.emulate.fakequant import QuantHooks
 from quantlens.schemes.qparams import QuantPlan
@@ -72,6 +72,7 @@ def run_isolated(
         for lt in layers
         for v in variants
     }
+    pooled = pooled_outputs(executor.model.graph.outputs)
     result = IsolatedResult()
     metric_sums: dict[str, float] = {}
     count = 0
@@ -83,7 +84,8 @@ def run_isolated(
             for lt in layers:
                 for variant in variants:
                     quantized = _run_one(executor, lt, hooks[(lt.id, variant)], cache)
-                    noise = result.noise.setdefault(lt.id, {}).setdefault(variant, OutputNoise())
+                    slots = result.noise.setdefault(lt.id, {})
+                    noise = slots.setdefault(variant, OutputNoise(pooled=pooled))
                     noise.add(reference, quantized)
                     if evaluator is not None and variant == "both":
                         score = evaluator(reference, quantized)

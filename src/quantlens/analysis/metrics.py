@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx_ir as ir
 import torch
 from pydantic import BaseModel
 
@@ -82,15 +83,20 @@ class OutputNoise:
     the channels are averaged within an output, then over outputs, so a channel or an output of
     small values is not hidden by a large one. A YOLO head writes box coordinates in pixels next
     to class scores in 0..1; one 8-bit grid over both rounds every score to zero while a pooled
-    SNR stays near 30 dB. Independent noise adds per channel, so these ratios add across layers."""
+    SNR stays near 30 dB. Independent noise adds per channel, so these ratios add across layers.
+
+    Outputs named in `pooled` (see `pooled_outputs`: axis 1 is a sequence whose length changes
+    with the input, as an OCR line's time steps) are compared as one channel."""
 
     signal: dict[str, Tensor] = field(default_factory=dict)
     noise: dict[str, Tensor] = field(default_factory=dict)
+    pooled: frozenset[str] = frozenset()
 
     def add(self, reference: Mapping[str, Tensor], candidate: Mapping[str, Tensor]) -> None:
         for name, ref in reference.items():
-            r = _channels_first(ref.detach().to(torch.float64))
-            d = _channels_first(candidate[name].detach().to(r.device, torch.float64)) - r
+            pool = name in self.pooled
+            r = _channels_first(ref.detach().to(torch.float64), pool)
+            d = _channels_first(candidate[name].detach().to(r.device, torch.float64), pool) - r
             s, n = r.pow(2).sum(dim=1).cpu(), d.pow(2).sum(dim=1).cpu()
             self.signal[name] = self.signal[name] + s if name in self.signal else s
             self.noise[name] = self.noise[name] + n if name in self.noise else n
@@ -115,13 +121,24 @@ def nsr_to_db(nsr: float) -> float:
     return _db(1.0, nsr)
 
 
-def channel_powers(value: Tensor) -> Tensor:
-    """Σ value² per channel (axis 1; the whole tensor is one channel below rank 2)."""
-    return _channels_first(value.detach().to(torch.float64)).pow(2).sum(dim=1)
+def channel_powers(value: Tensor, pooled: bool = False) -> Tensor:
+    """Σ value² per channel (axis 1; the whole tensor is one channel below rank 2 or pooled)."""
+    return _channels_first(value.detach().to(torch.float64), pooled).pow(2).sum(dim=1)
 
 
-def _channels_first(value: Tensor) -> Tensor:
-    if value.dim() < 2:
+def pooled_outputs(outputs: Sequence[ir.Value]) -> frozenset[str]:
+    """The graph outputs whose axis 1 has no fixed size: their channel count would change from
+    sample to sample, so `OutputNoise` pools them."""
+    pooled = set()
+    for value in outputs:
+        shape = value.shape
+        if shape is not None and len(shape) >= 2 and not isinstance(shape[1], int):
+            pooled.add(value.name or "")
+    return frozenset(pooled)
+
+
+def _channels_first(value: Tensor, pooled: bool = False) -> Tensor:
+    if value.dim() < 2 or pooled:
         return value.reshape(1, -1)
     return value.transpose(0, 1).reshape(value.shape[1], -1)
 

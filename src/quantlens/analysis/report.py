@@ -44,7 +44,6 @@ class GradientNoise(BaseModel):
     snr_db: float
     weight_snr_db: float | None = None
     activation_snr_db: float | None = None
-    direct_snr_db: float | None = None
 
 
 class LayerAnalysis(BaseModel):

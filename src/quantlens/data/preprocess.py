@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, overload
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -217,14 +217,45 @@ def _pad_right(array: np.ndarray, valid_width: int, spec: InputSpec) -> np.ndarr
     return out
 
 
-def load_inputs(path: str | Path, spec: InputSpec) -> list[dict[str, np.ndarray]]:
-    """Read a file or every supported file of a folder (sorted by name) into model feeds.
+Feed = dict[str, np.ndarray]
+
+
+class FeedSet(Sequence[Feed]):
+    """Model feeds read from their files when asked for, not held: 64 calibration pages at
+    1024x1024 would hold 0.8 GB of float32 input that every streaming pass (calibration, the
+    analysis modes) reads only once. Reading a page again costs far less than the model pass."""
+
+    def __init__(self, files: Sequence[Path], spec: InputSpec) -> None:
+        self.files = list(files)
+        self.spec = spec
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @overload
+    def __getitem__(self, index: int) -> Feed: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> FeedSet: ...
+
+    def __getitem__(self, index: int | slice) -> Feed | FeedSet:
+        if isinstance(index, slice):
+            return FeedSet(self.files[index], self.spec)
+        return load_feed(self.files[index], self.spec)
+
+
+def load_inputs(path: str | Path, spec: InputSpec) -> FeedSet:
+    """The file or every supported file of a folder (sorted by name) as model feeds, each read
+    when used.
 
     Images go through `load_image`; a `.npy` file is the spec's single input; a `.npz` file maps
     input names to arrays. Float arrays become float32; the spec's input gets a batch axis when
-    it lacks one.
+    it lacks one. Every file is read once here to check it.
     """
-    return [_load_one(file, spec) for file in list_input_files(path)]
+    feeds = FeedSet(list_input_files(path), spec)
+    for _ in feeds:  # read each once now, so a bad file fails here and not mid-calibration
+        pass
+    return feeds
 
 
 def list_input_files(path: str | Path) -> list[Path]:
@@ -254,7 +285,8 @@ def _supported(path: Path) -> bool:
     return not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES + ARRAY_SUFFIXES
 
 
-def _load_one(path: Path, spec: InputSpec) -> dict[str, np.ndarray]:
+def load_feed(path: Path, spec: InputSpec) -> dict[str, np.ndarray]:
+    """One file as a model feed."""
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES:
         return {spec.input_name: load_image(path, spec)}

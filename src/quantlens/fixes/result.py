@@ -29,6 +29,10 @@ class FixResult:
     plan: QuantPlan | None = None
     changes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # Output SNR (dB) on the guard's samples before and after the fix, and whether it was kept.
+    snr_before_db: float | None = None
+    snr_after_db: float | None = None
+    kept: bool = True
 
     def summary(self) -> str:
         if not self.changes:
@@ -45,7 +49,19 @@ class FixResult:
             "weights_changed": sorted(self.weights),
             "plan_changed": self.plan is not None,
             "changes": list(self.changes),
+            "output_snr_db": {
+                "before": _finite(self.snr_before_db),
+                "after": _finite(self.snr_after_db),
+            },
+            "kept": self.kept,
         }
+
+
+def _finite(value: float | None) -> float | str | None:
+    """JSON has no infinity: a noise-free output is written as "inf"."""
+    if value is None:
+        return None
+    return round(value, 2) if np.isfinite(value) else str(value)
 
 
 def apply_to_executor(executor: Executor, result: FixResult | Mapping[str, np.ndarray]) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from quantlens.analysis.isolated import run_isolated
-from quantlens.analysis.metrics import OutputNoise
+from quantlens.analysis.metrics import OutputNoise, pooled_outputs
 from quantlens.emulate.executor import Executor
 from quantlens.emulate.fakequant import QuantHooks
 from quantlens.schemes.qparams import QuantPlan
@@ -61,7 +61,7 @@ def output_noise(
 ) -> OutputNoise:
     """The whole quantized model against cached float outputs."""
     hooks = QuantHooks(plan, executor.device)
-    noise = OutputNoise()
+    noise = OutputNoise(pooled=pooled_outputs(executor.model.graph.outputs))
     with torch.inference_mode():
         for feed, reference in zip(feeds, references):
             noise.add(reference, executor.run(feed, hooks=hooks))
