@@ -29,7 +29,8 @@ from quantlens.fixes.clip_search import (
     score_candidates,
     weight_clip_search,
 )
-from quantlens.fixes.levels import settings_for
+from quantlens.fixes.levels import FixGuard, settings_for
+from quantlens.fixes.result import FixResult
 from quantlens.quantize import QuantizeOptions, quantize_model
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.profiles import get_profile
@@ -91,7 +92,7 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _setup(
-    path: Path, level: int, feeds: Feeds, add_bias: bool = False
+    path: Path, level: int, feeds: Feeds, add_bias: bool = False, mode: str = "a8_w8"
 ) -> tuple[Executor, QuantPlan, QuantPoints]:
     """Float passes of `level`, hailo8 (per-tensor weights) plan from min-max calibration."""
     from quantlens.ir.passes.optimize import optimize_graph
@@ -100,7 +101,7 @@ def _setup(
     graph = settings_for(level).graph_options().model_copy(update={"add_bias": add_bias})
     optimize_graph(model, graph)
     profile = get_profile("hailo8")
-    points = quantization_points(model, Assignment(target="hailo8", default="a8_w8"), profile)
+    points = quantization_points(model, Assignment(target="hailo8", default=mode), profile)
     executor = Executor(model)
     stats = calibrate(executor, feeds, points.calibration_targets(), "minmax")
     ranges = {n: (t.clip_min, t.clip_max) for n, t in stats.tensors.items()}
@@ -210,3 +211,24 @@ def test_cli_optimize_levels_export_runs_in_onnxruntime(
     assert ("equalize" in data["optimize"]["enabled"]) == (level >= 2)
     session = ort.InferenceSession(str(run / "model.qdq.onnx"), providers=["CPUExecutionProvider"])
     assert session.run(None, _feeds(1)[0])[0].shape == (1, 4)
+
+
+def test_a_fix_that_adds_output_noise_is_undone(model_path: Path) -> None:
+    """The guard keeps a fix that lowers the output noise and undoes one that raises it, in the
+    executor, the model and the plan alike."""
+    calib = _feeds(4)
+    executor, plan, _ = _setup(model_path, 0, calib)
+    guard = FixGuard(executor, calib)
+    original = executor.weights["w1"].clone()
+    worse = FixResult(name="scale w1", weights={"w1": original.numpy() * 1.5})
+    assert guard.apply(plan, worse) is plan
+    assert not worse.kept and worse.snr_after_db is not None and worse.snr_before_db is not None
+    assert worse.snr_after_db < worse.snr_before_db
+    torch.testing.assert_close(executor.weights["w1"], original)
+    init = executor.model.graph.initializers["w1"].const_value
+    assert init is not None
+    np.testing.assert_array_equal(init.numpy(), original.numpy())
+    sixteen = _setup(model_path, 0, calib, mode="a16_w16")[1]
+    better = FixResult(name="16-bit", plan=sixteen)
+    assert guard.apply(plan, better) is sixteen and better.kept
+    assert better.as_record()["kept"] is True

@@ -10,6 +10,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from quantlens.data.preprocess import (
+    FeedSet,
     InputSpec,
     letterbox_geometry,
     load_image,
@@ -157,3 +158,16 @@ def test_empty_folder_is_a_user_error(tmp_path: Path) -> None:
         load_inputs(tmp_path, _spec())
     with pytest.raises(UserError, match="does not exist"):
         load_inputs(tmp_path / "nope", _spec())
+
+
+def test_load_inputs_reads_files_on_use(tmp_path: Path) -> None:
+    """Feeds are read from disk when used, not held: streaming passes over many large calibration
+    images keep one in memory. A slice stays lazy."""
+    for i in range(3):
+        np.save(tmp_path / f"{i}.npy", np.full((1, 3, 4, 4), i, dtype=np.float32))
+    feeds = load_inputs(tmp_path, _spec())
+    assert feeds[1] is not feeds[1]  # a fresh read each time
+    np.save(tmp_path / "1.npy", np.full((1, 3, 4, 4), 7, dtype=np.float32))
+    assert float(feeds[1]["x"][0, 0, 0, 0]) == 7.0
+    tail = feeds[1:]
+    assert isinstance(tail, FeedSet) and [float(f["x"].max()) for f in tail] == [7.0, 2.0]

@@ -98,7 +98,7 @@ def run_fixes(
     `budget_s` caps each learned fix (AdaRound, fine-tune)."""
     results: list[FixResult] = []
     steps = _steps(settings, points, budget_s)
-    guard = _Guard(executor, feeds[:GUARD_SAMPLES]) if steps else None
+    guard = FixGuard(executor, feeds[:GUARD_SAMPLES]) if steps else None
     for name, make in steps:
         assert guard is not None
         if say is not None:
@@ -117,7 +117,7 @@ def run_fixes(
 GUARD_SAMPLES = 8
 
 
-class _Guard:
+class FixGuard:
     """Applies a fix, and undoes it when the quantized model's outputs got noisier."""
 
     def __init__(self, executor: Executor, feeds: Sequence[Mapping[str, np.ndarray]]) -> None:
