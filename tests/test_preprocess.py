@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
+from quantlens.data import preprocess
 from quantlens.data.preprocess import (
     FeedSet,
     InputSpec,
@@ -160,14 +161,19 @@ def test_empty_folder_is_a_user_error(tmp_path: Path) -> None:
         load_inputs(tmp_path / "nope", _spec())
 
 
-def test_load_inputs_reads_files_on_use(tmp_path: Path) -> None:
-    """Feeds are read from disk when used, not held: streaming passes over many large calibration
-    images keep one in memory. A slice stays lazy."""
+def test_load_inputs_reads_files_on_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Feeds beyond the cache budget are read from disk when used, not held: streaming passes
+    over many large calibration images keep a bounded amount in memory. A slice stays lazy and
+    shares the cache."""
     for i in range(3):
         np.save(tmp_path / f"{i}.npy", np.full((1, 3, 4, 4), i, dtype=np.float32))
+    monkeypatch.setattr(preprocess, "CACHE_BYTES", 2 * 3 * 4 * 4 * 4)  # room for two feeds
     feeds = load_inputs(tmp_path, _spec())
-    assert feeds[1] is not feeds[1]  # a fresh read each time
+    assert feeds.cache.held == 2 * 3 * 4 * 4 * 4
     np.save(tmp_path / "1.npy", np.full((1, 3, 4, 4), 7, dtype=np.float32))
-    assert float(feeds[1]["x"][0, 0, 0, 0]) == 7.0
+    np.save(tmp_path / "2.npy", np.full((1, 3, 4, 4), 9, dtype=np.float32))
+    assert float(feeds[1]["x"].max()) == 1.0  # cached at the check
+    assert float(feeds[2]["x"].max()) == 9.0  # over budget: read again
     tail = feeds[1:]
-    assert isinstance(tail, FeedSet) and [float(f["x"].max()) for f in tail] == [7.0, 2.0]
+    assert isinstance(tail, FeedSet) and tail.cache is feeds.cache
+    assert [float(f["x"].max()) for f in tail] == [1.0, 9.0]

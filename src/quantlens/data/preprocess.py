@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, overload
 
@@ -220,14 +221,40 @@ def _pad_right(array: np.ndarray, valid_width: int, spec: InputSpec) -> np.ndarr
 Feed = dict[str, np.ndarray]
 
 
-class FeedSet(Sequence[Feed]):
-    """Model feeds read from their files when asked for, not held: 64 calibration pages at
-    1024x1024 would hold 0.8 GB of float32 input that every streaming pass (calibration, the
-    analysis modes) reads only once. Reading a page again costs far less than the model pass."""
+CACHE_BYTES = 256 << 20
 
-    def __init__(self, files: Sequence[Path], spec: InputSpec) -> None:
+
+@dataclass
+class _FeedCache:
+    """Feeds kept after their first read, up to a fixed number of bytes (shared by slices)."""
+
+    budget: int = field(default_factory=lambda: CACHE_BYTES)
+    held: int = 0
+    feeds: dict[Path, Feed] = field(default_factory=dict)
+
+    def get(self, path: Path, spec: InputSpec) -> Feed:
+        found = self.feeds.get(path)
+        if found is None:
+            found = load_feed(path, spec)
+            size = sum(a.nbytes for a in found.values())
+            if self.held + size <= self.budget:
+                self.feeds[path], self.held = found, self.held + size
+        return dict(found)
+
+
+class FeedSet(Sequence[Feed]):
+    """Model feeds read from their files when asked for; the first `CACHE_BYTES` of them are
+    kept, the rest read again on each use. 64 calibration pages at 1024x1024 are 0.8 GB of
+    float32 input that every streaming pass (calibration, the analysis modes) reads once, so
+    memory stays bounded however many samples there are; small inputs stay in memory, where
+    decoding them again would cost as much as a pass of a small model."""
+
+    def __init__(
+        self, files: Sequence[Path], spec: InputSpec, cache: _FeedCache | None = None
+    ) -> None:
         self.files = list(files)
         self.spec = spec
+        self.cache = cache if cache is not None else _FeedCache()
 
     def __len__(self) -> int:
         return len(self.files)
@@ -240,8 +267,8 @@ class FeedSet(Sequence[Feed]):
 
     def __getitem__(self, index: int | slice) -> Feed | FeedSet:
         if isinstance(index, slice):
-            return FeedSet(self.files[index], self.spec)
-        return load_feed(self.files[index], self.spec)
+            return FeedSet(self.files[index], self.spec, self.cache)
+        return self.cache.get(self.files[index], self.spec)
 
 
 def load_inputs(path: str | Path, spec: InputSpec) -> FeedSet:
