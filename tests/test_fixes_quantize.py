@@ -231,4 +231,8 @@ def test_a_fix_that_adds_output_noise_is_undone(model_path: Path) -> None:
     sixteen = _setup(model_path, 0, calib, mode="a16_w16")[1]
     better = FixResult(name="16-bit", plan=sixteen)
     assert guard.apply(plan, better) is sixteen and better.kept
-    assert better.as_record()["kept"] is True
+    record = better.as_record()
+    assert record["kept"] is True
+    # Every weighted layer's output SNR is reported; 16 bits raise all of them.
+    assert set(better.layer_snr_db) == {"c1", "c2", "c3", "y"}
+    assert better.layers_changed() == (4, 0) and record["layers_better_worse"] == [4, 0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import functools
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast
@@ -411,7 +411,7 @@ def _print_quantize(report: object) -> None:
     out.print(table)
     modes = ", ".join(f"{m} x{n}" for m, n in report.modes.items())
     for fix in report.optimize.fixes:
-        out.print(f"fix {fix['name']}: {len(fix['changes'])} changes, {fix['seconds']} s")  # type: ignore[arg-type]
+        out.print(_fix_line(fix))
     reused = " (calibration reused)" if report.calibration_reused else ""
     pooled = report.pooled_agreement()
     agree = "?" if pooled is None else f"{pooled:.1f}"
@@ -420,6 +420,17 @@ def _print_quantize(report: object) -> None:
         f"worst output SNR {report.worst_snr():.1f} dB, emulator vs ONNX Runtime {agree} dB "
         f"(pooled), {report.samples} samples{reused}"
     )
+
+
+def _fix_line(fix: Mapping[str, Any]) -> str:
+    """One fix of quantize.json: its changes, time, effect on the outputs and on the layers."""
+    line = f"fix {fix['name']}: {len(fix['changes'])} changes, {fix['seconds']} s"
+    snr = fix.get("output_snr_db") or {}
+    if snr.get("before") is not None and snr.get("after") is not None:
+        better, worse = fix.get("layers_better_worse", [0, 0])
+        line += f"; output SNR {snr['before']} -> {snr['after']} dB, layers +{better}/-{worse}"
+        line += "" if fix.get("kept", True) else " (undone: the outputs got noisier)"
+    return line
 
 
 @app.command()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -18,20 +18,21 @@ def stack(feeds: Sequence[Feed]) -> dict[str, np.ndarray]:
     return {name: np.concatenate([f[name] for f in feeds], axis=0) for name in feeds[0]}
 
 
-def batches(feeds: Sequence[Feed], size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of at most `size` samples of equal input shapes (text lines differ in width),
-    in the order each shape first appears."""
-    for group in _same_shapes(feeds):
-        for start in range(0, len(group), size):
-            yield stack(group[start : start + size])
-
-
-def _same_shapes(feeds: Sequence[Feed]) -> list[list[Feed]]:
-    groups: dict[tuple[tuple[int, ...], ...], list[Feed]] = {}
+def batches(feeds: Iterable[Feed], size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Consecutive samples stacked, at most `size` of them and only while their input shapes
+    agree (text lines differ in width). Streams: holds one batch, never the whole set."""
+    pending: list[Feed] = []
     for feed in feeds:
-        key = tuple(tuple(np.shape(feed[name])) for name in sorted(feed))
-        groups.setdefault(key, []).append(feed)
-    return list(groups.values())
+        if pending and (len(pending) == size or _shapes(feed) != _shapes(pending[0])):
+            yield stack(pending)
+            pending = []
+        pending.append(feed)
+    if pending:
+        yield stack(pending)
+
+
+def _shapes(feed: Feed) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(np.shape(feed[name])) for name in sorted(feed))
 
 
 def dynamic_batch(executor: Executor) -> bool:
@@ -51,14 +52,16 @@ def choose_batch_size(
 ) -> int:
     """The largest batch whose cached tensors fit `budget_bytes`, once a batch of two has been
     checked to give the same outputs as two single runs (reshapes may hard-code batch 1)."""
-    two = next((group[:2] for group in _same_shapes(feeds) if len(group) >= 2), None)
-    if max_batch <= 1 or two is None or not dynamic_batch(executor):
+    if max_batch <= 1 or len(feeds) < 2 or not dynamic_batch(executor):
+        return 1
+    two = next((b for b in batches(feeds, 2) if len(next(iter(b.values()))) == 2), None)
+    if two is None:
         return 1
     with torch.inference_mode():
-        single = executor.run(two[0], keep=keep)
+        single = executor.run({name: value[:1] for name, value in two.items()}, keep=keep)
         per_sample = sum(t.numel() * t.element_size() for t in single.values())
         try:
-            pair = executor.run(stack(two), outputs=executor.output_names)
+            pair = executor.run(two, outputs=executor.output_names)
         except Exception:  # any kernel refusing the batch means: run one sample at a time
             return 1
         for name in executor.output_names:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from quantlens.analysis.metrics import OutputNoise, pooled_outputs
+from quantlens.analysis.metrics import ErrorSums, OutputNoise, pooled_outputs
 from quantlens.emulate.executor import Executor
 from quantlens.emulate.fakequant import QuantHooks
 from quantlens.emulate.plan import QuantPoints
@@ -118,39 +118,64 @@ GUARD_SAMPLES = 8
 
 
 class FixGuard:
-    """Applies a fix, and undoes it when the quantized model's outputs got noisier."""
+    """Applies a fix, measures what it did, and undoes it when the outputs got noisier.
+
+    Measured on the guard's samples against the float model as it was before any fix (a second
+    executor keeps those weights: bias correction changes the float model on purpose): the output
+    SNR per output channel, and the SNR of every weighted layer's output, so each fix reports
+    which layers it helped."""
 
     def __init__(self, executor: Executor, feeds: Sequence[Mapping[str, np.ndarray]]) -> None:
         self.executor = executor
+        self.original = Executor(executor.model, device=executor.device)
         self.feeds = list(feeds)
-        with torch.inference_mode():
-            self.references = [executor.run(feed) for feed in self.feeds]
         self.pooled = pooled_outputs(executor.model.graph.outputs)
-        self.current: float | None = None
+        self.current: tuple[float, dict[str, float]] | None = None
 
-    def snr(self, plan: QuantPlan) -> float:
+    def measure(self, plan: QuantPlan) -> tuple[float, dict[str, float]]:
+        """Output SNR (dB) and per-layer output SNR of the quantized model under `plan`."""
+        layers = _layer_outputs(self.executor, plan)
         noise = OutputNoise(pooled=self.pooled)
+        sums = {name: ErrorSums() for name in layers}
         hooks = QuantHooks(plan, self.executor.device)
         with torch.inference_mode():
-            for feed, reference in zip(self.feeds, self.references):
-                noise.add(reference, self.executor.run(feed, hooks=hooks))
-        return noise.snr_db
+            for feed in self.feeds:
+                reference = self.original.run(feed, keep=layers)
+                quantized = self.executor.run(feed, keep=layers, hooks=hooks)
+                outputs = self.executor.output_names
+                noise.add({o: reference[o] for o in outputs}, {o: quantized[o] for o in outputs})
+                for name, acc in sums.items():
+                    acc.add(reference[name], quantized[name])
+        return noise.snr_db, {name: acc.snr_db for name, acc in sums.items()}
 
     def apply(self, plan: QuantPlan, result: FixResult) -> QuantPlan:
         if not result.weights and result.plan is None:
             return plan
-        before = self.current if self.current is not None else self.snr(plan)
+        before = self.current if self.current is not None else self.measure(plan)
         old = {n: self.executor.weights[n].detach().cpu().numpy() for n in result.weights}
         new_plan = apply_fix(self.executor, result) or plan
-        after = self.snr(new_plan)
-        result.snr_before_db, result.snr_after_db = before, after
-        if after < before:
+        after = self.measure(new_plan)
+        result.snr_before_db, result.snr_after_db = before[0], after[0]
+        result.layer_snr_db = {
+            name: (before[1][name], after[1][name]) for name in before[1] if name in after[1]
+        }
+        if after[0] < before[0]:
             apply_fix(self.executor, FixResult(name=f"undo {result.name}", weights=old))
             result.kept = False
             self.current = before
             return plan
         self.current = after
         return new_plan
+
+
+def _layer_outputs(executor: Executor, plan: QuantPlan) -> list[str]:
+    """The first output of every node that reads an integer-quantized weight (not a bias)."""
+    names = []
+    for step in executor.steps:
+        weights = [plan.weights.get(n) for n in step.inputs if n in executor.weights]
+        if step.outputs and any(q is not None and q.is_int and q.bias_of is None for q in weights):
+            names.append(step.outputs[0])
+    return names
 
 
 Fix = Callable[

@@ -33,6 +33,13 @@ class FixResult:
     snr_before_db: float | None = None
     snr_after_db: float | None = None
     kept: bool = True
+    # Weighted layer output -> (SNR before, SNR after) in dB against the float model.
+    layer_snr_db: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def layers_changed(self) -> tuple[int, int]:
+        """How many layers' output SNR rose and fell by more than 0.1 dB."""
+        deltas = [after - before for before, after in self.layer_snr_db.values()]
+        return sum(d > 0.1 for d in deltas), sum(d < -0.1 for d in deltas)
 
     def summary(self) -> str:
         if not self.changes:
@@ -54,6 +61,11 @@ class FixResult:
                 "after": _finite(self.snr_after_db),
             },
             "kept": self.kept,
+            "layers_better_worse": list(self.layers_changed()),
+            "layer_snr_db": {
+                name: [_finite(before), _finite(after)]
+                for name, (before, after) in self.layer_snr_db.items()
+            },
         }
 
 
