@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quantlens.analysis.metrics import OutputNoise
+from quantlens.data.preprocess import InputSpec
 from quantlens.errors import UserError
 from quantlens.schemes.profiles import get_profile
 from quantlens.search import oracle as oracle_module
@@ -357,3 +358,26 @@ def test_spent_time_budget_stops_cleanly(outlier: tuple[Path, Path], tmp_path: P
     assert report.finished and report.chosen is None
     assert any("stopped early" in note for note in report.notes)
     assert (tmp_path / "search.json").is_file() and not (tmp_path / "model.qdq.onnx").exists()
+
+
+def test_dynamic_width_is_costed_at_the_samples_size(branchy: Path, tmp_path: Path) -> None:
+    """With a dynamic input width (an OCR line) the graph has no sizes: the units are costed on a
+    copy prepared with the first sample's shape, not as free."""
+    model = branchy_model()
+    for value in (model.graph.input[0], model.graph.output[0]):
+        value.type.tensor_type.shape.dim[3].dim_param = "W"
+    dynamic = tmp_path / "dynamic.onnx"
+    onnx.save(model, dynamic)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        np.savez(calib / f"{i}.npz", x=rng.standard_normal((1, 3, 4, 4)).astype(np.float32))
+    sizes = {}
+    spec = InputSpec(input_name="x", shape=[1, 3, 4, -1], size=[4, 4])  # read .npz only
+    for path in (branchy, dynamic):
+        opts = SearchOptions(calib=calib, target="hailo8", run_dir=tmp_path, spec=spec)
+        setup = prepare_search(path, opts)
+        sizes[path] = {u.id: (u.macs, u.elements) for u in setup.units}
+    assert sizes[dynamic] == sizes[branchy]
+    assert all(macs > 0 for unit, (macs, _) in sizes[branchy].items() if unit.startswith("conv"))

@@ -47,7 +47,7 @@ from quantlens.search.strategies import (
     milp_front,
     tpu_mlir_chain,
 )
-from quantlens.search.units import Unit, element_counts, find_units
+from quantlens.search.units import Unit, element_counts, find_units, sized_like
 
 Say = Callable[[str], None]
 Progress = Callable[[int, int], None]
@@ -185,9 +185,25 @@ def prepare_search(
     planner = Planner(profile, model, executor, ranges)
     int8 = planner.plan_for({})
     units = find_units(model, executor, int8, profile)
-    rules = build_rules(units, profile, element_counts(model))
+    sized = _sized(path, model, feeds, opts)
+    if sized is not model:
+        units = sized_like(units, sized)
+    rules = build_rules(units, profile, element_counts(sized))
     costs = _cost_table(rules, profile, opts)
     return Setup(path, planner, feeds, units, rules, costs, context, int8)
+
+
+def _sized(path: Path, model: ir.Model, feeds: Sequence[Feed], opts: SearchOptions) -> ir.Model:
+    """`model`, or where its inputs have dynamic dimensions, the model prepared again with the
+    first sample's input shapes: the cost model needs sizes (only costs read this copy)."""
+    from quantlens.api import prepare
+
+    dynamic = [v for v in model.graph.inputs if v.shape is None or not v.shape.is_static()]
+    if not dynamic or not feeds:
+        return model
+    first = feeds[0]
+    shapes = {v.name or "": list(np.shape(first[v.name or ""])) for v in model.graph.inputs}
+    return prepare(path, {**shapes, **(opts.input_shapes or {})}, batch=1).model
 
 
 def _context_key(path: Path, feeds: Sequence[Feed], opts: SearchOptions) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import onnx_ir as ir
@@ -68,6 +68,22 @@ def find_units(
             kind = "passthrough"
         units.append(_unit(lt, kind, steps, set(executor.weights), sizes))
     return sorted(units, key=lambda u: u.step)
+
+
+def sized_like(units: Sequence[Unit], sized: ir.Model) -> list[Unit]:
+    """The units with MACs and output sizes taken from `sized`, the same model with its dynamic
+    input dimensions fixed to a sample's (an OCR line's width): in the dynamic model they are
+    unknown, which would make every unit cost nothing."""
+    macs = {layer.id: layer.macs for layer in discover_layers(sized).layers}
+    sizes = element_counts(sized)
+    return [
+        replace(
+            unit,
+            macs=macs.get(unit.id) or unit.macs,
+            elements=sum(sizes.get(n, 0) for n in unit.outputs) or unit.elements,
+        )
+        for unit in units
+    ]
 
 
 def producers(units: Sequence[Unit]) -> dict[str, str]:
