@@ -67,18 +67,37 @@ def test_yolov8_isolated_top3_to_16_bit(tmp_path: Path) -> None:
     assert fixed_map > base_map + 0.2
 
 
+def _ocr_lines(tmp_path: Path, count: int) -> tuple[Path, Path]:
+    """The recognizer and rendered lines of at least two widths (seed 0: one line is wider)."""
+    name = "ppocr-v6-rec-small"
+    lines = write_samples("text-lines", count, tmp_path / "lines", 0)
+    widths = {feed["x"].shape[-1] for feed in load_inputs(lines, zoo.get_entry(name).input)}
+    assert len(widths) > 1
+    return zoo.fetch(name), lines
+
+
 @pytest.mark.zoo
-def test_ocr_lines_of_different_widths_run_all_modes(tmp_path: Path) -> None:
+def test_ocr_lines_of_different_widths_gradient_mode(tmp_path: Path) -> None:
     """Text lines keep their aspect ratio, so the recognizer sees inputs of different widths and
-    writes a different number of time steps for each: samples batch only with their own width,
-    and the output (axis 1 = time) is compared pooled, not per channel."""
-    model_name = "ppocr-v6-rec-small"
-    model = zoo.fetch(model_name)
-    lines = write_samples("text-lines", 5, tmp_path / "lines", 0)
+    writes a different number of time steps for each: samples batch only with neighbours of
+    their own width, and the output (axis 1 = time) is compared pooled, not per channel."""
+    model, lines = _ocr_lines(tmp_path, 3)
+    options = AnalyzeOptions(
+        calib=lines, target="ort-cpu", run_dir=tmp_path / "run", mode="gradient"
+    )
+    report = analyze_model(model, options)
+    estimates = [la.gradient.snr_db for la in report.layers if la.gradient is not None]
+    assert len(estimates) == len(report.layers) > 50
+    assert all(math.isfinite(snr) for snr in estimates)
+
+
+@pytest.mark.zoo
+@pytest.mark.slow
+def test_ocr_lines_of_different_widths_run_all_modes(tmp_path: Path) -> None:
+    """All three modes on the recognizer; gradient ranks its layers as isolated mode does."""
+    model, lines = _ocr_lines(tmp_path, 5)
     options = AnalyzeOptions(calib=lines, target="ort-cpu", run_dir=tmp_path / "run", mode="all")
     report = analyze_model(model, options)
-    widths = {feed["x"].shape[-1] for feed in load_inputs(lines, zoo.get_entry(model_name).input)}
-    assert len(widths) > 1
     assert report.spearman_gradient_isolated is not None
     assert report.spearman_gradient_isolated > 0.6
     isolated = [la.isolated.snr_db for la in report.layers if la.isolated and la.isolated.snr_db]
