@@ -6,10 +6,14 @@ and is timed; the QDQ model it exports runs in ONNX Runtime through `evaluate_th
 reports the task metric (orientation top-1, OCR character accuracy, doclayout mAP50-95) of the
 float model and the int8 one. With --nncf-python, NNCF's default `nncf.quantize` (which runs its
 fast bias correction) quantizes the same calibration tensors and its QDQ model is evaluated by
-the same code (dropped into a copy of the level-0 run folder).
+the same code (dropped into a copy of the level-0 run folder). With --aimet-python, AIMET-ONNX's
+cross-layer equalization and AdaRound (each followed by its default w8a8 quantsim, encodings on
+the same calibration tensors; worker _aimet_fixes.py, whose docstring gives AIMET's scheme) add
+the rows "aimet-cle" and "aimet-adaround", evaluated the same way.
 
     python benchmarks/optimize_levels.py [--target hailo8] [--calib 16] [--eval 32]
         [--levels 0 1 2 3] [--budget 120] [--nncf-python PATH]
+        [--aimet-python PATH] [--adaround-iterations 20]
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +78,8 @@ def _level(name: str, level: int, calib: Path, data: Path, args: argparse.Namesp
 
 
 def _npz(name: str, images: Path, out: Path) -> Path:
+    if out.exists():  # shared by the peers
+        return out
     out.mkdir()
     for index, feed in enumerate(load_inputs(images, zoo.get_entry(name).input)):
         np.savez(out / f"{index:04d}.npz", **feed)
@@ -101,6 +108,37 @@ def _nncf(name: str, calib: Path, data: Path, args: argparse.Namespace, root: Pa
     return {"level": "nncf", "seconds": round(seconds, 1), "float": float_metric, "int8": int8}
 
 
+def _aimet(
+    technique: str, name: str, calib: Path, data: Path, args: argparse.Namespace, root: Path
+) -> dict[str, object]:
+    model = zoo.fetch(name)
+    run = root / f"aimet-{technique}"
+    shutil.copytree(root / "O0", run)
+    command = [args.aimet_python, str(HERE / "_aimet_fixes.py"), technique, str(model)]
+    command += [str(_npz(name, calib, root / "npz")), str(run / "model.qdq.onnx")]
+    command += ["--adaround-iterations", str(args.adaround_iterations)]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:  # the worker's last words, not the command line
+        raise RuntimeError(f"exit {done.returncode}: {done.stderr.strip()[-300:]}")
+    worker = json.loads(done.stdout.strip().splitlines()[-1])
+    float_metric, int8 = _metric(run, model, data, MODELS[name][1])
+    return {"seconds": round(seconds, 1), **worker, "float": float_metric, "int8": int8}
+
+
+def _aimet_rows(
+    name: str, calib: Path, data: Path, args: argparse.Namespace, root: Path
+) -> Iterator[dict[str, object]]:
+    for technique in ("cle", "adaround"):
+        label = f"aimet-{technique}"
+        try:
+            row = {"level": label, **_aimet(technique, name, calib, data, args, root)}
+        except Exception as exc:  # a failing peer is a result too
+            row = {"level": label, "error": f"{type(exc).__name__}: {str(exc)[-300:]}"}
+        yield {"model": name, **row}
+
+
 def bench_model(name: str, args: argparse.Namespace, root: Path) -> list[dict[str, object]]:
     kind = MODELS[name][0]
     calib = write_samples(kind, args.calib, root / "calib", seed=1)  # type: ignore[arg-type]
@@ -120,6 +158,10 @@ def bench_model(name: str, args: argparse.Namespace, root: Path) -> list[dict[st
             row = {"level": "nncf", "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
         rows.append({"model": name, **row})
         print(json.dumps(rows[-1]), flush=True)
+    if args.aimet_python and (root / "O0").exists():
+        for row in _aimet_rows(name, calib, data, args, root):
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     return rows
 
 
@@ -132,6 +174,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--budget", type=float, default=None, help="seconds per learned fix")
     parser.add_argument("--nncf-python", default=None, help="python of a venv with nncf==3.4.0")
+    parser.add_argument("--aimet-python", default=None, help="python of a venv with aimet-onnx")
+    parser.add_argument("--adaround-iterations", type=int, default=20, help="per layer")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     rows = []
