@@ -14,9 +14,7 @@ sensitivity) on the first --phase1-samples evaluation pages, phase 2 on all of t
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,27 +26,10 @@ from aimet_onnx.common.defs import CallbackFunc, QuantizationDataType
 from aimet_onnx.mixed_precision import choose_mixed_precision
 from aimet_onnx.quantsim import QuantizationSimModel
 
+from _peer_protocol import Protocol  # a sibling file: the script's folder is on sys.path
+
 INT = QuantizationDataType.int
 CANDIDATES = [((16, INT), (16, INT)), ((8, INT), (8, INT))]  # (activations, weights)
-
-
-class Protocol:
-    """Requests on the original stdout, replies on stdin; fd 1 then points at stderr."""
-
-    def __init__(self) -> None:
-        self.out = os.fdopen(os.dup(1), "w", buffering=1)
-        os.dup2(2, 1)
-        sys.stdout = sys.stderr
-
-    def ask(self, message: dict[str, Any]) -> dict[str, Any]:
-        self.out.write(json.dumps(message) + "\n")
-        line = sys.stdin.readline()
-        if not line:
-            raise RuntimeError("the caller closed the protocol")
-        return json.loads(line)
-
-    def tell(self, message: dict[str, Any]) -> None:
-        self.out.write(json.dumps(message) + "\n")
 
 
 class Scorer:

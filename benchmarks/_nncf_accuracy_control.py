@@ -20,16 +20,13 @@ example does), so NNCF ranks layers by per-sample metrics, calling it once per s
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
-import sys
 import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import nncf
 import numpy as np
@@ -38,26 +35,9 @@ import onnxruntime as ort
 from nncf.common.logging import nncf_logger
 from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
+from _peer_protocol import Protocol  # a sibling file: the script's folder is on sys.path
+
 WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
-
-
-class Protocol:
-    """Requests on the original stdout, replies on stdin; fd 1 then points at stderr."""
-
-    def __init__(self) -> None:
-        self.out = os.fdopen(os.dup(1), "w", buffering=1)
-        os.dup2(2, 1)
-        sys.stdout = sys.stderr
-
-    def ask(self, message: dict[str, Any]) -> dict[str, Any]:
-        self.out.write(json.dumps(message) + "\n")
-        line = sys.stdin.readline()
-        if not line:
-            raise RuntimeError("the caller closed the protocol")
-        return json.loads(line)
-
-    def tell(self, message: dict[str, Any]) -> None:
-        self.out.write(json.dumps(message) + "\n")
 
 
 class Validator:
