@@ -103,3 +103,94 @@ def test_cuda_matches_cpu(executor: Executor) -> None:
     cpu = executor.run({"x": _x()})["y"]
     gpu = executor.to("cuda").run({"x": _x()})["y"].cpu()
     torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-5)
+
+
+class Owning(Recorder):
+    """Adds 1 to every tensor, in place when the executor hands it over as owned."""
+
+    def __init__(self, owning: bool = True) -> None:
+        super().__init__()
+        self.owned: list[str] = []
+        if not owning:
+            self.activation_owned = None  # type: ignore[assignment,method-assign]
+
+    def activation(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor + 1 if tensor.is_floating_point() else tensor
+
+    def activation_owned(self, name: str, tensor: torch.Tensor, finite: bool) -> torch.Tensor:
+        self.owned.append(name)
+        return tensor.add_(1) if tensor.is_floating_point() else tensor
+
+
+def _with_and_without_owning(ex: Executor, **run: object) -> tuple[dict, dict, list[str]]:
+    hooks = Owning()
+    with torch.inference_mode():
+        got = ex.run(hooks=hooks, **run)  # type: ignore[arg-type]
+        want = ex.run(hooks=Owning(owning=False), **run)  # type: ignore[arg-type]
+    return got, want, hooks.owned
+
+
+def test_owned_outputs_are_written_in_place_but_start_tensors_are_not(
+    executor: Executor,
+) -> None:
+    full = executor.run({"x": _x()}, keep=["r1"])
+    cached = full["r1"].clone()
+    got, want, owned = _with_and_without_owning(executor, start={"r1": full["r1"]})
+    torch.testing.assert_close(full["r1"], cached, rtol=0, atol=0)
+    torch.testing.assert_close(got["y"], want["y"], rtol=0, atol=0)
+    assert "y" in owned
+
+
+def test_an_output_sharing_memory_with_an_input_is_not_owned() -> None:
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Identity", ["r"], ["i"]),
+        helper.make_node("Neg", ["r"], ["n"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("i", "n")]
+    proto = helper.make_model(
+        helper.make_graph(nodes, "g", [x], outs), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    proto.ir_version = 8
+    ex = Executor(ir.serde.deserialize_model(proto))
+    got, want, owned = _with_and_without_owning(ex, feeds={"x": np.ones((1, 4), np.float32)})
+    assert "r" in owned and "i" not in owned
+    for name in ("i", "n"):
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
+
+
+def test_outputs_below_a_division_by_a_computed_value_may_hold_nan() -> None:
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Sub", ["x", "x"], ["zero"]),
+        helper.make_node("Div", ["zero", "zero"], ["nan"]),
+        helper.make_node("Relu", ["nan"], ["y"]),
+        helper.make_node("Div", ["x", "two"], ["half"]),
+    ]
+    info = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("x", "y")]
+    half = helper.make_tensor_value_info("half", TensorProto.FLOAT, [1, 4])
+    two = helper.make_tensor("two", TensorProto.FLOAT, [1], [2.0])
+    graph = helper.make_graph(nodes, "g", info[:1], [info[1], half], [two])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    ex = Executor(ir.serde.deserialize_model(proto))
+    assert {"x", "zero", "half"} <= ex.finite and not {"nan", "y"} & ex.finite
+
+    from quantlens.emulate.fakequant import QuantHooks
+    from quantlens.schemes.formats import int_format
+    from quantlens.schemes.qparams import QuantPlan, TensorQuant
+
+    grid = int_format("uint8")
+    quant = {
+        name: TensorQuant(name=name, format=grid, scale=[0.5], zero_point=[10])
+        for name in ("nan", "y", "half")
+    }
+    plan = QuantPlan(target="test", activations=quant)
+    with torch.inference_mode():
+        out = ex.run({"x": np.ones((1, 4), np.float32)}, hooks=QuantHooks(plan))
+    # NaN is the lowest code (0 - 10) * 0.5, as in ONNX Runtime; relu(-5) = 0 then.
+    assert out["y"].tolist() == [[0.0] * 4] and out["half"].tolist() == [[0.5] * 4]

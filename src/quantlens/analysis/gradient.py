@@ -71,8 +71,11 @@ class _GradHooks:
     def noise(self, name: str, weights: Mapping[str, Tensor]) -> Tensor:
         value = self.tensors[name].detach()
         if name in self.quant.weights:
-            return self.quant.weight(name, weights[name]) - value
-        return self.quant.activation(name, value) - value
+            return self.quant.weight(name, weights[name]) - value  # cached: not in place
+        quantized = self.quant.activation(name, value)
+        if quantized.untyped_storage().data_ptr() == value.untyped_storage().data_ptr():
+            return quantized - value
+        return quantized.sub_(value)  # a new tensor: no second 50 MB allocation
 
 
 @dataclass

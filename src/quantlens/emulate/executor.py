@@ -19,6 +19,7 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
+from quantlens.emulate.finite import finite_tensors
 from quantlens.emulate.registry import KernelFn, NodeContext, find_kernel, tensor_from_numpy
 from quantlens.errors import InvariantError, UnsupportedOpError, UserError
 
@@ -31,6 +32,13 @@ class Hooks(Protocol):
     def weight(self, name: str, tensor: Tensor) -> Tensor: ...
 
     def activation(self, name: str, tensor: Tensor) -> Tensor: ...
+
+
+class OwnedActivation(Protocol):
+    """Optional hook method: `activation` for a tensor nothing else refers to, which it may
+    overwrite, and which holds no NaN when `finite` (see `QuantHooks.activation_owned`)."""
+
+    def __call__(self, name: str, tensor: Tensor, finite: bool) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,12 @@ class Executor:
         self.weights = {k: v for k, v in self.weights.items() if k not in self.input_names}
         self.steps = tuple(self._compile(i, node) for i, node in enumerate(graph))
         self.producer = {out: step for step in self.steps for out in step.outputs}
+        # Tensors that cannot hold NaN: their quantizers skip mapping NaN to the lowest code.
+        self.finite = finite_tensors(
+            ((s.ctx.op_type, s.inputs, s.outputs) for s in self.steps),
+            self.weights,
+            self.input_names,
+        )
         self._plans: dict[tuple[frozenset[str], tuple[str, ...], frozenset[str]], Plan] = {}
 
     # --- compilation ----------------------------------------------------------------------------
@@ -175,6 +189,10 @@ class Executor:
         return result
 
     def _execute(self, plan: Plan, env: dict[str, Tensor], hooks: Hooks | None) -> None:
+        # Hooks that can quantize in place get the kernel outputs that alias nothing else.
+        owning: OwnedActivation | None = getattr(hooks, "activation_owned", None)
+        if torch.is_grad_enabled():
+            owning = None
         for step, release in zip(plan.steps, plan.release):
             args = [self._fetch(name, env, hooks) for name in step.inputs]
             produced = step.fn(step.ctx, args)
@@ -182,7 +200,10 @@ class Executor:
             if len(values) < len(step.outputs):
                 raise InvariantError(f"{step.ctx.name}: kernel returned {len(values)} outputs")
             for name, value in zip(step.outputs, values):
-                env[name] = hooks.activation(name, value) if hooks else value
+                if owning is not None and _owned(value, args, values):
+                    env[name] = owning(name, value, name in self.finite)
+                else:
+                    env[name] = hooks.activation(name, value) if hooks else value
             for name in release:
                 env.pop(name, None)
 
@@ -209,6 +230,17 @@ class Executor:
 
     def to(self, device: str | torch.device) -> Executor:
         return Executor(self.model, device)
+
+
+def _owned(value: Tensor, args: Sequence[Tensor | None], values: Sequence[Tensor]) -> bool:
+    """Whether a kernel output shares memory with none of the step's inputs (weights, cached
+    start tensors, tensors other consumers still read) nor with its other outputs: a view,
+    Identity or a no-op Cast shares it, and writing into it would change those."""
+    storage = value.untyped_storage().data_ptr()
+    if storage == 0:
+        return False
+    shared = [a for a in args if a is not None] + [v for v in values if v is not value]
+    return all(t.untyped_storage().data_ptr() != storage for t in shared)
 
 
 def _release_schedule(steps: Sequence[Step], pinned: set[str]) -> tuple[tuple[str, ...], ...]:

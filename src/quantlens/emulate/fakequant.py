@@ -43,14 +43,21 @@ def fake_quantize(
 
 
 def _fake_quantize_inplace(
-    x: Tensor, scale: Tensor, lower: Tensor | float, upper: Tensor | float
+    x: Tensor,
+    scale: Tensor,
+    lower: Tensor | float,
+    upper: Tensor | float,
+    overwrite: bool = False,
+    finite: bool = False,
 ) -> Tensor:
-    """clamp(round(x/s), qmin - zp, qmax - zp) * s in four passes over one new tensor.
+    """clamp(round(x/s), qmin - zp, qmax - zp) * s in four passes over one tensor: a new one, or
+    `x` itself when `overwrite` (no allocation: a fresh 50 MB tensor costs as much in page faults
+    as the division that fills it).
 
     It equals (clamp(round(x/s) + zp, qmin, qmax) - zp) * s exactly: every term is an integer
-    held exactly in float32.
+    held exactly in float32. `finite`: `x` holds no NaN, so the pass that maps NaN is skipped.
     """
-    y = x / scale
+    y = torch.div(x, scale, out=x) if overwrite else x / scale
     y.round_()
     # ONNX Runtime's vectorised QuantizeLinear clamps with max/min instructions that turn NaN
     # (e.g. 0/0 after a quantized variance rounds to zero) into the lowest code; so do we
@@ -58,7 +65,9 @@ def _fake_quantize_inplace(
     if isinstance(lower, Tensor) and isinstance(upper, Tensor):
         y = torch.fmin(torch.fmax(y, lower), upper)
     else:
-        y.nan_to_num_(nan=float(lower)).clamp_(float(lower), float(upper))
+        if not finite:
+            y.nan_to_num_(nan=float(lower))
+        y.clamp_(float(lower), float(upper))
     return y.mul_(scale)
 
 
@@ -98,7 +107,10 @@ class TensorQuantizer:
                 self.upper = float(self.qmax - spec.zero_point[0])
             self._shape_cache: dict[int, tuple[Tensor, Tensor | float, Tensor | float]] = {}
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, overwrite: bool = False, finite: bool = False) -> Tensor:
+        """The fake-quantized `x`; with `overwrite`, written into `x` when it is float32 and
+        needs no gradient (the caller owns it and nothing else refers to it); `finite`: the
+        caller knows `x` holds no NaN."""
         if not x.is_floating_point():
             return x
         if isinstance(self.format, FloatFormat):
@@ -107,7 +119,9 @@ class TensorQuantizer:
         if data.requires_grad:
             y = fake_quantize(data, self.scale, self.zero, self.qmin, self.qmax, self.axis)
         else:
-            y = _fake_quantize_inplace(data, *self._broadcast(data.dim()))
+            inplace = overwrite and data is x
+            bounds = self._broadcast(data.dim())
+            y = _fake_quantize_inplace(data, *bounds, overwrite=inplace, finite=finite)
         return y.to(x.dtype)
 
     def _broadcast(self, rank: int) -> tuple[Tensor, Tensor | float, Tensor | float]:
@@ -155,6 +169,14 @@ class QuantHooks:
     def activation(self, name: str, tensor: Tensor) -> Tensor:
         quantizer = self.activations.get(name)
         return quantizer(tensor) if quantizer is not None else tensor
+
+    def activation_owned(self, name: str, tensor: Tensor, finite: bool) -> Tensor:
+        """`activation` for a tensor the executor just computed and nobody else refers to: it is
+        quantized in place (and NaN is not looked for when `finite`)."""
+        quantizer = self.activations.get(name)
+        if quantizer is None:
+            return tensor
+        return quantizer(tensor, overwrite=True, finite=finite)
 
     def weight(self, name: str, tensor: Tensor) -> Tensor:
         quantizer = self.weights.get(name)
