@@ -11,7 +11,7 @@ import collections
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -41,13 +41,13 @@ from quantlens.analysis import (
 )
 from quantlens.analysis.report import GradientNoise, IsolatedNoise
 from quantlens.calib import CalibrationStats
-from quantlens.data.preprocess import InputSpec, load_spec_file
+from quantlens.data.preprocess import load_spec_file
 from quantlens.emulate import Executor
 from quantlens.emulate.plan import build_plan, quantization_points
 from quantlens.errors import UserError
 from quantlens.ir import discover_layers
 from quantlens.quantize import (
-    QuantizeOptions,
+    CalibrationOptions,
     calibration_key,
     load_assignment,
     load_calibration_set,
@@ -64,18 +64,10 @@ T = TypeVar("T")
 
 
 @dataclass
-class AnalyzeOptions:
-    calib: Path
-    target: str = "ort-cpu"
+class AnalyzeOptions(CalibrationOptions):
     run_dir: Path = Path("runs/analyze")
     mode: str = "all"
     assignment: Path | None = None
-    method: str = "percentile"
-    percentile: float = 99.999
-    input_shapes: dict[str, list[int]] = field(default_factory=dict)
-    spec: InputSpec | None = None
-    spec_file: Path | None = None
-    limit: int | None = None
     # Samples to analyse (default: the calibration set) and how many of them.
     data: Path | None = None
     samples: int | None = None
@@ -87,7 +79,6 @@ class AnalyzeOptions:
     all_nodes: bool = False
     pairs: int = 512
     bins: int = 32
-    device: str = "cpu"
     evaluator: Evaluator | None = None
 
 
@@ -110,20 +101,6 @@ def modes_for(mode: str) -> tuple[str, ...]:
     return (mode,)
 
 
-def _quantize_options(opts: AnalyzeOptions) -> QuantizeOptions:
-    return QuantizeOptions(
-        calib=opts.calib,
-        target=opts.target,
-        run_dir=opts.run_dir,
-        assignment=opts.assignment,
-        method=opts.method,
-        percentile=opts.percentile,
-        input_shapes=opts.input_shapes,
-        limit=opts.limit,
-        device=opts.device,
-    )
-
-
 def prepare_analysis(path: Path, opts: AnalyzeOptions, progress: Progress | None) -> Setup:
     """Canonicalize (batch axis left open), calibrate or reuse the calibration, build the plan."""
     from quantlens.api import prepare, spec_for
@@ -136,7 +113,7 @@ def prepare_analysis(path: Path, opts: AnalyzeOptions, progress: Progress | None
     spec = opts.spec or spec_for(path, model)
     if opts.spec_file is not None:
         spec = load_spec_file(opts.spec_file, spec)
-    qopts = _quantize_options(opts)
+    qopts = opts.quantize_options(opts.run_dir, opts.assignment)
     calib = load_calibration_set(opts.calib, spec, opts.limit, executor.input_names)
     key = calibration_key(path, calib, qopts, points)
     stats, _ = run_calibration(executor, calib, points, qopts, key, progress)

@@ -11,7 +11,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +40,11 @@ Progress = Callable[[int, int], None]
 
 
 @dataclass
-class QuantizeOptions:
+class CalibrationOptions:
+    """What every command that calibrates takes: the data, the target, how ranges are chosen."""
+
     calib: Path
     target: str = "ort-cpu"
-    run_dir: Path = Path("runs/quantize")
-    assignment: Path | None = None
     method: str = "percentile"
     percentile: float = 99.999
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
@@ -53,6 +53,17 @@ class QuantizeOptions:
     spec_file: Path | None = None
     limit: int | None = None
     device: str = "cpu"
+
+    def quantize_options(self, run_dir: Path, assignment: Path | None) -> QuantizeOptions:
+        """`quantize` with these calibration settings, into `run_dir`."""
+        shared = {f.name: getattr(self, f.name) for f in fields(CalibrationOptions)}
+        return QuantizeOptions(**shared, run_dir=run_dir, assignment=assignment)
+
+
+@dataclass
+class QuantizeOptions(CalibrationOptions):
+    run_dir: Path = Path("runs/quantize")
+    assignment: Path | None = None
     # Optimization level 0-3 (see quantlens.fixes.levels); a fix set here (not None) overrides it.
     optimize: int = 0
     fixes: dict[str, bool | None] = field(default_factory=dict)

@@ -25,11 +25,16 @@ from pydantic import BaseModel
 from quantlens.analysis.metrics import nsr_to_db
 from quantlens.artifacts import write_text_atomic
 from quantlens.calib import calibrate
-from quantlens.data.preprocess import InputSpec, load_spec_file
+from quantlens.data.preprocess import load_spec_file
 from quantlens.emulate import Executor
 from quantlens.emulate.plan import QuantPoints, build_plan, quantization_points
 from quantlens.errors import UserError
-from quantlens.quantize import QuantizeOptions, QuantizeReport, load_calibration_set, quantize_model
+from quantlens.quantize import (
+    CalibrationOptions,
+    QuantizeReport,
+    load_calibration_set,
+    quantize_model,
+)
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.formats import IntFormat
 from quantlens.schemes.profiles import TargetProfile, get_profile
@@ -58,8 +63,7 @@ DEFAULT_RECOVERY = 0.9
 
 
 @dataclass
-class SearchOptions:
-    calib: Path
+class SearchOptions(CalibrationOptions):
     target: str = "hailo8"
     run_dir: Path = Path("runs/search")
     # Evaluation data with ground truth and its task; without them the goal is an output SNR.
@@ -75,16 +79,9 @@ class SearchOptions:
     max_evals: int = 10
     time_budget: float | None = None
     resume: bool = False
-    method: str = "percentile"
-    percentile: float = 99.999
     samples: int = 8
     sensitivity_samples: int = 4
-    limit: int | None = None
     eval_limit: int | None = None
-    input_shapes: dict[str, list[int]] = field(default_factory=dict)
-    spec: InputSpec | None = None
-    spec_file: Path | None = None
-    device: str = "cpu"
     export: bool = True
 
 
@@ -544,29 +541,11 @@ def _export(run: _Run, say: Say | None, progress: Progress | None) -> QuantizeRe
     path = run.assignment(point).save(opts.run_dir / "assignment.json")
     _say(say, f"exporting the chosen assignment ({len(point.modes)} nodes promoted)")
     quantized = quantize_model(
-        run.setup.path, _quantize_options(opts, opts.run_dir, path), say, progress
+        run.setup.path, opts.quantize_options(opts.run_dir, path), say, progress
     )
     if opts.cost_model == "measured":
         _measured_costs(run, quantized)
     return quantized
-
-
-def _quantize_options(
-    opts: SearchOptions, run_dir: Path, assignment: Path | None
-) -> QuantizeOptions:
-    return QuantizeOptions(
-        calib=opts.calib,
-        target=opts.target,
-        run_dir=run_dir,
-        assignment=assignment,
-        method=opts.method,
-        percentile=opts.percentile,
-        input_shapes=opts.input_shapes,
-        spec=opts.spec,
-        spec_file=opts.spec_file,
-        limit=opts.limit,
-        device=opts.device,
-    )
 
 
 def _measured_costs(run: _Run, quantized: QuantizeReport) -> None:
@@ -575,7 +554,7 @@ def _measured_costs(run: _Run, quantized: QuantizeReport) -> None:
     feeds = run.setup.feeds[:4]
     chosen = latency(Path(quantized.files["qdq_model"]), feeds)
     int8_dir = opts.run_dir / "search-cache" / "int8"
-    quantize_model(run.setup.path, _quantize_options(opts, int8_dir, None))
+    quantize_model(run.setup.path, opts.quantize_options(int8_dir, None))
     base = latency(int8_dir / "model.qdq.onnx", feeds)
     point = report.point(report.chosen)
     assert point is not None
