@@ -2,7 +2,10 @@
 and the overhead of quantized emulation over float emulation.
 
 Same inputs (rendered samples through each model's own pre-processing), same batch, same thread
-count for both. Each timing is the median of `--repeats` runs after `--warmup` runs. Quantized
+count for both. The four ways (ONNX Runtime, float emulation, two quantized) run in turn, one
+call each per round, `--warmup` rounds then `--repeats` timed ones; each timing is the fastest
+of its rounds (load from other processes only ever adds time, and taking turns exposes every way
+to the same load). Quantized
 emulation uses min-max ranges from the same input under two profiles: `ort-cpu` (quantizers on
 the inputs of weighted layers) and `hailo8` (a quantizer on every tensor, the worst case).
 
@@ -13,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -41,20 +43,32 @@ SAMPLES = {
 }
 
 
-def median_ms(fn: Callable[[], object], warmup: int, repeats: int) -> float:
+def fastest_ms(
+    ways: dict[str, Callable[[], object]], warmup: int, repeats: int
+) -> dict[str, float]:
+    """Wall-clock ms of each way, the fastest of `repeats` rounds in which every way runs once.
+    A pause follows each call: ONNX Runtime's pool threads spin for a while after a run, and
+    on 2 cores they would slow down whatever runs next."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in ways.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in ways}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
+        for name, fn in ways.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+            time.sleep(PAUSE_S)
+    return {name: 1000.0 * min(values) for name, values in times.items()}
 
 
 def feeds_for(name: str, workdir: Path) -> dict[str, np.ndarray]:
     folder = write_samples(SAMPLES[name], 1, workdir / name, seed=0)  # type: ignore[arg-type]
     return load_inputs(folder, zoo.get_entry(name).input)[0]
+
+
+TARGETS = ("ort-cpu", "hailo8")
+PAUSE_S = 0.05
 
 
 def bench(name: str, threads: int, warmup: int, repeats: int, workdir: Path) -> dict[str, object]:
@@ -64,17 +78,17 @@ def bench(name: str, threads: int, warmup: int, repeats: int, workdir: Path) -> 
     executor = Executor(prepare(path, shapes).model)
     reference = OrtRunner(path, threads=threads)
     tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
-    ort_ms = median_ms(lambda: reference.run(feeds), warmup, repeats)
+    hooks = {target: hooks_for(executor, feeds, target) for target in TARGETS}
+    ways: dict[str, Callable[[], object]] = {
+        "ort": lambda: reference.run(feeds),
+        "float": lambda: executor.run(tensors),
+    }
+    for target, hook in hooks.items():
+        ways[target] = lambda h=hook: executor.run(tensors, hooks=h)  # type: ignore[misc]
     with torch.inference_mode():
-        emu_ms = median_ms(lambda: executor.run(tensors), warmup, repeats)
-        quant_ms = {
-            target: median_ms(
-                lambda h=hooks_for(executor, feeds, target): executor.run(tensors, hooks=h),
-                warmup,
-                repeats,
-            )
-            for target in ("ort-cpu", "hailo8")
-        }
+        ms = fastest_ms(ways, warmup, repeats)
+    ort_ms, emu_ms = ms["ort"], ms["float"]
+    quant_ms = {target: ms[target] for target in TARGETS}
     return {
         "model": name,
         "input": {k: list(v) for k, v in shapes.items()},
@@ -108,7 +122,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             rows.append(bench(name, args.threads, args.warmup, args.repeats, Path(tmp)))
-    print(f"threads={args.threads} torch={torch.__version__} median of {args.repeats} runs")
+    print(f"threads={args.threads} torch={torch.__version__} fastest of {args.repeats} rounds")
     header = f"{'model':<22} {'input':<16} {'ORT ms':>8} {'emulator ms':>12} {'ratio':>6}"
     print(f"{header} {'int8 ort-cpu ms':>16} {'x float':>8} {'int8 hailo8 ms':>15} {'x float':>8}")
     for row in rows:
