@@ -94,6 +94,7 @@ class TensorQuantizer:
         self.spec = spec
         self.format = spec.format
         self.axis = spec.axis
+        self.is_int = isinstance(spec.format, IntFormat)
         if isinstance(spec.format, IntFormat):
             self.qmin, self.qmax = spec.format.qmin, spec.format.qmax
             self.scale = torch.tensor(spec.scale, dtype=torch.float32, device=device)
@@ -111,6 +112,11 @@ class TensorQuantizer:
         """The fake-quantized `x`; with `overwrite`, written into `x` when it is float32 and
         needs no gradient (the caller owns it and nothing else refers to it); `finite`: the
         caller knows `x` holds no NaN."""
+        if self.is_int and x.dtype == torch.float32 and not x.requires_grad:
+            # The common case first, in as few torch calls as possible: on a small model the
+            # calls, not the arithmetic, are what a quantizer costs.
+            bounds = self._broadcast(x.dim())
+            return _fake_quantize_inplace(x, *bounds, overwrite=overwrite, finite=finite)
         if not x.is_floating_point():
             return x
         if isinstance(self.format, FloatFormat):
@@ -118,10 +124,9 @@ class TensorQuantizer:
         data = x.float()
         if data.requires_grad:
             y = fake_quantize(data, self.scale, self.zero, self.qmin, self.qmax, self.axis)
-        else:
-            inplace = overwrite and data is x
+        else:  # another float type: `data` is a float32 copy, ours to overwrite
             bounds = self._broadcast(data.dim())
-            y = _fake_quantize_inplace(data, *bounds, overwrite=inplace, finite=finite)
+            y = _fake_quantize_inplace(data, *bounds, overwrite=data is not x, finite=finite)
         return y.to(x.dtype)
 
     def _broadcast(self, rank: int) -> tuple[Tensor, Tensor | float, Tensor | float]:
