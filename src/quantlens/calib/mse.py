@@ -15,12 +15,7 @@ from collections.abc import Callable
 import torch
 
 from quantlens.calib.histogram import Histogram
-from quantlens.calib.observers import (
-    HistogramRange,
-    ObserverSettings,
-    register_observer,
-    value_range,
-)
+from quantlens.calib.observers import ValueRangeObserver, register_observer
 from quantlens.schemes.formats import IntFormat
 from quantlens.schemes.qparams import MIN_RANGE
 
@@ -120,16 +115,10 @@ def mse_clip_range(hist: Histogram, low: float, high: float, fmt: IntFormat) -> 
 
 
 @register_observer("mse")
-class MseObserver:
+class MseObserver(ValueRangeObserver):
     """The clip range that minimises the expected quantization MSE on the target grid."""
 
     needs_histogram = True
-
-    def __init__(self, settings: ObserverSettings) -> None:
-        self.bins = settings.bins
-
-    def histogram_range(self, low: float, high: float, fmt: IntFormat) -> HistogramRange:
-        return value_range(low, high, self.bins)
 
     def clip_range(
         self, low: float, high: float, hist: Histogram | None, fmt: IntFormat

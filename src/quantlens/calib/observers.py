@@ -83,17 +83,21 @@ def zero_anchored_range(low: float, high: float, bins: int) -> HistogramRange:
     return -amax, amax, 2 * bins
 
 
-@register_observer("minmax")
-class MinMaxObserver:
-    """The observed range, outliers included: nothing is clipped."""
-
-    needs_histogram = False
+class ValueRangeObserver:
+    """Base of the observers whose histogram spans the observed values, `settings.bins` bins."""
 
     def __init__(self, settings: ObserverSettings) -> None:
         self.bins = settings.bins
 
     def histogram_range(self, low: float, high: float, fmt: IntFormat) -> HistogramRange:
         return value_range(low, high, self.bins)
+
+
+@register_observer("minmax")
+class MinMaxObserver(ValueRangeObserver):
+    """The observed range, outliers included: nothing is clipped."""
+
+    needs_histogram = False
 
     def clip_range(
         self, low: float, high: float, hist: Histogram | None, fmt: IntFormat
@@ -102,7 +106,7 @@ class MinMaxObserver:
 
 
 @register_observer("percentile")
-class PercentileObserver:
+class PercentileObserver(ValueRangeObserver):
     """Keeps `percentile` % of the values: two-sided for signed data, top only for one-signed.
 
     For signed data the (100 - percentile) % cut is split evenly between the two tails, as
@@ -116,11 +120,8 @@ class PercentileObserver:
             raise UserError(
                 f"percentile {settings.percentile} is out of range", "pass a value in (0, 100]"
             )
+        super().__init__(settings)
         self.keep = settings.percentile / 100.0
-        self.bins = settings.bins
-
-    def histogram_range(self, low: float, high: float, fmt: IntFormat) -> HistogramRange:
-        return value_range(low, high, self.bins)
 
     def clip_range(
         self, low: float, high: float, hist: Histogram | None, fmt: IntFormat
