@@ -68,11 +68,11 @@ class _GradHooks:
         self.tensors[name] = tensor
         return tensor
 
-    def noise(self, name: str, weights: Mapping[str, Tensor]) -> Tensor:
+    def noise(self, name: str, executor: Executor) -> Tensor:
         value = self.tensors[name].detach()
         if name in self.quant.weights:
-            return self.quant.weight(name, weights[name]) - value  # cached: not in place
-        quantized = self.quant.activation(name, value)
+            return self.quant.weight(name, executor.weights[name]) - value  # cached: not in place
+        quantized = self.quant.activations[name](value, finite=name in executor.finite)
         if quantized.untyped_storage().data_ptr() == value.untyped_storage().data_ptr():
             return quantized - value
         return quantized.sub_(value)  # a new tensor: no second 50 MB allocation
@@ -131,7 +131,7 @@ def _tensor_terms(
     for name, grad in zip(names, grads):
         if grad is None:
             continue
-        g, e = grad.detach(), hooks.noise(name, executor.weights)
+        g, e = grad.detach(), hooks.noise(name, executor)
         found: dict[str, float] = {}
         coherent = name not in hooks.quant.weights and e.dim() >= 4
         if "direct" in estimators or "diagonal" in estimators or not coherent:
