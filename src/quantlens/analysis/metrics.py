@@ -47,19 +47,28 @@ class ErrorSums:
     max_abs: float = 0.0
 
     def add(self, reference: Tensor, candidate: Tensor) -> None:
-        ref = reference.detach().reshape(-1).to(torch.float64)
-        cand = candidate.detach().reshape(-1).to(ref.device, torch.float64)
-        diff = cand - ref
-        sums = torch.stack(
-            [ref.dot(ref), diff.dot(diff), ref.dot(cand), cand.dot(cand), diff.abs().max()]
-            if ref.numel()
-            else [ref.new_zeros(())] * 5
-        ).tolist()  # one device sync per tensor
-        self.signal += sums[0]
-        self.noise += sums[1]
-        self.dot += sums[2]
-        self.candidate += sums[3]
-        self.max_abs = max(self.max_abs, sums[4])
+        """Three norms and a maximum over the tensors as they are (no float64 or flat copies:
+        accumulated mode runs this on every layer output); Σref·cand follows from the norms,
+        (‖r‖² + ‖c‖² − ‖c − r‖²) / 2, without cancellation since ‖c − r‖ is the small term."""
+        ref = reference.detach()
+        dtype = torch.promote_types(ref.dtype, torch.float32)
+        ref = ref.to(dtype)
+        cand = candidate.detach().to(ref.device, dtype)
+        if ref.numel():
+            diff = cand - ref
+            norms = torch.stack(
+                [
+                    torch.linalg.vector_norm(value, dtype=torch.float64)
+                    for value in (ref, diff, cand)
+                ]
+                + [torch.linalg.vector_norm(diff, ord=math.inf).to(torch.float64)]
+            ).tolist()  # one device sync per tensor
+            signal, noise, power = norms[0] ** 2, norms[1] ** 2, norms[2] ** 2
+            self.signal += signal
+            self.noise += noise
+            self.candidate += power
+            self.dot += (signal + power - noise) / 2.0
+            self.max_abs = max(self.max_abs, norms[3])
         self.count += ref.numel()
 
     @property
