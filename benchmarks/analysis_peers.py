@@ -47,6 +47,7 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 from onnxruntime.quantization import qdq_loss_debug as qld
 
+from analysis_speed import SAMPLES  # this folder is on sys.path when run as a script
 from quantlens.analysis import batches, choose_batch_size
 from quantlens.analysis.accumulated import run_accumulated
 from quantlens.analysis.isolated import run_isolated
@@ -57,11 +58,6 @@ from quantlens.emulate.fakequant import QuantHooks
 
 T = TypeVar("T")
 HERE = Path(__file__).parent
-SAMPLES = {
-    "doclayout-yolov8n": "pages",
-    "ppocr-v6-rec-small": "text-lines",
-    "pplcnet-orientation": "rotated-pages",
-}
 Row = tuple[str, str, str, float]
 
 
@@ -190,7 +186,7 @@ def main() -> None:
     path = resolve_model(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        data = write_samples(SAMPLES[args.model], args.samples, root / "data", 0)  # type: ignore[arg-type]
+        data = write_samples(SAMPLES[args.model], args.samples, root / "data", 0)
         opts = AnalyzeOptions(calib=data, target=args.target, run_dir=root / "run")
         setup = prepare_analysis(path, opts, None)
         rows = ours(setup)
