@@ -179,6 +179,8 @@ def test_outputs_below_a_division_by_a_computed_value_may_hold_nan() -> None:
     proto.ir_version = 8
     ex = Executor(ir.serde.deserialize_model(proto))
     assert {"x", "zero", "half"} <= ex.finite and not {"nan", "y"} & ex.finite
+    # An integer quantizer on "nan" maps it onto the grid: the Relu after it computes finite.
+    assert "y" in ex.finite_given(frozenset({"nan"})) and "nan" not in ex.finite
 
     from quantlens.emulate.fakequant import QuantHooks
     from quantlens.schemes.formats import int_format
@@ -194,3 +196,37 @@ def test_outputs_below_a_division_by_a_computed_value_may_hold_nan() -> None:
         out = ex.run({"x": np.ones((1, 4), np.float32)}, hooks=QuantHooks(plan))
     # NaN is the lowest code (0 - 10) * 0.5, as in ONNX Runtime; relu(-5) = 0 then.
     assert out["y"].tolist() == [[0.0] * 4] and out["half"].tolist() == [[0.5] * 4]
+
+
+def test_fp16_overflow_keeps_the_nan_pass_downstream() -> None:
+    """x * 1e5 rounds to Inf in fp16; Inf - Inf is NaN, which the uint8 quantizer after the
+    (otherwise NaN-free) Sub must still map to the lowest code."""
+    from onnx import TensorProto, helper
+
+    from quantlens.emulate.fakequant import QuantHooks
+    from quantlens.schemes.formats import FloatFormat, int_format
+    from quantlens.schemes.qparams import QuantPlan, TensorQuant
+
+    nodes = [
+        helper.make_node("Mul", ["x", "big"], ["m"]),
+        helper.make_node("Sub", ["m", "m"], ["d"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    d = helper.make_tensor_value_info("d", TensorProto.FLOAT, [1, 4])
+    big = helper.make_tensor("big", TensorProto.FLOAT, [1], [1e5])
+    proto = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [d], [big]), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    proto.ir_version = 8
+    ex = Executor(ir.serde.deserialize_model(proto))
+    assert "d" in ex.finite  # finite in float: only the fp16 rounding makes the Inf
+    plan = QuantPlan(
+        target="test",
+        activations={
+            "m": TensorQuant(name="m", format=FloatFormat(name="fp16")),
+            "d": TensorQuant(name="d", format=int_format("uint8"), scale=[0.5], zero_point=[10]),
+        },
+    )
+    with torch.inference_mode():
+        out = ex.run({"x": np.ones((1, 4), np.float32)}, hooks=QuantHooks(plan))
+    assert out["d"].tolist() == [[-5.0] * 4]

@@ -36,7 +36,8 @@ class Hooks(Protocol):
 
 class OwnedActivation(Protocol):
     """Optional hook method: `activation` for a tensor nothing else refers to, which it may
-    overwrite, and which holds no NaN when `finite` (see `QuantHooks.activation_owned`)."""
+    overwrite, and which holds no NaN when `finite` (see `QuantHooks.activation_owned`). A hook
+    with it may also have `cleans`: the activations it always returns finite."""
 
     def __call__(self, name: str, tensor: Tensor, finite: bool) -> Tensor: ...
 
@@ -92,11 +93,8 @@ class Executor:
         self.steps = tuple(self._compile(i, node) for i, node in enumerate(graph))
         self.producer = {out: step for step in self.steps for out in step.outputs}
         # Tensors that cannot hold NaN: their quantizers skip mapping NaN to the lowest code.
-        self.finite = finite_tensors(
-            ((s.ctx.op_type, s.inputs, s.outputs) for s in self.steps),
-            self.weights,
-            self.input_names,
-        )
+        self._finite: dict[frozenset[str], frozenset[str]] = {}
+        self.finite = self.finite_given(frozenset())
         self._plans: dict[tuple[frozenset[str], tuple[str, ...], frozenset[str]], Plan] = {}
 
     # --- compilation ----------------------------------------------------------------------------
@@ -119,6 +117,16 @@ class Executor:
         inputs = tuple(v.name if v is not None and v.name else None for v in node.inputs)
         outputs = tuple(v.name or f"{name}:{i}" for i, v in enumerate(node.outputs))
         return Step(index, ctx, spec.fn, inputs, outputs)
+
+    def finite_given(self, cleaned: frozenset[str]) -> frozenset[str]:
+        """The tensors kernels compute finite when those in `cleaned` are made finite by hooks
+        (see `finite_tensors`); cached per set."""
+        found = self._finite.get(cleaned)
+        if found is None:
+            steps = ((s.ctx.op_type, s.inputs, s.outputs) for s in self.steps)
+            found = finite_tensors(steps, self.weights, self.input_names, cleaned)
+            self._finite[cleaned] = found
+        return found
 
     # --- planning -------------------------------------------------------------------------------
 
@@ -193,6 +201,7 @@ class Executor:
         owning: OwnedActivation | None = getattr(hooks, "activation_owned", None)
         if torch.is_grad_enabled():
             owning = None
+        finite = self.finite_given(getattr(hooks, "cleans", frozenset())) if owning else None
         for step, release in zip(plan.steps, plan.release):
             args = [self._fetch(name, env, hooks) for name in step.inputs]
             produced = step.fn(step.ctx, args)
@@ -200,8 +209,8 @@ class Executor:
             if len(values) < len(step.outputs):
                 raise InvariantError(f"{step.ctx.name}: kernel returned {len(values)} outputs")
             for name, value in zip(step.outputs, values):
-                if owning is not None and _owned(value, args, values):
-                    env[name] = owning(name, value, name in self.finite)
+                if owning is not None and finite is not None and _owned(value, args, values):
+                    env[name] = owning(name, value, name in finite)
                 else:
                     env[name] = hooks.activation(name, value) if hooks else value
             for name in release:

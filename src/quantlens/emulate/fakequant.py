@@ -160,6 +160,13 @@ class QuantHooks:
         self.activations = self._build(plan.activations, dev, keep)
         self.weights = self._build(plan.weights, dev, keep)
         self._weight_cache: dict[str, Tensor] = {}
+        # Integer grids map NaN and Inf onto the grid: what follows them is finite again.
+        self.cleans = frozenset(n for n, q in self.activations.items() if q.is_int)
+        # fp16 rounding turns values past 65504 into Inf, which a later op can turn into NaN.
+        quantizers = [*self.activations.values(), *self.weights.values()]
+        self._overflows = any(
+            isinstance(q.format, FloatFormat) and q.format.name == "fp16" for q in quantizers
+        )
 
     @staticmethod
     def _build(
@@ -181,7 +188,7 @@ class QuantHooks:
         quantizer = self.activations.get(name)
         if quantizer is None:
             return tensor
-        return quantizer(tensor, overwrite=True, finite=finite)
+        return quantizer(tensor, overwrite=True, finite=finite and not self._overflows)
 
     def weight(self, name: str, tensor: Tensor) -> Tensor:
         quantizer = self.weights.get(name)

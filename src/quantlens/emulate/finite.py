@@ -106,14 +106,19 @@ def finite_tensors(
     steps: Iterable[tuple[str, Sequence[str | None], Sequence[str]]],
     weights: Mapping[str, torch.Tensor],
     inputs: Iterable[str],
+    cleaned: frozenset[str] = frozenset(),
 ) -> frozenset[str]:
-    """Names of the tensors that are finite when `inputs` and `weights` are; `steps` are
-    (op type, input names, output names) in execution order."""
+    """Names of the tensors a kernel computes finite when `inputs` and `weights` are finite and
+    the tensors in `cleaned` are made finite after they are computed (an integer quantizer maps
+    NaN and Inf onto its grid); `steps` are (op type, input names, output names) in order."""
     finite = set(inputs) | {name for name, w in weights.items() if _all_finite(w)}
+    usable = finite | set(cleaned)
     for op_type, args, outputs in steps:
         present = [a for a in args if a is not None]
-        if all(a in finite for a in present) and _safe(op_type, args, weights):
+        if all(a in usable for a in present) and _safe(op_type, args, weights):
             finite.update(outputs)
+            usable.update(outputs)
+        usable.update(name for name in outputs if name in cleaned)
     return frozenset(finite)
 
 
