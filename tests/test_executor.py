@@ -230,3 +230,12 @@ def test_fp16_overflow_keeps_the_nan_pass_downstream() -> None:
     with torch.inference_mode():
         out = ex.run({"x": np.ones((1, 4), np.float32)}, hooks=QuantHooks(plan))
     assert out["d"].tolist() == [[-5.0] * 4]
+
+
+def test_an_expanded_fresh_output_is_not_owned() -> None:
+    from quantlens.emulate.executor import _owned
+
+    one = torch.zeros(1)
+    assert not _owned(one.expand(4, 3), [], [])  # 12 elements on one float: not writable
+    fresh = torch.zeros(2, 3)
+    assert _owned(fresh, [], [fresh]) and not _owned(fresh[:, 1:], [fresh], [])

@@ -246,10 +246,15 @@ def _owned(value: Tensor, args: Sequence[Tensor | None], values: Sequence[Tensor
     start tensors, tensors other consumers still read) nor with its other outputs: a view,
     Identity or a no-op Cast shares it, and writing into it would change those."""
     storage = value.untyped_storage().data_ptr()
-    if storage == 0:
+    if storage == 0 or not _dense(value):
         return False
     shared = [a for a in args if a is not None] + [v for v in values if v is not value]
     return all(t.untyped_storage().data_ptr() != storage for t in shared)
+
+
+def _dense(value: Tensor) -> bool:
+    """No two elements share memory (an expanded tensor's do; writing into it would fail)."""
+    return value.is_contiguous() or value.is_contiguous(memory_format=torch.channels_last)
 
 
 def _release_schedule(steps: Sequence[Step], pinned: set[str]) -> tuple[tuple[str, ...], ...]:
