@@ -3,10 +3,12 @@
 Fake quantization maps NaN to the lowest code, as ONNX Runtime's QuantizeLinear does, and that
 costs a pass over the tensor; a tensor that cannot hold NaN skips it. A NaN needs an op that
 makes one from finite numbers (a division by a computed value, a square root or logarithm of
-one, ...) somewhere upstream, without a quantizer in between; this module finds the tensors with
-no such op upstream at all, so it holds for any quantization plan. Float overflow (finite inputs
+one, ...) upstream with no integer quantizer in between (a quantizer puts NaN and Inf back on
+its grid). This module finds the tensors with no such op since the last of the given quantized
+tensors (`cleaned`); with none given, it holds for any plan. Float overflow (finite inputs
 summing past 3.4e38) is ignored: Inf is clamped to the grid's end like any large value, and a
-NaN from it needs Inf - Inf or 0 * Inf after it.
+NaN from it needs Inf - Inf or 0 * Inf after it; fp16 rounding overflows far sooner, so
+`QuantHooks` does not skip the pass at all when its plan has an fp16 tensor.
 """
 
 from __future__ import annotations
