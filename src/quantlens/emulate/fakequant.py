@@ -94,7 +94,7 @@ class TensorQuantizer:
         self.spec = spec
         self.format = spec.format
         self.axis = spec.axis
-        self.is_int = isinstance(spec.format, IntFormat)
+        self.is_int = spec.is_int
         if isinstance(spec.format, IntFormat):
             self.qmin, self.qmax = spec.format.qmin, spec.format.qmax
             self.scale = torch.tensor(spec.scale, dtype=torch.float32, device=device)

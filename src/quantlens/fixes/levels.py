@@ -141,6 +141,8 @@ class FixGuard:
         hooks = QuantHooks(plan, self.executor.device)
         with torch.inference_mode():
             for feed in self.feeds:
+                # Re-run, not cached: every layer output of every guard sample would be
+                # gigabytes on a 1024 px detector, and the layers follow the plan.
                 reference = self.original.run(feed, keep=layers)
                 quantized = self.executor.run(feed, keep=layers, hooks=hooks)
                 outputs = self.executor.output_names
