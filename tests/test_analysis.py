@@ -220,3 +220,22 @@ def test_outputs_with_a_variable_axis_1_are_pooled() -> None:
             {"seq": y, "logits": torch.ones(1, 4)}, {"seq": y * 1.1, "logits": torch.ones(1, 4)}
         )
     assert noise.snr_db == pytest.approx(-10 * math.log10(0.01 / 2))
+
+
+def test_gradient_terms_only_for_the_layers_asked_for(
+    small: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Asking for fewer layers leaves out the others' tensors, not their numbers."""
+    from quantlens.analysis import run_gradient
+    from quantlens.analyze import prepare_analysis
+
+    model, calib = small
+    options = AnalyzeOptions(calib=calib, target="hailo8", run_dir=tmp_path / "run")
+    setup = prepare_analysis(model, options, None)
+    ex, plan, layers = setup.executor, setup.plan, setup.layers
+    every = run_gradient(ex, plan, layers, batches(setup.feeds, 3))
+    some = run_gradient(ex, plan, layers[1:3], batches(setup.feeds, 3))
+    assert set(some.noise) == {lt.id for lt in layers[1:3]}
+    for lt in layers[1:3]:
+        for variant in ("both", "weight", "activation"):
+            assert some.snr_db(lt.id, variant) == pytest.approx(every.snr_db(lt.id, variant))

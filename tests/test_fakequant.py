@@ -195,3 +195,27 @@ def test_int32_bias_matches_ort_dequantize(axis: int | None) -> None:
     )
     (y_ort,) = session.run(None, {"q": codes.numpy().astype(np.int32)})
     np.testing.assert_array_equal(fake_quantize(torch.from_numpy(bias), *args).numpy(), y_ort)
+
+
+@pytest.mark.parametrize("axis", [None, 1])
+def test_quantizer_writes_into_out_and_leaves_its_input(axis: int | None) -> None:
+    from quantlens.emulate.fakequant import TensorQuantizer
+    from quantlens.schemes.qparams import TensorQuant
+
+    channels = 3 if axis is not None else 1
+    spec = TensorQuant(
+        name="t",
+        format=int_format("uint8"),
+        scale=[0.05, 0.1, 0.2][:channels],
+        zero_point=[7, 128, 0][:channels],
+        axis=axis,
+    )
+    quantizer = TensorQuantizer(spec, torch.device("cpu"))
+    x = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last) * 10
+    before = x.clone()
+    out = torch.empty(x.numel()).as_strided(x.shape, x.stride())
+    y = quantizer(x, out=out)
+    torch.testing.assert_close(y, quantizer(x), rtol=0, atol=0)
+    torch.testing.assert_close(x, before, rtol=0, atol=0)
+    if axis is None:  # per tensor, the result is `out` itself: no allocation
+        assert y.data_ptr() == out.data_ptr()

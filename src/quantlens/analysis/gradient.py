@@ -47,11 +47,14 @@ ESTIMATORS = ("split", "diagonal", "direct")
 
 
 class _GradHooks:
-    """Records every quantized tensor of a float forward pass as a tensor that needs a grad."""
+    """Records the quantized tensors of a float forward pass that a layer owns (`wanted`) as
+    tensors that need a grad; the others are left alone (no gradient for a weight nobody reads
+    the noise of, no noise term for a tensor no layer owns)."""
 
-    def __init__(self, plan: QuantPlan, device: torch.device) -> None:
-        self.quant = QuantHooks(plan, device)
+    def __init__(self, quant: QuantHooks, scratch: _Scratch) -> None:
+        self.quant = quant
         self.tensors: dict[str, Tensor] = {}
+        self._scratch = scratch
 
     def weight(self, name: str, tensor: Tensor) -> Tensor:
         if name not in self.quant.weights or not tensor.is_floating_point():
@@ -69,13 +72,35 @@ class _GradHooks:
         return tensor
 
     def noise(self, name: str, executor: Executor) -> Tensor:
+        """fq(t) − t; for an activation, a view of one reused buffer, valid until the next
+        call (the terms are taken before it: no allocation, and no page faults, per tensor)."""
         value = self.tensors[name].detach()
         if name in self.quant.weights:
             return self.quant.weight(name, executor.weights[name]) - value  # cached: not in place
-        quantized = self.quant.activations[name](value, finite=name in executor.finite)
+        quantizer = self.quant.activations[name]
+        out = self._scratch.like(value)
+        quantized = quantizer(value, finite=name in executor.finite, out=out)
         if quantized.untyped_storage().data_ptr() == value.untyped_storage().data_ptr():
             return quantized - value
-        return quantized.sub_(value)  # a new tensor: no second 50 MB allocation
+        return quantized.sub_(value)
+
+
+class _Scratch:
+    """One float32 buffer, grown to the largest tensor asked for and reused for every one."""
+
+    def __init__(self) -> None:
+        self._flat: Tensor | None = None
+
+    def like(self, value: Tensor) -> Tensor | None:
+        """A tensor with `value`'s shape and strides over the buffer (its old contents), or None
+        when `value` is not dense float32."""
+        dense = value.is_contiguous() or value.is_contiguous(memory_format=torch.channels_last)
+        if value.dtype != torch.float32 or not dense:
+            return None
+        flat = self._flat
+        if flat is None or flat.numel() < value.numel() or flat.device != value.device:
+            flat = self._flat = torch.empty(value.numel(), device=value.device)
+        return flat.as_strided(value.shape, value.stride())
 
 
 @dataclass
@@ -166,9 +191,11 @@ def run_gradient(
         raise ValueError(f"unknown estimators {sorted(unknown)}; known: {', '.join(ESTIMATORS)}")
     result = GradientResult(outputs=len(executor.output_names), estimators=tuple(estimators))
     pooled = pooled_outputs(executor.model.graph.outputs)
+    wanted = frozenset().union(*(lt.quantizers(v) for lt in layers for v in variants))
+    quant, scratch = QuantHooks(plan, executor.device, only=wanted), _Scratch()
     with torch.inference_mode(False):
         for index, feed in enumerate(batches):
-            hooks = _GradHooks(plan, executor.device)
+            hooks = _GradHooks(quant, scratch)
             outputs = executor.run(feed, hooks=hooks, grad=True)
             loss = _probe_loss(outputs, seed + index, pooled)
             terms = {} if loss is None else _tensor_terms(hooks, executor, loss, estimators)

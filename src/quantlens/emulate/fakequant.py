@@ -49,15 +49,18 @@ def _fake_quantize_inplace(
     upper: Tensor | float,
     overwrite: bool = False,
     finite: bool = False,
+    out: Tensor | None = None,
 ) -> Tensor:
-    """clamp(round(x/s), qmin - zp, qmax - zp) * s in four passes over one tensor: a new one, or
-    `x` itself when `overwrite` (no allocation: a fresh 50 MB tensor costs as much in page faults
-    as the division that fills it).
+    """clamp(round(x/s), qmin - zp, qmax - zp) * s in four passes over one tensor: a new one,
+    `x` itself when `overwrite`, or `out` (no allocation: a fresh 50 MB tensor costs as much in
+    page faults as the division that fills it).
 
     It equals (clamp(round(x/s) + zp, qmin, qmax) - zp) * s exactly: every term is an integer
     held exactly in float32. `finite`: `x` holds no NaN, so the pass that maps NaN is skipped.
     """
-    y = torch.div(x, scale, out=x) if overwrite else x / scale
+    if overwrite:
+        out = x
+    y = x / scale if out is None else torch.div(x, scale, out=out)
     y.round_()
     # ONNX Runtime's vectorised QuantizeLinear clamps with max/min instructions that turn NaN
     # (e.g. 0/0 after a quantized variance rounds to zero) into the lowest code; so do we
@@ -108,15 +111,18 @@ class TensorQuantizer:
                 self.upper = float(self.qmax - spec.zero_point[0])
             self._shape_cache: dict[int, tuple[Tensor, Tensor | float, Tensor | float]] = {}
 
-    def __call__(self, x: Tensor, overwrite: bool = False, finite: bool = False) -> Tensor:
+    def __call__(
+        self, x: Tensor, overwrite: bool = False, finite: bool = False, out: Tensor | None = None
+    ) -> Tensor:
         """The fake-quantized `x`; with `overwrite`, written into `x` when it is float32 and
-        needs no gradient (the caller owns it and nothing else refers to it); `finite`: the
-        caller knows `x` holds no NaN."""
+        needs no gradient (the caller owns it and nothing else refers to it), or else into `out`
+        (a float32 tensor of `x`'s shape and strides) when given; `finite`: the caller knows `x`
+        holds no NaN."""
         if self.is_int and x.dtype == torch.float32 and not x.requires_grad:
             # The common case first, in as few torch calls as possible: on a small model the
             # calls, not the arithmetic, are what a quantizer costs.
             bounds = self._broadcast(x.dim())
-            return _fake_quantize_inplace(x, *bounds, overwrite=overwrite, finite=finite)
+            return _fake_quantize_inplace(x, *bounds, overwrite=overwrite, finite=finite, out=out)
         if not x.is_floating_point():
             return x
         if isinstance(self.format, FloatFormat):
