@@ -10,6 +10,10 @@ once for the target (not timed). Then, on the same executor, samples and plan:
   its node and its successors re-run from the cache (batched when the model has a dynamic batch);
   once for the "both" variant only and once with the weight-only / activation-only split;
 - gradient: one forward + one backward per batch.
+It also prints the lower bound for any exact isolated method: re-running, for every layer, only
+that layer and what depends on it costs Σ over layers of their re-run's multiply-accumulates,
+here in units of one whole float pass's (Conv, ConvTranspose, Gemm and MatMul counted, at
+the shapes of the first sample).
 Both isolated ways must give the same SNRs (checked). CPU seconds of the process, the fewest of
 4 runs for the unit and of 2 for each mode (the first run pays for warm-up), one run for the
 naive way, with torch on `--threads` threads. `--naive-layers K` times the
@@ -87,6 +91,41 @@ def naive_isolated(setup: Setup, layers: Sequence[LayerTensors], size: int) -> d
     return snr
 
 
+def mac_bound(setup: Setup) -> float:
+    """Σ over layers of the MACs of the steps an isolated re-run from the layer's cut executes,
+    over the MACs of the whole graph."""
+    ex = setup.executor
+    weighted = [s for s in ex.steps if s.ctx.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
+    names = {n for s in weighted for n in (*s.inputs[:2], s.outputs[0]) if n is not None}
+    feed = next(iter(batches(setup.feeds, 1)))
+    with torch.inference_mode():
+        seen = {**feed, **ex.run(feed, keep=names - set(ex.weights) - set(feed))}
+    shape = {
+        n: tuple(ex.weights[n].shape) if n in ex.weights else tuple(seen[n].shape) for n in names
+    }
+    macs = {
+        s.index: step_macs(
+            s.ctx.op_type, [shape[n] for n in s.inputs[:2] if n], shape[s.outputs[0]]
+        )
+        for s in weighted
+    }
+    total = sum(macs.values())
+    rerun = 0
+    for lt in setup.layers:
+        plan = ex.plan(ex.output_names, lt.cut)
+        rerun += sum(macs.get(s.index, 0) for s in plan.steps)
+    return rerun / total
+
+
+def step_macs(op: str, inputs: list[tuple[int, ...]], out: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one weighted op from its input and output shapes."""
+    if op == "Conv":  # each output element: in-channels per group x kernel window
+        return math.prod(out) * math.prod(inputs[1][1:])
+    if op == "ConvTranspose":  # each input element scatters into out-channels x window
+        return math.prod(inputs[0]) * math.prod(inputs[1][1:])
+    return math.prod(out) * inputs[0][-1]  # Gemm/MatMul: inner dimension (no transA here)
+
+
 def spread(layers: Sequence[LayerTensors], count: int | None) -> list[LayerTensors]:
     if count is None or count >= len(layers):
         return list(layers)
@@ -148,6 +187,7 @@ def report(setup: Setup, naive_layers: int | None) -> None:
     for label, seconds in rows:
         print(f"{label:44s} {seconds:9.2f} {seconds / unit:12.1f}")
     print(f"speed-up over naive (both): {t_naive / t_both:.1f}x")
+    print(f"lower bound for any exact isolated method: {mac_bound(setup):.1f} float passes of MACs")
     print(f"max |SNR naive - SNR isolated| over timed layers: {gap:.2e} dB")
     ranks = ", ".join(f"{e} {r:.3f}" for e, r in rho.items())
     print(f"Spearman gradient vs isolated, by estimator ({ESTIMATORS[0]} is the default): {ranks}")
