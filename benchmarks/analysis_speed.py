@@ -32,7 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -99,7 +99,7 @@ def mac_bound(setup: Setup) -> float:
     names = {n for s in weighted for n in (*s.inputs[:2], s.outputs[0]) if n is not None}
     feed = next(iter(batches(setup.feeds, 1)))
     with torch.inference_mode():
-        seen = {**feed, **ex.run(feed, keep=names - set(ex.weights) - set(feed))}
+        seen: dict[str, Any] = {**feed, **ex.run(feed, keep=names - set(ex.weights) - set(feed))}
     shape = {
         n: tuple(ex.weights[n].shape) if n in ex.weights else tuple(seen[n].shape) for n in names
     }
