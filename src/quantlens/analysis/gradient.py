@@ -47,9 +47,10 @@ ESTIMATORS = ("split", "diagonal", "direct")
 
 
 class _GradHooks:
-    """Records the quantized tensors of a float forward pass that a layer owns (`wanted`) as
-    tensors that need a grad; the others are left alone (no gradient for a weight nobody reads
-    the noise of, no noise term for a tensor no layer owns)."""
+    """Records the tensors of a float forward pass that `quant` quantizes (run_gradient gives it
+    only those some analysed layer owns) as tensors that need a grad; the others are left alone:
+    no gradient for a weight nobody reads the noise of, no noise term for a tensor no layer
+    owns."""
 
     def __init__(self, quant: QuantHooks, scratch: _Scratch) -> None:
         self.quant = quant
