@@ -239,3 +239,27 @@ def test_gradient_terms_only_for_the_layers_asked_for(
     for lt in layers[1:3]:
         for variant in ("both", "weight", "activation"):
             assert some.snr_db(lt.id, variant) == pytest.approx(every.snr_db(lt.id, variant))
+
+
+def test_channel_powers_match_float64_sums_in_any_layout() -> None:
+    from quantlens.analysis.metrics import channel_powers
+
+    x = torch.randn(2, 3, 5, 7).contiguous(memory_format=torch.channels_last) * 1e3
+    exact = (x.double() ** 2).sum(dim=(0, 2, 3))
+    torch.testing.assert_close(channel_powers(x), exact, rtol=1e-12, atol=0)
+    torch.testing.assert_close(channel_powers(x, pooled=True), exact.sum().reshape(1))
+    labels = torch.tensor([[1, 2], [3, 4]])  # integer outputs (argmax indices) count too
+    assert channel_powers(labels).tolist() == pytest.approx([10.0, 20.0], rel=1e-12)
+
+
+def test_output_noise_with_a_given_signal_equals_computing_it() -> None:
+    from quantlens.analysis.metrics import output_powers
+
+    ref = {"y": torch.randn(4, 6, 3), "seq": torch.randn(4, 9, 5)}
+    cand = {name: value + 0.01 * torch.randn_like(value) for name, value in ref.items()}
+    pooled = frozenset({"seq"})
+    plain, given = OutputNoise(pooled=pooled), OutputNoise(pooled=pooled)
+    plain.add(ref, cand)
+    given.add(ref, cand, output_powers(ref, pooled))
+    assert given.snr_db == plain.snr_db
+    assert plain.signal["seq"].shape == (1,) and plain.signal["y"].shape == (6,)

@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from quantlens.analysis.metrics import OutputNoise, pooled_outputs
+from quantlens.analysis.metrics import OutputNoise, output_powers, pooled_outputs
 from quantlens.emulate.executor import Executor
 from quantlens.emulate.fakequant import QuantHooks
 from quantlens.schemes.qparams import QuantPlan
@@ -81,12 +81,13 @@ def run_isolated(
             count += 1
             cache = executor.run(feed, keep=keep)
             reference = {name: cache[name] for name in outputs}
+            signal = output_powers(reference, pooled)
             for lt in layers:
                 for variant in variants:
                     quantized = _run_one(executor, lt, hooks[(lt.id, variant)], cache)
                     slots = result.noise.setdefault(lt.id, {})
                     noise = slots.setdefault(variant, OutputNoise(pooled=pooled))
-                    noise.add(reference, quantized)
+                    noise.add(reference, quantized, signal)
                     if evaluator is not None and variant == "both":
                         score = evaluator(reference, quantized)
                         metric_sums[lt.id] = metric_sums.get(lt.id, 0.0) + score

@@ -101,12 +101,21 @@ class OutputNoise:
     noise: dict[str, Tensor] = field(default_factory=dict)
     pooled: frozenset[str] = frozenset()
 
-    def add(self, reference: Mapping[str, Tensor], candidate: Mapping[str, Tensor]) -> None:
+    def add(
+        self,
+        reference: Mapping[str, Tensor],
+        candidate: Mapping[str, Tensor],
+        signal: Mapping[str, Tensor] | None = None,
+    ) -> None:
+        """`signal`: `output_powers(reference, self.pooled)`, when the caller compares many
+        candidates with one reference (isolated mode: every layer against one float run)."""
+        powers = signal if signal is not None else output_powers(reference, self.pooled)
         for name, ref in reference.items():
-            pool = name in self.pooled
-            r = _channels_first(ref.detach().to(torch.float64), pool)
-            d = _channels_first(candidate[name].detach().to(r.device, torch.float64), pool) - r
-            s, n = r.pow(2).sum(dim=1).cpu(), d.pow(2).sum(dim=1).cpu()
+            ref, cand = ref.detach(), candidate[name].detach().to(ref.device)
+            if not (ref.is_floating_point() and cand.is_floating_point()):
+                ref, cand = ref.to(torch.float64), cand.to(torch.float64)
+            diff = cand - ref  # float32 when both are: exact to 2⁻²⁴ of the noise itself
+            s, n = powers[name], channel_powers(diff, name in self.pooled).cpu()
             self.signal[name] = self.signal[name] + s if name in self.signal else s
             self.noise[name] = self.noise[name] + n if name in self.noise else n
 
@@ -130,9 +139,22 @@ def nsr_to_db(nsr: float) -> float:
     return _db(1.0, nsr)
 
 
+def output_powers(outputs: Mapping[str, Tensor], pooled: frozenset[str]) -> dict[str, Tensor]:
+    """`channel_powers` of every output, on the CPU (what `OutputNoise.add` accumulates)."""
+    return {name: channel_powers(value, name in pooled).cpu() for name, value in outputs.items()}
+
+
 def channel_powers(value: Tensor, pooled: bool = False) -> Tensor:
-    """Σ value² per channel (axis 1; the whole tensor is one channel below rank 2 or pooled)."""
-    return _channels_first(value.detach().to(torch.float64), pooled).pow(2).sum(dim=1)
+    """Σ value² per channel (axis 1; the whole tensor is one channel below rank 2 or pooled),
+    accumulated in float64 over the tensor as it is: no float64, transposed or flat copy (on an
+    OCR head's 40 x 18710 logits per sample those copies were most of isolated mode's time)."""
+    data = value.detach()
+    if not data.is_floating_point():
+        data = data.to(torch.float64)
+    if data.dim() < 2 or pooled:
+        return (torch.linalg.vector_norm(data, dtype=torch.float64) ** 2).reshape(1)
+    others = [d for d in range(data.dim()) if d != 1]
+    return torch.linalg.vector_norm(data, dim=others, dtype=torch.float64) ** 2
 
 
 def pooled_outputs(outputs: Sequence[ir.Value]) -> frozenset[str]:
@@ -144,12 +166,6 @@ def pooled_outputs(outputs: Sequence[ir.Value]) -> frozenset[str]:
         if shape is not None and len(shape) >= 2 and not isinstance(shape[1], int):
             pooled.add(value.name or "")
     return frozenset(pooled)
-
-
-def _channels_first(value: Tensor, pooled: bool = False) -> Tensor:
-    if value.dim() < 2 or pooled:
-        return value.reshape(1, -1)
-    return value.transpose(0, 1).reshape(value.shape[1], -1)
 
 
 class ValueHistogram(BaseModel):

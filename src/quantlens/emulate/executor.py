@@ -19,7 +19,7 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from quantlens.emulate.finite import finite_tensors
+from quantlens.emulate.finite import FiniteGraph
 from quantlens.emulate.registry import KernelFn, NodeContext, find_kernel, tensor_from_numpy
 from quantlens.errors import InvariantError, UnsupportedOpError, UserError
 
@@ -94,6 +94,8 @@ class Executor:
         self.producer = {out: step for step in self.steps for out in step.outputs}
         # Tensors that cannot hold NaN: their quantizers skip mapping NaN to the lowest code.
         self._finite: dict[frozenset[str], frozenset[str]] = {}
+        steps = ((s.ctx.op_type, s.inputs, s.outputs) for s in self.steps)
+        self._finite_graph = FiniteGraph(steps, self.weights, self.input_names)
         self.finite = self.finite_given(frozenset())
         self._plans: dict[tuple[frozenset[str], tuple[str, ...], frozenset[str]], Plan] = {}
 
@@ -123,9 +125,7 @@ class Executor:
         (see `finite_tensors`); cached per set."""
         found = self._finite.get(cleaned)
         if found is None:
-            steps = ((s.ctx.op_type, s.inputs, s.outputs) for s in self.steps)
-            found = finite_tensors(steps, self.weights, self.input_names, cleaned)
-            self._finite[cleaned] = found
+            found = self._finite[cleaned] = self._finite_graph.given(cleaned)
         return found
 
     # --- planning -------------------------------------------------------------------------------
