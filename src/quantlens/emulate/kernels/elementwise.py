@@ -87,6 +87,11 @@ def pow_(ctx: NodeContext, inputs: Inputs) -> Tensor:
     x, y = _binary_inputs(ctx, inputs)
     # From opset 12 the exponent may have another type; the result always has the base's type.
     if x.is_floating_point():
+        if y.numel() == 1 and float(y) in (2.0, 3.0):
+            # ONNX Runtime squares and cubes by multiplying (x*x, x*x*x); so does torch's pow with
+            # a Python number, bit for bit and ~20x faster than with a tensor exponent (a
+            # vectorised pow, 1-ulp off on ~2% of values). LayerNorm's variance uses Pow(x, 2).
+            return torch.pow(x, float(y))
         return torch.pow(x, y if y.dtype == x.dtype or not y.is_floating_point() else y.to(x.dtype))
     if y.is_floating_point():
         return torch.pow(x.double(), y.double()).to(x.dtype)
