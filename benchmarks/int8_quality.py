@@ -7,7 +7,10 @@ all three tools calibrate on identical inputs. Each tool writes a QDQ model with
 `nncf.quantize` with no options, run in its own venv given by --nncf-python). Every QDQ model runs
 in ONNX Runtime on the evaluation set. Reported: mean and worst output SNR (dB) against the float
 model in ONNX Runtime, and where the data carries labels the task metric (orientation top-1,
-OCR character accuracy with greedy CTC) for float and each int8 model.
+OCR character accuracy with greedy CTC) for float and each int8 model. Also each model's ONNX
+Runtime CPU latency (`search.cost.latency`: median of 20 runs over the evaluation inputs, default
+session options), float included: a QDQ model is only faster where ONNX Runtime fuses its Q/DQ
+pairs into integer kernels, which for Conv needs a quantized output as well as quantized inputs.
 
     python benchmarks/int8_quality.py [--calib 16] [--eval 16] [--nncf-python PATH]
 """
@@ -31,6 +34,7 @@ from quantlens.data.preprocess import load_inputs
 from quantlens.data.render import write_samples
 from quantlens.evaluate.ocr import ctc_alphabet, ctc_greedy_decode, edit_distance
 from quantlens.quantize import QuantizeOptions, quantize_model
+from quantlens.search.cost import latency
 
 SAMPLES = {
     "pplcnet-orientation": "rotated-pages",
@@ -135,6 +139,7 @@ def evaluate(
         "mean_snr_db": round(float(np.mean(snrs)), 2),
         "worst_snr_db": round(min(snrs), 2),
         "task": task_metric(name, float_model, outputs, labels),
+        "ort_ms": round(1000 * latency(model, feeds), 2),
     }
 
 
@@ -152,6 +157,7 @@ def bench_model(name: str, args: argparse.Namespace, root: Path) -> dict[str, ob
     row: dict[str, object] = {
         "model": name,
         "float_task": task_metric(name, model, reference, labels),
+        "float_ms": round(1000 * latency(model, eval_feeds), 2),
     }
     for tool, make in tools.items():
         try:
@@ -176,6 +182,7 @@ def main() -> None:
     print(f"calibration {args.calib} samples, evaluation {args.eval} samples (other seed)")
     print(
         f"{'model':<22} {'tool':<12} {'mean SNR dB':>12} {'worst SNR dB':>13} {'task (float)':>14}"
+        f" {'ORT ms (float)':>15}"
     )
     for row in rows:
         for tool in ("quantlens", "onnxruntime", "nncf"):
@@ -189,7 +196,8 @@ def main() -> None:
             task_text = "-" if task is None else f"{task:.4f} ({row['float_task']:.4f})"
             print(
                 f"{row['model']:<22} {tool:<12} {result['mean_snr_db']:>12} "
-                f"{result['worst_snr_db']:>13} {task_text:>14}"
+                f"{result['worst_snr_db']:>13} {task_text:>14} "
+                f"{result['ort_ms']:>7} ({row['float_ms']})"
             )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
