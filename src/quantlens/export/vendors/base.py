@@ -42,6 +42,8 @@ class ModelIndex:
 
     nodes: list[NodeInfo]
     graph_inputs: list[str] = field(default_factory=list)
+    # A graph output is used by the graph itself, so vendors do not fuse it away (TPU-MLIR).
+    graph_outputs: list[str] = field(default_factory=list)
 
     @classmethod
     def from_model(cls, model: ir.Model) -> ModelIndex:
@@ -61,7 +63,11 @@ class ModelIndex:
                     folded_bn=layer.folded_bn if layer else None,
                 )
             )
-        return cls(nodes=nodes, graph_inputs=[v.name or "" for v in model.graph.inputs])
+        return cls(
+            nodes=nodes,
+            graph_inputs=[v.name or "" for v in model.graph.inputs],
+            graph_outputs=[v.name or "" for v in model.graph.outputs],
+        )
 
     @property
     def names(self) -> list[str]:
@@ -106,6 +112,8 @@ class ExportContext:
     qdq_model: str | None = None
     # The canonical float model, for formats whose tool must quantize that exact graph (ORT).
     canonical: ir.Model | None = None
+    # Names the vendor's graph will not contain are errors instead of warnings (--strict).
+    strict: bool = False
 
 
 @dataclass
