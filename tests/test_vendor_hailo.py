@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import onnx
 import pytest
 
 from quantlens.calib.stats import CalibrationStats, TensorStats
@@ -238,8 +239,9 @@ def test_run_folder_calibration_becomes_manual_clipping(tmp_path: Path) -> None:
     assert result.files[0].endswith("model.alls")
     text = Path(result.files[0]).read_text()
     clipped = [line for line in text.splitlines() if "activation_clipping" in line]
-    producers = {t: node.name for t, node in model_index(model).producers().items()}
-    assert set(producers) & set(stats.tensors) >= {"bn1", "r1", "c2", "mm", "y"}
+    # One clipping per Hailo layer, named by its head: conv1+relu1 clips r1, matmul+add clips y.
+    producers = {"r1": "conv1", "c2": "conv2", "y": "matmul", "flat": "reshape"}
+    assert set(stats.tensors) >= {"bn1", "r1", "c2", "mm", "y"}
     written: dict[str, tuple[float, float]] = {}
     for line in clipped:
         match = re.search(
@@ -249,6 +251,7 @@ def test_run_folder_calibration_becomes_manual_clipping(tmp_path: Path) -> None:
         for layer in match.group(1).split(", "):
             written[layer] = (float(match.group(2)), float(match.group(3)))
     assert set(written) == {producers[t] for t in set(producers) & set(stats.tensors)}
+    assert "relu1" not in written and "add" not in written
     for tensor in set(producers) & set(stats.tensors):
         entry = stats.tensors[tensor]
         low, high = written[producers[tensor]]
@@ -304,3 +307,57 @@ def test_zoo_orientation_round_trip(tmp_path: Path) -> None:
     back = import_vendor(tmp_path / "run" / "model.alls", "hailo", model)
     index = model_index(model)
     assert effective(back, index) == effective(assignment, index)
+
+
+def dfc_like_hn(model: onnx.ModelProto, net: str = "net") -> dict[str, object]:
+    """An HN shaped like the DFC's parse of `model` (vendor-formats.md 1.7): one layer per
+    weighted node with the BatchNorm and activation after it in `original_names`, numbered per
+    type; the other nodes are layers of their own. Built from the original graph, not ours."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for tensor in node.input:
+            readers.setdefault(tensor, []).append(node)
+    merged, layers, counts = set(), {}, {}
+    for node in model.graph.node:
+        if node.name in merged or node.op_type == "Constant":
+            continue
+        names, tensor = [node.name], node.output[0]
+        while node.op_type in ("Conv", "MatMul", "Gemm") and len(readers.get(tensor, [])) == 1:
+            nxt = readers[tensor][0]
+            if nxt.op_type not in ("BatchNormalization", "Relu", "HardSwish", "HardSigmoid"):
+                break
+            names.append(nxt.name)
+            merged.add(nxt.name)
+            tensor = nxt.output[0]
+        kind = {"Conv": "conv", "MatMul": "fc"}.get(node.op_type, node.op_type.lower())
+        counts[kind] = counts.get(kind, 0) + 1
+        layers[f"{net}/{kind}{counts[kind]}"] = {"type": kind, "original_names": names}
+    return {"name": net, "layers": layers}
+
+
+def test_merged_layers_clip_once_and_import_names_canonical_nodes(tmp_path: Path) -> None:
+    """A Conv+BN+Relu is one Hailo layer: its clipping is written once, and a script naming it
+    imports onto nodes our canonical model has (the BatchNorm resolves to its Conv)."""
+    run_dir, model = make_run(tmp_path, "hailo8", Assignment(target="hailo8"))
+    hn = tmp_path / "net.hn.json"
+    hn.write_text(json.dumps(dfc_like_hn(onnx.load(model))))
+    assert load_name_map(hn)["bn1"] == "conv1" == load_name_map(hn)["relu1"]
+    stats = CalibrationStats.load(run_dir / "calibration.json")
+    for entry in stats.tensors.values():  # every range clipped, so every layer would be listed
+        entry.min, entry.max = entry.clip_min - 10.0, entry.clip_max + 10.0
+    stats.save(run_dir / "calibration.json")
+    result = export_vendor(run_dir, "hailo", tmp_path / "x.alls", name_map=hn)
+    clipped = [
+        name.strip()
+        for line in Path(result.files[0]).read_text().splitlines()
+        if "activation_clipping" in line
+        for name in line.split("layers=[")[1].split("]")[0].split(",")
+    ]
+    assert clipped and len(clipped) == len(set(clipped)), clipped
+    assert "conv1" in clipped
+    script = tmp_path / "mixed.alls"
+    script.write_text("quantization_param([conv1], precision_mode=a16_w16)\n")
+    back = import_vendor(script, "hailo", model, name_map=hn)
+    index = model_index(model)
+    assert set(back.layers) <= set(index.names), back.layers
+    assert back.layers == {"conv1": "a16_w16", "relu1": "a16_w16"}

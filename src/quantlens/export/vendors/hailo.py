@@ -22,6 +22,7 @@ from quantlens.export.vendors.base import (
     register,
     unknown_name_error,
 )
+from quantlens.export.vendors.hailo_layers import layer_outputs, resolve_original
 from quantlens.export.vendors.hailo_script import Command, Target, parse_script, parse_targets
 from quantlens.schemes.assignment import Assignment, PatternRule
 
@@ -210,16 +211,20 @@ def _layer_lines(layers: Mapping[str, str], rename: _Renamer, out: Rendered) -> 
 def _clipping_lines(
     stats: CalibrationStats, model: ModelIndex, rename: _Renamer, out: Rendered
 ) -> list[str]:
+    """One clipping per Hailo layer, from the range of the layer's output: a tensor inside a
+    merged layer (a Conv's output before its activation) is never quantized on the chip."""
     if stats.method not in CLIPPING_METHODS:
         return []
-    producers = model.producers()
+    owners = layer_outputs(model)
     by_values: dict[str, list[str]] = {}
+    named: set[str] = set()
     for tensor, entry in stats.tensors.items():
-        node = producers.get(tensor)
-        if node is None or not _clipped(entry):
+        layer = owners.get(tensor)
+        if layer is None or not _clipped(entry):
             continue
-        name = rename(node.name, "clipping")
-        if name is not None:
+        name = rename(layer, "clipping")
+        if name is not None and name not in named:
+            named.add(name)
             by_values.setdefault(_clipping_args(stats, entry), []).append(name)
     return [
         f"pre_quantization_optimization(activation_clipping, layers=[{', '.join(names)}], {args})"
@@ -251,7 +256,7 @@ class _Builder:
     def __init__(self, model: ModelIndex, name_map: Mapping[str, str] | None, source: str):
         self.known = model.names
         self.source = source
-        self.inverse = _invert(name_map) if name_map is not None else None
+        self.inverse = _invert(name_map, model) if name_map is not None else None
         self.default = HAILO_DEFAULT
         self.patterns: list[PatternRule] = []
         self.layers: dict[str, str] = {}
@@ -336,8 +341,12 @@ def _unscope(name: str) -> str:
     return name.split("/", 1)[1] if "/" in name and not name.startswith("/") else name
 
 
-def _invert(name_map: Mapping[str, str]) -> dict[str, list[str]]:
-    inverse: dict[str, list[str]] = {}
+def _invert(name_map: Mapping[str, str], model: ModelIndex) -> dict[str, list[str]]:
+    """Hailo layer -> the canonical model's nodes it was made from. A map from the DFC's parse
+    names the original graph (BatchNorm nodes, Identities); those resolve to the node that
+    absorbed them or drop out, so an imported assignment only names nodes `quantize` knows."""
+    originals: dict[str, list[str]] = {}
     for onnx_name, hailo in name_map.items():
-        inverse.setdefault(hailo, []).append(onnx_name)
-    return inverse
+        originals.setdefault(hailo, []).append(onnx_name)
+    resolved = {hailo: resolve_original(model, names) for hailo, names in originals.items()}
+    return {hailo: names for hailo, names in resolved.items() if names}
