@@ -23,9 +23,8 @@ import numpy as np
 import onnx_ir as ir
 import torch
 from PIL import Image
-from pydantic import BaseModel, Field
 
-from quantlens.artifacts import Artifact
+from quantlens.artifacts.evaluation import EvalReport, FloatCheck, SampleResult
 from quantlens.data import zoo
 from quantlens.data.preprocess import (
     IMAGE_SUFFIXES,
@@ -85,46 +84,6 @@ class EvalOptions:
     out: Path | None = None
     # Inputs and float outputs kept in memory between the float and quantized passes.
     cache_bytes: int = 1 << 30
-
-
-class SampleResult(BaseModel):
-    name: str
-    float_score: float | None = None
-    quantized_score: float | None = None
-    quantized_onnxruntime_score: float | None = None
-    snr_db: float | None = Field(None, description="float vs quantized, worst output")
-
-
-class FloatCheck(BaseModel):
-    passed: bool
-    tolerance: float
-    max_metric_difference: float
-    emulator_vs_onnxruntime: dict[str, float]
-
-
-class EvalReport(Artifact):
-    kind = "eval"
-    model: str
-    data: str
-    task: str
-    primary: str
-    samples: int
-    target: str | None = None
-    run_dir: str | None = None
-    float_vs_gt: dict[str, float] | None = None
-    float_onnxruntime_vs_gt: dict[str, float] | None = None
-    quantized_vs_gt: dict[str, float] | None = None
-    quantized_onnxruntime_vs_gt: dict[str, float] | None = None
-    float_vs_quantized: dict[str, float] | None = None
-    float_vs_quantized_onnxruntime: dict[str, float] | None = None
-    float_check: FloatCheck
-    per_sample: list[SampleResult] = Field(description="worst first")
-    notes: list[str] = Field(default_factory=list)
-    seconds: dict[str, float] = Field(default_factory=dict)
-
-    def primary_metric(self, arm: str = "quantized_vs_gt") -> float | None:
-        metrics = getattr(self, arm)
-        return None if metrics is None else metrics.get(self.primary)
 
 
 # --- inputs -------------------------------------------------------------------------------------

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
 
-from quantlens import __version__
-from quantlens.artifacts import Artifact, write_text_atomic
+from quantlens.artifacts.folder import RunFolder
+from quantlens.artifacts.graph import build_graph
+from quantlens.artifacts.quantize import OptimizeRecord, OutputQuality, QuantizeReport
 from quantlens.calib import CalibrationStats, calibrate
 from quantlens.data.preprocess import FeedSet, InputSpec, load_inputs, load_spec_file
 from quantlens.emulate import Executor
@@ -28,7 +28,7 @@ from quantlens.emulate.plan import QuantPoints, build_plan, quantization_points
 from quantlens.errors import UserError
 from quantlens.evaluate.distance import Distance, distance
 from quantlens.export.qdq import export_qdq
-from quantlens.export.verify import AgreementStats, agreement_stats
+from quantlens.export.verify import agreement_stats
 from quantlens.fixes.levels import run_fixes, settings_for
 from quantlens.ir.passes.optimize import optimize_graph
 from quantlens.schemes.assignment import Assignment
@@ -69,48 +69,6 @@ class QuantizeOptions(CalibrationOptions):
     fixes: dict[str, bool | None] = field(default_factory=dict)
     # Time cap in seconds for each learned fix (AdaRound, fine-tune); None: their own defaults.
     fix_budget_s: float | None = None
-
-
-class OutputQuality(BaseModel):
-    name: str
-    float_vs_quantized: Distance
-    # The exported QDQ model in ONNX Runtime against the emulator, same inputs.
-    emulator_vs_onnxruntime: AgreementStats | None = None
-
-
-class OptimizeRecord(BaseModel):
-    """What `--optimize` did: graph passes before calibration, fixes after the plan."""
-
-    level: int = 0
-    enabled: list[str] = Field(default_factory=list)
-    passes: dict[str, list[str]] = Field(default_factory=dict)
-    fixes: list[dict[str, object]] = Field(default_factory=list)
-
-
-class QuantizeReport(Artifact):
-    kind = "quantize"
-    model: str
-    input_shapes: dict[str, list[int]] = Field(default_factory=dict)
-    target: str
-    method: str
-    samples: int
-    calibration_reused: bool
-    modes: dict[str, int]
-    quantized_activations: int
-    quantized_weights: int
-    outputs: list[OutputQuality]
-    files: dict[str, str]
-    seconds: dict[str, float]
-    notes: list[str] = Field(default_factory=list)
-    optimize: OptimizeRecord = Field(default_factory=OptimizeRecord)
-    quantlens_version: str = __version__
-
-    def worst_snr(self) -> float:
-        return min((o.float_vs_quantized.snr_db for o in self.outputs), default=float("inf"))
-
-    def pooled_agreement(self) -> float | None:
-        known = [o.emulator_vs_onnxruntime for o in self.outputs if o.emulator_vs_onnxruntime]
-        return min(a.pooled_snr_db for a in known) if known else None
 
 
 def load_assignment(path: Path | None, profile: TargetProfile) -> Assignment:
@@ -172,9 +130,11 @@ def run_calibration(
     progress: Progress | None,
 ) -> tuple[CalibrationStats, bool]:
     """Calibrate, or reuse the run folder's calibration when its key matches."""
-    stats_path, key_path = opts.run_dir / "calibration.json", opts.run_dir / "calibration.key"
-    if stats_path.exists() and key_path.exists() and key_path.read_text().strip() == key:
-        return CalibrationStats.load(stats_path), True
+    folder = RunFolder(opts.run_dir)
+    if folder.read_calibration_key() == key:
+        found = folder.read(CalibrationStats)
+        if found is not None:
+            return found, True
     stats = calibrate(
         executor,
         feeds,
@@ -183,8 +143,8 @@ def run_calibration(
         percentile=opts.percentile,
         progress=progress,
     )
-    stats.save(stats_path)
-    write_text_atomic(key_path, key + "\n")
+    folder.write(stats)
+    folder.write_calibration_key(key)
     return stats, False
 
 
@@ -216,7 +176,6 @@ def quantize_model(
 ) -> QuantizeReport:
     """Canonicalize, calibrate, plan, emulate, export and verify; artifacts go to opts.run_dir."""
     from quantlens.api import prepare, spec_for
-    from quantlens.report.graph import write_graph
 
     clock: dict[str, float] = {}
     start = time.perf_counter()
@@ -226,7 +185,8 @@ def quantize_model(
     settings = settings_for(opts.optimize, opts.fixes)
     graph_options = settings.graph_options()
     graph_reports = optimize_graph(model, graph_options)
-    write_graph(model, opts.run_dir)  # the graph as quantized, for the report's graph view
+    # The graph as quantized, for the report's graph view.
+    RunFolder(opts.run_dir).write(build_graph(model))
     assignment = load_assignment(opts.assignment, profile)
     points = quantization_points(model, assignment, profile)
     executor = Executor(model, device=opts.device)
@@ -249,19 +209,22 @@ def quantize_model(
         executor, plan, points, feeds, settings, say, progress, opts.fix_budget_s
     )
     clock.update({f"fix:{f.name}": f.seconds for f in fixes})
-    files = _write_plan(opts.run_dir, assignment, plan)
+    folder = RunFolder(opts.run_dir)
+    files = _write_plan(folder, assignment, plan)
+    # Later stages (vendor exports) read the graph and weights the plan names from here.
+    _write_model(model, folder.canonical_model)
     if graph_options.any() or any(f.weights for f in fixes):
-        # Vendor exports and `evaluate --run` must see the graph and weights the plan names.
-        files["float_model"] = str(_write_float_model(model, opts.run_dir))
+        # `evaluate --run` must see the graph and weights the plan names.
+        files["float_model"] = str(_write_model(model, folder.optimized_model))
     else:
-        (opts.run_dir / FLOAT_MODEL_FILE).unlink(missing_ok=True)  # a stale one would mislead
+        folder.optimized_model.unlink(missing_ok=True)  # a stale one would mislead
     start = time.perf_counter()
     quality = compare_outputs(executor, plan, feeds, opts.device)
     clock["emulate"] = time.perf_counter() - start
 
     _say(say, "exporting the QDQ model and checking it in ONNX Runtime")
     start = time.perf_counter()
-    qdq_path = export_qdq(model, plan, opts.run_dir / "model.qdq.onnx")
+    qdq_path = export_qdq(model, plan, folder.qdq_model)
     files["qdq_model"] = str(qdq_path)
     agree = agreement_stats(executor, plan, qdq_path, feeds)
     clock["export"] = time.perf_counter() - start
@@ -280,7 +243,7 @@ def quantize_model(
             OutputQuality(name=name, float_vs_quantized=d, emulator_vs_onnxruntime=agree.get(name))
             for name, d in quality.items()
         ],
-        files={**files, "calibration": str(opts.run_dir / "calibration.json")},
+        files={**files, "calibration": str(folder.file(CalibrationStats))},
         seconds={k: round(v, 3) for k, v in clock.items()},
         notes=plan.notes,
         optimize=OptimizeRecord(
@@ -290,30 +253,27 @@ def quantize_model(
             fixes=[f.as_record() for f in fixes],
         ),
     )
-    report.save(opts.run_dir / "quantize.json")
+    folder.write(report)
     return report
 
 
-FLOAT_MODEL_FILE = "model.float.onnx"
+# Kept for existing imports; the run folder owns the name.
+FLOAT_MODEL_FILE = RunFolder.OPTIMIZED_MODEL
 
 
-def _write_float_model(model: object, run_dir: Path) -> Path:
+def _write_model(model: object, path: Path) -> Path:
     import onnx_ir as ir
 
     assert isinstance(model, ir.Model)
-    path = run_dir / FLOAT_MODEL_FILE
-    run_dir.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     ir.save(model, tmp)
     tmp.replace(path)
     return path
 
 
-def _write_plan(run_dir: Path, assignment: Assignment, plan: QuantPlan) -> dict[str, str]:
-    return {
-        "assignment": str(assignment.save(run_dir / "assignment.json")),
-        "plan": str(plan.save(run_dir / "plan.json")),
-    }
+def _write_plan(folder: RunFolder, assignment: Assignment, plan: QuantPlan) -> dict[str, str]:
+    return {"assignment": str(folder.write(assignment)), "plan": str(folder.write(plan))}
 
 
 def _check_feed_shapes(feeds: Sequence[dict[str, np.ndarray]], model: object) -> None:

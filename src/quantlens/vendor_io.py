@@ -1,7 +1,7 @@
 """Vendor files in and out: a run folder to the chip's own files, and those files back.
 
 `export_vendor` reads a quantize run folder (assignment.json, plan.json, calibration.json,
-quantize.json), re-derives the canonical model the plan speaks of, renders one vendor format
+quantize.json and the canonical model the plan speaks of), renders one vendor format
 (`quantlens.export.vendors`) and writes its files atomically. `import_vendor` reads a vendor
 file the user already has into an Assignment, checking every name against the model, so an
 existing configuration can be analysed like any other.
@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from quantlens.artifacts import write_bytes_atomic, write_text_atomic
-from quantlens.calib.stats import CalibrationStats
+from quantlens.artifacts.calibration import CalibrationStats
+from quantlens.artifacts.folder import RunFolder
+from quantlens.artifacts.quantize import QuantizeReport
 from quantlens.errors import UserError
 from quantlens.export.vendors import ExportContext, ExportResult, ModelIndex, get_format
 from quantlens.export.vendors.base import Rendered, VendorFormat
@@ -96,14 +98,14 @@ def load_name_map(path: Path) -> dict[str, str]:
 
 def load_run(run_dir: Path, model: Path | None = None) -> ExportContext:
     """Everything a vendor exporter reads, from a quantize run folder."""
-    assignment = Assignment.load(_need(run_dir / "assignment.json"))
-    plan = QuantPlan.load(_need(run_dir / "plan.json"))
-    calib_path = run_dir / "calibration.json"
-    calibration = CalibrationStats.load(calib_path) if calib_path.exists() else None
-    report = _report(run_dir)
+    folder = RunFolder(run_dir)
+    assignment = folder.require(Assignment)
+    plan = folder.require(QuantPlan)
+    calibration = folder.read(CalibrationStats)
+    report = _report(folder)
     shapes = report.get("input_shapes") or {}
-    index, canonical = _model_index(model or _run_model(run_dir, report), shapes)
-    qdq = run_dir / "model.qdq.onnx"
+    index, canonical = _model_index(model or _run_model(folder, report), shapes)
+    qdq = folder.qdq_model
     return ExportContext(
         assignment=assignment,
         plan=plan,
@@ -124,14 +126,9 @@ def _model_index(path: Path, shapes: dict[str, list[int]] | None = None) -> tupl
     return ModelIndex.from_model(canonical), canonical
 
 
-def _need(path: Path) -> Path:
-    if not path.exists():
-        raise UserError(f"{path} is missing", "pass a run folder written by `quantlens quantize`")
-    return path
-
-
-def _report(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "quantize.json"
+def _report(folder: RunFolder) -> dict[str, Any]:
+    # Read loosely: only the input shapes and model path are needed, from any schema version.
+    path = folder.file(QuantizeReport)
     if not path.exists():
         return {}
     try:
@@ -141,13 +138,15 @@ def _report(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _run_model(run_dir: Path, report: dict[str, Any]) -> Path:
-    """The model path quantize.json recorded, relative to the cwd it ran in (unknown here),
-    so a few likely bases are tried. A run whose graph passes or fixes changed the model left
-    the changed float model in the folder; that one matches the plan's names and weights."""
-    optimized = run_dir / "model.float.onnx"
-    if optimized.is_file():
-        return optimized
+def _run_model(folder: RunFolder, report: dict[str, Any]) -> Path:
+    """The canonical model `quantize` saved in the folder (it matches the plan's names and
+    weights). Folders written before it was saved: the optimized float model when graph passes
+    or fixes changed the model, else the model path quantize.json recorded, relative to the cwd
+    it ran in (unknown here), so a few likely bases are tried."""
+    for saved in (folder.canonical_model, folder.optimized_model):
+        if saved.is_file():
+            return saved
+    run_dir = folder.path
     recorded = report.get("model")
     if isinstance(recorded, str):
         for base in (Path.cwd(), run_dir, run_dir.parent):

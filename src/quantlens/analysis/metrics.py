@@ -13,18 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 import torch
-from pydantic import BaseModel
+
+from quantlens.artifacts.analysis import NoiseStats, Scatter, ValueHistogram
 
 Tensor = torch.Tensor
-
-
-class NoiseStats(BaseModel):
-    """Float vs quantized over all samples, pooled (sums over every element of every sample)."""
-
-    snr_db: float
-    cosine: float
-    mse: float
-    max_abs_error: float
 
 
 def _db(signal: float, noise: float) -> float:
@@ -166,19 +158,6 @@ def pooled_outputs(outputs: Sequence[ir.Value]) -> frozenset[str]:
         if shape is not None and len(shape) >= 2 and not isinstance(shape[1], int):
             pooled.add(value.name or "")
     return frozenset(pooled)
-
-
-class ValueHistogram(BaseModel):
-    edges: list[float]
-    float_counts: list[int]
-    quantized_counts: list[int]
-
-
-class Scatter(BaseModel):
-    """A deterministic subsample of (float, quantized) value pairs, for a scatter plot."""
-
-    float_values: list[float]
-    quantized_values: list[float]
 
 
 class HistogramPair:

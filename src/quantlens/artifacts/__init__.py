@@ -40,9 +40,24 @@ class Artifact(BaseModel):
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise UserError(f"cannot read {path}: {exc}", "pass a file quantlens wrote") from exc
-        if data.pop("kind", cls.kind) != cls.kind:
+        if not isinstance(data, dict) or data.pop("kind", cls.kind) != cls.kind:
             raise UserError(f"{path} is not a {cls.kind} artifact", f"pass a {cls.kind} JSON file")
+        cls.check_version(path, data.get("schema_version", 1))
         return cls.model_validate(data)
+
+    @classmethod
+    def check_version(cls, path: str | Path, found: object) -> None:
+        """A file of another schema version would fail validation somewhere deep, or worse pass
+        with the wrong meaning: refuse it with one line naming both versions."""
+        current = cls.model_fields["schema_version"].default
+        if found == current:
+            return
+        age = "an older" if isinstance(found, int) and found < current else "another"
+        raise UserError(
+            f"{path} is a {cls.kind} artifact of schema version {found}, written by {age} "
+            f"quantlens; this one reads version {current}",
+            "re-run the command that wrote it with this quantlens version",
+        )
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -14,31 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from quantlens.artifacts import Artifact
+from quantlens.artifacts.doctor import DoctorReport, Warning_
 from quantlens.data.preprocess import IMAGE_SUFFIXES, list_input_files, open_rgb
 from quantlens.emulate import Executor
 
 MIN_SAMPLES = 64
 THUMB = 32
-
-
-class Warning_(BaseModel):
-    code: str
-    message: str
-    why: str
-    fix: str
-    files: list[str] = Field(default_factory=list)
-
-
-class DoctorReport(Artifact):
-    kind = "doctor"
-    calib: str
-    data: str | None = None
-    samples: int
-    checks: list[str]
-    warnings: list[Warning_] = Field(default_factory=list)
 
 
 class ImageFacts(BaseModel):

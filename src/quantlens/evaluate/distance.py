@@ -10,24 +10,10 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import BaseModel
+
+from quantlens.artifacts.measures import Distance
 
 Tensor = torch.Tensor
-
-
-class Distance(BaseModel):
-    max_abs_error: float
-    relative_error: float
-    cosine: float
-    snr_db: float
-
-    def worst(self, other: Distance) -> Distance:
-        return Distance(
-            max_abs_error=max(self.max_abs_error, other.max_abs_error),
-            relative_error=max(self.relative_error, other.relative_error),
-            cosine=min(self.cosine, other.cosine),
-            snr_db=min(self.snr_db, other.snr_db),
-        )
 
 
 def distance(reference: Tensor, candidate: Tensor) -> Distance:

@@ -18,9 +18,9 @@ import onnx
 import onnxruntime as ort
 import torch
 from onnx.helper import make_empty_tensor_value_info
-from pydantic import BaseModel, Field
 
 from quantlens.analysis.metrics import ErrorSums
+from quantlens.artifacts.measures import AgreementStats
 from quantlens.emulate.executor import Executor
 from quantlens.emulate.fakequant import QuantHooks
 from quantlens.errors import UserError
@@ -44,21 +44,6 @@ def qdq_session(path: str | Path, optimize: bool = True) -> ort.InferenceSession
             f"ONNX Runtime cannot load the exported model {path}: {first}",
             "report this with the plan; the export should always load",
         ) from exc
-
-
-class AgreementStats(BaseModel):
-    """Emulator vs ONNX Runtime on one output over a set of feeds."""
-
-    worst_snr_db: float
-    pooled_snr_db: float = Field(description="10*log10(sum of signal / sum of noise) over feeds")
-    argmax_match: float = Field(description="fraction of last-axis argmax positions that agree")
-    onnxruntime_self_db: float | None = Field(
-        default=None,
-        description="pooled SNR of ONNX Runtime with its graph optimizations against ONNX Runtime "
-        "without them on the same file: how far float32 summation order alone moves this "
-        "quantized model (a deep int8 net turns rounding-tie flips into whole-step errors), "
-        "so roughly the closest any other float32 engine can agree",
-    )
 
 
 def agreement_stats(

@@ -1,7 +1,7 @@
 """The report: one self-contained HTML page rendered from a run folder's artifacts only.
 
-`render_report` lives in `quantlens.report.render`; it is not imported here because the
-pipeline (`quantize`) imports `write_graph` from this package, and render reads its artifacts.
+`render_report` lives in `quantlens.report.render` (not imported here, to keep this import
+light). The report reads artifact schemas only (`quantlens.artifacts`), never a pipeline.
 """
 
 from quantlens.report.graph import GraphArtifact, build_graph, write_graph

@@ -9,46 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx_ir as ir
-from pydantic import BaseModel, Field
 
-from quantlens.artifacts import Artifact
+from quantlens.artifacts.folder import RunFolder
+from quantlens.artifacts.graph import GraphArtifact, GraphNode, build_graph
 
-
-class GraphNode(BaseModel):
-    name: str
-    op_type: str
-    inputs: list[str] = Field(description="activation inputs; weights and constants left out")
-    outputs: list[str]
-
-
-class GraphArtifact(Artifact):
-    kind = "graph"
-    inputs: list[str] = Field(default_factory=list, description="the graph's inputs")
-    outputs: list[str] = Field(default_factory=list, description="the graph's outputs")
-    nodes: list[GraphNode] = Field(description="in topological order")
-
-
-def build_graph(model: ir.Model) -> GraphArtifact:
-    constants = set(model.graph.initializers)
-    nodes = [
-        GraphNode(
-            name=node.name or "",
-            op_type=node.op_type,
-            inputs=[v.name or "" for v in node.inputs if v is not None and v.name not in constants],
-            outputs=[v.name or "" for v in node.outputs],
-        )
-        for node in model.graph  # onnx_ir keeps nodes in topological order
-    ]
-    return GraphArtifact(
-        inputs=[v.name or "" for v in model.graph.inputs],
-        outputs=[v.name or "" for v in model.graph.outputs],
-        nodes=nodes,
-    )
+__all__ = ["GraphArtifact", "GraphNode", "build_graph", "edges", "layer_depths", "write_graph"]
 
 
 def write_graph(model: ir.Model, run_dir: Path) -> Path:
     """Write `graph.json` for the canonical `model` into `run_dir`."""
-    return build_graph(model).save(Path(run_dir) / "graph.json")
+    return RunFolder(run_dir).write(build_graph(model))
 
 
 def layer_depths(graph: GraphArtifact) -> list[int]:

@@ -8,36 +8,16 @@ from __future__ import annotations
 
 import datetime
 import platform
-import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
-from pydantic import BaseModel, Field
-
 from quantlens import __version__
-from quantlens.artifacts import Artifact
+from quantlens.artifacts.provenance import CommandEntry, CommandLog
 from quantlens.errors import UserError
 
 VERSIONED = ("torch", "onnxruntime", "onnx", "onnx-ir", "numpy")
-
-
-class CommandEntry(BaseModel):
-    command: str = Field(description="the subcommand, e.g. quantize")
-    argv: list[str]
-    params: dict[str, str] = Field(default_factory=dict, description="every option as parsed")
-    seeds: dict[str, int] = Field(default_factory=dict)
-    time: str = Field(description="UTC, ISO 8601, when the command finished")
-    versions: dict[str, str] = Field(default_factory=dict)
-
-    def line(self) -> str:
-        return shlex.join(self.argv)
-
-
-class CommandLog(Artifact):
-    kind = "command"
-    commands: list[CommandEntry] = Field(default_factory=list)
 
 
 def versions() -> dict[str, str]:

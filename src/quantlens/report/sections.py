@@ -12,10 +12,10 @@ import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from quantlens.analysis.report import AnalysisReport, LayerAnalysis
+from quantlens.artifacts.analysis import AnalysisReport, LayerAnalysis
+from quantlens.artifacts.search import SearchPoint, SearchReport
 from quantlens.report.graph import edges, layer_depths
 from quantlens.report.run import RunArtifacts
-from quantlens.search.artifact import SearchPoint, SearchReport
 
 Data = dict[str, Any]
 ARMS = (

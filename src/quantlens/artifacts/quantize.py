@@ -1,0 +1,51 @@
+"""The quantize artifact: what `quantize` did, how close the quantized outputs are, its files."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from quantlens import __version__
+from quantlens.artifacts import Artifact
+from quantlens.artifacts.measures import AgreementStats, Distance
+
+
+class OutputQuality(BaseModel):
+    name: str
+    float_vs_quantized: Distance
+    # The exported QDQ model in ONNX Runtime against the emulator, same inputs.
+    emulator_vs_onnxruntime: AgreementStats | None = None
+
+
+class OptimizeRecord(BaseModel):
+    """What `--optimize` did: graph passes before calibration, fixes after the plan."""
+
+    level: int = 0
+    enabled: list[str] = Field(default_factory=list)
+    passes: dict[str, list[str]] = Field(default_factory=dict)
+    fixes: list[dict[str, object]] = Field(default_factory=list)
+
+
+class QuantizeReport(Artifact):
+    kind = "quantize"
+    model: str
+    input_shapes: dict[str, list[int]] = Field(default_factory=dict)
+    target: str
+    method: str
+    samples: int
+    calibration_reused: bool
+    modes: dict[str, int]
+    quantized_activations: int
+    quantized_weights: int
+    outputs: list[OutputQuality]
+    files: dict[str, str]
+    seconds: dict[str, float]
+    notes: list[str] = Field(default_factory=list)
+    optimize: OptimizeRecord = Field(default_factory=OptimizeRecord)
+    quantlens_version: str = __version__
+
+    def worst_snr(self) -> float:
+        return min((o.float_vs_quantized.snr_db for o in self.outputs), default=float("inf"))
+
+    def pooled_agreement(self) -> float | None:
+        known = [o.emulator_vs_onnxruntime for o in self.outputs if o.emulator_vs_onnxruntime]
+        return min(a.pooled_snr_db for a in known) if known else None

@@ -1,0 +1,71 @@
+"""The search artifact: every evaluated assignment, the Pareto front and the chosen point."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from quantlens import __version__
+from quantlens.artifacts import Artifact
+
+
+class SearchPoint(BaseModel):
+    """One candidate assignment and what is known about it."""
+
+    key: str = Field(description="hash of the resolved per-node modes (the oracle's cache key)")
+    label: str = Field(description='e.g. "all-int8", "all-16-bit", "greedy 3", "milp <=1.05x"')
+    strategy: str = Field(description="baseline | greedy | milp | tpu-mlir")
+    promoted: list[str] = Field(default_factory=list, description="candidate units promoted")
+    modes: dict[str, str] = Field(
+        default_factory=dict, description="node -> mode for every node not in the default mode"
+    )
+    cost: float = Field(description="modeled cost relative to all-int8 (1.0 = all-int8)")
+    snr_db: float | None = Field(default=None, description="balanced output SNR vs float")
+    metric: float | None = Field(default=None, description="task metric (full evaluation)")
+    predicted_snr_db: float | None = Field(
+        default=None, description="output SNR the additive noise model predicted"
+    )
+    verified: bool = Field(default=False, description="measured for real, not only predicted")
+    seconds: float = 0.0
+
+
+class GroupInfo(BaseModel):
+    """A candidate unit and the closure its promotion drags along under the profile's rules."""
+
+    unit: str
+    op_type: str
+    modes: dict[str, str] = Field(description="node -> mode after promoting the unit")
+    cost_delta: float = Field(description="added modeled cost, relative to the all-int8 cost")
+    snr_db: float | None = Field(default=None, description="isolated output SNR of the unit")
+    weight_snr_db: float | None = None
+    activation_snr_db: float | None = None
+
+
+class SearchGoal(BaseModel):
+    max_drop: float | None = Field(default=None, description="allowed task-metric drop vs float")
+    min_snr: float | None = Field(default=None, description="required balanced output SNR (dB)")
+    max_cost: float | None = Field(default=None, description="cost budget relative to int8")
+
+
+class SearchReport(Artifact):
+    kind = "search"
+    model: str
+    target: str
+    cost_model: str
+    strategy: str
+    metric_name: str | None = None
+    float_metric: float | None = None
+    goal: SearchGoal
+    baseline: str = Field(description="key of the all-int8 point")
+    all16: str | None = Field(default=None, description="key of the all-16-bit point")
+    chosen: str | None = Field(default=None, description="key of the chosen point")
+    points: list[SearchPoint] = Field(default_factory=list)
+    pareto: list[str] = Field(default_factory=list, description="keys on the front, cheap first")
+    groups: list[GroupInfo] = Field(default_factory=list)
+    full_evaluations: int = 0
+    finished: bool = False
+    seconds: float = 0.0
+    notes: list[str] = Field(default_factory=list)
+    quantlens_version: str = __version__
+
+    def point(self, key: str | None) -> SearchPoint | None:
+        return next((p for p in self.points if p.key == key), None)
