@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +70,41 @@ def test_quantize_static_follows_the_overrides(tmp_path: Path) -> None:
     for name in ("x", "r1", "w1", "w2"):
         want = np.float32(plan.activations.get(name, plan.weights.get(name)).scale[0])
         assert np.float32(dq[name][1]) == want  # exact scales, not recalibrated ones
+    # Exactly the planned quantizers: no outputs of its own, int32 biases derived by ORT.
+    overrides = json.loads(main.read_text())["TensorQuantOverrides"]
+    assert _quantized(onnx.load(out)) == set(overrides)
+
+
+def _quantized(model: onnx.ModelProto) -> set[str]:
+    """Tensors a QDQ model quantizes: activations a QuantizeLinear reads, weights a
+    DequantizeLinear reads as initializers (int32 ones are the biases ORT derives)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes = model.graph.node
+    acts = {n.input[0] for n in nodes if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+    weights = {
+        n.input[0].removesuffix("_quantized")
+        for n in nodes
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] in inits
+        and inits[n.input[0]].data_type != onnx.TensorProto.INT32
+    }
+    return acts | weights
+
+
+def test_the_usage_line_runs_as_printed(tmp_path: Path) -> None:
+    """The line the export prints, pasted with the file's path, quantizes with no reader."""
+    run_dir, _ = make_run(tmp_path, "ort-cpu", ASSIGNMENT)
+    result = export_vendor(run_dir, "ort", tmp_path / "out" / "m.ort.json")
+    out = tmp_path / "pasted.qdq.onnx"
+    line = result.usage.replace("FILE", shlex.quote(result.files[0]))
+    line = line.replace("out.qdq.onnx", shlex.quote(str(out)))
+    assert line.startswith("python -c ")
+    done = subprocess.run(
+        [sys.executable, *shlex.split(line)[1:]], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    overrides = json.loads(Path(result.files[0]).read_text())["TensorQuantOverrides"]
+    assert _quantized(onnx.load(out)) == set(overrides)
 
 
 def test_round_trip(tmp_path: Path) -> None:

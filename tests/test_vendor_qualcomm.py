@@ -6,19 +6,34 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnx_ir as ir
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from quantlens.errors import UserError
+from quantlens.export.vendors import ModelIndex, get_format
+from quantlens.export.vendors.qualcomm_rules import HTP_SUPERGROUPS, MATMUL_ADD_SOURCE, find_fusions
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.formats import IntFormat
 from quantlens.schemes.qparams import QuantPlan, TensorQuant
-from quantlens.vendor_io import export_vendor, import_vendor
+from quantlens.vendor_io import export_vendor, import_vendor, load_run
 from tests.test_vendor_helpers import effective, make_run, model_index
 
-# A consistent mixed assignment: conv1 writes 16-bit for relu1, which feeds the a16_w8 conv2.
+# A consistent mixed assignment: conv1 writes 16-bit for relu1, which feeds the a16_w8 conv2;
+# matmul and its bias add are one Qualcomm op, so both are fp16.
 MIXED = Assignment(
-    layers={"conv1": "a8_w8_a16", "relu1": "a16_w16", "conv2": "a16_w8", "matmul": "fp16"}
+    layers={
+        "conv1": "a8_w8_a16",
+        "relu1": "a16_w16",
+        "conv2": "a16_w8",
+        "matmul": "fp16",
+        "add": "fp16",
+    }
 )
+# What Qualcomm's graph does not quantize in the small model: conv1's output (Conv+Relu is one
+# op), the MatMul output (MatMul + bias Add is one op), the Reshape output (data movement).
+NOT_IN_VENDOR_GRAPH = {"bn1", "mm", "flat"}
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +58,9 @@ def test_qnn_min_max_reproduce_scale_and_zero_point(qnn_run: tuple[Path, Path]) 
         ("param_encodings", plan.weights),
     ):
         for name, quant in quants.items():
+            if name in NOT_IN_VENDOR_GRAPH:
+                assert name not in data[section]
+                continue
             entries = data[section][name]
             if not quant.is_int:
                 continue
@@ -67,8 +85,11 @@ def test_float_layer_is_float_on_output_and_params(qnn_run: tuple[Path, Path]) -
     run_dir, _ = qnn_run
     result = export_vendor(run_dir, "qnn")
     data = json.loads(Path(result.files[0]).read_text())
-    assert data["activation_encodings"]["mm"] == [{"bitwidth": 16, "dtype": "float"}]
-    assert data["param_encodings"]["wm"] == [{"bitwidth": 16, "dtype": "float"}]
+    floating = [{"bitwidth": 16, "dtype": "float"}]
+    # The MatMul + bias Add op: its output is the Add's; weight and bias float with it.
+    assert "mm" not in data["activation_encodings"]
+    assert data["activation_encodings"]["y"] == floating
+    assert data["param_encodings"]["wm"] == data["param_encodings"]["bias"] == floating
     assert data["activation_encodings"]["c2"][0]["bitwidth"] == 16
     assert result.dropped == []
 
@@ -82,7 +103,8 @@ def test_aimet_1_0_0_entries(qnn_run: tuple[Path, Path]) -> None:
     plan = QuantPlan.load(run_dir / "plan.json")
     acts = {e["name"]: e for e in data["activation_encodings"]}
     params = {e["name"]: e for e in data["param_encodings"]}
-    assert acts["mm"] == {"name": "mm", "bw": 16, "dtype": "FLOAT", "enc_type": "PER_TENSOR"}
+    assert acts["y"] == {"name": "y", "bw": 16, "dtype": "FLOAT", "enc_type": "PER_TENSOR"}
+    assert not NOT_IN_VENDOR_GRAPH & set(acts)
     assert acts["r1"]["offset"] == [-plan.activations["r1"].zero_point[0]]  # offset = -zp
     assert acts["r1"]["scale"] == plan.activations["r1"].scale
     assert acts["r1"]["is_sym"] is False and acts["r1"]["bw"] == 16
@@ -97,7 +119,13 @@ def test_aimet_1_0_0_entries(qnn_run: tuple[Path, Path]) -> None:
     [
         MIXED,
         Assignment(
-            layers={"conv2": "a16_w16", "relu1": "a8_w8_a16", "matmul": "fp16", "conv1": "a8_w4"}
+            layers={
+                "conv1": "a8_w8_a16",
+                "relu1": "a16_w16",
+                "conv2": "a8_w4",
+                "matmul": "fp16",
+                "add": "fp16",
+            }
         ),
     ],
 )
@@ -156,3 +184,84 @@ def test_bad_files_are_one_user_error(
     with pytest.raises(UserError) as err:
         import_vendor(file, "qnn", qnn_run[1])
     assert needle in str(err.value)
+
+
+def _index(model: onnx.ModelProto) -> tuple[ModelIndex, ir.Model]:
+    canonical = ir.from_proto(model)
+    return ModelIndex.from_model(canonical), canonical
+
+
+def _chain_model(
+    conv_groups: int = 1, relu_users: int = 1, bias_shape: tuple[int, ...] = (4,)
+) -> onnx.ModelProto:
+    """x -> Conv -> Relu (-> extra Relus) ... -> Flatten -> MatMul -> Add(constant)."""
+    f32 = np.float32
+    weight = np.ones((4, 4 // conv_groups, 1, 1), f32)
+    inits = [
+        numpy_helper.from_array(weight, "w"),
+        numpy_helper.from_array(np.ones((4, 4), f32), "wm"),
+        numpy_helper.from_array(np.ones(bias_shape, f32), "b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", group=conv_groups),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
+        helper.make_node("MatMul", ["f", "wm"], ["mm"], name="matmul"),
+        helper.make_node("Add", ["mm", "b"], ["y"], name="add"),
+    ]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    for extra in range(relu_users - 1):
+        nodes.append(helper.make_node("Relu", ["c"], [f"e{extra}"], name=f"extra{extra}"))
+        outputs.append(helper.make_tensor_value_info(f"e{extra}", TensorProto.FLOAT, None))
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 1, 1])],
+        outputs,
+        initializer=inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_fusions_follow_aimet_htp_rules() -> None:
+    fusions = find_fusions(*_index(_chain_model()))
+    assert fusions.groups == [("matmul", "add"), ("conv", "relu")]
+    assert fusions.fused_away == {"mm": "y", "c": "r"}
+    assert fusions.passthrough == {"f": "r"}
+    assert all(rule.source for rule in HTP_SUPERGROUPS) and "matmul_add" in MATMUL_ADD_SOURCE
+
+
+@pytest.mark.parametrize(
+    ("model", "groups"),
+    [
+        (_chain_model(conv_groups=4), [("matmul", "add")]),  # depthwise: no supergroup
+        (_chain_model(relu_users=2), [("matmul", "add")]),  # a branch ends the chain
+        (_chain_model(bias_shape=(1, 4)), [("conv", "relu")]),  # bias not rank 1
+    ],
+)
+def test_fusions_the_vendor_does_not_make(model: onnx.ModelProto, groups: list) -> None:
+    assert find_fusions(*_index(model)).groups == groups
+
+
+def test_a_float_member_floats_its_fused_op(tmp_path: Path) -> None:
+    run_dir, model = make_run(tmp_path, "qnn-htp", Assignment(layers={"matmul": "fp16"}))
+    result = export_vendor(run_dir, "qnn")
+    [dropped] = result.dropped
+    assert dropped.layer == "add" and "float as a whole" in dropped.reason
+    data = json.loads(Path(result.files[0]).read_text())
+    assert data["activation_encodings"]["y"] == [{"bitwidth": 16, "dtype": "float"}]
+    assert data["param_encodings"]["bias"] == [{"bitwidth": 16, "dtype": "float"}]
+    back = import_vendor(Path(result.files[0]), "qnn", model)
+    assert back.layers == {"matmul": "fp16", "add": "fp16"}  # what the chip will run
+
+
+def test_a_precision_the_fused_op_cannot_hold_warns_or_fails_strict(tmp_path: Path) -> None:
+    """conv1 writes 16 bits, but Conv+Relu is one op whose output is relu1's 8 bits."""
+    run_dir, _ = make_run(tmp_path, "qnn-htp", Assignment(layers={"conv1": "a8_w8_a16"}))
+    ctx = load_run(run_dir)
+    rendered = get_format("aimet").export(ctx)
+    assert any("bn1 (int16; r1 keeps int8)" in w for w in rendered.warnings)
+    assert any("not in Qualcomm's quantized graph" in w for w in rendered.warnings)
+    ctx.strict = True
+    with pytest.raises(UserError, match="cannot hold"):
+        get_format("aimet").export(ctx)

@@ -111,15 +111,22 @@ def _activation_input(node: NodeInfo) -> str | None:
 
 
 def infer_modes(
-    model: ModelIndex, encodings: Mapping[str, Encoding], act_default: int = 8
+    model: ModelIndex,
+    encodings: Mapping[str, Encoding],
+    act_default: int = 8,
+    aliases: tuple[Mapping[str, str], Mapping[str, str]] = ({}, {}),
 ) -> dict[str, str]:
-    """A precision mode per node from the bit widths of its tensors (missing = default)."""
+    """A precision mode per node from the bit widths of its tensors (missing = default).
+    `aliases` (outputs, inputs) name, for a tensor the file leaves out because the vendor fuses
+    it away, the tensor that carries its range; an input also looks through data movement."""
+    out_alias, in_alias = aliases
     modes = {}
     for node in model.nodes:
-        out = encodings.get(node.outputs[0]) if node.outputs else None
+        name = node.outputs[0] if node.outputs else ""
+        out = encodings.get(name) or encodings.get(out_alias.get(name, ""))
         weight = encodings.get(node.params[0]) if node.params else None
-        source = _activation_input(node)
-        inp = encodings.get(source) if source else None
+        source = _activation_input(node) or ""
+        inp = encodings.get(source) or encodings.get(in_alias.get(source, ""))
         float_enc = next((e for e in (out, weight) if e is not None and e.is_float), None)
         if float_enc is not None:
             modes[node.name] = "fp16" if float_enc.bits == 16 else "fp32"

@@ -43,9 +43,17 @@ QUANT_TYPES = {
     "int4": "QInt4",
 }
 BITS = {name: int(onnx_type.lstrip("uint")) for onnx_type, name in QUANT_TYPES.items()}
+# What keeps quantize_static to the plan (placement "weighted-inputs": a weighted layer's
+# activation input and weight, the int32 bias derived from them): no output quantizers on the
+# layers (its QDQ Conv/MatMul/Gemm quantize outputs too), and the weight scales as written
+# (it widens a weight scale whose bias would overflow int32 unless told not to).
+EXTRA_OPTIONS: dict[str, Any] = {
+    "OpTypesToExcludeOutputQuantization": list(WEIGHTED_OPS),
+    "QDQDisableWeightAdjustForInt32Bias": True,
+}
 USAGE = (
-    "quantize_static(FILE.float.onnx, out.onnx, reader, "
-    "**quantlens.vendor_io.quantize_static_kwargs(FILE))"
+    'python -c "import sys; from quantlens.export.vendors.ort import quantize_with_overrides; '
+    'quantize_with_overrides(sys.argv[1], sys.argv[2])" FILE out.qdq.onnx'
 )
 
 
@@ -65,6 +73,7 @@ class OrtFormat:
             if isinstance(quant.format, IntFormat) and quant.bias_of is None
         }
         excluded = [node.name for node in ctx.model.nodes if _check_node(ctx, node, out)]
+        excluded += [n.name for n in ctx.model.nodes if n.op_type in WEIGHTED_OPS and not n.params]
         payload = {
             "usage": USAGE,
             "qdq_model": ctx.qdq_model,
@@ -74,6 +83,7 @@ class OrtFormat:
             "per_channel": any(q.axis is not None for q in ctx.plan.weights.values()),
             "op_types_to_quantize": list(WEIGHTED_OPS),
             "nodes_to_exclude": excluded,
+            "extra_options": EXTRA_OPTIONS,
             "TensorQuantOverrides": overrides,
         }
         out.entries = len(overrides) + len(excluded)
@@ -89,8 +99,9 @@ class OrtFormat:
         excluded = set(payload.get("nodes_to_exclude") or [])
         for name in excluded - set(model.names):
             raise unknown_name_error("node", name, model.names, f"{source} (nodes_to_exclude)")
+        # An excluded op without a constant weight is no layer: kept out so ORT adds nothing.
         modes = {
-            node.name: "fp32" if node.name in excluded else _node_mode(node, bits)
+            node.name: "fp32" if node.name in excluded and node.params else _node_mode(node, bits)
             for node in model.nodes
         }
         return compact_assignment(modes, self.default_target)
@@ -174,6 +185,7 @@ def quantize_static_kwargs(path: str | Path) -> dict[str, Any]:
         name: _typed(entries, QuantType)
         for name, entries in payload["TensorQuantOverrides"].items()
     }
+    extra = {**(payload.get("extra_options") or {}), "TensorQuantOverrides": overrides}
     return {
         "quant_format": QuantFormat.QDQ,
         "activation_type": QuantType[payload.get("activation_type", "QUInt8")],
@@ -181,8 +193,47 @@ def quantize_static_kwargs(path: str | Path) -> dict[str, Any]:
         "per_channel": bool(payload.get("per_channel", False)),
         "op_types_to_quantize": payload.get("op_types_to_quantize"),
         "nodes_to_exclude": payload.get("nodes_to_exclude") or [],
-        "extra_options": {"TensorQuantOverrides": overrides},
+        "extra_options": extra,
     }
+
+
+def quantize_with_overrides(
+    file: str | Path, output: str | Path, reader: Any = None, float_model: str | Path | None = None
+) -> None:
+    """`quantize_static` on the float model written beside `file` (FILE.float.onnx for
+    FILE.ort.json) with the file's arguments. Every quantized tensor has an override, so the
+    calibration data only feeds ORT's pass over the graph: one all-zero sample by default."""
+    from onnxruntime.quantization import quantize_static
+
+    path = Path(file)
+    source = Path(float_model) if float_model else path.with_name(_float_name(path.name))
+    quantize_static(source, output, reader or _ZeroReader(source), **quantize_static_kwargs(path))
+
+
+def _float_name(name: str) -> str:
+    return name.removesuffix(".json").removesuffix(".ort") + ".float.onnx"
+
+
+class _ZeroReader:
+    """One all-zero sample shaped as the model's inputs (dynamic dims as 1)."""
+
+    def __init__(self, model: Path) -> None:
+        import onnx
+
+        graph = onnx.load(model, load_external_data=False).graph
+        inits = {i.name for i in graph.initializer}
+        feeds = {
+            v.name: np.zeros(
+                [d.dim_value or 1 for d in v.type.tensor_type.shape.dim],
+                onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type),
+            )
+            for v in graph.input
+            if v.name not in inits
+        }
+        self._feeds = iter([feeds])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
 
 
 def _typed(entries: list[dict[str, Any]], quant_type: Any) -> list[dict[str, Any]]:

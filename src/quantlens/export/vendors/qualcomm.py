@@ -13,6 +13,7 @@ from typing import Any
 
 from quantlens.errors import UserError
 from quantlens.export.vendors.base import (
+    Dropped,
     ExportContext,
     ModelIndex,
     Rendered,
@@ -21,13 +22,16 @@ from quantlens.export.vendors.base import (
     unknown_name_error,
 )
 from quantlens.export.vendors.encodings import (
+    FLOAT_BITS,
     Encoding,
     attach_float_model,
     infer_modes,
     plan_encodings,
     tensor_names,
 )
+from quantlens.export.vendors.qualcomm_rules import Fusions, find_fusions, fused_by_type
 from quantlens.schemes.assignment import Assignment
+from quantlens.schemes.modes import get_mode
 
 QNN_TARGETS = ("qnn-htp",)
 QNN_USAGE = (
@@ -81,7 +85,7 @@ class QnnFormat:
 
     def export(self, ctx: ExportContext) -> Rendered:
         out = Rendered(texts={}, entries=0, usage=QNN_USAGE)
-        acts, params = plan_encodings(ctx, out)
+        acts, params = qualcomm_encodings(ctx, out)
         attach_float_model(ctx, out)
         payload = {
             "activation_encodings": {k: _qnn_entries(v) for k, v in acts.items()},
@@ -107,7 +111,7 @@ class AimetFormat:
 
     def export(self, ctx: ExportContext) -> Rendered:
         out = Rendered(texts={}, entries=0, usage=QNN_USAGE.replace("FILE ", "FILE.encodings "))
-        acts, params = plan_encodings(ctx, out)
+        acts, params = qualcomm_encodings(ctx, out)
         attach_float_model(ctx, out)
         payload = {
             "version": "1.0.0",
@@ -125,8 +129,84 @@ class AimetFormat:
         return _assignment(read_encodings(text, source, model), model, self.default_target)
 
 
+Encodings = dict[str, Encoding]
+
+
+def qualcomm_encodings(ctx: ExportContext, out: Rendered) -> tuple[Encodings, Encodings]:
+    """The plan's encodings as Qualcomm's graph holds them: after its fusions
+    (`qualcomm_rules`), fused groups float as a whole, no entry for a tensor fused away or
+    passed through a data-movement op (the group's output carries the range)."""
+    acts, params = plan_encodings(ctx, out)
+    if ctx.canonical is None:
+        return acts, params
+    fusions = find_fusions(ctx.model, ctx.canonical)
+    for group in fusions.groups:
+        _float_group(ctx, group, acts, params, out)
+    lost = _drop_unheld(fusions, acts)
+    _report_unheld(ctx, fusions, lost, out)
+    return acts, params
+
+
+def _float_group(
+    ctx: ExportContext, group: tuple[str, ...], acts: Encodings, params: Encodings, out: Rendered
+) -> None:
+    """One fused op is float or integer as a whole: a float member floats every member's
+    output and params (and the constant bias of a MatMul+Add pair)."""
+    modes = {name: get_mode(ctx.assignment.mode_name(name)) for name in group}
+    floating = [m.float_type for m in modes.values() if m.float_type is not None]
+    if not floating:
+        return
+    enc = Encoding(bits=FLOAT_BITS[floating[0]], is_float=True)
+    previous: tuple[str, ...] = ()
+    for name in group:
+        node = ctx.model.node(name)
+        acts.update(dict.fromkeys(node.outputs, enc))
+        params.update(dict.fromkeys(node.params, enc))
+        if node.op_type == "Add" and previous:  # the bias of a MatMul+Add pair
+            params.update(dict.fromkeys((i for i in node.inputs if i not in previous), enc))
+        previous = node.outputs
+        if modes[name].float_type is None:
+            reason = f"fused with {', '.join(n for n in group if n != name)} into one Qualcomm op, "
+            out.dropped.append(
+                Dropped(layer=name, mode=modes[name].name, reason=reason + "float as a whole")
+            )
+
+
+def _drop_unheld(fusions: Fusions, acts: Encodings) -> list[str]:
+    """Remove encodings of tensors the vendor graph does not quantize; return those whose
+    precision differs from what the vendor keeps in their place."""
+    lost = []
+    for tensor, keeper in [*fusions.fused_away.items(), *fusions.passthrough.items()]:
+        enc = acts.pop(tensor, None)
+        kept = acts.get(keeper)
+        if enc is not None and kept is not None and _precision(enc) != _precision(kept):
+            lost.append(f"{tensor} ({_precision(enc)}; {keeper} keeps {_precision(kept)})")
+    return lost
+
+
+def _precision(enc: Encoding) -> str:
+    return f"{'fp' if enc.is_float else 'int'}{enc.bits}"
+
+
+def _report_unheld(ctx: ExportContext, fusions: Fusions, lost: list[str], out: Rendered) -> None:
+    planned = set(ctx.plan.activations)
+    gone = sorted(planned & {*fusions.fused_away, *fusions.passthrough})
+    if gone:
+        shown = ", ".join(gone[:6]) + (f" and {len(gone) - 6} more" if len(gone) > 6 else "")
+        out.warnings.append(
+            f"{len(gone)} planned tensors are not in Qualcomm's quantized graph (fused into "
+            f"the next op or passed through a data-movement op), so not written: {shown}"
+        )
+    if not lost:
+        return
+    message = "the vendor graph cannot hold these precisions: " + "; ".join(lost)
+    if ctx.strict:
+        raise UserError(message, "assign the fused group's last op the precision wanted")
+    out.warnings.append(message)
+
+
 def _assignment(encodings: dict[str, Encoding], model: ModelIndex, target: str) -> Assignment:
-    return compact_assignment(infer_modes(model, encodings), target)
+    return compact_assignment(infer_modes(model, encodings, aliases=fused_by_type(model)), target)
 
 
 def read_encodings(text: str, source: str, model: ModelIndex) -> dict[str, Encoding]:
