@@ -36,13 +36,17 @@ class QuantPoints:
     # bias name -> (format, activation input, weight)
     biases: dict[str, tuple[IntFormat, str, str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Float outputs read by integer layers: not quantized here, but a vendor that runs layers
+    # one by one (TPU-MLIR) casts them to the integer grid and needs their calibrated range.
+    boundaries: dict[str, IntFormat] = field(default_factory=dict)
 
     def calibration_targets(self) -> dict[str, IntFormat]:
-        return {
+        targets = {
             name: fmt
             for name, fmt in self.activations.items()
             if isinstance(fmt, IntFormat) and name not in self.shared
         }
+        return {**self.boundaries, **targets}
 
 
 def node_modes(model: ir.Model, assignment: Assignment, profile: TargetProfile) -> dict[str, str]:
@@ -99,6 +103,8 @@ def _place_outputs(
             if name not in float_tensors or (profile.float_graph_outputs and name in outputs):
                 continue
             fmt = _act_format(mode, mode.act_out_bits, profile)
+            if not isinstance(fmt, IntFormat):
+                _observe_boundary(value, modes, profile, points)
             if fmt is None:
                 continue
             points.activations[name] = fmt
@@ -106,6 +112,15 @@ def _place_outputs(
             shares = node.op_type in profile.shared_scale_ops and source is not None
             if shares and points.activations.get(source or "") == fmt:
                 points.shared[name] = source or ""
+
+
+def _observe_boundary(
+    value: ir.Value, modes: Mapping[str, PrecisionMode], profile: TargetProfile, points: QuantPoints
+) -> None:
+    bits = [modes[u.node.name or ""].act_in_bits for u in value.uses()]
+    int_bits = [b for b in bits if b]
+    if int_bits:
+        points.boundaries[value.name or ""] = profile.activation_format(max(int_bits))
 
 
 def _place_graph_input(

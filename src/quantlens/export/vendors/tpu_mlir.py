@@ -1,15 +1,21 @@
 """Sophgo TPU-MLIR quantize table (qtable) and calibration table (vendor-formats.md 2.2-2.4).
 
-Op names are what `OnnxConverter` gives top-dialect ops: `<first output tensor>_<OpType>`;
-graph inputs keep their tensor name. The qtable lists every op whose mode is not the deploy
-mode (`model_deploy.py --quantize INT8`); it has no globs, so patterns are expanded. The
-calibration table's threshold is the symmetric int8 clip, max(|clip_min|, |clip_max|).
+Both tables name ops of TPU-MLIR's own graph, which fuses before it names (`tpu_mlir_ops`):
+a Conv and its BatchNorm, bias Add and Relu are one op, a MatMul and its bias Add are one
+`<add output>_Gemm`. So the export writes one qtable line per fused op whose mode is not the
+deploy mode, one threshold per fused op from the range of the fused op's output (float ops
+included: an INT8 op fed by a float op needs its input's threshold), and nothing for
+tensors fused away. The names refer to the canonical model, which is shipped beside the
+tables as `.float.onnx` in an ONNX IR version TPU-MLIR's pinned onnx 1.14 loads.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+
+import numpy as np
+import onnx_ir as ir
 
 from quantlens import __version__
 from quantlens.calib.stats import CalibrationStats
@@ -18,27 +24,46 @@ from quantlens.export.vendors.base import (
     Dropped,
     ExportContext,
     ModelIndex,
-    NodeInfo,
     Rendered,
     compact_assignment,
     register,
     resolved_modes,
     unknown_name_error,
 )
+from quantlens.export.vendors.tpu_mlir_ops import (
+    DROPPED_TYPES,
+    MATMUL_BIAS,
+    RELU,
+    TPU_MLIR_VERSION,
+    UNSIGNED_NOTE,
+    GraphFacts,
+    TpuOp,
+    op_name,
+    tpu_ops,
+)
 from quantlens.schemes.assignment import Assignment
+from quantlens.schemes.formats import IntFormat
+from quantlens.schemes.qparams import QuantPlan
+
+__all__ = ["TpuMlirFormat", "calibration_table", "graph_facts", "op_name"]
 
 TO_TPU = {"a8_w8": "INT8", "fp16": "F16", "bf16": "BF16", "fp32": "F32"}
 # UINT8 is the asymmetric 8-bit variant: the same bit widths, so the same quantlens mode.
 FROM_TPU = {**{v: k for k, v in TO_TPU.items()}, "UINT8": "a8_w8"}
 # Modes of the enum (Module.td) that quantlens does not emulate.
 UNSUPPORTED = ("INT4", "W8F16", "W8BF16", "W4F16", "W4BF16", "F8", "F8E4M3", "F8E5M2")
+# When the nodes of one fused op disagree, the op runs in the most precise of their modes,
+# so that no float wish is lost (and the disagreement is reported).
+PRECISION = {"INT8": 0, "BF16": 1, "F16": 1, "F32": 2}
 _LINE = re.compile(r"^(\S+)\s+(\S+)$")
 # Our own qtable header names the deploy mode, which is the default of every unlisted op.
 _DEPLOY = re.compile(r"^#.*--quantize\s+(\S+)")
-
-
-def op_name(node: NodeInfo, output: int = 0) -> str:
-    return f"{node.outputs[output]}_{node.op_type}"
+# TPU-MLIR 1.30.2 pins onnx 1.14.1 (IR version 9 at most, opsets up to 19); IR 10 files fail
+# its model check. IR 8 is what we verified it loads.
+FLOAT_MODEL_IR = 8
+MAX_OPSET = 19
+# Ops TPU-MLIR gives their input's scale (no threshold of their own in the plan).
+_PASS_THROUGH = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity")
 
 
 @register
@@ -55,24 +80,25 @@ class TpuMlirFormat:
         if deploy is None:
             out.dropped.append(_dropped("(default)", ctx.assignment.default))
             deploy = "INT8"
-        out.texts[".qtable"] = _qtable(ctx, deploy, out)
+        facts = graph_facts(ctx.canonical) if ctx.canonical is not None else None
+        ops = tpu_ops(ctx.model, facts)
+        modes = _op_modes(ctx, ops, out)
+        out.texts[".qtable"] = _qtable(ctx, ops, modes, deploy, out)
         if ctx.calibration is not None:
-            out.texts[".cali_table"] = calibration_table(ctx.calibration, ctx.model)
+            out.texts[".cali_table"] = calibration_table(ctx.calibration, ctx.model, ctx.plan, ops)
         else:
             out.warnings.append("the run folder has no calibration.json: no calibration table")
-        _warn_folded(ctx, out)
-        out.usage = (
-            f"model_deploy.py --mlir m.mlir --quantize {deploy} --quantize_table FILE.qtable "
-            "--calibration_table FILE.cali_table --processor bm1684x --model m.bmodel"
-        )
+        _check_names(ctx, ops, modes, out)
+        if any(mode == "INT8" for mode in modes.values()):
+            out.warnings.append(f"known difference: {UNSIGNED_NOTE}")
+        _attach_float_model(ctx, out)
+        out.usage = _usage(ctx.model, facts, deploy)
         return out
 
     def parse(
         self, text: str, source: str, model: ModelIndex, name_map: Mapping[str, str] | None
     ) -> Assignment:
-        by_op = {
-            op_name(node, i): node.name for node in model.nodes for i in range(len(node.outputs))
-        }
+        by_op = _import_names(model)
         modes: dict[str, str] = {}
         default = "a8_w8"
         for number, raw in enumerate(text.splitlines(), start=1):
@@ -93,49 +119,191 @@ class TpuMlirFormat:
             op, mode = match.groups()
             if op not in by_op:
                 raise unknown_name_error("op", op, by_op, f"{source}:{number}")
-            modes[by_op[op]] = _import_mode(mode, source, number)
+            modes.update(dict.fromkeys(by_op[op], _import_mode(mode, source, number)))
         return compact_assignment(modes, self.default_target, default)
 
 
-def calibration_table(stats: CalibrationStats, model: ModelIndex) -> str:
-    producers = model.producers()
+def graph_facts(model: ir.Model) -> GraphFacts:
+    """Shapes of every tensor and values of scalar constants, for the rules that need them."""
+    shapes: dict[str, tuple[int | None, ...]] = {}
+    values = [*model.graph.inputs, *model.graph.initializers.values()]
+    values += [v for node in model.graph for v in node.outputs]
+    for value in values:
+        if value.name and value.shape is not None:
+            shapes[value.name] = tuple(d if isinstance(d, int) else None for d in value.shape)
+    scalars: dict[str, float] = {}
+    for name, value in model.graph.initializers.items():
+        tensor = value.const_value
+        if tensor is not None and tensor.size == 1:
+            scalars[name] = float(np.asarray(tensor.numpy()).reshape(-1)[0])
+    return GraphFacts(shapes=shapes, scalars=scalars)
+
+
+def calibration_table(
+    stats: CalibrationStats,
+    model: ModelIndex,
+    plan: QuantPlan | None = None,
+    ops: list[TpuOp] | None = None,
+) -> str:
+    """One `op threshold min max` line per graph input and per op of TPU-MLIR's graph."""
     lines = [
-        f"# mlir version: quantlens {__version__} (not TPU-MLIR)",
+        f"# mlir version: quantlens {__version__} (not TPU-MLIR; for TPU-MLIR {TPU_MLIR_VERSION})",
         f"# calibration method: {stats.method}",
         f"# sample number: {stats.samples}",
         "###",
         "# op_name    threshold    min    max",
     ]
-    for tensor, entry in stats.tensors.items():
-        node = producers.get(tensor)
-        name = op_name(node, node.outputs.index(tensor)) if node else tensor
-        threshold = max(abs(entry.clip_min), abs(entry.clip_max))
-        lines.append(f"{name} {threshold:.7f} {entry.min:.7f} {entry.max:.7f}")
+    ranges = _Ranges(stats, model, plan)
+    named = [(name, name) for name in model.graph_inputs]
+    named += [(op.name, op.output) for op in (ops if ops is not None else tpu_ops(model))]
+    for name, tensor in named:
+        found = ranges.get(tensor)
+        if found is not None:
+            threshold, low, high = found
+            lines.append(f"{name} {threshold:.7f} {low:.7f} {high:.7f}")
     return "\n".join(lines) + "\n"
 
 
-def _qtable(ctx: ExportContext, deploy: str, out: Rendered) -> str:
+class _Ranges:
+    """Threshold, min and max of a tensor: the plan's int8 scale first (what the emulation
+    used), then the calibration's clip range, then the input of a pass-through op."""
+
+    def __init__(self, stats: CalibrationStats, model: ModelIndex, plan: QuantPlan | None):
+        self.stats = stats
+        self.plan = plan
+        self.producers = model.producers()
+
+    def get(self, tensor: str, depth: int = 0) -> tuple[float, float, float] | None:
+        entry = self.stats.tensors.get(tensor)
+        quant = self.plan.activations.get(tensor) if self.plan is not None else None
+        if quant is not None and isinstance(quant.format, IntFormat) and quant.format.symmetric:
+            threshold = float(quant.scale[0]) * quant.format.qmax
+            if entry is not None:
+                return threshold, entry.min, entry.max
+            return threshold, min(quant.range_min, default=0.0), max(quant.range_max, default=0.0)
+        if entry is not None:
+            return max(abs(entry.clip_min), abs(entry.clip_max)), entry.min, entry.max
+        node = self.producers.get(tensor)
+        if node is not None and node.op_type in _PASS_THROUGH and depth < 64:
+            return self.get(node.inputs[0], depth + 1)
+        return None
+
+
+def _op_modes(ctx: ExportContext, ops: list[TpuOp], out: Rendered) -> dict[str, str]:
+    """TPU mode of every op; `out` gets the dropped modes and split fused ops."""
+    explicit = set(ctx.assignment.layers)
+    resolved = resolved_modes(ctx.assignment, ctx.model.names)
+    modes: dict[str, str] = {}
+    for op in ops:
+        wanted: dict[str, str] = {}
+        for node in op.nodes:
+            tpu = TO_TPU.get(resolved[node])
+            if tpu is None:
+                # Patterns and the default are reported once, not per layer they cover.
+                if node in explicit or resolved[node] != ctx.assignment.default:
+                    out.dropped.append(_dropped(node, resolved[node]))
+                continue
+            wanted[node] = tpu
+        mode = max(wanted.values(), key=PRECISION.__getitem__, default="INT8")
+        if len(set(wanted.values())) > 1:
+            out.warnings.append(
+                f"{op.name} fuses {', '.join(op.nodes)} ({', '.join(wanted.values())}): "
+                f"TPU-MLIR runs them as one op, written as {mode}"
+            )
+        modes[op.name] = mode
+    return modes
+
+
+def _qtable(
+    ctx: ExportContext, ops: list[TpuOp], modes: dict[str, str], deploy: str, out: Rendered
+) -> str:
     lines = [
         f"# quantlens {__version__}; deploy with model_deploy.py --quantize {deploy}",
         f"# chip: {ctx.plan.target}",
         "###",
         "# op_name   quantize_mode",
     ]
-    explicit = set(ctx.assignment.layers)
-    for layer, mode in resolved_modes(ctx.assignment, ctx.model.names).items():
-        tpu = TO_TPU.get(mode)
-        if tpu is None:
-            # Patterns and the default are reported once, not per layer they cover.
-            if layer in explicit or mode != ctx.assignment.default:
-                out.dropped.append(_dropped(layer, mode))
-            continue
-        if tpu != deploy:
-            node = ctx.model.node(layer)
-            lines += [f"{op_name(node, i)} {tpu}" for i in range(len(node.outputs))]
+    for op in ops:
+        if modes[op.name] != deploy:
+            lines.append(f"{op.name} {modes[op.name]}")
             out.entries += 1
     if ctx.assignment.patterns:
         out.warnings.append("the qtable has no globs: assignment patterns were expanded")
     return "\n".join(lines) + "\n"
+
+
+def _check_names(
+    ctx: ExportContext, ops: list[TpuOp], modes: dict[str, str], out: Rendered
+) -> None:
+    """Flag layers the assignment names whose mode no op of TPU-MLIR's graph can carry."""
+    fused = {node: op for op in ops for node in op.nodes}
+    lost: list[str] = []
+    for layer, mode in ctx.assignment.layers.items():
+        node = next((n for n in ctx.model.nodes if n.name == layer), None)
+        if node is None or TO_TPU.get(mode) is None:
+            continue
+        if node.op_type in DROPPED_TYPES:
+            lost.append(f"{layer} ({node.op_type}: {DROPPED_TYPES[node.op_type]})")
+        elif layer in fused and modes[fused[layer].name] != TO_TPU[mode]:
+            op = fused[layer].name
+            lost.append(f"{layer} (fused into {op}, which runs {modes[op]})")
+    if not lost:
+        return
+    message = (
+        f"{len(lost)} layer(s) name no op of TPU-MLIR's graph, so their mode is not honoured: "
+        + "; ".join(lost[:5])
+    )
+    if ctx.strict:
+        raise UserError(message, "assign the fused op's first node, or drop --strict")
+    out.warnings.append(message)
+
+
+def _usage(model: ModelIndex, facts: GraphFacts | None, deploy: str) -> str:
+    """The two TPU-MLIR 1.30.2 commands, with the canonical model's input shapes."""
+    dims = [facts.shapes.get(name) if facts else None for name in model.graph_inputs]
+    shapes = ",".join(
+        "[" + ",".join(str(d) if d is not None else "?" for d in shape) + "]" if shape else "[...]"
+        for shape in dims
+    )
+    return (
+        f"model_transform.py --model_name m --model_def FILE.float.onnx --input_shapes [{shapes}] "
+        f"--mlir m.mlir && model_deploy.py --mlir m.mlir --quantize {deploy} "
+        "--quantize_table FILE.qtable --calibration_table FILE.cali_table --chip bm1684x "
+        "--model m.bmodel"
+    )
+
+
+def _attach_float_model(ctx: ExportContext, out: Rendered) -> None:
+    """The canonical model the names refer to, loadable by TPU-MLIR's onnx 1.14."""
+    if ctx.canonical is None:
+        out.warnings.append("no canonical model: convert the model quantlens analysed")
+        return
+    proto = ir.serde.serialize_model(ctx.canonical)
+    proto.ir_version = min(proto.ir_version, FLOAT_MODEL_IR)
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset > MAX_OPSET:
+        out.warnings.append(
+            f"the float model uses opset {opset}; TPU-MLIR {TPU_MLIR_VERSION}'s onnx 1.14 "
+            f"knows opsets up to {MAX_OPSET}"
+        )
+    out.binaries[".float.onnx"] = proto.SerializeToString()
+
+
+def _import_names(model: ModelIndex) -> dict[str, tuple[str, ...]]:
+    """Every op name a qtable may use for `model` -> the nodes it sets.
+
+    Without the canonical model's shapes the fusions that depend on them are assumed, and
+    each node's own unfused name is accepted too, so files from other tools still read.
+    """
+    names: dict[str, tuple[str, ...]] = {}
+    for node in model.nodes:
+        for i in range(len(node.outputs)):
+            names[op_name(node, i)] = (node.name,)
+    for op in tpu_ops(model):
+        names[op.name] = op.nodes
+        if MATMUL_BIAS.name in op.rules and RELU.name not in op.rules:
+            names.setdefault(op_name(model.node(op.nodes[0])), op.nodes[:1])
+    return names
 
 
 def _dropped(layer: str, mode: str) -> Dropped:
@@ -144,15 +312,6 @@ def _dropped(layer: str, mode: str) -> Dropped:
     else:
         reason = f"TPU-MLIR's qtable cannot express {mode} (INT8/F16/BF16/F32 only)"
     return Dropped(layer=layer, mode=mode, reason=reason)
-
-
-def _warn_folded(ctx: ExportContext, out: Rendered) -> None:
-    folded = [n.name for n in ctx.model.nodes if n.folded_bn]
-    if folded:
-        out.warnings.append(
-            f"{len(folded)} layer(s) carry a folded BatchNorm ({', '.join(folded[:3])}); their op "
-            "names use the BatchNorm's output tensor, check them against the mlir file"
-        )
 
 
 def _import_mode(mode: str, source: str, line: int) -> str:

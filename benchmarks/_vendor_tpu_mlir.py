@@ -1,0 +1,396 @@
+"""Worker for benchmarks/vendor_check.py: our TPU-MLIR tables in TPU-MLIR 1.30.2 itself.
+
+Runs INSIDE the TPU-MLIR venv (Python 3.10, built by benchmarks/envs/tpu_mlir.sh), so it
+imports nothing from quantlens: standard library, numpy and what TPU-MLIR ships.
+
+    <venv>/bin/python benchmarks/_vendor_tpu_mlir.py JOB.json
+
+JOB.json: {"format": "tpu-mlir", "model": name, "variant": "int8"|"mixed",
+"float_model": the exported .float.onnx, "files": {".qtable": path, ".cali_table": path},
+"inputs": .npz (one float32 array per graph input, N samples), "input_shapes": {name: dims},
+"workdir": scratch folder}.
+
+Steps: model_transform.py, model_deploy.py --quantize INT8 --chip bm1684x with both tables
+(--debug keeps the `_tpu.mlir`), counts from the `_tpu.mlir` of what was honoured, then the
+bmodel on TPU-MLIR's CPU model (model_runner.py) for every sample. The last stdout line is
+one JSON object: {"accepted", "error", "checks", "outputs", "notes"}; the rest goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CHIP = "bm1684x"
+# The float types a qtable mode becomes in the tpu dialect.
+FLOAT_TYPES = {"F16": "f16", "BF16": "bf16", "F32": "f32"}
+# Relative tolerance of a scale against threshold/qmax: the table has 7 decimals and TPU-MLIR
+# keeps the threshold as a double, so a match is far tighter than this.
+SCALE_RTOL = 1e-5
+STEP_TIMEOUT_S = 1800
+_LOC = re.compile(r'^#(loc\d+) = loc\((?:fused\[)?"([^"]*)"')
+_LOC_ALIAS = re.compile(r"^#(loc\d+) = loc\(fused\[#(loc\d+)")
+_OP = re.compile(r'= "(tpu|top)\.(\w+)"\(.*->\s*(.*?)\s+loc\(#(loc\d+)\)\s*$')
+_UNIFORM = re.compile(r"!quant\.uniform<([a-z]*\d+)(?:<[^>]*>)?:f\d+, ([0-9.eE+-]+)(?::(-?\d+))?>")
+# Float ops keep their range in the type: !quant.calibrated<f16<min:max>>.
+_CALIBRATED = re.compile(r"!quant\.calibrated<(b?f\d+)<([0-9.eE+-]+):([0-9.eE+-]+)>>")
+# Ops that are not layers (weights, empty operands) share names with layers' prefixes.
+_NOT_OPS = ("top.Weight", "top.None")
+# The op a crashing pass was rewriting, as tpuc-opt prints it before the diagnosis.
+_AT_OP = re.compile(r'loc\("([^"]+)"\)')
+_ELEMENT = re.compile(r"x(f16|bf16|f32|si8|ui8|i8|i32|si32)>")
+
+
+class ToolError(Exception):
+    """A TPU-MLIR step failed; the message is the tool's last error line."""
+
+
+@dataclass
+class Op:
+    name: str
+    kind: str
+    # Output element type: "i8"/"u8" (quantized), "f16", "bf16", "f32".
+    element: str
+    # The integer grid's scale, or a float op's calibrated threshold.
+    scale: float | None = None
+
+
+@dataclass
+class Counts:
+    planned: int = 0
+    honoured: int = 0
+    unsigned: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_tool(args: list[str], cwd: Path, name: str) -> float:
+    """Run one TPU-MLIR tool in `cwd`; its output goes to `<name>.log` there. Seconds taken."""
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    logfile = cwd / f"{name}.log"
+    start = time.perf_counter()
+    log(f"[tpu-mlir] {' '.join(args)}")
+    with logfile.open("w") as sink:
+        try:
+            done = subprocess.run(
+                args,
+                cwd=cwd,
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                timeout=STEP_TIMEOUT_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as err:
+            raise ToolError(f"{name} timed out after {STEP_TIMEOUT_S} s") from err
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise ToolError(f"{name} exited {done.returncode}: {last_error(logfile)}")
+    log(f"[tpu-mlir] {name}: {seconds:.1f} s")
+    return seconds
+
+
+def last_error(logfile: Path) -> str:
+    """What went wrong: TPU-MLIR's own diagnosis (with the op it was at) before the Python
+    traceback that wraps it, else the last line naming an error, else the last line."""
+    lines = [ln.strip() for ln in logfile.read_text(errors="replace").splitlines() if ln.strip()]
+    signals = ("can't", "cannot", "assertion", "unreachable", "not support", "check failed")
+    for index, line in enumerate(lines):
+        if any(key in line.lower() for key in signals):
+            near = [m.group(1) for m in map(_AT_OP.search, lines[max(0, index - 3) : index]) if m]
+            return (line + (f" (at {near[-1]})" if near else ""))[:500]
+    keys = ("error", "failed", "exception", "abort")
+    for line in reversed(lines):
+        if any(key in line.lower() for key in keys):
+            return line[:500]
+    return lines[-1][:500] if lines else "(no output)"
+
+
+def tool(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def read_qtable(path: Path) -> dict[str, str]:
+    modes: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        parts = raw.split()
+        if len(parts) == 2 and not raw.lstrip().startswith("#"):
+            modes[parts[0]] = parts[1].upper()
+    return modes
+
+
+def read_cali_table(path: Path) -> dict[str, float]:
+    thresholds: dict[str, float] = {}
+    for raw in path.read_text().splitlines():
+        parts = raw.split()
+        if raw.startswith("#") or not raw.strip():
+            if thresholds:
+                break  # a later `#int4_th`-style section is not the int8 table
+            continue
+        if len(parts) == 4:
+            thresholds[parts[0]] = float(parts[1])
+    return thresholds
+
+
+def read_mlir_ops(path: Path) -> dict[str, Op]:
+    """Named ops of a tpu-dialect file with the type of their (first) output."""
+    text = path.read_text().splitlines()
+    locs: dict[str, str] = {}
+    for line in text:
+        match = _LOC.match(line)
+        if match:
+            locs[match.group(1)] = match.group(2)
+    for line in text:  # a fused loc of locs is named after its first member
+        alias = _LOC_ALIAS.match(line)
+        if alias and alias.group(2) in locs:
+            locs[alias.group(1)] = locs[alias.group(2)]
+    ops: dict[str, Op] = {}
+    for line in text:
+        match = _OP.search(line)
+        if match is None or match.group(4) not in locs:
+            continue
+        dialect, kind, result, loc = match.groups()
+        if f"{dialect}.{kind}" in _NOT_OPS:
+            continue
+        ops.setdefault(locs[loc], element_of(f"{dialect}.{kind}", result, locs[loc]))
+    return ops
+
+
+def element_of(kind: str, result: str, name: str) -> Op:
+    uniform = _UNIFORM.search(result)
+    if uniform:
+        element = "u8" if uniform.group(1).startswith("u") else "i8"
+        return Op(name, kind, element, float(uniform.group(2)))
+    calibrated = _CALIBRATED.search(result)
+    if calibrated:
+        low, high = float(calibrated.group(2)), float(calibrated.group(3))
+        return Op(name, kind, calibrated.group(1), max(abs(low), abs(high)))
+    plain = _ELEMENT.search(result)
+    return Op(name, kind, plain.group(1) if plain else "?")
+
+
+def find_op(ops: dict[str, Op], name: str) -> Op | None:
+    """The op TPU-MLIR made of `name`; lowering may split it (`<name>_reshape`, ...)."""
+    if name in ops:
+        return ops[name]
+    grown = [op for key, op in ops.items() if key.startswith(name + "_")]
+    quantized = [op for op in grown if op.element in ("i8", "u8")]
+    return (quantized or grown or [None])[0]
+
+
+def check_qtable(planned: dict[str, str], ops: dict[str, Op]) -> Counts:
+    counts = Counts(planned=len(planned))
+    for name, mode in planned.items():
+        op = find_op(ops, name)
+        want = FLOAT_TYPES.get(mode)
+        if (op is not None and want is not None and op.element == want) or (
+            op is not None and mode in ("INT8", "UINT8") and op.element in ("i8", "u8")
+        ):
+            counts.honoured += 1
+        else:
+            found = "missing" if op is None else f"{op.kind} {op.element}"
+            counts.problems.append(f"qtable {name} {mode}: {found}")
+    return counts
+
+
+def check_thresholds(thresholds: dict[str, float], floats: set[str], ops: dict[str, Op]) -> Counts:
+    """INT8 thresholds: the op's scale is threshold/127 (signed) or threshold/255 (unsigned)."""
+    counts = Counts()
+    for name, threshold in thresholds.items():
+        if name in floats:
+            continue
+        counts.planned += 1
+        op = find_op(ops, name)
+        if op is None or op.scale is None:
+            found = "missing" if op is None else f"{op.kind} {op.element}"
+            counts.problems.append(f"threshold {name} {threshold:.7f}: {found}")
+            continue
+        # A float op (the graph input) carries the threshold itself; the INT8 cast after
+        # it is checked under its own name.
+        floating = op.element in FLOAT_TYPES.values()
+        if (floating and np.isclose(op.scale, threshold, rtol=SCALE_RTOL)) or (
+            op.element == "i8" and np.isclose(op.scale, threshold / 127, rtol=SCALE_RTOL)
+        ):
+            counts.honoured += 1
+        elif op.element == "u8" and np.isclose(op.scale, threshold / 255, rtol=SCALE_RTOL):
+            counts.honoured += 1
+            counts.unsigned += 1
+        else:
+            counts.problems.append(
+                f"threshold {name} {threshold:.7f}: {op.kind} {op.element} scale {op.scale:.9g}"
+            )
+    return counts
+
+
+def shape_text(shapes: dict[str, list[int]], names: list[str]) -> str:
+    return "[" + ",".join("[" + ",".join(str(d) for d in shapes[n]) + "]" for n in names) + "]"
+
+
+def samples(inputs: dict[str, np.ndarray], shapes: dict[str, list[int]]) -> list[dict[str, Any]]:
+    """The batches to run: one sample at a time where the compiled batch is smaller."""
+    first = next(iter(inputs.values()))
+    batch = shapes[next(iter(inputs))][0] if shapes else first.shape[0]
+    total = first.shape[0]
+    if batch >= total:
+        return [{n: a.astype(np.float32) for n, a in inputs.items()}]
+    return [
+        {n: a[i : i + batch].astype(np.float32) for n, a in inputs.items()}
+        for i in range(0, total, batch)
+    ]
+
+
+def graph_names(float_model: Path) -> tuple[list[str], list[str]]:
+    import onnx  # TPU-MLIR's pinned onnx 1.14: only the graph's names are read
+
+    graph = onnx.load(str(float_model), load_external_data=False).graph
+    weights = {init.name for init in graph.initializer}
+    inputs = [v.name for v in graph.input if v.name not in weights]
+    return inputs, [v.name for v in graph.output]
+
+
+def output_key(result: dict[str, np.ndarray], onnx_name: str) -> str:
+    """TPU-MLIR keys outputs by op name (`<tensor>_<OpType>`, lowering may add suffixes)."""
+    if onnx_name in result:
+        return onnx_name
+    grown = sorted((k for k in result if k.startswith(onnx_name + "_")), key=len)
+    if not grown:
+        raise ToolError(f"model_runner gave no output for {onnx_name}: {sorted(result)[:5]}")
+    return grown[0]
+
+
+def run_model(bmodel: Path, batches: list[dict[str, Any]], outputs: list[str], work: Path) -> Path:
+    collected: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
+    for i, batch in enumerate(batches):
+        feed, got = work / f"sample{i}_in.npz", work / f"sample{i}_out.npz"
+        np.savez(feed, **batch)
+        run_tool(
+            [
+                tool("model_runner.py"),
+                "--input",
+                str(feed),
+                "--model",
+                str(bmodel),
+                "--output",
+                str(got),
+            ],
+            work,
+            f"runner{i}",
+        )
+        result = dict(np.load(got))
+        for name in outputs:
+            collected[name].append(np.asarray(result[output_key(result, name)], np.float32))
+    path = work / "outputs.npz"
+    np.savez(path, **{name: np.concatenate(parts, axis=0) for name, parts in collected.items()})
+    return path
+
+
+def compile_model(job: dict[str, Any], work: Path, notes: list[str]) -> Path:
+    """model_transform then model_deploy; returns the `_tpu.mlir` kept by --debug."""
+    float_model = Path(job["float_model"]).resolve()
+    inputs, _ = graph_names(float_model)
+    shapes = job["input_shapes"]
+    seconds = run_tool(
+        [
+            tool("model_transform.py"),
+            "--model_name",
+            "m",
+            "--model_def",
+            str(float_model),
+            "--input_shapes",
+            shape_text(shapes, inputs),
+            "--mlir",
+            "m.mlir",
+        ],
+        work,
+        "model_transform",
+    )
+    notes.append(f"model_transform {seconds:.1f} s")
+    files = job["files"]
+    seconds = run_tool(
+        [
+            tool("model_deploy.py"),
+            "--mlir",
+            "m.mlir",
+            "--quantize",
+            "INT8",
+            "--chip",
+            CHIP,
+            "--calibration_table",
+            str(Path(files[".cali_table"]).resolve()),
+            "--quantize_table",
+            str(Path(files[".qtable"]).resolve()),
+            "--model",
+            "m.bmodel",
+            "--debug",
+        ],
+        work,
+        "model_deploy",
+    )
+    notes.append(f"model_deploy {seconds:.1f} s")
+    found = sorted(work.glob(f"m_{CHIP}_*_tpu.mlir"))
+    if not found:
+        raise ToolError("model_deploy --debug left no *_tpu.mlir")
+    return found[0]
+
+
+def check(job: dict[str, Any]) -> dict[str, Any]:
+    work = Path(job["workdir"]).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    report: dict[str, Any] = {"accepted": False, "error": None, "checks": {}, "outputs": None}
+    report["notes"] = notes
+    try:
+        tpu_mlir = compile_model(job, work, notes)
+        report["accepted"] = True
+        ops = read_mlir_ops(tpu_mlir)
+        planned = read_qtable(Path(job["files"][".qtable"]))
+        floats = {name for name, mode in planned.items() if mode in FLOAT_TYPES}
+        modes = check_qtable(planned, ops)
+        table = read_cali_table(Path(job["files"][".cali_table"]))
+        thresholds = check_thresholds(table, floats, ops)
+        report["checks"] = {
+            "qtable_modes": {"planned": modes.planned, "honoured": modes.honoured},
+            "int8_thresholds": {
+                "planned": thresholds.planned,
+                "honoured": thresholds.honoured,
+                "unsigned": thresholds.unsigned,
+            },
+        }
+        notes += (modes.problems + thresholds.problems)[:20]
+        _, outputs = graph_names(Path(job["float_model"]))
+        arrays = dict(np.load(job["inputs"]))
+        start = time.perf_counter()
+        batches = samples(arrays, job["input_shapes"])
+        report["outputs"] = str(run_model(work / "m.bmodel", batches, outputs, work))
+        notes.append(f"bmodel on the CPU model: {time.perf_counter() - start:.1f} s")
+    except ToolError as err:
+        report["error"] = str(err)
+    except Exception as err:  # a broken job or file must still give one JSON line
+        report["error"] = f"{type(err).__name__}: {err}"
+    return report
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        log("usage: _vendor_tpu_mlir.py JOB.json")
+        sys.exit(2)
+    job = json.loads(Path(sys.argv[1]).read_text())
+    print(json.dumps(check(job)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
