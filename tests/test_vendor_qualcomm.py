@@ -243,6 +243,38 @@ def test_fusions_the_vendor_does_not_make(model: onnx.ModelProto, groups: list) 
     assert find_fusions(*_index(model)).groups == groups
 
 
+def _layernorm_model() -> onnx.ModelProto:
+    """x -> decomposed LayerNorm (ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div, Mul, Add)."""
+    consts = {"two": 2.0, "eps": 1e-5, "gamma": 1.5, "beta": 0.1}
+    inits = [numpy_helper.from_array(np.array(v, np.float32), k) for k, v in consts.items()]
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["mean"], name="mean", axes=[-1]),
+        helper.make_node("Sub", ["x", "mean"], ["centred"], name="sub"),
+        helper.make_node("Pow", ["centred", "two"], ["sq"], name="pow"),
+        helper.make_node("ReduceMean", ["sq"], ["var"], name="var", axes=[-1]),
+        helper.make_node("Add", ["var", "eps"], ["var_eps"], name="add_eps"),
+        helper.make_node("Sqrt", ["var_eps"], ["std"], name="sqrt"),
+        helper.make_node("Div", ["centred", "std"], ["normed"], name="div"),
+        helper.make_node("Mul", ["normed", "gamma"], ["scaled"], name="mul"),
+        helper.make_node("Add", ["scaled", "beta"], ["y"], name="add"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "layernorm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_decomposed_layernorm_is_one_op() -> None:
+    fusions = find_fusions(*_index(_layernorm_model()))
+    names = ("mean", "sub", "pow", "var", "add_eps", "sqrt", "div", "mul", "add")
+    assert fusions.groups == [names]
+    assert set(fusions.fused_away.values()) == {"y"} and len(fusions.fused_away) == 8
+
+
 def test_a_float_member_floats_its_fused_op(tmp_path: Path) -> None:
     run_dir, model = make_run(tmp_path, "qnn-htp", Assignment(layers={"matmul": "fp16"}))
     result = export_vendor(run_dir, "qnn")

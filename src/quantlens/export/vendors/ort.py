@@ -73,7 +73,7 @@ class OrtFormat:
             if isinstance(quant.format, IntFormat) and quant.bias_of is None
         }
         excluded = [node.name for node in ctx.model.nodes if _check_node(ctx, node, out)]
-        excluded += [n.name for n in ctx.model.nodes if n.op_type in WEIGHTED_OPS and not n.params]
+        excluded += [n.name for n in ctx.model.nodes if _unplanned_op(ctx, n)]
         payload = {
             "usage": USAGE,
             "qdq_model": ctx.qdq_model,
@@ -115,6 +115,13 @@ def _override(quant: TensorQuant) -> list[dict[str, Any]]:
     if quant.axis is not None and len(pairs) > 1:
         head["axis"] = quant.axis
     return [{**head, **pairs[0]}, *pairs[1:]]
+
+
+def _unplanned_op(ctx: ExportContext, node: NodeInfo) -> bool:
+    """An op ORT would quantize (a MatMul of two activations) whose inputs the plan leaves
+    float: excluded, or ORT adds quantizers of its own there."""
+    planned = any(i in ctx.plan.activations for i in node.inputs)
+    return node.op_type in WEIGHTED_OPS and not node.params and not planned
 
 
 def _check_node(ctx: ExportContext, node: NodeInfo, out: Rendered) -> bool:

@@ -6,6 +6,10 @@ not name it (AIMET refuses the file), and the range written for the group is its
 The rules below are AIMET-ONNX 2.42.0's for HTP (the simulator Qualcomm ships for QNN); each
 names the file it was read from. A group computes in one precision: float as a whole or
 integer as a whole (SNPE guide, "Quantization Overrides / Mixed Precision and FP16").
+The QNN converter agrees for Relu and Clip: its backend folds a Relu or ReluMinMax that is the
+only consumer into the op before it (QNN SDK 2.12 qnn_translations.py
+`QnnTranslationBase.squash_relu`, called from the Conv and BatchNorm translations); it does
+not fold HardSwish or Sigmoid, and AIMET's HTP list does not either.
 """
 
 from __future__ import annotations
@@ -61,6 +65,11 @@ MATMUL_ADD_SOURCE = (
     " the MatMul output and the bias are not quantized; aimet_onnx/meta/connectedgraph.py "
     "_get_matmul_add_bias_idx: constant weight, one consumer, an Add with a rank-1 constant)"
 )
+LAYERNORM_SOURCE = (
+    f"{_CONFIG} 'supergroup_pass_list': LayerNormalization (aimet_onnx/graph_passes/passes/"
+    "layernorm.py: ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div [, Mul [, Add]] as one op; "
+    "each op but the last one consumer, the Sub two: Pow and Div)"
+)
 # Outputs AIMET never quantizes: they carry their input's grid (aimet_onnx/quantsim.py
 # op_outputs_to_ignore); QNN keeps the input encoding through these data-movement ops.
 UNQUANTIZED_OUTPUT_OPS = frozenset(
@@ -112,8 +121,8 @@ def find_fusions(index: ModelIndex, model: ir.Model) -> Fusions:
     fusions = Fusions()
     taken: set[str] = set()
     for node in index.nodes:
-        pair = _matmul_add(node, graph)
-        if pair is not None:
+        pair = _matmul_add(node, graph) or _layernorm(node, graph)
+        if pair is not None and not taken.intersection(pair):
             _add_group(fusions, taken, pair)
     patterns = sorted(HTP_SUPERGROUPS, key=lambda s: -len(s.ops))
     for node in index.nodes:
@@ -180,6 +189,41 @@ def _matmul_add(node: NodeInfo, graph: _Graph) -> tuple[str, ...] | None:
     if len(other) != 1 or len(graph.constant_shapes.get(other[0], (0, 0))) != 1:
         return None
     return (node.name, add.name)
+
+
+def _next(node: NodeInfo | None, op_type: str, graph: _Graph) -> NodeInfo | None:
+    """The only consumer of `node`, if it is an `op_type`."""
+    after = _only_consumer(node, graph) if node is not None else None
+    return after if after is not None and after.op_type == op_type else None
+
+
+def _layernorm(node: NodeInfo, graph: _Graph) -> tuple[str, ...] | None:
+    """A decomposed LayerNorm starting at its first ReduceMean, as AIMET's pass matches it."""
+    if node.op_type != "ReduceMean" or not node.inputs:
+        return None
+    sub = _next(node, "Sub", graph)
+    users = graph.consumers.get(sub.outputs[0], ()) if sub is not None else ()
+    if sub is None or sub.inputs[0] != node.inputs[0] or len(users) != 2:
+        return None
+    by_type = {u.op_type: u for u in users}
+    power, div = by_type.get("Pow"), by_type.get("Div")
+    if power is None or div is None:
+        return None
+    chain = [power]
+    for op_type in ("ReduceMean", "Add", "Sqrt"):
+        following = _next(chain[-1], op_type, graph)
+        if following is None:
+            return None
+        chain.append(following)
+    if tuple(div.inputs[:2]) != (sub.outputs[0], chain[-1].outputs[0]):
+        return None
+    tail = [div]
+    scale = _next(div, "Mul", graph)
+    if scale is not None and len(graph.consumers.get(scale.outputs[0], ())) <= 1:
+        tail.append(scale)
+        shift = _next(scale, "Add", graph)
+        tail += [shift] if shift is not None else []
+    return tuple(n.name for n in (node, sub, *chain, *tail))
 
 
 def _chain(
