@@ -57,6 +57,8 @@ class RunFolder:
     OPTIMIZED_MODEL = "model.float.onnx"
     ASSIGNMENT_REQUEST = "assignment.request.json"
     SEARCH_CACHE = "search-cache"
+    # Calibrations per context and grid, reused by later stages in the folder.
+    CALIBRATION_CACHE = "calibration-cache"
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -113,6 +115,10 @@ class RunFolder:
 
     def write_calibration_key(self, key: str) -> Path:
         return write_text_atomic(self.calibration_key, key + "\n")
+
+    @property
+    def calibration_cache(self) -> Path:
+        return self.path / self.CALIBRATION_CACHE
 
     @property
     def search_cache(self) -> Path:

