@@ -133,6 +133,12 @@ def test_onnxopt_chains_become_one_op_named_after_the_last_node() -> None:
     assert (op.name, op.output, len(op.nodes)) == ("out_GELU", "out", 5)
     # Another constant is another function: five ops.
     assert len(tpu_ops(gelu, GraphFacts(shapes={}, scalars={"one": 2.0, "h": 0.5}))) == 5
+    hardsigmoid = index(
+        node("add", "Add", ("three", "x"), "a"),
+        node("clip", "Clip", ("a", "zero", "six"), "c"),
+        node("div", "Div", ("c", "six"), "out"),
+    )
+    assert names(hardsigmoid) == [("out_HardSigmoid", "out")]  # Add's inputs in either order
     layernorm = index(
         node("mean", "ReduceMean", ("x",), "mu"),
         node("sub", "Sub", ("x", "mu"), "xc"),
@@ -304,6 +310,19 @@ def test_import_reads_fused_and_unfused_names(tmp_path: Path) -> None:
     file.write_text("r1_Relu F16\nmm_MatMul F32\n")
     back = import_vendor(file, "tpu-mlir", small_model(tmp_path))
     assert back.layers == {"conv1": "fp16", "relu1": "fp16", "matmul": "fp32"}
+
+
+def test_import_reads_a_batched_matmul_bias_by_its_adds_name() -> None:
+    model = index(node("mm", "MatMul", ("x", "w"), "m"), node("add", "Add", ("m", "bias"), "out"))
+    facts = GraphFacts(shapes={"x": (1, 5, 8), "w": (8, 4)}, scalars={})
+    ctx = ExportContext(
+        assignment=Assignment(layers={"mm": "fp16", "add": "fp16"}),
+        plan=QuantPlan(target="bm1684x"),
+        model=model,
+    )
+    [op] = tpu_ops(model, facts)
+    table = f"{op.name} F16\n"
+    assert TPU.parse(table, "m.qtable", ctx.model, None).layers == {"mm": "fp16", "add": "fp16"}
 
 
 def test_sixteen_bit_modes_are_dropped(tmp_path: Path) -> None:

@@ -7,6 +7,11 @@ deploy mode, one threshold per fused op from the range of the fused op's output 
 included: an INT8 op fed by a float op needs its input's threshold), and nothing for
 tensors fused away. The names refer to the canonical model, which is shipped beside the
 tables as `.float.onnx` in an ONNX IR version TPU-MLIR's pinned onnx 1.14 loads.
+
+Import reads a qtable as TPU-MLIR runs it: a fused op's mode applies to every node fused into
+it. An assignment that splits a fused op (a float Conv whose Relu stays INT8) cannot be
+written as asked; the export says so (an error with `strict`), and its round trip gives the
+assignment TPU-MLIR executes.
 """
 
 from __future__ import annotations
@@ -32,10 +37,10 @@ from quantlens.export.vendors.base import (
 )
 from quantlens.export.vendors.tpu_mlir_ops import (
     DROPPED_TYPES,
+    KNOWN_DIFFERENCES,
     MATMUL_BIAS,
     RELU,
     TPU_MLIR_VERSION,
-    UNSIGNED_NOTE,
     GraphFacts,
     TpuOp,
     op_name,
@@ -89,8 +94,7 @@ class TpuMlirFormat:
         else:
             out.warnings.append("the run folder has no calibration.json: no calibration table")
         _check_names(ctx, ops, modes, out)
-        if any(mode == "INT8" for mode in modes.values()):
-            out.warnings.append(f"known difference: {UNSIGNED_NOTE}")
+        _known_differences(ctx.model, ops, modes, out)
         _attach_float_model(ctx, out)
         out.usage = _usage(ctx.model, facts, deploy)
         return out
@@ -258,6 +262,19 @@ def _check_names(
     out.warnings.append(message)
 
 
+def _known_differences(
+    model: ModelIndex, ops: list[TpuOp], modes: dict[str, str], out: Rendered
+) -> None:
+    """Say where TPU-MLIR will not run the INT8 grid the table asks for (issue 17's to emulate)."""
+    if not any(mode == "INT8" for mode in modes.values()):
+        return
+    out.warnings.append(f"known difference: {KNOWN_DIFFERENCES['unsigned']}")
+    types = {model.node(op.nodes[-1]).op_type for op in ops if modes[op.name] == "INT8"}
+    out.warnings += [
+        f"known difference: {KNOWN_DIFFERENCES[t]}" for t in ("Softmax",) if t in types
+    ]
+
+
 def _usage(model: ModelIndex, facts: GraphFacts | None, deploy: str) -> str:
     """The two TPU-MLIR 1.30.2 commands, with the canonical model's input shapes."""
     dims = [facts.shapes.get(name) if facts else None for name in model.graph_inputs]
@@ -302,7 +319,9 @@ def _import_names(model: ModelIndex) -> dict[str, tuple[str, ...]]:
     for op in tpu_ops(model):
         names[op.name] = op.nodes
         if MATMUL_BIAS.name in op.rules and RELU.name not in op.rules:
-            names.setdefault(op_name(model.node(op.nodes[0])), op.nodes[:1])
+            # A batched MatMul + bias is one op named after the Add (MATMUL_BIAS_TOP): the
+            # Add's own name stands for both nodes then.
+            names[op_name(model.node(op.nodes[1]))] = op.nodes
     return names
 
 
