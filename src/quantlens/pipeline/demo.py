@@ -23,16 +23,19 @@ from quantlens.pipeline.quantize import QuantizeOptions, quantize_model
 from quantlens.pipeline.search import SearchOptions
 from quantlens.pipeline.tasks import EvalOptions
 from quantlens.report.render import render_report
+from quantlens.schemes.profiles import get_profile, list_profiles
 
 MODEL = "doclayout-yolov8n"
-VENDOR_FORMAT = {
-    "hailo8": "hailo",
-    "hailo8l": "hailo",
-    "hailo10h": "hailo",
-    "qnn-htp": "qnn",
-    "bm1684x": "tpu-mlir",
-    "ort-cpu": "ort",
-}
+
+
+def vendor_format(target: str) -> str:
+    """The target's own export format (its profile names it), else ONNX Runtime's."""
+    formats = get_profile(target).export_formats
+    return formats[0] if formats else "ort"
+
+
+# Kept for existing imports; derived from the profiles.
+VENDOR_FORMAT = {p.name: vendor_format(p.name) for p in list_profiles()}
 
 Say = Callable[[str], None]
 Progress = Callable[[int, int], None]
@@ -99,7 +102,7 @@ def run_demo(opts: DemoOptions, say: Say, progress: Progress | None = None) -> D
         progress,
     )
     mixed = _search(model, calib, data, opts, say, progress) if opts.search else None
-    exported = export_vendor(run, VENDOR_FORMAT.get(opts.target, "ort"), model=model)
+    exported = export_vendor(run, vendor_format(opts.target))
     say("rendering the report")
     page = render_report(run)
     return DemoSummary(

@@ -24,6 +24,7 @@ from quantlens.export.vendors.hailo import name_map_from_hn
 from quantlens.export.vendors.ort import quantize_static_kwargs
 from quantlens.pipeline.session import prepare
 from quantlens.schemes.assignment import Assignment
+from quantlens.schemes.profiles import get_profile
 from quantlens.schemes.qparams import QuantPlan
 
 __all__ = [
@@ -54,7 +55,7 @@ def export_vendor(
     ctx = load_run(run_dir, model)
     ctx.name_map = load_name_map(name_map) if name_map is not None else None
     rendered = vendor.export(ctx)
-    if ctx.run_target not in vendor.targets:
+    if fmt not in get_profile(ctx.run_target).export_formats:
         rendered.warnings.append(
             f"the run was quantized for {ctx.run_target}; the {fmt} files carry that plan "
             f"(quantize with --target {vendor.default_target} for a faithful one)"

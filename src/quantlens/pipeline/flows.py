@@ -27,7 +27,7 @@ from quantlens.pipeline.search import (
 )
 from quantlens.pipeline.session import OptimizeOptions, open_session
 from quantlens.pipeline.tasks import EvalOptions, QuantizeRequest
-from quantlens.search.cost import latency
+from quantlens.search.cost import get_cost_model, latency
 
 Say = Callable[[str], None]
 Progress = Callable[[int, int], None]
@@ -65,7 +65,7 @@ def _export(
         say(f"exporting the chosen assignment ({len(assignment.layers)} nodes promoted)")
     qopts = quantize_options(opts, opts.run_dir)
     quantized = quantize(setup.session, qopts, say, progress, assignment=assignment)
-    if opts.cost_model == "measured":
+    if get_cost_model(opts.cost_model).measured_after_export:
         _measured_costs(setup, opts, report, quantized)
     return quantized
 

@@ -35,18 +35,11 @@ from quantlens.schemes.formats import IntFormat
 from quantlens.schemes.profiles import TargetProfile
 from quantlens.schemes.qparams import QuantPlan
 from quantlens.search.artifact import GroupInfo, SearchGoal, SearchPoint, SearchReport
-from quantlens.search.cost import COST_MODELS, CostTable, analytic_costs, imported_costs
+from quantlens.search.cost import CostTable, get_cost_model
 from quantlens.search.groups import Rules, State, build_rules
 from quantlens.search.oracle import BudgetExhausted, Evaluators, Oracle, modes_key
 from quantlens.search.sensitivity import UnitNoise, output_noise, unit_noise
-from quantlens.search.strategies import (
-    STRATEGIES,
-    Candidate,
-    NoiseModel,
-    greedy_chain,
-    milp_front,
-    tpu_mlir_chain,
-)
+from quantlens.search.strategies import Candidate, NoiseModel, get_strategy
 from quantlens.search.units import Unit, element_counts, find_units, sized_like
 
 Say = Callable[[str], None]
@@ -142,14 +135,8 @@ class Setup:
 
 
 def check_options(opts: SearchOptions) -> None:
-    if opts.strategy not in STRATEGIES:
-        raise UserError(
-            f"unknown strategy {opts.strategy!r}", f"use one of {', '.join(STRATEGIES)}"
-        )
-    if opts.cost_model not in COST_MODELS:
-        raise UserError(
-            f"unknown cost model {opts.cost_model!r}", f"use one of {', '.join(COST_MODELS)}"
-        )
+    get_strategy(opts.strategy)
+    get_cost_model(opts.cost_model)
     if opts.cost_model == "imported" and opts.cost_table is None:
         raise UserError("the imported cost model needs a table", "pass --cost-table times.csv")
     if opts.max_drop is not None and (opts.data is None or opts.task is None):
@@ -257,9 +244,7 @@ def _extender(
 
 
 def _cost_table(rules: Rules, profile: TargetProfile, opts: SearchOptions) -> CostTable:
-    if opts.cost_model == "imported" and opts.cost_table is not None:
-        return imported_costs(rules, profile, opts.cost_table)
-    return analytic_costs(rules, profile)
+    return get_cost_model(opts.cost_model).table(rules, profile, opts.cost_table)
 
 
 # --- explain ------------------------------------------------------------------------------------
@@ -510,12 +495,8 @@ def _search(run: _Run, say: Say | None) -> None:
 
 
 def _strategy(run: _Run, max_cost: float) -> list[Candidate]:
-    setup, name = run.setup, run.opts.strategy
-    if name == "greedy":
-        return greedy_chain(setup.rules, setup.costs, run.noise, max_cost)
-    if name == "tpu-mlir":
-        return tpu_mlir_chain(setup.rules, setup.costs, run.noise, max_cost)
-    return milp_front(setup.rules, setup.costs, run.noise, max_cost)
+    setup = run.setup
+    return get_strategy(run.opts.strategy)(setup.rules, setup.costs, run.noise, max_cost)
 
 
 def _bisect_metric(run: _Run, points: list[SearchPoint], base: SearchPoint) -> None:

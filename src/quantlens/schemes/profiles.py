@@ -50,6 +50,9 @@ class TargetProfile(BaseModel):
 
     name: str
     vendor: str
+    # The vendor file formats (`quantlens export --format`) this chip's toolchain reads, the
+    # first being its own: the one place the profile <-> format link is written.
+    export_formats: list[str] = Field(default_factory=list)
     description: str
     activation_formats: dict[int, str] = Field(description="bits -> format, e.g. 8: uint8-asym")
     weight_formats: dict[int, str]

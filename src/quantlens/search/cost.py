@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,39 @@ from quantlens.errors import UserError
 from quantlens.schemes.profiles import TargetProfile
 from quantlens.search.groups import Rules
 
-COST_MODELS = ("analytic", "measured", "imported")
+COST_MODELS = ("analytic", "measured", "imported")  # the built-in ones
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """A way to cost assignments: the table the search plans with, and whether the chosen
+    point's cost is then measured on its export (ONNX Runtime latency against all-int8)."""
+
+    name: str
+    table: Callable[[Rules, TargetProfile, Path | None], CostTable]
+    measured_after_export: bool = False
+
+
+_REGISTRY: dict[str, CostModel] = {}
+
+
+def register_cost_model(model: CostModel) -> CostModel:
+    """Register a cost model (`quantlens search --cost NAME`); a new one is one module that
+    calls this."""
+    _REGISTRY[model.name] = model
+    return model
+
+
+def cost_model_names() -> list[str]:
+    return [*[n for n in COST_MODELS if n in _REGISTRY], *sorted(set(_REGISTRY) - set(COST_MODELS))]
+
+
+def get_cost_model(name: str) -> CostModel:
+    if name not in _REGISTRY:
+        raise UserError(
+            f"unknown cost model {name!r}", f"use one of {', '.join(cost_model_names())}"
+        )
+    return _REGISTRY[name]
 
 
 @dataclass
@@ -138,3 +170,16 @@ def latency(path: Path, feeds: Sequence[dict[str, np.ndarray]], repeats: int = 2
         session.run(None, feed)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _imported(rules: Rules, profile: TargetProfile, table: Path | None) -> CostTable:
+    if table is None:
+        raise UserError("the imported cost model needs a table", "pass --cost-table times.csv")
+    return imported_costs(rules, profile, table)
+
+
+register_cost_model(CostModel("analytic", lambda rules, profile, _: analytic_costs(rules, profile)))
+register_cost_model(
+    CostModel("measured", lambda rules, profile, _: analytic_costs(rules, profile), True)
+)
+register_cost_model(CostModel("imported", _imported))

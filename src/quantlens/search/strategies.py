@@ -15,18 +15,20 @@ of every unit's isolated weight noise (gone once the unit is promoted) and activ
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import lil_matrix
 
+from quantlens.errors import UserError
 from quantlens.search.cost import CostTable
 from quantlens.search.groups import Rules, State, Var
 from quantlens.search.sensitivity import UnitNoise
 
-STRATEGIES = ("milp", "greedy", "tpu-mlir")
+STRATEGIES = ("milp", "greedy", "tpu-mlir")  # the built-in ones, in the order help lists them
 Row = tuple[dict[int, float], float, float]  # coefficients, lower and upper bound
 BUDGETS = (1.0, 1.005, 1.01, 1.02, 1.03, 1.05, 1.075, 1.1, 1.15, 1.2, 1.3, 1.5, 2.0, 3.0, 5.0)
 
@@ -61,10 +63,38 @@ class NoiseModel:
         return sum(self.unit_nsr(u, state.get(u, 0)) for u in self.rules.units)
 
 
+# A strategy: (rules, costs, noise model, cost budget) -> candidates, cheapest first.
+Strategy = Callable[[Rules, CostTable, "NoiseModel", float], list["Candidate"]]
+_REGISTRY: dict[str, Strategy] = {}
+S = TypeVar("S", bound=Strategy)
+
+
+def register_strategy(name: str) -> Callable[[S], S]:
+    """Register a strategy under `name` (`quantlens search --strategy NAME`); a new strategy is
+    one module that decorates its function with this."""
+
+    def decorate(strategy: S) -> S:
+        _REGISTRY[name] = strategy
+        return strategy
+
+    return decorate
+
+
+def strategy_names() -> list[str]:
+    return [*[n for n in STRATEGIES if n in _REGISTRY], *sorted(set(_REGISTRY) - set(STRATEGIES))]
+
+
+def get_strategy(name: str) -> Strategy:
+    if name not in _REGISTRY:
+        raise UserError(f"unknown strategy {name!r}", f"use one of {', '.join(strategy_names())}")
+    return _REGISTRY[name]
+
+
 def _promoted(state: Mapping[str, int]) -> list[str]:
     return [u for u, level in state.items() if level > 0]
 
 
+@register_strategy("greedy")
 def greedy_chain(
     rules: Rules, costs: CostTable, model: NoiseModel, max_cost: float, steps: int = 80
 ) -> list[Candidate]:
@@ -107,6 +137,7 @@ def _best_step(
     return best
 
 
+@register_strategy("tpu-mlir")
 def tpu_mlir_chain(
     rules: Rules, costs: CostTable, model: NoiseModel, max_cost: float
 ) -> list[Candidate]:
@@ -127,6 +158,7 @@ def tpu_mlir_chain(
     return chain
 
 
+@register_strategy("milp")
 def milp_front(
     rules: Rules, costs: CostTable, model: NoiseModel, max_cost: float
 ) -> list[Candidate]:
