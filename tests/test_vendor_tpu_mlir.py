@@ -196,6 +196,19 @@ def test_a_transpose_read_by_slices_moves_below_them() -> None:
     ]
 
 
+def test_a_softmax_between_transposes_runs_under_the_second_name() -> None:
+    model = index(
+        node("t1", "Transpose", ("x",), "a"),
+        node("sm", "Softmax", ("a",), "b"),
+        node("t2", "Transpose", ("b",), "out"),
+    )
+    ops = tpu_ops(model)
+    assert [(op.name, op.nodes) for op in ops] == [
+        ("a_Transpose_r_reordered", ("t1",)),
+        ("out_Transpose", ("sm", "t2")),
+    ]
+
+
 def test_graph_facts_read_shapes_and_scalars(tmp_path: Path) -> None:
     ctx = load_run(make_run(tmp_path, "bm1684x", Assignment())[0])
     assert ctx.canonical is not None

@@ -225,6 +225,10 @@ KNOWN_DIFFERENCES: Mapping[str, str] = {
         "and attention Softmaxes are kept F16/F32"
     ),
     "Mul": "a Mul by a constant becomes MulShift, whose output scale follows from its input's",
+    "Concat": (
+        "an op read only by a Concat writes the Concat's scale (its own threshold is not used; "
+        "measured on ppocr-v6-rec-small's stem)"
+    ),
 }
 # ONNX op types TPU-MLIR's converter drops (no top op, so no name to write).
 DROPPED_TYPES: Mapping[str, str] = {
@@ -380,7 +384,7 @@ def _fused_ops(model: ModelIndex, facts: GraphFacts | None) -> list[TpuOp]:
             op = _extend(op, node, rule, model, consumers, constants, facts, taken)
         taken.update(op.nodes)
         ops.append(op)
-    return _move_permutes(ops, model, consumers)
+    return _reorder_softmax(_move_permutes(ops, model, consumers), model, consumers)
 
 
 def _extend(
@@ -538,6 +542,51 @@ def _move_permutes(
                 reader = by_node[user.name].name if user.name in by_node else op_name(user)
                 name = f"{renamed.name}_r_permute_for_{reader}"
                 out.append(TpuOp(name, op.nodes, op.output, renamed.rules))
+    return out
+
+
+SOFTMAX_REORDER_SOURCE = (
+    "top-dialect canonicalization of Transpose -> Softmax -> Transpose: the first Transpose "
+    "becomes `<name>_r_reordered`, the Softmax runs under the second Transpose's name "
+    "(measured on doclayout-yolov8n's DFL head, 1.30.2)"
+)
+
+
+def _reorder_softmax(
+    ops: list[TpuOp], model: ModelIndex, consumers: Mapping[str, list[NodeInfo]]
+) -> list[TpuOp]:
+    """Apply SOFTMAX_REORDER_SOURCE's rewrite to `ops`."""
+    first: set[str] = set()
+    merged: dict[str, str] = {}  # second Transpose -> the Softmax it absorbs
+    for node in model.nodes:
+        if node.op_type != "Softmax" or len(node.outputs) != 1:
+            continue
+        before = [n for n in model.nodes if node.inputs[0] in n.outputs]
+        after = consumers.get(node.outputs[0], [])
+        if (
+            len(before) == 1
+            and before[0].op_type == "Transpose"
+            and len(consumers.get(before[0].outputs[0], [])) == 1
+            and len(after) == 1
+            and after[0].op_type == "Transpose"
+            and node.outputs[0] not in model.graph_outputs
+        ):
+            first.add(before[0].name)
+            merged[after[0].name] = node.name
+    out: list[TpuOp] = []
+    for op in ops:
+        last = op.nodes[-1]
+        if last in merged.values():
+            continue
+        if last in first:
+            op = TpuOp(
+                f"{op.name}_r_reordered", op.nodes, op.output, (*op.rules, "softmax-reorder")
+            )
+        elif last in merged:
+            op = TpuOp(
+                op.name, (merged[last], *op.nodes), op.output, (*op.rules, "softmax-reorder")
+            )
+        out.append(op)
     return out
 
 
