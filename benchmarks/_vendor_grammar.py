@@ -9,7 +9,7 @@ exporter and importer (which prove nothing about the vendor's tool).
   and types; integer min/max/scale/offset consistent; per-channel entries symmetric with
   offset -2^(bits-1); keys are tensors of the float model shipped with the file; weighted ops
   float or integer as a whole; no encoding on a tensor the converter fuses away (a MatMul/Gemm
-  output read only by its bias Add, a Conv output read only by its activation).
+  output read only by its bias Add, a Conv output read only by its Relu or Clip).
 
     python _vendor_grammar.py JOB.json   # prints one JSON line: accepted, checks, notes
 """
@@ -37,9 +37,10 @@ CLIP_LINE = re.compile(
     r"mode=(percentile|manual), clipping_values=\[(\S+), (\S+)\]\)$"
 )
 WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
-# Activations the Qualcomm converters fold into the op before them (an op's output then is the
-# activation's output): QNN's Conv2d/FullyConnected + Relu/ReluMinMax/HardSwish/Sigmoid... ops.
-QNN_FUSED_ACTIVATIONS = {"Relu", "Clip", "HardSwish", "Sigmoid", "Tanh", "LeakyRelu", "PRelu"}
+# Activations the QNN converter folds into the op before them when they are its only reader, so
+# the op's output is the activation's: Relu and ReluMinMax (ONNX Clip), QNN SDK 2.12
+# qnn_translations.py `squash_relu`; it folds no HardSwish or Sigmoid.
+QNN_FUSED_ACTIVATIONS = {"Relu", "Clip"}
 
 
 def check_hailo(text: str) -> tuple[dict[str, dict[str, int]], list[str]]:
