@@ -8,20 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 
+from tests.helpers import npz_folder
 from tests.models import conv_bn_model
-
-
-def npz_folder(folder: Path, count: int, shape: tuple[int, ...] = (1, 3, 8, 8)) -> Path:
-    """`count` random inputs named after the models' input `x`, seeded so runs repeat."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        np.savez(folder / f"{i:03d}.npz", x=rng.standard_normal(shape).astype(np.float32))
-    return folder
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Kept for existing imports: the analyze stage lives in `quantlens.pipeline.analyze`."""
 
+from quantlens.cli.analyze import render_table
 from quantlens.pipeline.analyze import (
     MODES,
     AnalyzeOptions,
@@ -8,7 +9,6 @@ from quantlens.pipeline.analyze import (
     assemble,
     modes_for,
     prepare_analysis,
-    render_table,
 )
 
 __all__ = [

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from quantlens.pipeline.quantize import QuantizeOptions, quantize_model
-from tests.test_cli import quantlens
+from tests.helpers import quantlens
 
 
 @pytest.mark.zoo

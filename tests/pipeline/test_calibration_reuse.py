@@ -19,8 +19,8 @@ from quantlens.pipeline.analyze import AnalyzeOptions, analyze_model
 from quantlens.pipeline.flows import search_model
 from quantlens.pipeline.quantize import QuantizeOptions, quantize_model
 from quantlens.pipeline.search import SearchOptions
-from tests.conftest import npz_folder
-from tests.test_analysis import outlier_model
+from tests.helpers import npz_folder
+from tests.models import outlier_model
 
 
 @pytest.fixture

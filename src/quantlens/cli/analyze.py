@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.table import Table
 
 from quantlens.cli.app import app
 from quantlens.cli.console import out, print_json, progress, records, say
@@ -26,6 +28,9 @@ from quantlens.cli.options import (
     run_dir,
     shapes,
 )
+
+if TYPE_CHECKING:
+    from quantlens.artifacts.analysis import AnalysisReport
 
 
 @app.command()
@@ -59,7 +64,7 @@ def analyze(
 ) -> None:
     """Per-layer quantization noise: accumulated, isolated and gradient modes, with diagnostics.
     Beside a quantize run in the same folder, its calibration is reused."""
-    from quantlens.pipeline.analyze import AnalyzeOptions, analyze_model, render_table
+    from quantlens.pipeline.analyze import AnalyzeOptions, analyze_model
     from quantlens.pipeline.session import resolve_model
 
     folder = run_dir(output, "analyze")
@@ -94,3 +99,47 @@ def analyze(
         f"{flagged} flagged, worst {worst[0].id if worst else '-'} (ranked by {report.ranked_by}); "
         f"{folder / 'analysis.json'}"
     )
+
+
+def _db(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "inf" if value == math.inf else f"{value:.1f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}x"
+
+
+def render_table(report: AnalysisReport, top: int = 15) -> Table:
+    """The worst layers (by the report's ranking) with their numbers and suggested action."""
+    table = Table(
+        title=f"worst layers by {report.ranked_by} SNR ({report.target}, {report.samples} samples)"
+    )
+    for column in ("#", "layer", "op", "acc dB", "iso dB", "w / a dB", "grad dB", "outlier"):
+        table.add_column(column, justify="left" if column in ("layer", "op") else "right")
+    table.add_column("w spread", justify="right")
+    table.add_column("suggestion")
+    for rank, la in enumerate(report.worst(top), start=1):
+        iso, d = la.isolated, la.diagnostics
+        split = f"{_db(iso.weight_snr_db)} / {_db(iso.activation_snr_db)}" if iso else "-"
+        outlier = max(
+            (v for v in (d.input_outlier_ratio, d.output_outlier_ratio) if v is not None),
+            default=None,
+        )
+        action = f"{la.suggestion.action}: {la.suggestion.reason}" if la.suggestion else ""
+        table.add_row(
+            str(rank),
+            la.id,
+            la.op_type + ("+" + "+".join(la.fused) if la.fused else ""),
+            _db(la.accumulated.snr_db if la.accumulated else None),
+            _db(iso.snr_db if iso else None),
+            split,
+            _db(la.gradient.snr_db if la.gradient else None),
+            _ratio(outlier),
+            _ratio(d.weight_channel_spread),
+            action,
+        )
+    if report.spearman_gradient_isolated is not None:
+        table.caption = f"Spearman(gradient, isolated) = {report.spearman_gradient_isolated:.2f}"
+    return table

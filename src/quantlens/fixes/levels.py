@@ -186,48 +186,86 @@ Fix = Callable[
 ]
 
 
+@dataclass(frozen=True)
+class FixStep:
+    """A fix after the plan: its recorded name, the `FixSettings` switch that turns it on, and
+    how to make it for a run (quantization points, time budget of the learned fixes)."""
+
+    name: str
+    setting: str
+    make: Callable[[QuantPoints, float | None], Fix]
+
+
+# In run order. A new fix is one module that calls `register_fix`.
+_FIXES: list[FixStep] = []
+
+
+def register_fix(step: FixStep) -> FixStep:
+    if step.setting not in {f.name for f in fields(FixSettings)}:
+        raise ValueError(f"fix {step.name!r}: no switch {step.setting!r} in FixSettings")
+    _FIXES.append(step)
+    return step
+
+
+def fix_names() -> list[str]:
+    return [step.name for step in _FIXES]
+
+
 def _steps(
     settings: FixSettings, points: QuantPoints, budget_s: float | None
 ) -> list[tuple[str, Fix]]:
-    # Imports inside: the heavier fixes load only when asked for.
-    steps: list[tuple[str, Fix]] = []
-    if settings.clip_search:
-        from quantlens.fixes.clip_search import clip_search, weight_clip_search
+    return [
+        (step.name, step.make(points, budget_s))
+        for step in _FIXES
+        if getattr(settings, step.setting)
+    ]
 
-        steps.append(("clip-search", lambda e, p, f, pr: clip_search(e, p, f, points, progress=pr)))
-        steps.append(("weight-clip", lambda e, p, f, pr: weight_clip_search(e, p)))
-    if settings.adaround:
-        from quantlens.fixes.adaround import AdaRoundOptions, adaround
 
-        steps.append(
-            (
-                "adaround",
-                lambda e, p, f, pr: adaround(
-                    e,
-                    p,
-                    [dict(x) for x in f],
-                    AdaRoundOptions(device=str(e.device), time_budget_s=budget_s),
-                    progress=pr,
-                ),
-            )
-        )
-    if settings.bias_correction:
-        from quantlens.fixes.bias_correction import bias_correction
+# Imports inside: the heavier fixes load only when asked for.
+def _clip_search(points: QuantPoints, budget_s: float | None) -> Fix:
+    from quantlens.fixes.clip_search import clip_search
 
-        steps.append(("bias-correction", lambda e, p, f, pr: bias_correction(e, p, f, progress=pr)))
-    if settings.finetune:
-        from quantlens.fixes.finetune import FinetuneOptions, finetune
+    return lambda e, p, f, pr: clip_search(e, p, f, points, progress=pr)
 
-        steps.append(
-            (
-                "finetune",
-                lambda e, p, f, pr: finetune(
-                    e,
-                    p,
-                    [dict(x) for x in f],
-                    FinetuneOptions(device=str(e.device), time_budget_s=budget_s),
-                    progress=pr,
-                ),
-            )
-        )
-    return steps
+
+def _weight_clip(points: QuantPoints, budget_s: float | None) -> Fix:
+    from quantlens.fixes.clip_search import weight_clip_search
+
+    return lambda e, p, f, pr: weight_clip_search(e, p)
+
+
+def _adaround(points: QuantPoints, budget_s: float | None) -> Fix:
+    from quantlens.fixes.adaround import AdaRoundOptions, adaround
+
+    return lambda e, p, f, pr: adaround(
+        e,
+        p,
+        [dict(x) for x in f],
+        AdaRoundOptions(device=str(e.device), time_budget_s=budget_s),
+        progress=pr,
+    )
+
+
+def _bias_correction(points: QuantPoints, budget_s: float | None) -> Fix:
+    from quantlens.fixes.bias_correction import bias_correction
+
+    return lambda e, p, f, pr: bias_correction(e, p, f, progress=pr)
+
+
+def _finetune(points: QuantPoints, budget_s: float | None) -> Fix:
+    from quantlens.fixes.finetune import FinetuneOptions, finetune
+
+    return lambda e, p, f, pr: finetune(
+        e,
+        p,
+        [dict(x) for x in f],
+        FinetuneOptions(device=str(e.device), time_budget_s=budget_s),
+        progress=pr,
+    )
+
+
+register_fix(FixStep("clip-search", "clip_search", _clip_search))
+register_fix(FixStep("weight-clip", "clip_search", _weight_clip))
+register_fix(FixStep("adaround", "adaround", _adaround))
+register_fix(FixStep("bias-correction", "bias_correction", _bias_correction))
+register_fix(FixStep("finetune", "finetune", _finetune))

@@ -2,7 +2,7 @@
 
 On a session (the calibration of a quantize run in the same folder is reused), it plans like
 `quantize`, then measures every layer in the modes asked for and writes `analysis.json` into
-the run folder. `render_table` turns the artifact into the terminal table the CLI prints.
+the run folder (the CLI renders it as a table).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from rich.table import Table
 
 from quantlens.analysis import (
     VARIANTS,
@@ -314,53 +313,6 @@ def _fusion_notes(layers: Sequence[LayerTensors]) -> list[str]:
         "before a ReLU clips exactly as the ReLU does, so a pre-activation SNR would measure "
         "the ReLU rather than quantization noise"
     ]
-
-
-# --- terminal table -----------------------------------------------------------------------------
-
-
-def _db(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return "inf" if value == math.inf else f"{value:.1f}"
-
-
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}x"
-
-
-def render_table(report: AnalysisReport, top: int = 15) -> Table:
-    """The worst layers (by the report's ranking) with their numbers and suggested action."""
-    table = Table(
-        title=f"worst layers by {report.ranked_by} SNR ({report.target}, {report.samples} samples)"
-    )
-    for column in ("#", "layer", "op", "acc dB", "iso dB", "w / a dB", "grad dB", "outlier"):
-        table.add_column(column, justify="left" if column in ("layer", "op") else "right")
-    table.add_column("w spread", justify="right")
-    table.add_column("suggestion")
-    for rank, la in enumerate(report.worst(top), start=1):
-        iso, d = la.isolated, la.diagnostics
-        split = f"{_db(iso.weight_snr_db)} / {_db(iso.activation_snr_db)}" if iso else "-"
-        outlier = max(
-            (v for v in (d.input_outlier_ratio, d.output_outlier_ratio) if v is not None),
-            default=None,
-        )
-        action = f"{la.suggestion.action}: {la.suggestion.reason}" if la.suggestion else ""
-        table.add_row(
-            str(rank),
-            la.id,
-            la.op_type + ("+" + "+".join(la.fused) if la.fused else ""),
-            _db(la.accumulated.snr_db if la.accumulated else None),
-            _db(iso.snr_db if iso else None),
-            split,
-            _db(la.gradient.snr_db if la.gradient else None),
-            _ratio(outlier),
-            _ratio(d.weight_channel_spread),
-            action,
-        )
-    if report.spearman_gradient_isolated is not None:
-        table.caption = f"Spearman(gradient, isolated) = {report.spearman_gradient_isolated:.2f}"
-    return table
 
 
 def _say(say: Say | None, message: str) -> None:

@@ -22,8 +22,8 @@ from quantlens.report.graph import GraphArtifact, GraphNode
 from quantlens.report.provenance import CommandLog, record_command
 from quantlens.report.render import render_report, script_json
 from quantlens.search.artifact import GroupInfo, SearchGoal, SearchPoint, SearchReport
+from tests.helpers import quantlens
 from tests.models import conv_bn_model
-from tests.test_cli import quantlens
 
 # Model-derived strings that would run script if they reached the page unescaped.
 PAYLOAD = (

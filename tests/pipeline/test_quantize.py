@@ -14,16 +14,13 @@ from quantlens.data import zoo
 from quantlens.data.render import write_samples
 from quantlens.quantize import QuantizeOptions, quantize_model
 from quantlens.schemes.assignment import Assignment
+from tests.helpers import npz_folder, quantlens
+from tests.helpers import one_error_line as _one_error_line
 from tests.models import conv_bn_model
-from tests.test_cli import _one_error_line, quantlens
 
 
 def _npz_folder(folder: Path, count: int, shape: tuple[int, ...] = (1, 3, 8, 8)) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        np.savez(folder / f"{i:03d}.npz", x=rng.standard_normal(shape).astype(np.float32))
-    return folder
+    return npz_folder(folder, count, shape)
 
 
 @pytest.fixture

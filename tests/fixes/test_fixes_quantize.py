@@ -11,7 +11,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from quantlens.api import prepare
@@ -35,48 +34,10 @@ from quantlens.quantize import QuantizeOptions, quantize_model
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.profiles import get_profile
 from quantlens.schemes.qparams import QuantPlan
+from tests.models import unbalanced_model
 
 F32 = np.float32
 Feeds = list[dict[str, np.ndarray]]
-
-
-def unbalanced_model(seed: int = 0) -> onnx.ModelProto:
-    """conv1 (a few output channels 50-100x wider) -> ReLU -> conv2 -> ReLU -> conv3 -> pool
-    -> Gemm; no BatchNorm anywhere, the input normalised by Sub/Div."""
-    rng = np.random.default_rng(seed)
-    w1 = rng.standard_normal((16, 3, 3, 3)).astype(F32) * 0.2
-    w1[[0, 5, 11]] *= np.array([60.0, 100.0, 50.0], F32)[:, None, None, None]
-    w2 = rng.standard_normal((16, 16, 3, 3)).astype(F32) * 0.1
-    w2[:, [0, 5, 11]] /= 60.0  # conv2 reads the wide channels with small weights
-    inits = {
-        "mean": np.array([0.5, 0.4, 0.3], F32).reshape(1, 3, 1, 1),
-        "std": np.array([0.25, 0.25, 0.3], F32).reshape(1, 3, 1, 1),
-        "w1": w1,
-        "b1": rng.standard_normal(16).astype(F32) * 0.1,
-        "w2": w2,
-        "w3": rng.standard_normal((8, 16, 3, 3)).astype(F32) * 0.1,
-        "wf": rng.standard_normal((8, 4)).astype(F32),
-    }
-    nodes = [
-        helper.make_node("Sub", ["x", "mean"], ["xs"], name="sub"),
-        helper.make_node("Div", ["xs", "std"], ["xn"], name="div"),
-        helper.make_node("Conv", ["xn", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
-        helper.make_node("Conv", ["r2", "w3"], ["c3"], name="conv3", pads=[1, 1, 1, 1]),
-        helper.make_node("GlobalAveragePool", ["c3"], ["p"], name="pool"),
-        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
-        helper.make_node("Gemm", ["f", "wf"], ["y"], name="fc"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "unbalanced",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-        [numpy_helper.from_array(v, k) for k, v in inits.items()],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def _feeds(count: int, seed: int = 0) -> Feeds:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from quantlens.data.doctor import MIN_SAMPLES, check_activations, diagnose
 from quantlens.data.render import write_samples
-from tests.test_cli import quantlens
+from tests.helpers import quantlens
 
 
 def _codes(calib: Path, data: Path | None = None) -> set[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from quantlens.emulate import supported_ops
-from tests.onnx_node_cases import all_cases, claimed_ops, run_case, skip_reason
+from tests.emulate.onnx_node_cases import all_cases, claimed_ops, run_case, skip_reason
 
 
 def _runnable() -> list[object]:

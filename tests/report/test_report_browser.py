@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from quantlens.report.render import render_report
-from tests.browser import Browser, find_chromium
-from tests.test_report import build_crafted_run
+from tests.report.browser import Browser, find_chromium
+from tests.report.test_report import build_crafted_run
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(

@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from quantlens.analysis.metrics import OutputNoise
 from quantlens.data.preprocess import InputSpec
@@ -25,56 +24,15 @@ from quantlens.search.sensitivity import UnitNoise
 from quantlens.search.strategies import NoiseModel, greedy_chain, milp_front, tpu_mlir_chain
 from quantlens.search.units import Unit
 from quantlens.search_run import SearchOptions, explain, prepare_search, search_model
-from tests.test_analysis import _npz_folder, outlier_model
+from tests.analysis.test_analysis import _npz_folder
+from tests.models import branchy_model, outlier_model
 
 F32 = np.float32
-
-
-def _conv(name: str, src: str, dst: str, cin: int, cout: int, rng: np.random.Generator) -> list:
-    w = (rng.standard_normal((cout, cin, 1, 1)) * 0.5).astype(F32)
-    init = numpy_helper.from_array(w, f"{name}_w")
-    return [init, helper.make_node("Conv", [src, f"{name}_w"], [dst], name=name)]
 
 
 # x -> conv_a+relu -+
 # x -> conv_b -------+ concat -> conv_c -> split -+ s1 -> conv_d -+
 #                                                 + s2 -----------+ add -> conv_e -> y
-def branchy_model() -> onnx.ModelProto:
-    rng = np.random.default_rng(0)
-    parts = [
-        *_conv("conv_a", "x", "a0", 3, 4, rng),
-        *_conv("conv_b", "x", "b", 3, 4, rng),
-        *_conv("conv_c", "c", "t3", 8, 8, rng),
-        *_conv("conv_d", "s1", "d", 4, 4, rng),
-        *_conv("conv_e", "e", "y", 4, 2, rng),
-    ]
-    inits = [p for p in parts if isinstance(p, onnx.TensorProto)]
-    convs = {n.name: n for n in parts if isinstance(n, onnx.NodeProto)}
-    split = numpy_helper.from_array(np.array([4, 4], np.int64), "split_sizes")
-    nodes = [
-        convs["conv_a"],
-        helper.make_node("Relu", ["a0"], ["a"], name="relu_a"),
-        convs["conv_b"],
-        helper.make_node("Concat", ["a", "b"], ["c"], name="concat", axis=1),
-        convs["conv_c"],
-        helper.make_node("Split", ["t3", "split_sizes"], ["s1", "s2"], name="split", axis=1),
-        convs["conv_d"],
-        helper.make_node("Add", ["d", "s2"], ["e"], name="add"),
-        convs["conv_e"],
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "branchy",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
-        initializer=[*inits, split],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
-
-
 @pytest.fixture(scope="module")
 def branchy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("search") / "branchy.onnx"

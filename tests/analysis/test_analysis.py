@@ -10,72 +10,23 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 
 from quantlens.analysis import ErrorSums, OutputNoise, batches, spearman
 from quantlens.analysis.metrics import HistogramPair, pooled_outputs, rankdata
-from quantlens.analyze import AnalyzeOptions, analyze_model, render_table
+from quantlens.analyze import AnalyzeOptions, analyze_model
+from quantlens.cli.analyze import render_table
 from quantlens.errors import UserError
 from quantlens.quantize import QuantizeOptions, quantize_model
 from quantlens.schemes.assignment import Assignment
+from tests.helpers import npz_folder
+from tests.models import outlier_model
 
 OUTLIER_LAYER = "conv3"
 
 
-def outlier_model(seed: int = 0) -> onnx.ModelProto:
-    """Four Conv+ReLU layers and a Gemm head. conv2's channel 0 carries a bias of +60, so the
-    tensor conv3 reads has a range ~40x wider than its other channels need; conv3 barely uses
-    that channel, so the outlier costs resolution without carrying signal."""
-    rng = np.random.default_rng(seed)
-    f32 = np.float32
-    chans = [3, 8, 8, 8, 8]
-    inits, nodes, tensor = [], [], "x"
-    for i in range(4):
-        w = rng.standard_normal((chans[i + 1], chans[i], 3, 3)).astype(f32)
-        w *= f32(1.2 / np.sqrt(chans[i] * 9))
-        b = (rng.standard_normal(chans[i + 1]) * 0.1 + 0.3).astype(f32)
-        if i == 1:
-            b[0] = 60.0
-        if i == 2:
-            w[:, 0] *= f32(0.001)
-        inits += [numpy_helper.from_array(w, f"w{i + 1}"), numpy_helper.from_array(b, f"b{i + 1}")]
-        nodes += [
-            helper.make_node(
-                "Conv",
-                [tensor, f"w{i + 1}", f"b{i + 1}"],
-                [f"c{i + 1}"],
-                name=f"conv{i + 1}",
-                pads=[1, 1, 1, 1],
-            ),
-            helper.make_node("Relu", [f"c{i + 1}"], [f"r{i + 1}"], name=f"relu{i + 1}"),
-        ]
-        tensor = f"r{i + 1}"
-    wg = (rng.standard_normal((10, 8 * 8 * 8)) * 0.05).astype(f32)
-    inits += [numpy_helper.from_array(wg, "wg"), numpy_helper.from_array(np.zeros(10, f32), "bg")]
-    nodes += [
-        helper.make_node("Flatten", [tensor], ["flat"], name="flatten"),
-        helper.make_node("Gemm", ["flat", "wg", "bg"], ["y"], name="head", transB=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "outlier",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
-
-
 def _npz_folder(folder: Path, count: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(1)
-    for i in range(count):
-        np.savez(folder / f"{i:03d}.npz", x=rng.standard_normal((1, 3, 8, 8)).astype(np.float32))
-    return folder
+    return npz_folder(folder, count, seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import torch
 from onnx import numpy_helper
 
 from quantlens.emulate import Executor, find_kernel
-from tests import (
+from tests.emulate import (
     node_exclusions_elementwise,
     node_exclusions_nn,
     node_exclusions_reduce,

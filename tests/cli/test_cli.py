@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import onnx
 import pytest
 
+from tests.helpers import one_error_line as _one_error_line
+from tests.helpers import quantlens
 from tests.models import conv_bn_model, single_op_model
-
-
-def quantlens(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "quantlens", *args], capture_output=True, text=True, timeout=300
-    )
-
-
-def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 1, result.stderr
-    # Status lines (progress) may precede it; the problem itself is one `error:` line.
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    return errors[0]
 
 
 @pytest.fixture

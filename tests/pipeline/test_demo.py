@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import quantlens
+from tests.helpers import quantlens
 
 
 @pytest.mark.zoo

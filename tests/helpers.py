@@ -1,0 +1,36 @@
+"""Helpers the tests share: calibration folders on disk and the `quantlens` command in a
+subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def npz_folder(
+    folder: Path, count: int, shape: tuple[int, ...] = (1, 3, 8, 8), seed: int = 0
+) -> Path:
+    """`count` random inputs named after the models' input `x`, seeded so runs repeat."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        np.savez(folder / f"{i:03d}.npz", x=rng.standard_normal(shape).astype(np.float32))
+    return folder
+
+
+def quantlens(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "quantlens", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, result.stderr
+    # Status lines (progress) may precede it; the problem itself is one `error:` line.
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return errors[0]
