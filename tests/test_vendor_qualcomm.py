@@ -13,7 +13,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantlens.errors import UserError
 from quantlens.export.vendors import ModelIndex, get_format
-from quantlens.export.vendors.qualcomm_rules import HTP_SUPERGROUPS, MATMUL_ADD_SOURCE, find_fusions
+from quantlens.export.vendors.qualcomm_rules import (
+    HTP_SUPERGROUPS,
+    MATMUL_ADD_SOURCE,
+    TIE_BACKWARD,
+    TIE_FORWARD,
+    TIE_SOURCE,
+    find_fusions,
+)
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.formats import IntFormat
 from quantlens.schemes.qparams import QuantPlan, TensorQuant
@@ -273,6 +280,40 @@ def test_a_decomposed_layernorm_is_one_op() -> None:
     names = ("mean", "sub", "pow", "var", "add_eps", "sqrt", "div", "mul", "add")
     assert fusions.groups == [names]
     assert set(fusions.fused_away.values()) == {"y"} and len(fusions.fused_away) == 8
+
+
+def _concat_model() -> onnx.ModelProto:
+    """Two convolutions into a Concat (the second also read by a Sigmoid), then a Resize;
+    a third convolution through MaxPool into the Concat."""
+    f32 = np.float32
+    inits = [numpy_helper.from_array(np.ones((2, 2, 1, 1), f32), f"w{i}") for i in range(3)]
+    inits.append(numpy_helper.from_array(np.array([1, 1, 2, 2], f32), "scales"))
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["a"], name="conv_a"),
+        helper.make_node("Conv", ["x", "w1"], ["b"], name="conv_b"),
+        helper.make_node("Conv", ["x", "w2"], ["c"], name="conv_c"),
+        helper.make_node("MaxPool", ["c"], ["p"], name="pool", kernel_shape=[1, 1]),
+        helper.make_node("Sigmoid", ["b"], ["s"], name="sigmoid"),
+        helper.make_node("Concat", ["a", "b", "p"], ["cat"], name="concat", axis=1),
+        helper.make_node("Resize", ["cat", "", "scales"], ["up"], name="resize"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "concat",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("up", "s")],
+        initializer=inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_htp_ties_concat_inputs_and_resize_outputs() -> None:
+    """A Concat's inputs read by nothing else take its output's encoding (through MaxPool,
+    whose output HTP does not quantize); a Resize output takes its input's."""
+    fusions = find_fusions(*_index(_concat_model()))
+    assert fusions.passthrough == {"p": "c"}
+    assert fusions.tied == {"a": "cat", "c": "cat", "up": "cat"}
+    assert "Concat" in TIE_BACKWARD and "Resize" in TIE_FORWARD and "aimet_onnx" in TIE_SOURCE
 
 
 def test_a_float_member_floats_its_fused_op(tmp_path: Path) -> None:

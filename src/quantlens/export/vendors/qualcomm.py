@@ -143,6 +143,7 @@ def qualcomm_encodings(ctx: ExportContext, out: Rendered) -> tuple[Encodings, En
     for group in fusions.groups:
         _float_group(ctx, group, acts, params, out)
     lost = _drop_unheld(fusions, acts)
+    lost += _tie(fusions, acts, out)
     _report_unheld(ctx, fusions, lost, out)
     return acts, params
 
@@ -184,6 +185,33 @@ def _drop_unheld(fusions: Fusions, acts: Encodings) -> list[str]:
     return lost
 
 
+def _tie(fusions: Fusions, acts: Encodings, out: Rendered) -> list[str]:
+    """Give tensors HTP holds in one quantizer the encoding it holds (`qualcomm_rules.TIE_*`);
+    return those whose precision changes."""
+    changed, lost = [], []
+    for tensor, owner in fusions.tied.items():
+        enc, kept = acts.get(tensor), acts.get(owner)
+        if enc is None or kept is None or enc == kept:
+            continue
+        if _precision(enc) != _precision(kept):
+            lost.append(f"{tensor} ({_precision(enc)}; shares {owner}'s {_precision(kept)})")
+        changed.append(tensor)
+        acts[tensor] = kept
+    if changed:
+        shown = _listed(changed)
+        out.warnings.append(
+            f"{len(changed)} tensors share one encoding with a neighbour on HTP (a Concat's inputs "
+            f"take its output's; a Relu, AveragePool or Resize output its input's), so they are "
+            f"written with that encoding, not the plan's: {shown}"
+        )
+    return lost
+
+
+def _listed(names: list[str], first: int = 6) -> str:
+    more = f" and {len(names) - first} more" if len(names) > first else ""
+    return ", ".join(names[:first]) + more
+
+
 def _precision(enc: Encoding) -> str:
     return f"{'fp' if enc.is_float else 'int'}{enc.bits}"
 
@@ -192,7 +220,7 @@ def _report_unheld(ctx: ExportContext, fusions: Fusions, lost: list[str], out: R
     planned = set(ctx.plan.activations)
     gone = sorted(planned & {*fusions.fused_away, *fusions.passthrough})
     if gone:
-        shown = ", ".join(gone[:6]) + (f" and {len(gone) - 6} more" if len(gone) > 6 else "")
+        shown = _listed(gone)
         out.warnings.append(
             f"{len(gone)} planned tensors are not in Qualcomm's quantized graph (fused into "
             f"the next op or passed through a data-movement op), so not written: {shown}"

@@ -90,6 +90,62 @@ UNQUANTIZED_OUTPUT_OPS = frozenset(
 UNQUANTIZED_OUTPUT_SOURCE = "aimet-onnx 2.42.0 aimet_onnx/quantsim.py op_outputs_to_ignore"
 
 
+# Tensors HTP holds in one encoding (aimet_onnx/quantsim.py op_types_to_tie_qtzrs and
+# _tie_quantizers_for_op_types): a Concat's inputs take its output's encoding (followed back
+# through nested Concats and grid-preserving producers; an input read by anything else keeps
+# its own); a Relu, AveragePool or Resize output takes its input's.
+TIE_BACKWARD = frozenset({"Concat", "Scatter", "ScatterElements", "ScatterND"})
+TIE_FORWARD = frozenset({"Relu", "AveragePool", "Resize", "Upsample"})
+TIE_SOURCE = (
+    "aimet-onnx 2.42.0 aimet_onnx/quantsim.py _propagate_output_encodings (Concat, Scatter*: "
+    "_is_grid_equivariant_op) and _propagate_input_encodings (Relu, AveragePool; Resize, "
+    "Upsample: _is_htp_interpolation_op, 'HTP reuses the same quantization encoding')"
+)
+# Ops whose output is on their input's grid (aimet_onnx/common/onnx/_utils.py
+# _is_grid_preserving_op): a tie is followed back through them.
+GRID_PRESERVING = frozenset(
+    {
+        "Col2Im",
+        "Compress",
+        "DepthToSpace",
+        "Dropout",
+        "Expand",
+        "Flatten",
+        "Gather",
+        "GatherElements",
+        "GatherND",
+        "Identity",
+        "MaxPool",
+        "MaxRoiPool",
+        "NonZero",
+        "Pad",
+        "ReduceMax",
+        "ReduceMin",
+        "Reshape",
+        "Slice",
+        "SpaceToDepth",
+        "Split",
+        "Squeeze",
+        "Tile",
+        "Transpose",
+        "Unsqueeze",
+    }
+)
+# AIMET leaves a grid-preserving op's output unquantized unless the config names the op
+# (aimet_onnx/quantsim_config/quantsim_config.py _set_op_type_configs).
+PASSTHROUGH_OPS = UNQUANTIZED_OUTPUT_OPS | GRID_PRESERVING
+# Ops whose output range HTP fixes (htp_quantsim_config 'encoding_constraints'): a Concat
+# ties such an input only when every input carries the same constraint.
+CONSTRAINED_OUTPUTS = {
+    "Relu": "min0",
+    "Sigmoid": "unit",
+    "Softmax": "unit",
+    "Tanh": "sym",
+    "Sin": "sym",
+    "Cos": "sym",
+}
+
+
 @dataclass
 class Fusions:
     """Where the rules match one model: fused groups (node names, producer first)."""
@@ -99,6 +155,8 @@ class Fusions:
     fused_away: dict[str, str] = field(default_factory=dict)
     # Outputs of data-movement ops: tensor -> the input whose grid they keep.
     passthrough: dict[str, str] = field(default_factory=dict)
+    # Tensor -> the tensor whose encoding HTP gives it (one quantizer for both).
+    tied: dict[str, str] = field(default_factory=dict)
 
     def group_of(self, node: str) -> tuple[str, ...] | None:
         return next((g for g in self.groups if node in g), None)
@@ -132,9 +190,10 @@ def find_fusions(index: ModelIndex, model: ir.Model) -> Fusions:
                 _add_group(fusions, taken, chain)
                 break
     for node in index.nodes:
-        if node.op_type in UNQUANTIZED_OUTPUT_OPS and node.inputs and node.inputs[0]:
+        if node.op_type in PASSTHROUGH_OPS and node.inputs and node.inputs[0]:
             fusions.passthrough.update(dict.fromkeys(node.outputs, node.inputs[0]))
     fusions.fused_away = _fused_away(fusions.groups, index)
+    fusions.tied = _ties(graph, fusions)
     return fusions
 
 
@@ -241,6 +300,87 @@ def _chain(
     return None if taken.intersection(names) else names
 
 
+def _ties(graph: _Graph, fusions: Fusions) -> dict[str, str]:
+    owner: dict[str, str] = {}
+    producers = graph.index.producers()
+    visited: set[str] = set()
+    for node in reversed(graph.index.nodes):
+        if node.op_type in TIE_BACKWARD and _quantized(node.outputs[0], fusions):
+            _tie_back(node, graph, fusions, producers, owner, visited)
+    for node in graph.index.nodes:
+        if node.op_type in TIE_FORWARD and node.inputs:
+            _tie_forward(node, graph, fusions, owner)
+    return {tensor: _root(owner, tensor) for tensor in owner}
+
+
+def _root(owner: Mapping[str, str], tensor: str) -> str:
+    seen = {tensor}
+    while tensor in owner and owner[tensor] not in seen:
+        tensor = owner[tensor]
+        seen.add(tensor)
+    return tensor
+
+
+def _quantized(tensor: str, fusions: Fusions) -> bool:
+    return tensor not in fusions.fused_away and tensor not in fusions.passthrough
+
+
+def _effective(tensor: str, fusions: Fusions) -> tuple[str, list[str]]:
+    """The tensor whose quantizer holds `tensor`'s grid, and the tensors passed on the way."""
+    path = [tensor]
+    while tensor in fusions.passthrough:
+        tensor = fusions.passthrough[tensor]
+        path.append(tensor)
+    return tensor, path
+
+
+def _tie_back(
+    concat: NodeInfo,
+    graph: _Graph,
+    fusions: Fusions,
+    producers: Mapping[str, NodeInfo],
+    owner: dict[str, str],
+    visited: set[str],
+) -> None:
+    out = concat.outputs[0]
+    sources: dict[str, str | None] = {}
+    stack = [concat]
+    while stack:
+        node = stack.pop()
+        if node.name in visited:
+            continue
+        visited.add(node.name)
+        for name in (i for i in node.inputs if i and i not in graph.constant_shapes):
+            source, path = _effective(name, fusions)
+            readers = {c.name for t in path for c in graph.consumers.get(t, ())}
+            readers -= {producers[t].name for t in path[:-1] if t in producers}
+            if len(readers) > 1 or not _quantized(source, fusions):
+                continue
+            made_by = producers.get(source)
+            sources[source] = CONSTRAINED_OUTPUTS.get(made_by.op_type) if made_by else None
+            before = producers.get(name)
+            if before and (before.op_type in TIE_BACKWARD or before.op_type in GRID_PRESERVING):
+                stack.append(before)
+    if len(set(sources.values())) > 1:  # conflicting fixed ranges: tie the free ones only
+        sources = {k: v for k, v in sources.items() if v is None}
+    owner.update({source: out for source in sources if source != out})
+
+
+def _tie_forward(node: NodeInfo, graph: _Graph, fusions: Fusions, owner: dict[str, str]) -> None:
+    source, path = _effective(node.inputs[0], fusions)
+    out = node.outputs[0]
+    if not _quantized(source, fusions) or not _quantized(out, fusions):
+        return
+    # A Relu's fixed [0, ...) range conflicts with a free input: HTP then ties only when
+    # nothing else reads the input on the way (aimet_onnx/quantsim.py, the Conv -> Relu / Add
+    # example in _propagate_input_encodings).
+    if node.op_type == "Relu":
+        shared = any(len(graph.consumers.get(t, ())) != 1 for t in path)
+        if shared:
+            return
+    owner[out] = source
+
+
 def _add_group(fusions: Fusions, taken: set[str], names: tuple[str, ...]) -> None:
     fusions.groups.append(names)
     taken.update(names)
@@ -275,7 +415,7 @@ def fused_by_type(index: ModelIndex) -> tuple[dict[str, str], dict[str, str]]:
             fused[node.outputs[0]] = fused.get(after, after)
     moved = dict(fused)
     for node in index.nodes:
-        if node.op_type in UNQUANTIZED_OUTPUT_OPS and node.inputs and node.inputs[0]:
+        if node.op_type in PASSTHROUGH_OPS and node.inputs and node.inputs[0]:
             source = node.inputs[0]
             moved.update(dict.fromkeys(node.outputs, moved.get(source, source)))
     return fused, moved
