@@ -40,6 +40,14 @@ QNN_USAGE = (
     "--quantization_overrides FILE, then snpe-dlc-quant --override_params)"
 )
 
+# Checked with AIMET-ONNX 2.42.0 (benchmarks/_vendor_aimet.py): the sim's defaults are int8, so
+# a file with other bit widths loads non-strictly (its settings win) and every entry is held.
+AIMET_USAGE = (
+    QNN_USAGE.replace("FILE ", "FILE.encodings ", 1)
+    + "; in AIMET-ONNX: load_encodings_to_sim(QuantizationSimModel(onnx.load('FILE.float.onnx'),"
+    " config_file='htp_v73'), 'FILE.encodings', strict=False)"
+)
+
 
 def _qnn_entries(enc: Encoding) -> list[dict[str, Any]]:
     if enc.is_float:
@@ -110,7 +118,7 @@ class AimetFormat:
     default_target: str = "qnn-htp"
 
     def export(self, ctx: ExportContext) -> Rendered:
-        out = Rendered(texts={}, entries=0, usage=QNN_USAGE.replace("FILE ", "FILE.encodings "))
+        out = Rendered(texts={}, entries=0, usage=AIMET_USAGE)
         acts, params = qualcomm_encodings(ctx, out)
         attach_float_model(ctx, out)
         payload = {
