@@ -253,8 +253,10 @@ def check_thresholds(
 def _threshold_verdict(op: Op, threshold: float) -> str:
     assert op.scale is not None
     if op.element in FLOAT_TYPES.values():
-        # A float op carries the threshold itself (the graph input before its INT8 cast).
-        return "signed" if np.isclose(op.scale, threshold, rtol=SCALE_RTOL) else "float"
+        # The graph input is a float op carrying the threshold that its INT8 cast uses; any
+        # other float op is one TPU-MLIR keeps float in an INT8 deploy (LayerNorm, Softmax).
+        matches = np.isclose(op.scale, threshold, rtol=SCALE_RTOL)
+        return "signed" if op.kind == "top.Input" and matches else "float"
     if op.element == "i8" and np.isclose(op.scale, threshold / 127, rtol=SCALE_RTOL):
         return "signed"
     if op.element == "u8" and np.isclose(op.scale, threshold / 255, rtol=SCALE_RTOL):
