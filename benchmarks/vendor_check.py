@@ -303,9 +303,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     refused = [r for r in rows if r.get("accepted") is False]
-    print(
-        f"{len(rows)} checks, {len(refused)} refused"
-    )
+    print(f"{len(rows)} checks, {len(refused)} refused")
 
 
 if __name__ == "__main__":
