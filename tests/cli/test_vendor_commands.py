@@ -33,3 +33,22 @@ def test_export_into_a_folder_gets_the_usual_name(
     result = quantlens("export", str(run), "--format", "hailo", "-o", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "model.alls").is_file()
+
+
+def test_export_strict_fails_where_the_vendor_graph_cannot_hold_the_plan(
+    conv_bn: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, calib = conv_bn
+    assignment = tmp_path / "assignment.json"
+    # conv1 fuses with relu1 into one TPU-MLIR op, which runs F32: conv1's INT8 is not held.
+    layers = {"conv1": "a8_w8", "relu1": "fp32"}
+    assignment.write_text(json.dumps({"default": "fp16", "layers": layers}))
+    run = tmp_path / "run"
+    options = QuantizeOptions(calib=calib, target="bm1684x", run_dir=run, assignment=assignment)
+    quantize_model(model, options)
+    lenient = quantlens("export", str(run), "--format", "tpu-mlir")
+    assert lenient.returncode == 0, lenient.stderr
+    assert "warning" in lenient.stdout and "conv1" in lenient.stdout
+    strict = quantlens("export", str(run), "--format", "tpu-mlir", "--strict")
+    assert strict.returncode == 1
+    assert "error:" in strict.stderr and "conv1" in strict.stderr

@@ -31,12 +31,22 @@ def export_cmd(
         Path | None,
         typer.Option(help="The quantized ONNX model (default: the one the run folder saved)."),
     ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Fail, instead of warning, on a plan entry the vendor's graph cannot hold "
+            "(a name its fusions remove, a precision a fused op cannot take).",
+        ),
+    ] = False,
 ) -> None:
     """Write the run's assignment and ranges in a vendor's own format."""
     from quantlens.pipeline.export import default_output, export_vendor
 
     target = None if output is None else output_file(output, default_output(fmt).name)
-    result = export_vendor(run_dir, fmt, output=target, name_map=name_map, model=model)
+    result = export_vendor(
+        run_dir, fmt, output=target, name_map=name_map, model=model, strict=strict
+    )
     for item in result.dropped:
         out.print(f"[yellow]dropped[/yellow] {item.layer} ({item.mode}): {item.reason}")
     for warning in result.warnings:

@@ -49,12 +49,25 @@ def export_vendor(
     output: Path | None = None,
     name_map: Path | None = None,
     model: Path | None = None,
+    strict: bool = False,
 ) -> ExportResult:
-    """Write the run's plan as `fmt` files (next to `output`, default run_dir/model.<suffix>)."""
+    """Write the run's plan as `fmt` files (next to `output`, default run_dir/model.<suffix>).
+
+    With `strict`, a plan entry the vendor's graph cannot hold (a name its fusions remove, a
+    precision a fused op cannot take) is an error instead of a warning.
+    """
     vendor = get_format(fmt)
     ctx = load_run(run_dir, model)
+    ctx.strict = strict
     ctx.name_map = load_name_map(name_map) if name_map is not None else None
     rendered = vendor.export(ctx)
+    if strict and rendered.dropped:
+        item = rendered.dropped[0]
+        raise UserError(
+            f"{fmt} cannot hold {len(rendered.dropped)} plan entries, first {item.layer} "
+            f"({item.mode}): {item.reason}",
+            "change the assignment, or drop --strict to export the rest with a warning",
+        )
     if fmt not in get_profile(ctx.run_target).export_formats:
         rendered.warnings.append(
             f"the run was quantized for {ctx.run_target}; the {fmt} files carry that plan "
