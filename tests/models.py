@@ -214,3 +214,37 @@ def unbalanced_model(seed: int = 0) -> onnx.ModelProto:
         [numpy_helper.from_array(v, k) for k, v in inits.items()],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def dynamic_width_model(seed: int = 0, classes: int = 5) -> onnx.ModelProto:
+    """A tiny line recognizer: x [N, 3, 8, W] (W dynamic) -> conv, ReLU, conv, ReLU -> mean over
+    the height -> [N, W, 8] -> MatMul + bias -> softmax: y [N, W, classes], one step per column."""
+    rng = np.random.default_rng(seed)
+    inits = {
+        "w1": rng.standard_normal((8, 3, 3, 3)).astype(F32) * 0.3,
+        "b1": rng.standard_normal(8).astype(F32) * 0.1,
+        "w2": rng.standard_normal((8, 8, 3, 3)).astype(F32) * 0.2,
+        "wm": rng.standard_normal((8, classes)).astype(F32),
+        "bm": rng.standard_normal(classes).astype(F32) * 0.1,
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("ReduceMean", ["r2"], ["m"], name="mean_h", axes=[2], keepdims=0),
+        helper.make_node("Transpose", ["m"], ["t"], name="to_steps", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["t", "wm"], ["mm"], name="classifier"),
+        helper.make_node("Add", ["mm", "bm"], ["logits"], name="bias"),
+        helper.make_node("Softmax", ["logits"], ["y"], name="softmax", axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "dynamic_width",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "W", classes])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model

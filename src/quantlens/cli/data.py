@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from quantlens.cli.app import app, data_app, zoo_app
-from quantlens.cli.console import out, print_json, records, say
+from quantlens.cli.console import out, print_json, records, say, styled
 from quantlens.cli.options import JsonOpt, OutputOpt, output_file
 from quantlens.data import zoo
 from quantlens.errors import UserError
@@ -75,12 +75,12 @@ def doctor(
         print_json(report.to_json())
         return
     for w in report.warnings:
-        out.print(f"[yellow]warning[/yellow] {w.code}: {w.message}")
-        out.print(f"  why: {w.why}\n  fix: {w.fix}", markup=False)
+        out.print(styled(("warning", "yellow"), f" {w.code}: {w.message}"))
+        out.print(f"  why: {w.why}\n  fix: {w.fix}")
         for item in w.files:
-            out.print(f"    {item}", markup=False)
+            out.print(f"    {item}")
     out.print(
-        f"{report.samples} calibration images, checks: {', '.join(report.checks)}; "
+        f"{report.samples} calibration samples, checks: {', '.join(report.checks)}; "
         f"{len(report.warnings)} warning(s)"
     )
 

@@ -60,13 +60,13 @@ def _neighbour_correlation(grey: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def check_count(facts: Sequence[ImageFacts]) -> list[Warning_]:
-    if len(facts) >= MIN_SAMPLES:
+def check_count(count: int) -> list[Warning_]:
+    if count >= MIN_SAMPLES:
         return []
     return [
         Warning_(
             code="too-few-samples",
-            message=f"only {len(facts)} calibration samples",
+            message=f"only {count} calibration samples",
             why="ranges from a few samples miss rare large activations, and percentile or entropy "
             "estimates of the tails are noisy",
             fix=f"use at least {MIN_SAMPLES} representative samples (Hailo recommends 1024 for its "
@@ -221,16 +221,18 @@ def check_activations(
 
 
 def diagnose(calib: Path, data: Path | None = None) -> DoctorReport:
-    facts = [image_facts(p) for p in _images(calib)]
+    """Every input file counts; the image checks see the images (.npy/.npz are taken as is)."""
+    files = list_input_files(calib)
+    facts = [image_facts(p) for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     checks = ["count", "duplicates", "degenerate"]
-    warnings = check_count(facts) + check_duplicates(facts) + check_degenerate(facts)
+    warnings = check_count(len(files)) + check_duplicates(facts) + check_degenerate(facts)
     if data is not None:
         checks.append("domain")
         warnings += check_domain(facts, [image_facts(p) for p in _images(data)])
     return DoctorReport(
         calib=str(calib),
         data=str(data) if data else None,
-        samples=len(facts),
+        samples=len(files),
         checks=checks,
         warnings=warnings,
     )

@@ -57,6 +57,11 @@ class InputSpec(BaseModel):
     Normalisation: x = (pixel * scale - mean) / std, per channel in the spec's colour order.
     `pad_space` says whether `pad_value` is a pixel value (padded before normalising) or a value
     of the normalised tensor (padded after).
+
+    Without `size` the spec knows no image pre-processing (a model outside the zoo whose input
+    height or width is dynamic, or that is not an image): `.npy`/`.npz` tensors are taken as
+    they are and images are refused with how to write a spec. `graph_inputs` holds every model
+    input's dims as the graph declares them (-1 dynamic); arrays are checked against them.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -66,7 +71,10 @@ class InputSpec(BaseModel):
     layout: Literal["NCHW", "NHWC"] = "NCHW"
     color: Literal["RGB", "BGR"] = "RGB"
     resize: ResizeMode = "stretch"
-    size: tuple[int, int] = Field(description="(height, width); min width for height-keep-ratio")
+    size: tuple[int, int] | None = Field(
+        default=None,
+        description="(height, width); min width for height-keep-ratio; None: tensors only",
+    )
     resize_short: int | None = None
     width_multiple: int = 1
     interpolation: Interpolation = "bilinear"
@@ -75,14 +83,41 @@ class InputSpec(BaseModel):
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     pad_value: float = 0.0
     pad_space: Literal["pixel", "normalized"] = "pixel"
+    graph_inputs: dict[str, list[int] | None] = Field(
+        default_factory=dict,
+        description="every model input's dims (-1 dynamic, None: rank unknown), from the graph",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> InputSpec:
-        if self.resize == "short-side-crop" and (self.resize_short or 0) < max(self.size):
+        size = self.size or (1, 1)
+        if self.resize == "short-side-crop" and (self.resize_short or 0) < max(size):
             raise ValueError("short-side-crop needs resize_short >= the crop size")
-        if min(self.size) <= 0 or self.width_multiple <= 0 or min(self.std) <= 0:
+        if min(size) <= 0 or self.width_multiple <= 0 or min(self.std) <= 0:
             raise ValueError("size, width_multiple and std must be positive")
         return self
+
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) images are resized to; a UserError when the spec has none."""
+        if self.size is None:
+            raise UserError(*no_image_spec(self))
+        return self.size
+
+
+_SPEC_KEYS = [k for k in InputSpec.model_fields if k not in ("shape", "graph_inputs")]
+SPEC_EXAMPLE = "size: [48, 320], resize: height-keep-ratio, color: BGR, mean: [0.5, 0.5, 0.5]"
+
+
+def no_image_spec(spec: InputSpec, what: str = "images") -> tuple[str, str]:
+    """(problem, fix) for image files given to a model with no known image pre-processing."""
+    dims = ",".join(str(d) if d >= 0 else "?" for d in spec.shape)
+    return (
+        f"{what} need a pre-processing spec: quantlens cannot tell how to turn an image into "
+        f"input {spec.input_name!r} [{dims}]",
+        "save the model's ready inputs as .npy/.npz (taken as they are), or write the "
+        f"pre-processing as YAML ({SPEC_EXAMPLE}; keys: {', '.join(_SPEC_KEYS)}) and pass "
+        "it with --spec FILE",
+    )
 
 
 def letterbox_geometry(width: int, height: int, size: tuple[int, int]) -> tuple[float, int, int]:
@@ -142,7 +177,7 @@ def preprocess_image(image: Image.Image, spec: InputSpec) -> np.ndarray:
 
 def _resize(image: Image.Image, spec: InputSpec) -> tuple[Image.Image, int]:
     """Resize as the spec says; returns the pixels and the width that holds real content."""
-    height, width = spec.size
+    height, width = spec.image_size()
     if spec.resize == "stretch":
         return _resize_to(image, width, height, spec.interpolation), width
     if spec.resize == "letterbox":
@@ -182,8 +217,8 @@ def _linear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def _letterbox(image: Image.Image, spec: InputSpec) -> Image.Image:
-    height, width = spec.size
-    scale, dx, dy = letterbox_geometry(image.width, image.height, spec.size)
+    height, width = spec.image_size()
+    scale, dx, dy = letterbox_geometry(image.width, image.height, spec.image_size())
     resized = _resize_to(
         image, int(image.width * scale), int(image.height * scale), spec.interpolation
     )
@@ -194,8 +229,8 @@ def _letterbox(image: Image.Image, spec: InputSpec) -> Image.Image:
 
 
 def _short_side_crop(image: Image.Image, spec: InputSpec) -> Image.Image:
-    height, width = spec.size
-    short = float(spec.resize_short or max(spec.size))
+    height, width = spec.image_size()
+    short = float(spec.resize_short or max(height, width))
     ratio = short / min(image.width, image.height)
     new_w, new_h = round(image.width * ratio), round(image.height * ratio)
     resized = _resize_to(image, new_w, new_h, spec.interpolation)
@@ -204,7 +239,7 @@ def _short_side_crop(image: Image.Image, spec: InputSpec) -> Image.Image:
 
 
 def _pad_right(array: np.ndarray, valid_width: int, spec: InputSpec) -> np.ndarray:
-    min_width = spec.size[1]
+    min_width = spec.image_size()[1]
     width = max(min_width, valid_width)
     width = math.ceil(width / spec.width_multiple) * spec.width_multiple
     fill = spec.pad_value
@@ -313,22 +348,31 @@ def _supported(path: Path) -> bool:
 
 
 def load_feed(path: Path, spec: InputSpec) -> dict[str, np.ndarray]:
-    """One file as a model feed."""
+    """One file as a model feed: an image through the spec, arrays as they are (checked)."""
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES:
+        if spec.size is None:
+            problem, fix = no_image_spec(spec, f"image {path.name}: images")
+            raise UserError(problem, fix)
         return {spec.input_name: load_image(path, spec)}
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read array file {path}: {exc}", "re-save it with numpy") from exc
     if suffix == ".npy":
-        return {spec.input_name: _as_batch(np.asarray(loaded), spec.shape, path)}
+        return {
+            spec.input_name: _as_batch(np.asarray(loaded), _shape_for(spec.input_name, spec), path)
+        }
     with loaded:
-        return {key: _as_batch(loaded[key], _shape_for(key, spec), path) for key in loaded.files}
+        keys = [k for k in loaded.files if not spec.graph_inputs or k in spec.graph_inputs]
+        # Arrays the model has no input for (labels saved beside the inputs) are not fed.
+        return {key: _as_batch(loaded[key], _shape_for(key, spec), path) for key in keys}
 
 
 def _shape_for(key: str, spec: InputSpec) -> Sequence[int] | None:
-    return spec.shape if key == spec.input_name else None
+    if key in spec.graph_inputs:
+        return spec.graph_inputs[key]
+    return spec.shape if key == spec.input_name and spec.shape else None
 
 
 def _as_batch(array: np.ndarray, shape: Sequence[int] | None, path: Path) -> np.ndarray:
@@ -337,9 +381,10 @@ def _as_batch(array: np.ndarray, shape: Sequence[int] | None, path: Path) -> np.
     if shape is not None and array.ndim == len(shape) - 1:
         array = array[np.newaxis]
     if shape is not None and not _shape_fits(array.shape, shape):
+        dims = ",".join(str(d) if d >= 0 else "?" for d in shape)
         raise UserError(
-            f"{path} has shape {list(array.shape)} but the model input needs {list(shape)}",
-            "save arrays in the model's input layout (-1 = any size)",
+            f"{path} has shape {list(array.shape)} but the model input needs [{dims}]",
+            "save arrays in the model's input layout (? = any size)",
         )
     # Images and float arrays feed float32 inputs; integer arrays (token ids) keep their type.
     return np.ascontiguousarray(array, dtype=np.float32 if array.dtype.kind == "f" else None)

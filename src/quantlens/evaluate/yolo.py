@@ -130,15 +130,14 @@ def to_image_coords(
     """Undo the input resize: model-input pixels -> pixels of the original (width, height) image,
     clipped to the image."""
     width, height = image_size
+    size = spec.image_size()
     boxes = detections.boxes.astype(np.float64).copy()
     if spec.resize == "letterbox":
-        scale, dx, dy = letterbox_geometry(width, height, spec.size)
+        scale, dx, dy = letterbox_geometry(width, height, size)
         boxes = (boxes - np.array([dx, dy, dx, dy])) / scale
     elif spec.resize == "stretch":
         boxes = (
-            boxes
-            * np.array([width, height, width, height])
-            / (np.array([spec.size[1], spec.size[0]] * 2))
+            boxes * np.array([width, height, width, height]) / (np.array([size[1], size[0]] * 2))
         )
     else:
         raise UserError(

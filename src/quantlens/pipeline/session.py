@@ -91,24 +91,36 @@ def prepare(
 
 
 def spec_for(path: Path, model: ir.Model) -> InputSpec:
-    """The zoo entry's pre-processing when `path` is a zoo model, else a generic image spec."""
+    """The zoo entry's pre-processing when `path` is a zoo model, else a generic spec; either
+    way with the graph's input dims, which `.npy`/`.npz` data is checked against."""
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    graph_inputs = input_dims(model)
     for entry in zoo.list_entries():
         if entry.model_sha256 == digest:
-            return entry.input
+            return entry.input.model_copy(update={"graph_inputs": graph_inputs})
     return generic_spec(model)
 
 
 def generic_spec(model: ir.Model) -> InputSpec:
-    """RGB scaled to [0, 1] and stretched to the input's fixed height and width (NCHW)."""
+    """RGB scaled to [0, 1] and stretched to the input's fixed height and width (NCHW); for an
+    input that is not an image of fixed size, a spec without `size`: tensors only."""
     value = model.graph.inputs[0]
-    dims = [d if isinstance(d, int) else -1 for d in value.shape] if value.shape else []
+    graph_inputs = input_dims(model)
+    dims = graph_inputs[value.name or ""] or []
+    spec = InputSpec(input_name=value.name or "", shape=dims, graph_inputs=graph_inputs)
     if len(dims) != 4 or dims[1] not in (1, 3) or min(dims[2:]) <= 0:
-        raise UserError(
-            f"cannot tell how to turn images into input {value.name!r} of shape {dims}",
-            "pass .npy/.npz tensors with --data, or fix the height and width with --input-shape",
-        )
-    return InputSpec(input_name=value.name or "", shape=dims, size=(dims[2], dims[3]))
+        return spec
+    return spec.model_copy(update={"size": (dims[2], dims[3])})
+
+
+def input_dims(model: ir.Model) -> dict[str, list[int] | None]:
+    """Every graph input's dims, -1 for a dynamic one; None where the rank is unknown."""
+    return {
+        value.name or "": None
+        if value.shape is None
+        else [d if isinstance(d, int) else -1 for d in value.shape]
+        for value in model.graph.inputs
+    }
 
 
 def random_inputs(model: ir.Model, count: int, seed: int) -> list[dict[str, np.ndarray]]:
