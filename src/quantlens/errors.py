@@ -6,6 +6,8 @@ one line and exits with code 1. Anything else that escapes is a bug in quantlens
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class UserError(Exception):
     """A problem the user can fix; the message names the problem and the fix in one line."""
@@ -33,3 +35,15 @@ class UnsupportedOpError(UserError):
 
 class InvariantError(RuntimeError):
     """An internal consistency check failed: a bug in quantlens, not in the input."""
+
+
+def validation_problem(exc: Any) -> str:
+    """The first problem of a pydantic `ValidationError` as `where: what` (typed loosely so this
+    layer-0 module imports no pydantic)."""
+    errors = exc.errors()
+    if not errors:
+        return str(exc)
+    first = errors[0]
+    where = ".".join(str(part) for part in first.get("loc", ())) or "(top level)"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first.get('msg', 'invalid')}{more}"

@@ -1,7 +1,9 @@
 """Versioned, JSON-serialisable artifacts and atomic writes.
 
-Every stage writes its result into the run folder through `write_json_atomic`, so a crash never
-leaves a half-written file and a finished stage survives a later one failing.
+Every stage writes its result into the run folder through `write_text_atomic`, so a crash never
+leaves a half-written file and a finished stage survives a later one failing. Files get the
+modes the umask gives (mkstemp's 0600 would hide a run from a colleague). Every completed write
+passes `write_boundary`, the one place the fault tests inject a kill.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from quantlens.errors import UserError
+from quantlens.errors import UserError, validation_problem
 
 A = TypeVar("A", bound="Artifact")
 
@@ -36,14 +38,19 @@ class Artifact(BaseModel):
 
     @classmethod
     def load(cls: type[A], path: str | Path) -> A:
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"cannot read {path}: {exc}", "pass a file quantlens wrote") from exc
+        """The artifact in `path`; any problem with the file (unreadable, not UTF-8, not JSON,
+        the wrong shape or values) is one `UserError` naming the file."""
+        data = read_json(path, f"pass a {cls.kind} JSON file quantlens wrote")
         if not isinstance(data, dict) or data.pop("kind", cls.kind) != cls.kind:
             raise UserError(f"{path} is not a {cls.kind} artifact", f"pass a {cls.kind} JSON file")
         cls.check_version(path, data.get("schema_version", 1))
-        return cls.model_validate(data)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise UserError(
+                f"cannot read {path}: {validation_problem(exc)}",
+                f"fix the file or pass a {cls.kind} JSON file quantlens wrote",
+            ) from exc
 
     @classmethod
     def check_version(cls, path: str | Path, found: object) -> None:
@@ -60,6 +67,48 @@ class Artifact(BaseModel):
         )
 
 
+def read_json(path: str | Path, fix: str) -> Any:
+    """JSON from a file the user named: unreadable, not UTF-8 or not JSON is one clear line."""
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}", fix) from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte {exc.start})", fix) from exc
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON: {exc}", fix) from exc
+
+
+def write_boundary(path: Path) -> None:
+    """Called after every file a run writes has reached its name. The fault tests replace it to
+    kill a run at each boundary; `QUANTLENS_KILL_AFTER_WRITES=N` does it for real in a child
+    process (hard exit, no cleanup), so a kill at any write is reproducible."""
+    limit = os.environ.get("QUANTLENS_KILL_AFTER_WRITES")
+    if limit is None:
+        return
+    _WRITES[0] += 1
+    if _WRITES[0] >= int(limit):
+        os._exit(137)
+
+
+_WRITES = [0]
+
+
+def file_mode() -> int:
+    """The mode a plain `open(path, "w")` would give: 0666 less the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def replace_file(tmp: str | Path, target: str | Path) -> Path:
+    """Move a finished temporary file onto `target` with normal modes (one write boundary)."""
+    os.chmod(tmp, file_mode())
+    os.replace(tmp, target)
+    write_boundary(Path(target))
+    return Path(target)
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write `text` to `path` through a temporary file and an atomic rename."""
     return write_bytes_atomic(path, text.encode("utf-8"))
@@ -67,14 +116,22 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_dir():
+        raise UserError(f"cannot write {target}: it is a folder", "pass a file name")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise UserError(
+            f"cannot write {target}: {exc.filename or target.parent} is not a folder",
+            "pass a path whose parent folders are folders",
+        ) from exc
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        replace_file(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -3,7 +3,9 @@
 Stages write into a run folder and later stages (and the report) read from it. Names are kept
 here, not as string literals across the pipelines, so a stage can be cached, resumed and
 re-rendered by anyone holding a `RunFolder`. Reads check the artifact's schema version and turn
-a mismatch or a damaged file into one clear `UserError`.
+a mismatch or a damaged file into one clear `UserError`. Commands write a folder as one unit
+under its lock (`quantlens.artifacts.journal`); `check_whole` refuses a folder whose artifacts
+the manifest does not vouch for.
 """
 
 from __future__ import annotations
@@ -11,9 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import ValidationError
-
-from quantlens.artifacts import Artifact, write_text_atomic
+from quantlens.artifacts import Artifact, journal, write_text_atomic
 from quantlens.artifacts.analysis import AnalysisReport
 from quantlens.artifacts.calibration import CalibrationStats
 from quantlens.artifacts.doctor import DoctorReport
@@ -110,11 +110,38 @@ class RunFolder:
         return self.path / self.CALIBRATION_KEY
 
     def read_calibration_key(self) -> str | None:
-        path = self.calibration_key
-        return path.read_text().strip() if path.is_file() else None
+        """The context `calibration.json` was made in, or None unless the key file also holds
+        the hash of exactly the `calibration.json` beside it: a key alone could vouch for ranges
+        another (killed or edited) run left there."""
+        key, stats = self.calibration_key, self.file(CalibrationStats)
+        try:
+            lines = key.read_text(encoding="utf-8").split()
+        except (OSError, UnicodeDecodeError):
+            return None
+        if len(lines) != 2 or not stats.is_file():
+            return None
+        return lines[0] if lines[1] == journal.sha256_of(stats) else None
 
     def write_calibration_key(self, key: str) -> Path:
-        return write_text_atomic(self.calibration_key, key + "\n")
+        """Written after `calibration.json`: the context and the hash of that file."""
+        digest = journal.sha256_of(self.file(CalibrationStats))
+        return write_text_atomic(self.calibration_key, f"{key}\n{digest}\n")
+
+    @property
+    def manifest(self) -> Path:
+        return self.path / journal.MANIFEST
+
+    def check_whole(self) -> None:
+        """Refuse a folder holding artifacts its manifest does not vouch for (a mix of runs)."""
+        names = [name for name, _ in ARTIFACT_FILES.values()]
+        names += [self.CALIBRATION_KEY, self.QDQ_MODEL, self.CANONICAL_MODEL, self.OPTIMIZED_MODEL]
+        wrong = journal.mixed_files(self.path, names)
+        if wrong:
+            raise UserError(
+                f"run folder {self.path} mixes runs: {', '.join(wrong)} changed after the "
+                f"command that wrote the folder (see {journal.MANIFEST})",
+                "re-run the commands into a fresh folder with -o",
+            )
 
     @property
     def calibration_cache(self) -> Path:
@@ -126,13 +153,5 @@ class RunFolder:
 
 
 def load_artifact(path: Path, cls: type[A]) -> A:
-    """`cls.load` with schema and validation problems as one line that says what to do."""
-    try:
-        return cls.load(path)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise UserError(
-            f"cannot read {path}: {where}: {first['msg']}",
-            "re-run the command that wrote it with this quantlens version, or delete the file",
-        ) from exc
+    """`cls.load`: schema and validation problems are one line that says what to do."""
+    return cls.load(path)

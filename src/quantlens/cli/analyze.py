@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 
 @app.command()
-@records("output")
+@records("output", default=True)
 def analyze(
     model: ModelArg,
     calib: CalibOpt,

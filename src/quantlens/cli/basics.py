@@ -10,7 +10,7 @@ from rich.table import Table
 
 from quantlens import __version__
 from quantlens.cli.app import app
-from quantlens.cli.console import out, progress, say
+from quantlens.cli.console import out, progress, say, styled
 from quantlens.cli.options import (
     DeviceOpt,
     JsonOpt,
@@ -47,16 +47,22 @@ def inspect(model: ModelArg, input_shape: ShapeOpt = None, json: JsonOpt = False
     _print_inspect(report)
     unsupported = f", {len(report.unsupported)} unsupported nodes" if report.unsupported else ""
     out.print(
-        f"[bold]{path.name}[/bold]: {sum(report.op_histogram.values())} nodes, "
-        f"{len(report.layers)} quantizable layers, {report.activations} activation tensors, "
-        f"{report.parameters:,} parameters{unsupported}"
+        styled(
+            (path.name, "bold"),
+            f": {sum(report.op_histogram.values())} nodes, "
+            f"{len(report.layers)} quantizable layers, {report.activations} activation tensors, "
+            f"{report.parameters:,} parameters{unsupported}",
+        )
     )
 
 
 def _print_inspect(report: InspectReport) -> None:
     out.print(
-        f"[bold]model[/bold] {report.model}  producer: {report.producer or '?'}  "
-        f"IR {report.ir_version}  opset {report.opset} -> {report.opset_canonical}"
+        styled(
+            ("model", "bold"),
+            f" {report.model}  producer: {report.producer or '?'}  "
+            f"IR {report.ir_version}  opset {report.opset} -> {report.opset_canonical}",
+        )
     )
     io = Table("", "name", "shape", "dtype", title="Inputs and outputs", title_justify="left")
     for kind, infos in (("input", report.inputs), ("output", report.outputs)):
@@ -67,9 +73,9 @@ def _print_inspect(report: InspectReport) -> None:
     for op, count in report.op_histogram.items():
         ops.add_row(op, str(count))
     out.print(ops)
-    out.print("[bold]Canonicalization[/bold]")
+    out.print(styled(("Canonicalization", "bold")))
     for step in report.canonicalization:
-        out.print(f"  {step.summary()}", markup=False)
+        out.print(f"  {step.summary()}")
     _print_layers(report)
     if report.unsupported:
         table = Table("node", "op", title="Unsupported ops", title_justify="left")
@@ -95,7 +101,7 @@ def _print_layers(report: InspectReport) -> None:
         table.add_row(layer.id, layer.op_type, str(layer.weight_shape), macs, layer.folded_bn or "")
     out.print(table)
     for rejection in report.rejected:
-        out.print(f"  [yellow]{rejection.reason}[/yellow]", markup=True)
+        out.print(styled("  ", (rejection.reason, "yellow")))
 
 
 @app.command()
@@ -150,7 +156,7 @@ def _print_check(report: CheckReport) -> None:
         title_justify="left",
     )
     for o in report.outputs:
-        verdict = "[green]PASS[/green]" if o.passed else "[red]FAIL[/red]"
+        verdict = styled(("PASS", "green") if o.passed else ("FAIL", "red"))
         table.add_row(
             o.name,
             str(o.shape),
@@ -161,12 +167,15 @@ def _print_check(report: CheckReport) -> None:
             verdict,
         )
     out.print(table)
-    verdict = "[green]PASS[/green]" if report.passed else "[red]FAIL[/red]"
     worst = max((o.relative_error for o in report.outputs), default=0.0)
     out.print(
-        f"{verdict}: {Path(report.model).name}, {report.samples} samples, worst relative error "
-        f"{worst:.2e} (tolerance {report.tolerance:g}); emulator {report.emulator_seconds:.2f}s, "
-        f"ONNX Runtime {report.onnxruntime_seconds:.2f}s on {report.threads} threads"
+        styled(
+            ("PASS", "green") if report.passed else ("FAIL", "red"),
+            f": {Path(report.model).name}, {report.samples} samples, worst relative error "
+            f"{worst:.2e} (tolerance {report.tolerance:g}); "
+            f"emulator {report.emulator_seconds:.2f}s, "
+            f"ONNX Runtime {report.onnxruntime_seconds:.2f}s on {report.threads} threads",
+        )
     )
 
 

@@ -1,4 +1,9 @@
-"""The terminal: the only place quantlens prints. Progress bars, `say` lines, command records."""
+"""The terminal: the only place quantlens prints. Progress bars, `say` lines, command records.
+
+Both consoles print text, never rich markup: paths, node names and messages come from users,
+and a `[/x]` in one must print as itself (markup would crash on it). Colour goes through
+`styled`, which builds a `Text`.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +16,30 @@ from typing import Any, TypeVar, cast
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 F = TypeVar("F", bound=Callable[..., Any])
 ProgressFn = Callable[[int, int], None]
 
 # Piped output (CI logs, `| less`) gets wide tables instead of rich's 80-column default.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(
+    highlight=False, markup=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160
+)
+err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """Text from plain strings and (text, style) pairs; nothing in them is read as markup."""
+    return Text.assemble(*parts)
 
 
 def say(message: str) -> None:
-    err.print(f"[dim]{message}[/dim]")
+    err.print(Text(message, style="dim"))
+
+
+def error_line(message: str) -> None:
+    """The one `error:` line of a failed command."""
+    err.print(styled(("error:", "red"), " ", message))
 
 
 def print_json(text: str) -> None:
@@ -30,7 +48,12 @@ def print_json(text: str) -> None:
 
 @contextmanager
 def progress(label: str) -> Iterator[ProgressFn]:
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        TextColumn(label, markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task(label, total=None)
 
@@ -40,19 +63,35 @@ def progress(label: str) -> Iterator[ProgressFn]:
         yield update
 
 
-def records(folder: str, seeds: dict[str, int] | None = None) -> Callable[[F], F]:
-    """Decorate a command that writes into the run folder held by its option `folder`: once it
-    succeeds, its command line goes into that folder's command.json (the report's
-    reproducibility section)."""
+def records(
+    folder: str, seeds: dict[str, int] | None = None, default: bool = False, reads: bool = False
+) -> Callable[[F], F]:
+    """Decorate a command that writes into the run folder held by its option `folder` (with
+    `default`, None there means runs/<command>; with `reads`, the folder must exist and hold
+    one run, not a mix): the command runs under the folder's lock as one unit of writes (see
+    `quantlens.artifacts.journal`), and once it succeeds its command line goes into the
+    folder's command.json (the report's reproducibility section)."""
 
     def decorate(command: F) -> F:
+        name = command.__name__.removesuffix("_cmd")
+
         @functools.wraps(command)
         def run(**params: Any) -> Any:
-            result = command(**params)
             run_dir = params.get(folder)
-            # `-o FILE.json` names a file, not a run folder: nothing to record then.
-            if isinstance(run_dir, Path) and run_dir.suffix != ".json" and run_dir.is_dir():
-                _record(run_dir, command.__name__.removesuffix("_cmd"), params, seeds)
+            if run_dir is None and default:
+                run_dir = Path("runs") / name
+            # `-o FILE.json` names a file, not a run folder.
+            if not isinstance(run_dir, Path) or run_dir.suffix == ".json":
+                return command(**params)
+            from quantlens.artifacts.folder import RunFolder
+            from quantlens.artifacts.journal import writing
+            from quantlens.cli.options import existing_run_dir
+
+            with writing(existing_run_dir(run_dir) if reads else run_dir, name):
+                if reads:
+                    RunFolder(run_dir).check_whole()
+                result = command(**params)
+                _record(run_dir, name, params, seeds)
             return result
 
         return cast(F, run)

@@ -12,7 +12,7 @@ from quantlens.cli.options import RunDirOpt, run_dir
 
 
 @app.command()
-@records("output", seeds={"calibration pages": 1, "evaluation pages": 2})
+@records("output", seeds={"calibration pages": 1, "evaluation pages": 2}, default=True)
 def demo(
     output: RunDirOpt = None,
     target: Annotated[str, typer.Option(help="Target profile of the demo.")] = "hailo8",

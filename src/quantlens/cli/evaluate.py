@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from quantlens.cli.app import app
-from quantlens.cli.console import out, progress, records
+from quantlens.cli.console import out, progress, records, styled
 from quantlens.cli.options import (
     AssignmentOpt,
     DeviceOpt,
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 
 @app.command("eval")
-@records("run")
+@records("run", reads=True)
 def eval_cmd(
     model: ModelArg,
     data: Annotated[Path, typer.Option(help="Evaluation samples (images or .npy/.npz).")],
@@ -103,7 +103,7 @@ def _print_eval(report: EvalReport) -> None:
             table.add_row(label, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     out.print(table)
     for note in report.notes:
-        out.print(f"[yellow]note[/yellow] {note}")
+        out.print(styled(("note", "yellow"), f" {note}"))
     float_value = report.primary_metric("float_vs_gt")
     quant_value = report.primary_metric("quantized_vs_gt")
     quant = "-" if quant_value is None else f"{quant_value:.4f}"

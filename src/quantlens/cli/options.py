@@ -106,6 +106,16 @@ def run_dir(output: Path | None, command: str) -> Path:
     return output if output is not None else Path("runs") / command
 
 
+def existing_run_dir(folder: Path) -> Path:
+    """A run folder a command reads: it must exist and be a folder."""
+    from quantlens.errors import UserError
+
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise UserError(f"run folder {folder} {what}", "pass a folder written by quantlens")
+    return folder
+
+
 def output_file(output: Path, name: str) -> Path:
     """`-o` for a command that writes one file: a path with a suffix is that file, a folder
     gets `name` inside it."""

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 
 @app.command()
-@records("output")
+@records("output", default=True)
 def quantize(
     model: ModelArg,
     calib: CalibOpt,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from quantlens.cli.app import app
 from quantlens.cli.console import out
-from quantlens.cli.options import OutputOpt, RunDirArg, output_file
+from quantlens.cli.options import OutputOpt, RunDirArg, existing_run_dir, output_file
 
 
 @app.command()
@@ -13,9 +13,16 @@ def report(
     output: OutputOpt = None,
 ) -> None:
     """One self-contained HTML page from the run folder's artifacts; works offline."""
+    from quantlens.artifacts.folder import RunFolder
+    from quantlens.artifacts.journal import writing
     from quantlens.report.render import render_report
 
-    result = render_report(run_dir, None if output is None else output_file(output, "report.html"))
+    # Under the folder's lock: a killed writer's leftovers are rolled back first, a writer at
+    # work is named, and a folder mixing runs is refused rather than rendered.
+    with writing(existing_run_dir(run_dir), "report"):
+        RunFolder(run_dir).check_whole()
+        target = None if output is None else output_file(output, "report.html")
+        result = render_report(run_dir, target)
     out.print(result.summary, markup=False)
     mb, plotly_mb = result.bytes / 1e6, result.plotly_bytes / 1e6
     out.print(

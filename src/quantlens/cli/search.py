@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from quantlens.cli.app import app
-from quantlens.cli.console import out, print_json, progress, records, say
+from quantlens.cli.console import out, print_json, progress, records, say, styled
 from quantlens.cli.options import (
     AdaroundOpt,
     BiasCorrectionOpt,
@@ -39,7 +39,7 @@ from quantlens.cli.options import (
 
 
 @app.command()
-@records("output")
+@records("output", default=True)
 def search(
     model: ModelArg,
     calib: CalibOpt,
@@ -167,7 +167,7 @@ def _print_search(report: Any, output: Path) -> None:
         table.add_row(name, value, snr, f"{point.cost:.3f}x", str(len(point.modes)))
     out.print(table)
     for note in report.notes:
-        out.print(f"[dim]note: {note}[/dim]")
+        out.print(styled((f"note: {note}", "dim")))
     chosen = report.point(report.chosen)
     what = "-" if chosen is None else f"{chosen.label}, {chosen.cost:.3f}x int8 cost"
     out.print(

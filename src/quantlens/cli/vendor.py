@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from quantlens.cli.app import app
-from quantlens.cli.console import out, records, say
+from quantlens.cli.console import out, records, say, styled
 from quantlens.cli.options import (
     FormatOpt,
     ModelOpt,
@@ -21,7 +21,7 @@ from quantlens.cli.options import (
 
 
 @app.command("export")
-@records("run_dir")
+@records("run_dir", reads=True)
 def export_cmd(
     run_dir: RunDirArg,
     fmt: FormatOpt,
@@ -48,11 +48,11 @@ def export_cmd(
         run_dir, fmt, output=target, name_map=name_map, model=model, strict=strict
     )
     for item in result.dropped:
-        out.print(f"[yellow]dropped[/yellow] {item.layer} ({item.mode}): {item.reason}")
+        out.print(styled(("dropped", "yellow"), f" {item.layer} ({item.mode}): {item.reason}"))
     for warning in result.warnings:
-        out.print(f"[yellow]warning[/yellow] {warning}")
+        out.print(styled(("warning", "yellow"), f" {warning}"))
     if result.usage:
-        out.print(f"use: {result.usage}", markup=False)
+        out.print(f"use: {result.usage}")
     out.print(
         f"{result.format}: {result.entries} entries in {', '.join(result.files)}; "
         f"{len(result.dropped)} dropped"

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from quantlens.artifacts import write_text_atomic
 from quantlens.artifacts.calibration import CalibrationStats, TensorStats
 from quantlens.artifacts.folder import RunFolder
 from quantlens.calib import calibrate
 from quantlens.emulate import Executor
+from quantlens.errors import UserError
 from quantlens.schemes.formats import IntFormat
 
 Progress = Callable[[int, int], None]
@@ -91,7 +91,10 @@ class Calibrations:
             if self._folder_stats is not None:
                 self._absorb(self._folder_stats)
         for path in sorted(self.cache_dir.glob("*.json")):
-            self._absorb(CalibrationStats.load(path))
+            try:
+                self._absorb(CalibrationStats.load(path))
+            except UserError:
+                continue  # a damaged cache entry is calibrated again, never trusted
 
     def _absorb(self, stats: CalibrationStats) -> None:
         if self._template is None:
@@ -143,6 +146,6 @@ class Calibrations:
         path = self.folder.file(CalibrationStats)
         if stats != self._folder_stats or not path.is_file():
             self.folder.write(stats)
-            write_text_atomic(self.folder.calibration_key, self.context + "\n")
+            self.folder.write_calibration_key(self.context)  # last: it vouches for the file
             self._folder_stats = stats
         return path

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from quantlens.artifacts import replace_file
 from quantlens.artifacts.folder import RunFolder
 from quantlens.artifacts.graph import build_graph
 from quantlens.artifacts.quantize import OptimizeRecord, OutputQuality, QuantizeReport
@@ -160,10 +161,9 @@ def _write_model(model: object, path: Path) -> Path:
 
     assert isinstance(model, ir.Model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
     ir.save(model, tmp)
-    tmp.replace(path)
-    return path
+    return replace_file(tmp, path)
 
 
 def _write_plan(folder: RunFolder, assignment: Assignment, plan: QuantPlan) -> dict[str, str]:

@@ -428,14 +428,27 @@ def _unit_noise(
     setup: Setup, opts: SearchOptions, cache: Path, say: Say | None, progress: Progress | None
 ) -> dict[str, UnitNoise]:
     path = cache / "noise.json"
-    if path.is_file():
-        data = json.loads(path.read_text())
-        return {k: UnitNoise(**v) for k, v in data.items()}
+    cached = _cached_noise(path)
+    if cached is not None and set(cached) == {unit.id for unit in setup.units}:
+        return cached
     feeds = setup.feeds[: opts.sensitivity_samples]
     _say(say, f"measuring the isolated noise of {len(setup.units)} units on {len(feeds)} samples")
     found = unit_noise(setup.executor, setup.int8, setup.units, feeds, progress)
     write_text_atomic(path, json.dumps({k: vars(v) for k, v in found.items()}))
     return found
+
+
+def _cached_noise(path: Path) -> dict[str, UnitNoise] | None:
+    """The noise cache of a resumed search; a damaged one is measured again, not trusted."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        found = {str(k): UnitNoise(**v) for k, v in data.items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    numbers = all(
+        isinstance(x, (int, float)) for n in found.values() for x in (n.weight, n.activation)
+    )
+    return found if numbers else None
 
 
 def _oracle(setup: Setup, opts: SearchOptions, cache: Path, progress: Progress | None) -> Oracle:

@@ -1,0 +1,265 @@
+"""Run folders that are always whole: a command's writes commit as one unit.
+
+A command that writes into a run folder does it inside `writing(folder, command)`:
+
+1. it takes the folder's lock (one writer at a time, see `lock`);
+2. it finishes whatever a killed writer left (`recover`);
+3. it snapshots the folder: every file is hard-linked into `.quantlens-txn/undo/` (every write
+   replaces a file through a rename, so the links keep the old contents at no copy cost);
+4. the command writes as it likes;
+5. it commits: `run.json` (the manifest: every file's sha256 and the command that wrote it) is
+   written last, carrying the transaction's id, and the journal is removed.
+
+A kill before step 5's manifest reaches its name leaves the journal without a matching manifest:
+the next command that opens the folder rolls back to the snapshot (the old run). A kill after it
+leaves the new run, and the journal is just removed. A failure inside the command (an error,
+Ctrl-C) rolls back at once. Caches (`calibration-cache`, `search-cache`) are outside the unit:
+their entries are atomic, keyed by content and validated on read, and a killed search resumes
+from them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from quantlens.artifacts import Artifact, write_text_atomic
+from quantlens.artifacts import lock as run_lock
+from quantlens.errors import UserError
+
+JOURNAL = ".quantlens-txn"
+MANIFEST = "run.json"
+CACHE_DIRS = ("calibration-cache", "search-cache")
+_UNTRACKED = {JOURNAL, f"{JOURNAL}.new", run_lock.LOCK_FILE, MANIFEST, *CACHE_DIRS}
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sha256: str
+    command: str
+    txn: str
+
+
+class RunManifest(Artifact):
+    """Which command wrote each file of the run folder, and its content hash."""
+
+    kind = "run-manifest"
+    txn: str = ""
+    files: dict[str, FileEntry] = Field(default_factory=dict)
+
+
+def tracked_files(folder: Path) -> dict[str, Path]:
+    """The folder's files that belong to the run (relative POSIX name -> path)."""
+    found: dict[str, Path] = {}
+    for root, dirs, files in os.walk(folder):
+        here = Path(root)
+        if here == folder:
+            dirs[:] = [d for d in dirs if d not in _UNTRACKED]
+        for name in files:
+            path = here / name
+            rel = path.relative_to(folder).as_posix()
+            if rel in _UNTRACKED or (name.startswith(".") and name.endswith(".tmp")):
+                continue
+            found[rel] = path
+    return found
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(folder: Path) -> RunManifest | None:
+    path = folder / MANIFEST
+    return RunManifest.load(path) if path.is_file() else None
+
+
+@contextmanager
+def writing(folder: Path, command: str) -> Iterator[Path]:
+    """Run the body as one unit of writes into `folder` (see the module's docstring). A run
+    that fails in a folder it created leaves no folder behind."""
+    created = _make_folder(folder)
+    try:
+        run_lock.acquire(folder, command)
+        try:
+            with _unit(folder, command):
+                yield folder
+        finally:
+            run_lock.release(folder)
+    except (Exception, KeyboardInterrupt):
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def _unit(folder: Path, command: str) -> Iterator[None]:
+    if _nested(folder):  # a flow's inner stage: the outer command owns the unit
+        yield
+        return
+    recover(folder)
+    txn = _begin(folder)
+    _ACTIVE[folder.resolve()] = txn
+    try:
+        yield
+    except (Exception, KeyboardInterrupt):
+        _rollback(folder)
+        raise
+    finally:
+        _ACTIVE.pop(folder.resolve(), None)
+    _commit(folder, txn, command)
+
+
+# Transactions open in this process: resolved folder -> id.
+_ACTIVE: dict[Path, str] = {}
+
+
+def _nested(folder: Path) -> bool:
+    return folder.resolve() in _ACTIVE
+
+
+def in_transaction(folder: Path) -> bool:
+    return _nested(folder)
+
+
+def _journal(folder: Path) -> Path:
+    return folder / JOURNAL
+
+
+def _make_folder(folder: Path) -> bool:
+    """Create the run folder; True when it did not exist (so a failed first run leaves none)."""
+    if folder.is_dir():
+        return False
+    if folder.exists():
+        raise UserError(f"run folder {folder} is a file", "pass a folder with -o")
+    try:
+        folder.mkdir(parents=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise UserError(
+            f"cannot create run folder {folder}: a parent is not a folder", "pass a folder with -o"
+        ) from exc
+    except OSError as exc:
+        raise UserError(
+            f"cannot create run folder {folder}: {exc.strerror}", "pass a folder you can write"
+        ) from exc
+    return True
+
+
+def _begin(folder: Path) -> str:
+    """Snapshot the folder into the journal; the journal appears (renamed) only when whole."""
+    txn = uuid.uuid4().hex
+    staging = folder / f"{JOURNAL}.new"
+    shutil.rmtree(staging, ignore_errors=True)  # a snapshot killed half-way
+    undo = staging / "undo"
+    undo.mkdir(parents=True)
+    for rel, path in tracked_files(folder).items():
+        copy = undo / rel
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, copy)
+        except OSError:  # file systems without hard links
+            shutil.copy2(path, copy)
+    (staging / "id").write_text(txn)
+    os.replace(staging, _journal(folder))
+    return txn
+
+
+def recover(folder: Path) -> None:
+    """Finish what a killed writer left: its new run when its manifest landed, else the old
+    run. Every step can be repeated, so a kill during recovery is recovered next time."""
+    journal = _journal(folder)
+    shutil.rmtree(folder / f"{JOURNAL}.new", ignore_errors=True)
+    if not journal.is_dir():
+        return
+    try:
+        txn = (journal / "id").read_text().strip()
+    except OSError:
+        txn = ""
+    manifest = folder / MANIFEST
+    committed = manifest.is_file() and txn and _manifest_txn(manifest) == txn
+    if not committed:
+        _rollback(folder)
+    shutil.rmtree(journal, ignore_errors=True)
+
+
+def _manifest_txn(path: Path) -> str:
+    try:
+        return RunManifest.load(path).txn
+    except UserError:
+        return ""
+
+
+def _rollback(folder: Path) -> None:
+    """Put the snapshot back: files the run added go, files it replaced or removed return."""
+    undo = _journal(folder) / "undo"
+    old = {p.relative_to(undo).as_posix(): p for p in undo.rglob("*") if not p.is_dir()}
+    for rel, path in tracked_files(folder).items():
+        if rel not in old:
+            path.unlink(missing_ok=True)
+    for rel, saved in old.items():
+        target = folder / rel
+        if target.exists() and os.path.samefile(saved, target):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(saved, target)
+    _drop_new_dirs(folder, undo)
+    shutil.rmtree(_journal(folder), ignore_errors=True)
+
+
+def _drop_new_dirs(folder: Path, undo: Path) -> None:
+    """Remove the empty folders the run created (those the snapshot lacks)."""
+    for root, _dirs, _files in os.walk(folder, topdown=False):
+        here = Path(root)
+        rel = here.relative_to(folder)
+        if here == folder or rel.parts[0] in _UNTRACKED:
+            continue
+        if not any(here.iterdir()) and not (undo / rel).is_dir():
+            here.rmdir()
+
+
+def _commit(folder: Path, txn: str, command: str) -> None:
+    """Record what changed in the manifest (the commit point), then drop the journal."""
+    undo = _journal(folder) / "undo"
+    manifest = read_manifest(folder)
+    entries = dict(manifest.files) if manifest is not None else {}
+    current = tracked_files(folder)
+    for rel in list(entries):
+        if rel not in current:
+            del entries[rel]
+    for rel, path in current.items():
+        saved = undo / rel
+        unchanged = saved.exists() and os.path.samefile(saved, path)
+        if unchanged and rel in entries:
+            continue
+        entries[rel] = FileEntry(sha256=sha256_of(path), command=command, txn=txn)
+    write_text_atomic(
+        folder / MANIFEST,
+        RunManifest(txn=txn, files=dict(sorted(entries.items()))).to_json() + "\n",
+    )
+    shutil.rmtree(_journal(folder), ignore_errors=True)
+
+
+def mixed_files(folder: Path, names: list[str]) -> list[str]:
+    """Of `names` (files of the folder), those the manifest does not vouch for: changed after
+    the command that wrote them, or never recorded. Empty for a folder without a manifest
+    (written before manifests, or by the library without `writing`)."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return []
+    wrong = []
+    for name in names:
+        path = folder / name
+        entry = manifest.files.get(name)
+        if path.is_file() and (entry is None or entry.sha256 != sha256_of(path)):
+            wrong.append(name)
+    return wrong
