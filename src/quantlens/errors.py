@@ -6,6 +6,7 @@ one line and exits with code 1. Anything else that escapes is a bug in quantlens
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -47,3 +48,44 @@ def validation_problem(exc: Any) -> str:
     where = ".".join(str(part) for part in first.get("loc", ())) or "(top level)"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{where}: {first.get('msg', 'invalid')}{more}"
+
+
+def read_user_text(path: str | Path, what: str, fix: str) -> str:
+    """The text of a file the user named (`what`: "labels file", ...): unreadable or not UTF-8
+    is one `UserError` naming the file, never an `OSError` or `UnicodeDecodeError`."""
+    try:
+        data = Path(path).read_bytes()
+    except IsADirectoryError as exc:
+        raise UserError(f"{what} {path} is a folder", fix) from exc
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}", fix) from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{what} {path} is not UTF-8 text (byte {exc.start})", "save it as UTF-8"
+        ) from exc
+
+
+class PluginError(UserError):
+    """A user's plug-in (a `file.py:name` evaluator or post-process) failed: the problem is in
+    that file, so the message names it and the line, not quantlens."""
+
+    @classmethod
+    def raised(cls, exc: BaseException, file: Path, call: str) -> PluginError:
+        line = _plugin_line(exc, file)
+        where = f"{file}:{line}" if line is not None else str(file)
+        return cls(
+            f"plug-in {where} raised {type(exc).__name__} in {call}: {exc}",
+            "fix the plug-in; quantlens only called it",
+        )
+
+
+def _plugin_line(exc: BaseException, file: Path) -> int | None:
+    """The last line of `file` in the traceback (where the plug-in itself failed)."""
+    target, line, tb = file.resolve(), None, exc.__traceback__
+    while tb is not None:
+        if Path(tb.tb_frame.f_code.co_filename).resolve() == target:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line

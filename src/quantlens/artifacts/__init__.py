@@ -17,7 +17,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from quantlens.errors import UserError, validation_problem
+from quantlens.errors import UserError, read_user_text, validation_problem
 
 A = TypeVar("A", bound="Artifact")
 
@@ -69,12 +69,9 @@ class Artifact(BaseModel):
 
 def read_json(path: str | Path, fix: str) -> Any:
     """JSON from a file the user named: unreadable, not UTF-8 or not JSON is one clear line."""
+    text = read_user_text(path, "file", fix)
     try:
-        return json.loads(Path(path).read_bytes().decode("utf-8"))
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}", fix) from exc
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path} is not UTF-8 text (byte {exc.start})", fix) from exc
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not valid JSON: {exc}", fix) from exc
 

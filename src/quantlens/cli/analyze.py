@@ -47,14 +47,16 @@ def analyze(
     data: Annotated[
         Path | None, typer.Option(help="Samples to analyse (default: the calibration set).")
     ] = None,
-    samples: Annotated[int | None, typer.Option(help="Analyse at most N samples.")] = None,
+    samples: Annotated[int | None, typer.Option(help="Analyse at most N samples.", min=1)] = None,
     split: Annotated[
         int | None,
-        typer.Option(help="Weight-only/activation-only runs for the N worst layers (0: none)."),
+        typer.Option(
+            help="Weight-only/activation-only runs for the N worst layers (0: none).", min=0
+        ),
     ] = None,
     spec: SpecOpt = None,
     limit: LimitOpt = None,
-    top: Annotated[int, typer.Option(help="Rows in the table of worst layers.")] = 15,
+    top: Annotated[int, typer.Option(help="Rows in the table of worst layers.", min=1)] = 15,
     all_nodes: Annotated[
         bool, typer.Option(help="Also weightless nodes that own a quantizer (Concat, Sigmoid...).")
     ] = False,

@@ -108,11 +108,11 @@ def _print_layers(report: InspectReport) -> None:
 def check(
     model: ModelArg,
     data: Annotated[Path | None, typer.Option(help="Folder of images or .npy/.npz inputs.")] = None,
-    random: Annotated[int, typer.Option(help="Number of random inputs (default 4).")] = 0,
+    random: Annotated[int, typer.Option(help="Number of random inputs (default 4).", min=0)] = 0,
     input_shape: ShapeOpt = None,
     tolerance: Annotated[float, typer.Option(help="Max relative error to PASS.")] = 1e-4,
     device: DeviceOpt = "cpu",
-    seed: Annotated[int, typer.Option(help="Seed for random inputs.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for random inputs.", min=0)] = 0,
     output: OutputOpt = None,
     json: JsonOpt = False,
 ) -> None:

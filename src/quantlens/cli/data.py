@@ -87,21 +87,27 @@ def doctor(
 
 @data_app.command("make")
 def data_make(
-    kind: Annotated[str, typer.Argument(help="pages, text-lines or rotated-pages.")],
-    count: Annotated[int, typer.Option("-n", "--count", help="Number of samples.")] = 16,
+    kind: Annotated[
+        str,
+        typer.Argument(help="pages, text-lines, rotated-pages, text-pages or rotated-lines."),
+    ],
+    count: Annotated[int, typer.Option("-n", "--count", help="Number of samples.", min=1)] = 16,
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write.")] = Path(
         "samples"
     ),
-    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same files.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same files.", min=0)] = 0,
 ) -> None:
-    """Render samples with ground truth: pages (COCO boxes), text lines, rotated pages."""
-    from quantlens.data.render import write_samples
+    """Render samples with ground truth: pages (COCO boxes), text lines, rotated pages, text
+    pages (COCO box per line), upright and upside-down lines."""
+    from typing import get_args
 
-    kinds = ("pages", "text-lines", "rotated-pages")
+    from quantlens.data.render import SampleKind, write_samples
+
+    kinds = get_args(SampleKind)
     if kind not in kinds:
         raise UserError(f"unknown sample kind {kind!r}", f"choose one of: {', '.join(kinds)}")
     if count <= 0:
         raise UserError(f"--count must be positive, got {count}")
     folder = write_samples(kind, count, output, seed=seed)  # type: ignore[arg-type]
-    truth = "annotations.json" if kind == "pages" else "labels.txt"
+    truth = "annotations.json" if kind in ("pages", "text-pages") else "labels.txt"
     out.print(f"{count} {kind} in {folder} (ground truth: {folder / truth}), seed {seed}")

@@ -16,8 +16,8 @@ from quantlens.cli.options import RunDirOpt, run_dir
 def demo(
     output: RunDirOpt = None,
     target: Annotated[str, typer.Option(help="Target profile of the demo.")] = "hailo8",
-    calib_count: Annotated[int, typer.Option(help="Calibration pages to render.")] = 16,
-    eval_count: Annotated[int, typer.Option(help="Evaluation pages to render.")] = 8,
+    calib_count: Annotated[int, typer.Option(help="Calibration pages to render.", min=1)] = 16,
+    eval_count: Annotated[int, typer.Option(help="Evaluation pages to render.", min=1)] = 8,
 ) -> None:
     """The whole job on doclayout-yolov8n with rendered pages: quantize, evaluate, analyse,
     search for mixed precision, export and report."""

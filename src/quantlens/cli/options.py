@@ -4,6 +4,11 @@ Groups: the model (model, input shapes, pre-processing spec, device), calibratio
 percentile, limit), target and assignment, optimization, the run folder (`-o`), and the output
 format (`--json`). `-o/--output` always names where a command writes: a run folder, or for
 commands that write one file, that file (a folder there gets the file's usual name).
+
+Values the command line alone shows to be wrong (out of range, an unknown device, a malformed
+or absurd --input-shape) are usage errors, declared here with the option (`min=`, callbacks):
+one `error:` line and exit 2, like an unknown option. What needs the files to judge is a
+`UserError` (exit 1).
 """
 
 from __future__ import annotations
@@ -23,15 +28,40 @@ ShapeOpt = Annotated[
 SpecOpt = Annotated[
     Path | None, typer.Option(help="Pre-processing YAML (resize, size, mean, std, color...).")
 ]
-DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda.")]
+# The most elements one input may have (1 GiB of float32): a larger --input-shape is a typo.
+MAX_INPUT_ELEMENTS = 1 << 28
+
+
+def check_device(value: str) -> str:
+    """cpu, cuda or cuda:N; cuda only where torch sees a GPU."""
+    kind, _, index = value.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise typer.BadParameter(f"{value!r} is not a device; use cpu, cuda or cuda:N")
+    if kind == "cuda":
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count <= int(index or 0):
+            from quantlens.errors import UserError
+
+            raise UserError(
+                f"--device {value}: this machine has {count} CUDA device(s) torch can use",
+                "pass --device cpu, or install a CUDA build of torch on a machine with a GPU",
+            )
+    return value
+
+
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N.", callback=check_device)]
 
 # --- calibration ----------------------------------------------------------------------------
 CalibOpt = Annotated[Path, typer.Option(help="Folder (or file) of images or .npy/.npz inputs.")]
 MethodOpt = Annotated[
     str, typer.Option(help="Activation calibration: minmax, percentile, mse, entropy.")
 ]
-PercentileOpt = Annotated[float, typer.Option(help="Percentile for --method percentile.")]
-LimitOpt = Annotated[int | None, typer.Option(help="Use at most N calibration samples.")]
+PercentileOpt = Annotated[
+    float, typer.Option(help="Percentile for --method percentile.", min=0.0, max=100.0)
+]
+LimitOpt = Annotated[int | None, typer.Option(help="Use at most N calibration samples.", min=1)]
 
 # --- target and assignment ------------------------------------------------------------------
 DEFAULT_TARGET = "ort-cpu"
@@ -52,6 +82,8 @@ OptimizeOpt = Annotated[
     typer.Option(
         "--optimize",
         "-O",
+        min=0,
+        max=3,
         help="Optimization level 0-3: 1 = graph fusions, equalization, bias correction; "
         "2 = + clip search; 3 = + AdaRound and fine-tune (see README).",
     ),
@@ -156,6 +188,25 @@ def fix_overrides(
 
 
 def shapes(input_shape: list[str] | None) -> dict[str, list[int]]:
+    """--input-shape values by input name; a malformed, empty or absurd shape is a usage error."""
+    import math
+
+    from quantlens.errors import UserError
     from quantlens.ir.passes.pipeline import parse_input_shapes
 
-    return parse_input_shapes(input_shape or [])
+    try:
+        found = parse_input_shapes(input_shape or [])
+    except UserError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--input-shape") from exc
+    for name, dims in found.items():
+        if any(d < 1 for d in dims):
+            raise typer.BadParameter(
+                f"{name}: every dimension must be >= 1", param_hint="--input-shape"
+            )
+        if math.prod(dims) > MAX_INPUT_ELEMENTS:
+            raise typer.BadParameter(
+                f"{name}:{','.join(map(str, dims))} has {math.prod(dims):,} elements, more than "
+                f"{MAX_INPUT_ELEMENTS:,}",
+                param_hint="--input-shape",
+            )
+    return found

@@ -63,14 +63,16 @@ def search(
     max_cost: Annotated[float | None, typer.Option(help="Cost budget relative to int8.")] = None,
     max_evals: Annotated[int, typer.Option(help="Full task-metric evaluations at most.")] = 10,
     time_budget: Annotated[
-        float | None, typer.Option(help="Seconds; the best point so far is kept.")
+        float | None, typer.Option(help="Seconds; the best point so far is kept.", min=0.0)
     ] = None,
     resume: Annotated[bool, typer.Option(help="Reuse finished evaluations in -o.")] = False,
-    samples: Annotated[int, typer.Option(help="Samples for the output-SNR checks.")] = 8,
+    samples: Annotated[int, typer.Option(help="Samples for the output-SNR checks.", min=1)] = 8,
     method: MethodOpt = "percentile",
     percentile: PercentileOpt = 99.999,
     limit: LimitOpt = None,
-    eval_limit: Annotated[int | None, typer.Option(help="Evaluate at most N samples.")] = None,
+    eval_limit: Annotated[
+        int | None, typer.Option(help="Evaluate at most N samples.", min=1)
+    ] = None,
     explain: Annotated[
         str | None, typer.Option(help="Only show what promoting LAYER drags along, and its cost.")
     ] = None,
@@ -90,7 +92,7 @@ def search(
     rules; writes search.json, assignment.json and the QDQ export of the chosen point (with the
     graph passes and fixes `--optimize` asks for)."""
     from quantlens.pipeline.flows import search_model
-    from quantlens.pipeline.search import SearchOptions, prepare_search
+    from quantlens.pipeline.search import SearchOptions, check_options, prepare_search
     from quantlens.pipeline.search import explain as explain_layer
     from quantlens.pipeline.session import resolve_model
 
@@ -121,6 +123,7 @@ def search(
         optimize=optimize,
         fixes=fix_overrides(equalize, fuse, bias_correction, clip_search, adaround, finetune),
     )
+    check_options(options)  # before any model is loaded or data read
     path = resolve_model(model, say=say)
     if explain is not None:
         found = explain_layer(prepare_search(path, options, calibrated=False), explain)

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from quantlens.errors import UserError
+from quantlens.errors import UserError, read_user_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -140,6 +140,11 @@ def open_rgb(path: str | Path) -> Image.Image:
             return _to_rgb(image)
     except FileNotFoundError as exc:
         raise UserError(f"image {path} does not exist", "check the path") from exc
+    except Image.DecompressionBombError as exc:  # a header announcing billions of pixels
+        raise UserError(
+            f"image {path} is too large to decode safely: {exc}".split(", could be")[0],
+            "resize it below 178 megapixels, or remove it",
+        ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UserError(
             f"cannot read image {path}: {exc}", "re-export it as PNG or JPEG, or remove it"
@@ -402,8 +407,8 @@ def load_spec_file(path: str | Path, base: InputSpec | None = None) -> InputSpec
 
     file = Path(path)
     try:
-        data = yaml.safe_load(file.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        data = yaml.safe_load(read_user_text(file, "pre-processing spec", "pass a YAML file"))
+    except yaml.YAMLError as exc:
         raise UserError(
             f"cannot read pre-processing spec {file}: {exc}", "pass a YAML file"
         ) from exc

@@ -7,7 +7,9 @@ Built-ins register themselves by name; `path/to/file.py:name` loads a factory fr
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import math
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 
 from quantlens.data.preprocess import InputSpec
-from quantlens.errors import UserError
+from quantlens.errors import PluginError, UserError
 
 Tensor = torch.Tensor
 Outputs = Mapping[str, "np.ndarray | Tensor"]
@@ -107,7 +109,42 @@ def make_evaluator(task: str, context: EvalContext) -> Evaluator:
             f"task {task!r} returned {type(evaluator).__name__}, not an evaluator",
             "return an object with name, primary, update(), result() and sample_scores()",
         )
+    if is_plugin_spec(task):
+        return PluginEvaluator(evaluator, Path(task.rpartition(":")[0]))
     return evaluator
+
+
+class PluginEvaluator:
+    """A user's evaluator, with its failures (exceptions, NaN metrics) reported as its own."""
+
+    def __init__(self, inner: Evaluator, file: Path) -> None:
+        self.inner, self.file = inner, file
+        self.name, self.primary = inner.name, inner.primary
+
+    def update(self, outputs: Outputs, sample: Sample) -> None:
+        _call_plugin(self.file, "update()", self.inner.update, outputs, sample)
+
+    def result(self) -> dict[str, float]:
+        found = _call_plugin(self.file, "result()", self.inner.result)
+        for key, value in found.items():
+            if not isinstance(value, (int, float)) or math.isnan(value):
+                raise PluginError(
+                    f"plug-in {self.file}: result() returned {value!r} for {key!r}",
+                    "return a number for every metric (NaN is not one)",
+                )
+        return found
+
+    def sample_scores(self) -> dict[str, float]:
+        return _call_plugin(self.file, "sample_scores()", self.inner.sample_scores)
+
+
+def _call_plugin(file: Path, call: str, fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except UserError:
+        raise  # the plug-in's own clear message
+    except Exception as exc:
+        raise PluginError.raised(exc, file, call) from exc
 
 
 def load_plugin(spec: str) -> Callable[..., Any]:
@@ -138,7 +175,17 @@ def load_plugin(spec: str) -> Callable[..., Any]:
             f"plug-in {path} defines no callable {name!r}",
             f"name one of: {', '.join(defined) or '(none defined)'}",
         )
-    return factory
+    return _blamed(factory, path, name)
+
+
+def _blamed(fn: Callable[..., Any], file: Path, name: str) -> Callable[..., Any]:
+    """`fn` with its exceptions reported as the plug-in's, with its file and line."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return _call_plugin(file, f"{name}()", lambda: fn(*args, **kwargs))
+
+    return call
 
 
 def as_numpy(value: np.ndarray | Tensor) -> np.ndarray:

@@ -68,7 +68,9 @@ def _class_scores(output: np.ndarray) -> np.ndarray:
 def label_index(label: str, classes: list[str]) -> int | None:
     if label in classes:
         return classes.index(label)
-    return int(label) if label.strip().lstrip("-").isdigit() else None
+    # ASCII digits only: "²" is a digit to str.isdigit() but no class index, and "-1" is none.
+    text = label.strip()
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 @register_evaluator("classification")

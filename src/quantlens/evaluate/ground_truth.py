@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from quantlens.errors import UserError
+from quantlens.errors import UserError, read_user_text
 from quantlens.evaluate.base import EvalContext
 
 LABELS_FILE = "labels.txt"
@@ -33,7 +33,8 @@ def ground_truth_path(context: EvalContext, default_name: str) -> Path | None:
 def read_labels(path: Path) -> dict[str, str]:
     """`filename<TAB>label` lines; the label keeps inner spaces (OCR text)."""
     labels: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    text = read_user_text(path, "labels file", "pass `filename<TAB>label` lines in UTF-8")
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         name, tab, label = line.partition("\t")
@@ -76,9 +77,10 @@ def check_match(ground_truth: Iterable[str], sample_names: Iterable[str], source
 
 
 def read_coco(path: Path) -> dict[str, Any]:
+    text = read_user_text(path, "COCO ground truth", "pass a COCO JSON file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise UserError(f"cannot read COCO ground truth {path}: {exc}", "pass a JSON file") from exc
     if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
         raise UserError(

@@ -7,11 +7,10 @@ model's `character` metadata (or a `--dict` file), then a space.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
-from quantlens.errors import UserError
+from quantlens.errors import UserError, read_user_text
 from quantlens.evaluate.base import (
     EvalContext,
     Outputs,
@@ -98,10 +97,7 @@ def read_dictionary(context: EvalContext) -> list[str]:
     """Characters from `options['dictionary']` (a file, one per line) or the model metadata."""
     file = context.options.get("dictionary")
     if file is not None:
-        try:
-            text = Path(file).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UserError(f"cannot read dictionary {file}: {exc}", "check --dict") from exc
+        text = read_user_text(file, "dictionary", "check --dict")
     elif "character" in context.metadata:
         text = context.metadata["character"]
     else:

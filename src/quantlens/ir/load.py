@@ -36,6 +36,12 @@ def _parse(file: Path) -> onnx.ModelProto:
             f"{file} is corrupt or not an ONNX file ({type(exc).__name__})",
             "re-export or re-download the model; a truncated download is the usual cause",
         ) from exc
+    except onnx.checker.ValidationError as exc:  # external data missing or outside the folder
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid external data"
+        raise UserError(
+            f"{file}: external weight data: {first}",
+            "keep the .onnx file and its external data files together, inside the model's folder",
+        ) from exc
     except FileNotFoundError as exc:  # external data next to the model is missing
         raise UserError(
             f"{file} refers to external weight data that is missing: {exc.filename}",
@@ -52,11 +58,25 @@ def _check_is_model(proto: onnx.ModelProto, file: Path) -> None:
         )
     if not proto.graph.node:
         raise UserError(f"{file} has an empty graph", "re-export the model")
+    _check_opset(proto, file)
     try:
         onnx.checker.check_model(proto, full_check=False)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
         raise UserError(f"{file} fails the ONNX checker: {first}", "re-export the model") from exc
+
+
+def _check_opset(proto: onnx.ModelProto, file: Path) -> None:
+    """An opset newer than the installed onnx knows would pass the checker op by op and then
+    run kernels written for other semantics: refuse it."""
+    known = onnx.defs.onnx_opset_version()
+    for opset in proto.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > known:
+            raise UserError(
+                f"{file} uses opset {opset.version}, newer than the newest this quantlens "
+                f"knows ({known})",
+                f"re-export the model with opset <= {known}, or upgrade quantlens and onnx",
+            )
 
 
 def save_model(model: ir.Model, path: str | Path) -> Path:

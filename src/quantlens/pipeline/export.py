@@ -17,7 +17,7 @@ from quantlens.artifacts import write_bytes_atomic, write_text_atomic
 from quantlens.artifacts.calibration import CalibrationStats
 from quantlens.artifacts.folder import RunFolder
 from quantlens.artifacts.quantize import QuantizeReport
-from quantlens.errors import UserError
+from quantlens.errors import UserError, read_user_text
 from quantlens.export.vendors import ExportContext, ExportResult, ModelIndex, get_format
 from quantlens.export.vendors.base import Rendered, VendorFormat
 from quantlens.export.vendors.hailo import name_map_from_hn
@@ -92,19 +92,17 @@ def default_output(fmt: str) -> Path:
 def import_vendor(file: Path, fmt: str, model: Path, name_map: Path | None = None) -> Assignment:
     """Read a vendor file as an Assignment for `model` (unknown names -> UserError)."""
     vendor = get_format(fmt)
-    try:
-        text = Path(file).read_text()
-    except OSError as exc:
-        raise UserError(f"cannot read {file}: {exc}", "check the path") from exc
+    text = read_user_text(file, f"{fmt} file", "check the path and pass the vendor's text file")
     mapping = load_name_map(name_map) if name_map is not None else None
     return vendor.parse(text, str(file), _model_index(model)[0], mapping)
 
 
 def load_name_map(path: Path) -> dict[str, str]:
     """A JSON name map: either {onnx node: hailo layer} or a HAR's HN JSON (original_names)."""
+    text = read_user_text(path, "name map", "pass a JSON file")
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise UserError(f"cannot read the name map {path}: {exc}", "pass a JSON file") from exc
     if isinstance(data, dict) and isinstance(data.get("layers"), dict):
         return name_map_from_hn(data)
@@ -150,7 +148,7 @@ def _report(folder: RunFolder) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_user_text(path, "artifact", "re-run `quantlens quantize`"))
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not JSON: {exc}", "re-run `quantlens quantize`") from exc
     return data if isinstance(data, dict) else {}

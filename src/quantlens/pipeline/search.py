@@ -141,6 +141,9 @@ def check_options(opts: SearchOptions) -> None:
         raise UserError("the imported cost model needs a table", "pass --cost-table times.csv")
     if opts.max_drop is not None and (opts.data is None or opts.task is None):
         raise UserError("--max-drop needs evaluation data", "pass --data FOLDER and --task TASK")
+    if (opts.task is None) != (opts.data is None):
+        given, missing = ("--task", "--data") if opts.data is None else ("--data", "--task")
+        raise UserError(f"{given} needs {missing}", f"pass {missing} too, or neither")
     if opts.max_evals < 2:
         raise UserError("--max-evals must be at least 2", "the float model and int8 need one each")
 

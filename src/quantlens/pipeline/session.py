@@ -221,7 +221,8 @@ def check_feed_shapes(feeds: Sequence[dict[str, np.ndarray]], model: object) -> 
     for value in model.graph.inputs:
         if value.shape is None:
             continue
-        expected = [d if isinstance(d, int) else None for d in value.shape]
+        # Some exports write a dynamic dim as -1 instead of a name.
+        expected = [d if isinstance(d, int) and d >= 0 else None for d in value.shape]
         for index, feed in enumerate(feeds):
             actual = list(feed[value.name or ""].shape)
             fits = len(actual) == len(expected) and all(
@@ -232,6 +233,27 @@ def check_feed_shapes(feeds: Sequence[dict[str, np.ndarray]], model: object) -> 
                     f"calibration sample {index}: input {value.name!r} has shape {actual}, the "
                     f"model expects {[e if e is not None else '?' for e in expected]}",
                     "check the channel count and size of the images, or the --input-shape",
+                )
+
+
+def check_feed_dtypes(feeds: Sequence[dict[str, np.ndarray]], model: object, source: Path) -> None:
+    """Each array's kind must match its input's: a float input fed int64 or bool would fail
+    deep in a kernel (or worse, be cast silently); integer inputs (token ids) need integers."""
+    from onnx_ir import DataType, Model
+
+    assert isinstance(model, Model)
+    for value in model.graph.inputs:
+        dtype = value.dtype
+        if dtype is None or value.name is None:
+            continue
+        wanted = "f" if dtype.is_floating_point() else "b" if dtype == DataType.BOOL else "iu"
+        for index, feed in enumerate(feeds):
+            array = feed.get(value.name)
+            if array is not None and array.dtype.kind not in wanted:
+                raise UserError(
+                    f"{source}: sample {index} gives input {value.name!r} {array.dtype} data, "
+                    f"the model's input is {dtype.name}",
+                    f"save the arrays as {dtype.numpy().name}",
                 )
 
 
@@ -292,6 +314,7 @@ def open_session(
     context = "uncalibrated"
     if read_calibration_set:
         feeds = load_calibration_set(opts.calib, spec, opts.limit, executor.input_names)
+        check_feed_dtypes(feeds, model, opts.calib)
         context = calibration_context(path, feeds, opts.method, opts.percentile, graph.model_dump())
     folder = RunFolder(run_dir)
     calibrations = Calibrations(folder, context, executor, feeds, opts.method, opts.percentile)

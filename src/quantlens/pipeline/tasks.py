@@ -27,7 +27,7 @@ from quantlens.data.preprocess import (
 )
 from quantlens.emulate import Executor
 from quantlens.emulate.fakequant import QuantHooks
-from quantlens.errors import UserError
+from quantlens.errors import UserError, read_user_text
 from quantlens.evaluate import EvalContext, Sample, make_evaluator
 from quantlens.evaluate.agreement import as_reference
 from quantlens.pipeline.session import prepare, resolve_model, spec_for
@@ -113,7 +113,7 @@ def model_labels(path: Path, model: ir.Model, labels_file: str | Path | None = N
     metadata, or the `character` metadata of PaddlePaddle exports; else none."""
     if labels_file is not None:
         try:
-            return Path(labels_file).read_text(encoding="utf-8").splitlines()
+            return read_user_text(labels_file, "labels file", "one class name a line").splitlines()
         except OSError as exc:
             raise UserError(f"cannot read labels {labels_file}: {exc}", "check the path") from exc
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -154,8 +154,8 @@ def image_size(path: Path) -> tuple[int, int] | None:
     try:
         with Image.open(path) as image:
             return image.size
-    except OSError:
-        return None
+    except (OSError, Image.DecompressionBombError):
+        return None  # reading the samples says what is wrong with the file
 
 
 def read_samples(

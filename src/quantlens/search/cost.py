@@ -120,8 +120,8 @@ def read_time_table(path: Path) -> dict[str, dict[str, float]]:
     try:
         with path.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
-    except OSError as exc:
-        raise UserError(f"cannot read cost table {path}: {exc}", "check the path") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read cost table {path}: {exc}", "pass a UTF-8 CSV file") from exc
     if not rows or "layer" not in rows[0] or "time" not in rows[0]:
         raise UserError(
             f"{path} needs the columns layer and time (and optionally mode)",

@@ -97,7 +97,7 @@ class Oracle:
             return {}
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # not JSON, not UTF-8
             return {}  # a torn entry is recomputed
         return {k: _from_json(v) for k, v in data.items()}
 
