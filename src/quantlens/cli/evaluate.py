@@ -16,10 +16,13 @@ from quantlens.cli.options import (
     LimitOpt,
     ModelArg,
     OutputOpt,
+    RayAddressOpt,
     ShapeOpt,
     SpecOpt,
     TargetOpt,
+    WorkersOpt,
     output_file,
+    scale,
     shapes,
 )
 
@@ -54,6 +57,8 @@ def eval_cmd(
     input_shape: ShapeOpt = None,
     device: DeviceOpt = "cpu",
     output: OutputOpt = None,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Three ways: float vs ground truth, quantized vs ground truth, float vs quantized. With
     --run, the run folder's plan; with --target or --assignment, quantized here first."""
@@ -76,6 +81,7 @@ def eval_cmd(
         spec_file=spec,
         task_options=task_options,
         device=device,
+        scale=scale(workers, ray_address),
         out=output_file(output, "eval.json") if output is not None else None,
     )
     with progress("eval") as bar:

@@ -14,9 +14,12 @@ one `error:` line and exit 2, like an unknown option. What needs the files to ju
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from quantlens.scale.options import ScaleOptions
 
 # --- model, shape, spec, device -------------------------------------------------------------
 ModelArg = Annotated[str, typer.Argument(help="An .onnx file, or a zoo model name.")]
@@ -122,6 +125,34 @@ TaskOpt = Annotated[
     str | None,
     typer.Option(help="Task metric: classification, detection, ocr, distance, file.py:name."),
 ]
+
+# --- scale-out (Ray, an optional extra) ----------------------------------------------------
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        help="Run the units of work on N Ray workers (a local Ray runtime unless "
+        "--ray-address); needs pip install 'quantlens[ray]'.",
+        rich_help_panel="Scale-out",
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="An existing Ray cluster: auto, ray://HOST:PORT or HOST:PORT.",
+        rich_help_panel="Scale-out",
+    ),
+]
+
+
+def scale(workers: int | None, ray_address: str | None) -> ScaleOptions | None:
+    """The scale-out flags as options (None without them: nothing changes, Ray is not
+    imported); given without Ray installed, one error naming the extra to install."""
+    from quantlens.scale.options import scale_options
+
+    return scale_options(workers, ray_address)
+
 
 # --- vendor files ---------------------------------------------------------------------------
 FormatOpt = Annotated[

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from quantlens.pipeline.tasks import (
     TaskModel,
     eval_context,
     has_truth,
+    image_size,
     is_input,
     list_samples,
     read_samples,
@@ -40,6 +42,9 @@ from quantlens.pipeline.tasks import (
 )
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.qparams import QuantPlan
+
+if TYPE_CHECKING:
+    from quantlens.scale.evaluate import EvalFarm
 
 Progress = Callable[[int, int], None]
 Feed = dict[str, np.ndarray]
@@ -184,7 +189,9 @@ class _Runner:
         self.files = files
         self.options = options
         self.progress = progress
-        self.executor = executor
+        self.executor = self.float_executor = executor
+        # Sample shards on Ray workers (`options.scale`); None: everything runs here.
+        self.farm: EvalFarm | None = None
         self.cache: list[_Cached] = []
         self._cache_full = False
         self._cached_bytes = 0
@@ -199,30 +206,55 @@ class _Runner:
             return as_reference(self.executor.run(feed, hooks=hooks))
 
     def float_pass(self, arms: _Arms) -> None:
-        reference = OrtRunner(self.prepared.path, threads=torch.get_num_threads())
-        for sample, feed in self.inputs():
-            emulated = self.float_outputs(feed)
-            expected = reference.run(feed)
+        for sample, feed, emulated, expected in self._float_records():
             if arms.float_emulator is not None and arms.float_onnxruntime is not None:
                 arms.float_emulator.update(emulated, sample)
                 arms.float_onnxruntime.update(expected, sample)
             arms.emulator_vs_onnxruntime.update(emulated, _with_reference(sample, expected))
-            self._remember(sample, feed, emulated)
+            if feed is not None:
+                self._remember(sample, feed, emulated)
             self._tick()
 
     def quantized_pass(self, arms: _Arms, quantized: _Quantized) -> None:
-        hooks = QuantHooks(quantized.plan, self.options.device)
-        qdq = OrtRunner(quantized.qdq, threads=torch.get_num_threads()) if quantized.qdq else None
-        for item in self._replay():
-            sample = _with_reference(item.sample, item.reference)
-            candidate = self.float_outputs(item.feed, hooks)
+        for sample, candidate, exported in self._quantized_records(quantized):
             _update(arms.quantized, candidate, sample)
             _update(arms.float_vs_quantized, candidate, sample)
-            if qdq is not None:
-                exported = qdq.run(item.feed)
+            if exported is not None:
                 _update(arms.quantized_onnxruntime, exported, sample)
                 _update(arms.float_vs_quantized_onnxruntime, exported, sample)
             self._tick()
+
+    def _float_records(self) -> Iterator[tuple[Sample, Feed | None, Outputs, Outputs]]:
+        """(sample, its feed when read here, emulator outputs, ONNX Runtime outputs)."""
+        if self.farm is not None:
+            for sample, (emulated, expected) in zip(self.samples(), self.farm.float_records()):
+                yield sample, None, emulated, expected
+            return
+        reference = OrtRunner(self.prepared.path, threads=torch.get_num_threads())
+        for sample, feed in self.inputs():
+            yield sample, feed, self.float_outputs(feed), reference.run(feed)
+
+    def _quantized_records(
+        self, quantized: _Quantized
+    ) -> Iterator[tuple[Sample, Outputs, Outputs | None]]:
+        """(sample with its float reference, quantized outputs, QDQ outputs or None)."""
+        if self.farm is not None:
+            model = None if self.executor is self.float_executor else self.executor.model
+            records = self.farm.quantized_records(quantized.plan, model, quantized.qdq)
+            for sample, (reference, candidate, exported) in zip(self.samples(), records):
+                yield _with_reference(sample, reference), candidate, exported
+            return
+        hooks = QuantHooks(quantized.plan, self.options.device)
+        qdq = OrtRunner(quantized.qdq, threads=torch.get_num_threads()) if quantized.qdq else None
+        for item in self._replay():
+            exported = qdq.run(item.feed) if qdq is not None else None
+            sample = _with_reference(item.sample, item.reference)
+            yield sample, self.float_outputs(item.feed, hooks), exported
+
+    def samples(self) -> Iterator[Sample]:
+        """The samples as `inputs` names them, without reading their data (workers do)."""
+        for index, (name, path) in enumerate(self.files):
+            yield Sample(index, name, path, image_size(path))
 
     def _remember(self, sample: Sample, feed: Feed, reference: Outputs) -> None:
         size = sum(a.nbytes for a in (*feed.values(), *reference.values()))
@@ -278,22 +310,46 @@ def evaluate_three_way(
     executor = Executor(prepared.model, device=opts.device)
     runner = _Runner(prepared, executor, files, opts, progress, 2 if _wants_quantized(opts) else 1)
     arms = _make_arms(task, context)
-    clock["prepare"] = time.perf_counter() - start
+    if opts.scale is not None:
+        from quantlens.scale.evaluate import eval_farm  # imports Ray: only when asked for
 
+        paths = [path for _, path in files]
+        runner.farm = eval_farm(
+            opts.scale, opts.device, paths, prepared.spec, prepared.model, prepared.path
+        )
+    try:
+        return _evaluate(prepared, folder, task, opts, runner, arms, context, clock, start)
+    finally:
+        if runner.farm is not None:
+            runner.farm.close()
+
+
+def _evaluate(
+    prepared: TaskModel,
+    folder: Path,
+    task: str,
+    opts: EvalOptions,
+    runner: _Runner,
+    arms: _Arms,
+    context: EvalContext,
+    clock: dict[str, float],
+    start: float,
+) -> EvalReport:
+    clock["prepare"] = time.perf_counter() - start
     start = time.perf_counter()
     runner.float_pass(arms)
     check = _float_check(arms, opts)
     clock["float"] = time.perf_counter() - start
     # Only a trusted float baseline is worth quantizing against.
     start = time.perf_counter()
-    quantized_executor = _run_executor(opts) or executor
+    quantized_executor = _run_executor(opts) or runner.float_executor
     quantized, notes = _quantized(prepared, folder, quantized_executor, opts)
     runner.executor = quantized_executor
     if quantized is not None:
         _add_quantized_arms(arms, task, context, with_qdq=quantized.qdq is not None)
         runner.quantized_pass(arms, quantized)
         clock["quantized"] = time.perf_counter() - start
-    report = _report(prepared, folder, task, arms, check, quantized, len(files))
+    report = _report(prepared, folder, task, arms, check, quantized, len(runner.files))
     report.notes.extend(notes + _nonfinite_notes(report))
     report.seconds = {k: round(v, 3) for k, v in clock.items()}
     out = opts.out or (quantized.run_dir / "eval.json" if quantized and quantized.run_dir else None)

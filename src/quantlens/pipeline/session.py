@@ -30,6 +30,7 @@ from quantlens.ir.passes.fix_shapes import dynamic_inputs
 from quantlens.ir.passes.opset import opset_of
 from quantlens.ir.passes.optimize import GraphOptions, optimize_graph
 from quantlens.pipeline.calibration import Calibrations, calibration_context
+from quantlens.scale.options import ScaleOptions
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.profiles import TargetProfile, get_profile
 from quantlens.schemes.qparams import QuantPlan
@@ -174,6 +175,8 @@ class CalibrationOptions:
     spec_file: Path | None = None
     limit: int | None = None
     device: str = "cpu"
+    # Units of work on Ray workers (`--workers`, `--ray-address`); None: one process.
+    scale: ScaleOptions | None = None
 
 
 @dataclass

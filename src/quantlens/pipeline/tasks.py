@@ -31,6 +31,7 @@ from quantlens.errors import UserError, read_user_text
 from quantlens.evaluate import EvalContext, Sample, make_evaluator
 from quantlens.evaluate.agreement import as_reference
 from quantlens.pipeline.session import prepare, resolve_model, spec_for
+from quantlens.scale.options import ScaleOptions
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.qparams import QuantPlan
 
@@ -85,6 +86,8 @@ class EvalOptions:
     out: Path | None = None
     # Inputs and float outputs kept in memory between the float and quantized passes.
     cache_bytes: int = 1 << 30
+    # Sample shards on Ray workers (`--workers`, `--ray-address`); None: one process.
+    scale: ScaleOptions | None = None
     # Runs the quantize stage when the evaluation quantizes here (stages never import each
     # other; `quantlens.pipeline.flows` wires it).
     quantizer: Callable[[QuantizeRequest], object] | None = None
