@@ -10,7 +10,9 @@ from quantlens.schemes.profiles import list_profiles
 def test_every_profile_names_formats_that_exist() -> None:
     known = {f.name for f in list_formats()}
     for profile in list_profiles():
-        assert profile.export_formats, profile.name
+        # ONNX Runtime runs the QDQ export itself: a profile placed for its integer kernels
+        # (ort-cpu-fast) needs no quantize_static overrides file.
+        assert profile.export_formats or profile.integer_ops is not None, profile.name
         assert set(profile.export_formats) <= known, profile.name
 
 

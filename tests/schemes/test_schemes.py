@@ -93,7 +93,15 @@ def test_assignment_unknown_layer_suggests_close_names() -> None:
 
 def test_profiles_load_and_say_what_they_allow() -> None:
     names = {p.name for p in list_profiles()}
-    assert names == {"hailo8", "hailo8l", "hailo10h", "qnn-htp", "bm1684x", "ort-cpu"}
+    assert names == {
+        "hailo8",
+        "hailo8l",
+        "hailo10h",
+        "qnn-htp",
+        "bm1684x",
+        "ort-cpu",
+        "ort-cpu-fast",
+    }
     qnn = get_profile("qnn-htp")
     assert qnn.activation_format(8).onnx_type == "uint8" and not qnn.activation_format(8).symmetric
     assert qnn.weight_format(8).per_channel and qnn.weight_format(8).symmetric

@@ -17,6 +17,7 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
+from quantlens.emulate.integer_ops import place_integer_ops
 from quantlens.ir.layers import WEIGHTED_OPS, Layer, discover_layers
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.formats import FloatFormat, Format, IntFormat
@@ -69,7 +70,9 @@ def quantization_points(
     layer_map = discover_layers(model)
     points = QuantPoints()
     float_tensors = set(layer_map.activations)
-    if profile.placement == "all-outputs":
+    if profile.placement == "all-outputs" and profile.integer_ops is not None:
+        points.activations, points.shared = place_integer_ops(model, modes, profile, float_tensors)
+    elif profile.placement == "all-outputs":
         _place_outputs(model, modes, profile, float_tensors, points)
     else:
         _place_weighted_inputs(model, modes, profile, float_tensors, points)

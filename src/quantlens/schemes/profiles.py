@@ -69,6 +69,13 @@ class TargetProfile(BaseModel):
     passthrough_ops: list[str] = Field(default_factory=list)
     # Ops whose output reuses its input's quantization parameters (pure data movement).
     shared_scale_ops: list[str] = Field(default_factory=list)
+    # With all-outputs placement: only these ops write and read integers (the rest run in
+    # float between a DQ and a Q), as where a runtime fuses Q/DQ into integer kernels (ONNX
+    # Runtime CPU). None: every node writes integers (an NPU).
+    integer_ops: list[str] | None = None
+    # Activations an integer op's output quantizer is moved behind (the runtime deletes them
+    # before a Q whose grid already clips as they do).
+    absorbed_activations: list[str] = Field(default_factory=list)
     cost: dict[str, CostFactor] = Field(default_factory=dict)
     search: SearchRules = Field(default_factory=SearchRules)
     sources: list[str] = Field(default_factory=list)
