@@ -177,3 +177,35 @@ def test_load_inputs_reads_files_on_use(tmp_path: Path, monkeypatch: pytest.Monk
     tail = feeds[1:]
     assert isinstance(tail, FeedSet) and tail.cache is feeds.cache
     assert [float(f["x"].max()) for f in tail] == [1.0, 9.0]
+
+
+def _rapidocr_det_size(w: int, h: int, limit: int = 736) -> tuple[int, int]:
+    """rapidocr 3.10's DetPreProcess.resize (limit_type min), written out as it does."""
+    ratio = 1.0
+    if min(h, w) < limit:
+        ratio = float(limit) / h if h < w else float(limit) / w
+    resize_h, resize_w = int(h * ratio), int(w * ratio)
+    return int(round(resize_w / 32) * 32), int(round(resize_h / 32) * 32)
+
+
+@pytest.mark.parametrize(("w", "h"), [(736, 736), (500, 300), (1024, 1448), (2000, 900), (37, 9)])
+def test_limit_side_follows_paddleocr_det_resize(w: int, h: int) -> None:
+    spec = _spec(resize="limit-side", size=None, limit_side_len=736, shape=[1, 3, -1, -1])
+    out = preprocess_image(_solid(w, h, (10, 20, 30)), spec)
+    assert out.shape[2:][::-1] == _rapidocr_det_size(w, h)
+
+
+def test_limit_side_max_shrinks_only_large_images() -> None:
+    spec = _spec(resize="limit-side", size=None, limit_side_len=960, limit_type="max")
+    assert preprocess.limit_side_size(1920, 1000, spec) == (960, 512)
+    assert preprocess.limit_side_size(640, 480, spec) == (640, 480)
+    with pytest.raises(ValidationError):
+        _spec(resize="limit-side", size=None)
+
+
+@pytest.mark.parametrize(("width", "content"), [(40, 8), (400, 48)])
+def test_cap_width_squeezes_wide_lines_and_pads_to_the_width(width: int, content: int) -> None:
+    spec = _spec(resize="height-keep-ratio", size=(4, 48), cap_width=True, pad_space="normalized")
+    out = preprocess_image(_solid(width, 20, (255, 255, 255)), spec)
+    assert out.shape == (1, 3, 4, 48)
+    assert np.all(out[..., :content] > 0.9) and np.all(out[..., content:] == 0)

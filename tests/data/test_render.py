@@ -15,6 +15,7 @@ from quantlens.data.render import (
     random_text,
     render_page,
     render_text_line,
+    render_text_page,
     rotate_page,
     write_samples,
 )
@@ -100,3 +101,28 @@ def test_write_samples_rejects_bad_arguments(tmp_path: Path) -> None:
         write_samples("faces", 1, tmp_path)  # type: ignore[arg-type]
     with pytest.raises(UserError, match="must be positive"):
         write_samples("pages", 0, tmp_path)
+
+
+def test_text_pages_have_one_box_per_drawn_line(tmp_path: Path) -> None:
+    image, lines = render_text_page(0)
+    assert image.size == (736, 736) and len(lines) >= 8
+    ink = np.asarray(image.convert("L")) < 128
+    covered = np.zeros_like(ink)
+    for x0, y0, x1, y1 in lines:
+        assert ink[y0:y1, x0:x1].mean() > 0.05, "each box holds text"
+        assert not covered[y0:y1, x0:x1].any(), "boxes never overlap"
+        covered[y0:y1, x0:x1] = True
+    assert ink[~covered].mean() < 0.002, "no dark text outside the boxes"
+    write_samples("text-pages", 2, tmp_path, seed=0)  # page 0 is drawn from seed 0
+    coco = json.loads((tmp_path / "annotations.json").read_text())
+    assert coco["categories"] == [{"id": 1, "name": "text"}]
+    first = [a["bbox"] for a in coco["annotations"] if a["image_id"] == 1]
+    assert first == [[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in lines]
+
+
+def test_rotated_lines_alternate_upright_and_upside_down(tmp_path: Path) -> None:
+    write_samples("rotated-lines", 4, tmp_path, seed=1)
+    rows = (tmp_path / "labels.txt").read_text().splitlines()
+    assert [r.split("\t")[1] for r in rows] == ["0", "180", "0", "180"]
+    line = Image.open(tmp_path / "line_0000.png")
+    assert line.height < 48, "cropped close to the ink, as a detector's crop"

@@ -58,7 +58,13 @@ def fake_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any
 
 def test_entries_are_complete() -> None:
     names = [e.name for e in zoo.list_entries()]
-    assert names == ["doclayout-yolov8n", "ppocr-v6-rec-small", "pplcnet-orientation"]
+    assert names == [
+        "doclayout-yolov8n",
+        "ppocr-v6-rec-small",
+        "pplcnet-orientation",
+        "ppocr-v6-det-small",
+        "ppocr-textline-cls",
+    ]
     for entry in zoo.list_entries():
         assert len(entry.wheel_sha256) == 64 and len(entry.model_sha256) == 64
         assert entry.labels or entry.labels_from
@@ -195,3 +201,40 @@ def test_layout_detector_finds_rendered_blocks() -> None:
     drawn = {entry.labels.index(b["category"]) for b in boxes}
     confident = set(scores.argmax(axis=0)[scores.max(axis=0) > 0.5].tolist())
     assert confident <= drawn and len(confident) >= len(drawn) - 2
+
+
+@pytest.mark.zoo
+def test_db_detector_finds_rendered_lines() -> None:
+    from quantlens.data.render import render_text_page
+    from quantlens.evaluate.text_detection import DBSettings, db_boxes, match_boxes
+
+    entry = zoo.get_entry("ppocr-v6-det-small")
+    session = _session(entry.name)
+    tp = fp = fn = 0
+    for seed in range(2):
+        page, lines = render_text_page(seed)
+        feed = preprocess_image(page, entry.input)
+        assert feed.shape == (1, 3, 736, 736)
+        prob = session.run(None, {entry.input.input_name: feed})[0][0, 0]
+        found = db_boxes(prob, prob > 0.3, DBSettings())  # map pixels = page pixels here
+        counts = match_boxes(found, np.asarray(lines, dtype=np.float64))
+        tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
+    assert 2 * tp / (2 * tp + fp + fn) >= 0.95
+
+
+@pytest.mark.zoo
+def test_textline_classifier_reads_upside_down_lines(tmp_path: Path) -> None:
+    from quantlens.data.preprocess import load_image
+    from quantlens.data.render import write_samples
+
+    entry = zoo.get_entry("ppocr-textline-cls")
+    session = _session(entry.name)
+    write_samples("rotated-lines", 20, tmp_path, seed=5)
+    right = 0
+    for row in (tmp_path / "labels.txt").read_text().splitlines():
+        name, angle = row.split("\t")
+        feed = load_image(tmp_path / name, entry.input)
+        assert feed.shape == (1, 3, 48, 192)
+        scores = session.run(None, {entry.input.input_name: feed})[0][0]
+        right += entry.labels[int(scores.argmax())] == angle
+    assert right >= 18

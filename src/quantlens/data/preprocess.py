@@ -26,7 +26,7 @@ from quantlens.errors import UserError, read_user_text
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 ARRAY_SUFFIXES = (".npy", ".npz")
 
-ResizeMode = Literal["stretch", "letterbox", "short-side-crop", "height-keep-ratio"]
+ResizeMode = Literal["stretch", "letterbox", "short-side-crop", "height-keep-ratio", "limit-side"]
 Interpolation = Literal["bilinear", "linear", "lanczos", "bicubic", "nearest"]
 
 _PIL_FILTERS = {
@@ -48,7 +48,12 @@ class InputSpec(BaseModel):
         (PaddleClas `ResizeImage` + `CropImage`);
       - height-keep-ratio: height = size[0], width = the aspect-ratio width (PaddleOCR
         `resize_norm_img`), right-padded to at least size[1] and to a multiple of
-        `width_multiple` (so the CTC length T = W/8 is exact).
+        `width_multiple` (so the CTC length T = W/8 is exact); with `cap_width`, a wider line
+        is squeezed to size[1] (PaddleOCR's text-line classifier);
+      - limit-side: the output size follows the image (no `size`): with `limit_type` min, a
+        shorter side below `limit_side_len` is scaled up to it (max: a longer side above it is
+        scaled down), then each side is rounded to a multiple of `size_multiple` and the image
+        stretched to that (PaddleOCR `DetResizeForTest`, the DB text detectors).
 
     interpolation: `bilinear`, `lanczos`, `bicubic`, `nearest` are PIL filters (antialiased when
     shrinking); `linear` is OpenCV's INTER_LINEAR (half-pixel centres, no antialiasing), done in
@@ -77,6 +82,10 @@ class InputSpec(BaseModel):
     )
     resize_short: int | None = None
     width_multiple: int = 1
+    cap_width: bool = False
+    limit_side_len: int | None = None
+    limit_type: Literal["min", "max"] = "min"
+    size_multiple: int = 32
     interpolation: Interpolation = "bilinear"
     scale: float = 1.0 / 255.0
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -95,7 +104,13 @@ class InputSpec(BaseModel):
             raise ValueError("short-side-crop needs resize_short >= the crop size")
         if min(size) <= 0 or self.width_multiple <= 0 or min(self.std) <= 0:
             raise ValueError("size, width_multiple and std must be positive")
+        if self.resize == "limit-side" and (self.limit_side_len or 0) <= 0:
+            raise ValueError("limit-side needs a positive limit_side_len")
         return self
+
+    def reads_images(self) -> bool:
+        """Whether the spec says how to turn an image into the input (else: tensors only)."""
+        return self.size is not None or self.resize == "limit-side"
 
     def image_size(self) -> tuple[int, int]:
         """(height, width) images are resized to; a UserError when the spec has none."""
@@ -182,6 +197,9 @@ def preprocess_image(image: Image.Image, spec: InputSpec) -> np.ndarray:
 
 def _resize(image: Image.Image, spec: InputSpec) -> tuple[Image.Image, int]:
     """Resize as the spec says; returns the pixels and the width that holds real content."""
+    if spec.resize == "limit-side":
+        new_w, new_h = limit_side_size(image.width, image.height, spec)
+        return _resize_to(image, new_w, new_h, spec.interpolation), new_w
     height, width = spec.image_size()
     if spec.resize == "stretch":
         return _resize_to(image, width, height, spec.interpolation), width
@@ -192,7 +210,22 @@ def _resize(image: Image.Image, spec: InputSpec) -> tuple[Image.Image, int]:
     # PaddleOCR rounds up, except that a line wider than the minimum is truncated instead.
     exact = height * image.width / image.height
     new_w = max(1, min(math.ceil(exact), max(width, int(exact))))
+    new_w = min(new_w, width) if spec.cap_width else new_w
     return _resize_to(image, new_w, height, spec.interpolation), new_w
+
+
+def limit_side_size(width: int, height: int, spec: InputSpec) -> tuple[int, int]:
+    """(width, height) of `limit-side`: PaddleOCR's DetResizeForTest (int() truncation, then
+    round half to even to the multiple, as Python's round does there)."""
+    limit = float(spec.limit_side_len or 1)
+    if spec.limit_type == "min":
+        ratio = limit / min(width, height) if min(width, height) < limit else 1.0
+    else:
+        ratio = limit / max(width, height) if max(width, height) > limit else 1.0
+    step = spec.size_multiple
+    new_w = max(step, round(int(width * ratio) / step) * step)
+    new_h = max(step, round(int(height * ratio) / step) * step)
+    return new_w, new_h
 
 
 def _resize_to(image: Image.Image, width: int, height: int, how: Interpolation) -> Image.Image:
@@ -356,7 +389,7 @@ def load_feed(path: Path, spec: InputSpec) -> dict[str, np.ndarray]:
     """One file as a model feed: an image through the spec, arrays as they are (checked)."""
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES:
-        if spec.size is None:
+        if not spec.reads_images():
             problem, fix = no_image_spec(spec, f"image {path.name}: images")
             raise UserError(problem, fix)
         return {spec.input_name: load_image(path, spec)}

@@ -39,7 +39,8 @@ _CLOCKWISE = {
     180: Image.Transpose.ROTATE_180,
     270: Image.Transpose.ROTATE_90,
 }
-SampleKind = Literal["pages", "text-lines", "rotated-pages"]
+SampleKind = Literal["pages", "text-lines", "rotated-pages", "text-pages", "rotated-lines"]
+TEXT_PAGE_SIZE = (736, 736)
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 Box = list[int]
 
@@ -196,6 +197,47 @@ def render_page(
     return page.image, page.boxes
 
 
+def render_text_page(
+    seed: int, size: tuple[int, int] = TEXT_PAGE_SIZE
+) -> tuple[Image.Image, list[Box]]:
+    """A page of text only (a title, then paragraphs in several fonts and sizes, some lines
+    indented) and the ink box [x0, y0, x1, y1] of every line: the ground truth of a text-line
+    detector. Lines are spaced at least 0.5 font heights apart, so boxes never touch."""
+    page = _Page(np.random.default_rng(seed), size)
+    page.margin = page.left = int(page.rng.integers(24, 60))
+    page.right = size[0] - int(page.rng.integers(24, 60))
+    page.y = int(page.rng.integers(24, 60))
+    lines: list[Box] = []
+    title = load_font(int(page.rng.integers(24, 33)), "bold")
+    lines += _text_lines(page, page.words(int(page.rng.integers(2, 5))).title(), title)
+    while True:
+        font = load_font(int(page.rng.integers(14, 24)), str(page.rng.choice(list(FONT_FILES))))
+        page.y += int(page.rng.integers(8, 30))
+        if page.y + 3 * _font_height(font) > size[1] - page.margin:
+            break
+        lines += _text_lines(page, page.words(int(page.rng.integers(4, 30))).capitalize(), font)
+    return _degrade(page.image, page.rng), lines
+
+
+def _text_lines(page: _Page, text: str, font: Font) -> list[Box]:
+    """Draw `text` wrapped, each line indented at random; the ink box of each line drawn."""
+    height = _font_height(font)
+    boxes: list[Box] = []
+    for line in _wrap(text, font, (page.right - page.left) * 3 // 4):
+        if page.y + height > page.image.height - page.margin:
+            break
+        x0 = page.left + int(page.rng.integers(0, (page.right - page.left) // 4))
+        drawn = page.draw.textbbox((x0, page.y), line, font=font)
+        page.draw.text((x0, page.y), line, fill=(20, 20, 20), font=font)
+        boxes.append(page._ink_extent([int(v) for v in drawn]))
+        page.y += height + max(6, int(height * page.rng.uniform(0.5, 0.9)))
+    return boxes
+
+
+def _font_height(font: Font) -> int:
+    return int(font.size if isinstance(font, ImageFont.FreeTypeFont) else 12)
+
+
 def _draw_header_and_title(page: _Page) -> None:
     font = load_font(14, "sans")
     header = f"{page.words(3).title()} · Vol. {int(page.rng.integers(2, 40))}"
@@ -327,11 +369,19 @@ def write_samples(kind: SampleKind, n: int, out_dir: str | Path, seed: int = 0) 
     """Write `n` PNG samples of `kind` and their ground truth into `out_dir`; return `out_dir`.
 
     pages: `annotations.json` in COCO form (category_id = DocLayNet class index + 1);
-    text-lines / rotated-pages: `labels.txt` with `filename<TAB>text` / `filename<TAB>angle`.
+    text-pages: `annotations.json` in COCO form, one box per text line (category 1, "text");
+    text-lines / rotated-pages / rotated-lines: `labels.txt` with `filename<TAB>text` /
+    `filename<TAB>angle` (0-270 / 0 or 180).
     """
     if n <= 0:
         raise UserError(f"sample count {n} must be positive", "pass n >= 1")
-    writers = {"pages": _write_pages, "text-lines": _write_lines, "rotated-pages": _write_rotated}
+    writers = {
+        "pages": _write_pages,
+        "text-lines": _write_lines,
+        "rotated-pages": _write_rotated,
+        "text-pages": _write_text_pages,
+        "rotated-lines": _write_rotated_lines,
+    }
     if kind not in writers:
         raise UserError(f"unknown sample kind {kind!r}", f"choose one of: {', '.join(writers)}")
     out = Path(out_dir)
@@ -366,9 +416,12 @@ def _write_pages(n: int, out: Path, seed: int) -> None:
     write_text_atomic(out / "annotations.json", json.dumps(coco, indent=1) + "\n")
 
 
-def _coco_annotation(ann_id: int, image_id: int, box: dict[str, Any]) -> dict[str, Any]:
+def _coco_annotation(
+    ann_id: int, image_id: int, box: dict[str, Any], category_id: int | None = None
+) -> dict[str, Any]:
     x, y, w, h = box["bbox"]
-    category_id = DOCLAYNET_CLASSES.index(box["category"]) + 1
+    if category_id is None:
+        category_id = DOCLAYNET_CLASSES.index(box["category"]) + 1
     return {
         "id": ann_id,
         "image_id": image_id,
@@ -399,3 +452,43 @@ def _write_rotated(n: int, out: Path, seed: int) -> None:
         _save_png(rotate_page(image, angle), out / name)
         rows.append(f"{name}\t{angle}\n")
     write_text_atomic(out / "labels.txt", "".join(rows))
+
+
+def _write_text_pages(n: int, out: Path, seed: int) -> None:
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for i in range(n):
+        image, lines = render_text_page(_sample_seed(seed, i))
+        name = f"text_page_{i:04d}.png"
+        _save_png(image, out / name)
+        images.append(
+            {"id": i + 1, "file_name": name, "width": image.width, "height": image.height}
+        )
+        for x0, y0, x1, y1 in lines:
+            box = {"bbox": [x0, y0, x1 - x0, y1 - y0]}
+            annotations.append(_coco_annotation(len(annotations) + 1, i + 1, box, category_id=1))
+    coco = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "text"}]}
+    write_text_atomic(out / "annotations.json", json.dumps(coco, indent=1) + "\n")
+
+
+def _write_rotated_lines(n: int, out: Path, seed: int) -> None:
+    """Lines of words cropped a few pixels around their ink, as a text detector hands them to
+    the orientation classifier; every second one turned upside down."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        angle = 180 * (i % 2)
+        text = " ".join(str(w) for w in rng.choice(_WORDS, int(rng.integers(2, 7))))
+        line = _ink_crop(render_text_line(text, _sample_seed(seed, i)), int(rng.integers(2, 7)))
+        name = f"line_{i:04d}.png"
+        _save_png(rotate_page(line, angle), out / name)
+        rows.append(f"{name}\t{angle}\n")
+    write_text_atomic(out / "labels.txt", "".join(rows))
+
+
+def _ink_crop(image: Image.Image, pad: int) -> Image.Image:
+    rows, cols = np.nonzero(np.asarray(image).min(axis=2) < 150)
+    if rows.size == 0:
+        return image
+    box = (cols.min() - pad, rows.min() - pad, cols.max() + 1 + pad, rows.max() + 1 + pad)
+    return image.crop((max(0, int(box[0])), max(0, int(box[1])), int(box[2]), int(box[3])))

@@ -44,6 +44,10 @@ DOCLAYNET_CLASSES = [
     "Title",
 ]
 ORIENTATION_LABELS = ["0", "90", "180", "270"]
+TEXTLINE_LABELS = ["0", "180"]
+# rapidocr 3.10.0 ships three PaddleOCR models in one wheel; its MODEL_LICENSES.md gives each
+# model's sha256 and provenance (Apache-2.0, Baidu / PaddleOCR authors).
+_RAPIDOCR_WHEEL = "2fc34e26cd0f48514804a94f8832283039c7334076bff60768b1fed9ad068050"
 
 
 class ZooEntry(BaseModel):
@@ -59,7 +63,7 @@ class ZooEntry(BaseModel):
     model_sha256: str
     licence: str
     source: str
-    task: Literal["detection", "ocr-recognition", "classification"]
+    task: Literal["detection", "ocr-recognition", "classification", "text-detection"]
     input: InputSpec
     outputs: str
     labels: list[str] = []
@@ -100,7 +104,7 @@ _ENTRIES = [
         name="ppocr-v6-rec-small",
         package="rapidocr",
         version="3.10.0",
-        wheel_sha256="2fc34e26cd0f48514804a94f8832283039c7334076bff60768b1fed9ad068050",
+        wheel_sha256=_RAPIDOCR_WHEEL,
         member="rapidocr/models/PP-OCRv6_rec_small.onnx",
         model_sha256="6f327246b50388f3c176ae304bd95767ea6dc0c9ae92153ef8cbe210b3c14884",
         licence="Apache-2.0",
@@ -159,6 +163,73 @@ _ENTRIES = [
         "LANCZOS. Label = how far the page was turned clockwise: a page turned 90 degrees "
         "counter-clockwise is '270' (see render.rotate_page). A negative control: int8 "
         "barely hurts it.",
+    ),
+    ZooEntry(
+        name="ppocr-v6-det-small",
+        package="rapidocr",
+        version="3.10.0",
+        wheel_sha256=_RAPIDOCR_WHEEL,
+        member="rapidocr/models/PP-OCRv6_det_small.onnx",
+        model_sha256="090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f",
+        licence="Apache-2.0",
+        source="PaddleOCR PP-OCRv6 small DB text detector (Baidu), converted to ONNX and "
+        "bundled in the rapidocr wheel",
+        task="text-detection",
+        input=InputSpec(
+            input_name="x",
+            shape=[-1, 3, -1, -1],
+            color="BGR",
+            resize="limit-side",
+            limit_side_len=736,
+            limit_type="min",
+            size_multiple=32,
+            interpolation="linear",
+            scale=1.0 / 255.0,
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+        ),
+        outputs="[N, 1, H, W] text probability map at input resolution (DB: trained on "
+        "text boxes shrunk by ratio 0.4; boxes come back by thresholding at 0.3 and unclipping "
+        "by 1.6)",
+        labels=["text"],
+        notes="opset 11, dynamic N, H and W; DB head (Conv, ConvTranspose, Sigmoid) on an "
+        "LCNet-style backbone with HardSigmoid SE blocks and GELU (Erf). Pre-processing "
+        "follows rapidocr 3.10's config (shorter side raised to 736, sides rounded to multiples "
+        "of 32, cv2 INTER_LINEAR, (x/255 - 0.5)/0.5 in BGR). Ground truth: `quantlens data make "
+        "text-pages` (COCO boxes, one per line).",
+    ),
+    ZooEntry(
+        name="ppocr-textline-cls",
+        package="rapidocr",
+        version="3.10.0",
+        wheel_sha256=_RAPIDOCR_WHEEL,
+        member="rapidocr/models/ch_ppocr_mobile_v2.0_cls_mobile.onnx",
+        model_sha256="e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
+        licence="Apache-2.0",
+        source="PaddleOCR ch_ppocr_mobile_v2.0 text-line orientation classifier (Baidu), "
+        "converted to ONNX and bundled in the rapidocr wheel",
+        task="classification",
+        input=InputSpec(
+            input_name="x",
+            shape=[-1, 3, -1, -1],
+            color="BGR",
+            resize="height-keep-ratio",
+            size=(48, 192),
+            cap_width=True,
+            interpolation="linear",
+            scale=1.0 / 255.0,
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            pad_value=0.0,
+            pad_space="normalized",
+        ),
+        outputs="[N, 2] softmax: the line is upright ('0') or upside down ('180')",
+        labels=TEXTLINE_LABELS,
+        notes="opset 11, MobileNetV3-small (x0.35): depthwise convs, ReLU, hard-swish as "
+        "x*Clip(x+3, 0, 6)/6, SE blocks with HardSigmoid, BatchNorm, every weight in a "
+        "Constant node. Input 48x192: height 48 keeping the aspect ratio, wider lines squeezed "
+        "to 192, right-padded with 0 (rapidocr 3.10's Cls). Ground truth: `quantlens data make "
+        "rotated-lines`.",
     ),
 ]
 

@@ -1,9 +1,11 @@
-"""Evaluation: task metrics (classification, detection, ocr, distance) and output distances."""
+"""Evaluation: task metrics (classification, detection, text-detection, ocr, distance) and
+output distances."""
 
 from quantlens.evaluate import agreement as _agreement  # noqa: F401  (registers "distance")
 from quantlens.evaluate import classification as _classification  # noqa: F401
 from quantlens.evaluate import detection as _detection  # noqa: F401
 from quantlens.evaluate import ocr as _ocr  # noqa: F401
+from quantlens.evaluate import text_detection as _text_detection  # noqa: F401
 from quantlens.evaluate.base import (
     EvalContext,
     Evaluator,
