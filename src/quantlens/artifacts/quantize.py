@@ -25,6 +25,22 @@ class OptimizeRecord(BaseModel):
     fixes: list[dict[str, object]] = Field(default_factory=list)
 
 
+class LatencyRecord(BaseModel):
+    """ONNX Runtime CPU latency of the float model and of the QDQ export, timed interleaved."""
+
+    threads: int
+    rounds: int
+    float_ms: float
+    quantized_ms: float
+    # The graph ORT runs after its QDQ fusions: integer kernels and weighted ops left in float.
+    integer_kernels: dict[str, int] = Field(default_factory=dict)
+    float_weighted_ops: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.quantized_ms / self.float_ms if self.float_ms > 0 else float("inf")
+
+
 class QuantizeReport(Artifact):
     kind = "quantize"
     model: str
@@ -41,6 +57,8 @@ class QuantizeReport(Artifact):
     seconds: dict[str, float]
     notes: list[str] = Field(default_factory=list)
     optimize: OptimizeRecord = Field(default_factory=OptimizeRecord)
+    # Measured for ONNX Runtime targets (a vendor chip's QDQ model is not what it runs).
+    latency: LatencyRecord | None = None
     quantlens_version: str = __version__
 
     def worst_snr(self) -> float:

@@ -18,10 +18,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from quantlens.artifacts.quantize import LatencyRecord
 from quantlens.errors import UserError
 
 Feed = Mapping[str, np.ndarray]
 DEFAULT_THREADS = 2
+# ORT's integer kernels after its QDQ fusions, and the weighted ops it may leave in float.
+INTEGER_PREFIXES = ("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "DynamicQuantize")
+FLOAT_HEAVY_OPS = ("Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm", "ConvTranspose")
 
 
 @dataclass(frozen=True)
@@ -97,3 +101,23 @@ def fused_op_counts(model: str | Path, threads: int = 1) -> dict[str, int]:
     for node in graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def export_latency(
+    float_model: str | Path,
+    qdq_model: str | Path,
+    feeds: Sequence[Feed],
+    settings: LatencySettings | None = None,
+) -> LatencyRecord:
+    """The float model against its QDQ export, interleaved, with what ORT fused."""
+    settings = settings or LatencySettings()
+    times = interleaved_latency({"float": float_model, "quantized": qdq_model}, feeds, settings)
+    ops = fused_op_counts(qdq_model, settings.threads)
+    return LatencyRecord(
+        threads=settings.threads,
+        rounds=settings.rounds,
+        float_ms=round(times["float"] * 1e3, 3),
+        quantized_ms=round(times["quantized"] * 1e3, 3),
+        integer_kernels={k: v for k, v in ops.items() if k.startswith(INTEGER_PREFIXES)},
+        float_weighted_ops={k: v for k, v in ops.items() if k in FLOAT_HEAVY_OPS},
+    )

@@ -115,6 +115,8 @@ def _print_quantize(report: QuantizeReport) -> None:
     modes = ", ".join(f"{m} x{n}" for m, n in report.modes.items())
     for fix in report.optimize.fixes:
         out.print(_fix_line(fix))
+    if report.latency is not None:
+        out.print(_latency_line(report))
     reused = " (calibration reused)" if report.calibration_reused else ""
     pooled = report.pooled_agreement()
     agree = "?" if pooled is None else f"{pooled:.1f}"
@@ -122,6 +124,18 @@ def _print_quantize(report: QuantizeReport) -> None:
         f"{Path(report.model).name} -> {report.files['qdq_model']}: {report.target}, {modes}; "
         f"worst output SNR {report.worst_snr():.1f} dB, emulator vs ONNX Runtime {agree} dB "
         f"(pooled), {report.samples} samples{reused}"
+    )
+
+
+def _latency_line(report: QuantizeReport) -> str:
+    lat = report.latency
+    assert lat is not None
+    kernels = sum(lat.integer_kernels.values())
+    left = sum(lat.float_weighted_ops.values())
+    return (
+        f"ONNX Runtime CPU, {lat.threads} threads: float {lat.float_ms:.2f} ms, "
+        f"QDQ {lat.quantized_ms:.2f} ms ({lat.ratio:.2f}x); {kernels} integer kernels, "
+        f"{left} weighted ops left in float"
     )
 
 

@@ -18,7 +18,13 @@ import torch
 from quantlens.artifacts import replace_file
 from quantlens.artifacts.folder import RunFolder
 from quantlens.artifacts.graph import build_graph
-from quantlens.artifacts.quantize import OptimizeRecord, OutputQuality, QuantizeReport
+from quantlens.artifacts.quantize import (
+    LatencyRecord,
+    OptimizeRecord,
+    OutputQuality,
+    QuantizeReport,
+)
+from quantlens.bench.latency import LatencySettings, export_latency
 from quantlens.calib import CalibrationStats
 from quantlens.emulate import Executor
 from quantlens.emulate.fakequant import QuantHooks
@@ -43,6 +49,8 @@ Progress = Callable[[int, int], None]
 class QuantizeOptions(OptimizeOptions):
     run_dir: Path = Path("runs/quantize")
     assignment: Path | None = None
+    # Rounds of the float vs QDQ latency measurement in ONNX Runtime (ORT targets); 0: none.
+    latency_rounds: int = 10
 
 
 def compare_outputs(
@@ -123,6 +131,10 @@ def quantize(
     files["qdq_model"] = str(qdq_path)
     agree = agreement_stats(executor, plan, qdq_path, feeds)
     clock["export"] = time.perf_counter() - start
+    start = time.perf_counter()
+    latency = _latency(session, opts, qdq_path, say)
+    if latency is not None:
+        clock["latency"] = time.perf_counter() - start
 
     report = QuantizeReport(
         model=str(session.path.resolve()),
@@ -147,6 +159,7 @@ def quantize(
             passes={r.name: r.details for r in session.graph_reports},
             fixes=[f.as_record() for f in fixes],
         ),
+        latency=latency,
     )
     folder.write(report)
     return report
@@ -164,6 +177,18 @@ def _write_model(model: object, path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     ir.save(model, tmp)
     return replace_file(tmp, path)
+
+
+def _latency(
+    session: Session, opts: QuantizeOptions, qdq_path: Path, say: Say | None
+) -> LatencyRecord | None:
+    """Float vs QDQ latency in ONNX Runtime, where ONNX Runtime is the target: what a user
+    deploying the export will see (a vendor chip does not run the QDQ model)."""
+    if session.profile.vendor != "ONNX Runtime" or opts.latency_rounds <= 0:
+        return None
+    _say(say, "timing the float model and the QDQ export in ONNX Runtime")
+    settings = LatencySettings(rounds=opts.latency_rounds, warmup=2)
+    return export_latency(session.path, qdq_path, session.feeds[:4], settings)
 
 
 def _write_plan(folder: RunFolder, assignment: Assignment, plan: QuantPlan) -> dict[str, str]:
