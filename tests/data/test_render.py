@@ -126,3 +126,27 @@ def test_rotated_lines_alternate_upright_and_upside_down(tmp_path: Path) -> None
     assert [r.split("\t")[1] for r in rows] == ["0", "180", "0", "180"]
     line = Image.open(tmp_path / "line_0000.png")
     assert line.height < 48, "cropped close to the ink, as a detector's crop"
+
+
+def test_cdla_pages_name_the_boxes_as_cdla_does() -> None:
+    from quantlens.data.render import cdla_boxes
+
+    page = [
+        {"category": "Section-header", "bbox": [0, 0, 10, 5]},
+        {"category": "List-item", "bbox": [0, 10, 50, 5]},
+        {"category": "List-item", "bbox": [4, 20, 80, 5]},
+        {"category": "Picture", "bbox": [0, 30, 40, 40]},
+        {"category": "Caption", "bbox": [0, 72, 40, 5]},
+        {"category": "Caption", "bbox": [0, 80, 40, 5]},
+        {"category": "Table", "bbox": [0, 86, 60, 30]},
+    ]
+    mapped = cdla_boxes(page)
+    assert [b["category"] for b in mapped] == [
+        "title",
+        "text",
+        "figure",
+        "figure_caption",
+        "table_caption",
+        "table",
+    ]
+    assert mapped[1]["bbox"] == [0, 10, 84, 15], "consecutive list items are one text block"

@@ -62,6 +62,7 @@ def test_entries_are_complete() -> None:
         "doclayout-yolov8n",
         "ppocr-v6-rec-small",
         "pplcnet-orientation",
+        "picodet-layout-cdla",
         "ppocr-v6-det-small",
         "ppocr-textline-cls",
     ]
@@ -238,3 +239,33 @@ def test_textline_classifier_reads_upside_down_lines(tmp_path: Path) -> None:
         scores = session.run(None, {entry.input.input_name: feed})[0][0]
         right += entry.labels[int(scores.argmax())] == angle
     assert right >= 18
+
+
+@pytest.mark.zoo
+def test_picodet_finds_rendered_blocks_in_cdla_classes() -> None:
+    import torch
+
+    from quantlens.data.render import cdla_boxes
+    from quantlens.evaluate.picodet import decode_picodet
+    from quantlens.evaluate.yolo import DecodeOptions, box_iou
+
+    entry = zoo.get_entry("picodet-layout-cdla")
+    session = _session(entry.name)
+    names = [o.name for o in session.get_outputs()]
+    found = total = 0
+    for seed in range(2):
+        page, boxes = render_page(seed)
+        feed = preprocess_image(page, entry.input)
+        outputs = dict(zip(names, session.run(None, {entry.input.input_name: feed})))
+        dets = decode_picodet(outputs, (800, 608), DecodeOptions(score_threshold=0.4))
+        scale = np.array([page.width / 608, page.height / 800] * 2)
+        for box in cdla_boxes(boxes):
+            x, y, w, h = box["bbox"]
+            same = dets.classes == entry.labels.index(box["category"])
+            overlaps = box_iou(
+                torch.tensor([[x, y, x + w, y + h]], dtype=torch.float64),
+                torch.as_tensor(dets.boxes[same] * scale),
+            )
+            found += int(overlaps.numel() > 0 and float(overlaps.max()) >= 0.5)
+            total += 1
+    assert found >= 0.8 * total

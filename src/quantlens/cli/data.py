@@ -89,7 +89,9 @@ def doctor(
 def data_make(
     kind: Annotated[
         str,
-        typer.Argument(help="pages, text-lines, rotated-pages, text-pages or rotated-lines."),
+        typer.Argument(
+            help="pages, text-lines, rotated-pages, text-pages, rotated-lines or cdla-pages."
+        ),
     ],
     count: Annotated[int, typer.Option("-n", "--count", help="Number of samples.", min=1)] = 16,
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write.")] = Path(
@@ -98,7 +100,7 @@ def data_make(
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same files.", min=0)] = 0,
 ) -> None:
     """Render samples with ground truth: pages (COCO boxes), text lines, rotated pages, text
-    pages (COCO box per line), upright and upside-down lines."""
+    pages (COCO box per line), upright and upside-down lines, pages in CDLA classes."""
     from typing import get_args
 
     from quantlens.data.render import SampleKind, write_samples
@@ -109,5 +111,5 @@ def data_make(
     if count <= 0:
         raise UserError(f"--count must be positive, got {count}")
     folder = write_samples(kind, count, output, seed=seed)  # type: ignore[arg-type]
-    truth = "annotations.json" if kind in ("pages", "text-pages") else "labels.txt"
+    truth = "annotations.json" if kind in ("pages", "text-pages", "cdla-pages") else "labels.txt"
     out.print(f"{count} {kind} in {folder} (ground truth: {folder / truth}), seed {seed}")

@@ -51,7 +51,8 @@ def eval_cmd(
     limit: LimitOpt = None,
     score_threshold: Annotated[float | None, typer.Option(help="Detection score floor.")] = None,
     postprocess: Annotated[
-        str | None, typer.Option(help="Detection post-process plug-in: file.py:fn.")
+        str | None,
+        typer.Option(help="Detection post-process: yolov8 or picodet (built in), or file.py:fn."),
     ] = None,
     spec: SpecOpt = None,
     input_shape: ShapeOpt = None,

