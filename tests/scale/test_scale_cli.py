@@ -15,7 +15,7 @@ from quantlens.cli import run
 from tests.helpers import npz_folder
 from tests.models import conv_bn_model
 
-COMMANDS = ("eval",)
+COMMANDS = ("quantize", "analyze", "search", "eval")
 
 
 @pytest.fixture

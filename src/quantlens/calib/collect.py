@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -385,3 +386,113 @@ def weight_ranges(
     if not np.isfinite(pair).all():
         raise UserError(f"weight {name!r} holds NaN or Inf", "fix the model's weights")
     return pair[0], pair[1]
+
+
+# --- calibration in shards (workers observe, the driver merges) ---------------------------------
+
+
+@dataclass
+class ShardObservation:
+    """What one-pass calibration saw of a run of consecutive samples: value counts, exact
+    min/max and growing histograms per target. Shards merge exactly (`merge_observations`):
+    counts add, min/max take the extremes, and growing histograms re-bin onto the grid of the
+    joint range, which is the grid one stream over all the samples ends on. So every method
+    (minmax, percentile, mse, entropy) chooses the ranges it chooses in one process."""
+
+    samples: int = 0
+    numel: dict[str, int] = field(default_factory=dict)
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    histograms: dict[str, GrowingHistogram] = field(default_factory=dict)
+
+
+def observe_shard(
+    executor: Executor,
+    feeds: Feeds,
+    targets: Mapping[str, IntFormat],
+    method: str,
+    *,
+    start: int = 0,
+    percentile: float = 99.999,
+    bins: int = 2048,
+) -> ShardObservation:
+    """One-pass observation of `feeds`, samples numbered from `start` (for error messages)."""
+    observer = make_observer(method, ObserverSettings(percentile=percentile, bins=bins))
+    capacities = {
+        name: _OVERSAMPLE * observer.histogram_range(-1.0, 1.0, fmt)[2]
+        for name, fmt in targets.items()
+    }
+    hooks = _StreamHooks(capacities, executor.device)
+    hooks.sample = start
+    samples = 0
+    with torch.inference_mode():
+        for index, feed in enumerate(feeds, start=start):
+            executor.run(feed, hooks=hooks)
+            hooks.end_sample(index)
+            samples += 1
+    # minmax reads no histogram: do not ship one
+    histograms = hooks.histograms if observer.needs_histogram else {}
+    cpu = torch.device("cpu")
+    for histogram in histograms.values():
+        # A plain CPU tensor (not an inference one), so merging may add to it in place.
+        histogram.counts = histogram.counts.to(cpu).clone()
+    return ShardObservation(samples, hooks.numel, hooks.ranges, histograms)
+
+
+def merge_observations(parts: Iterable[ShardObservation]) -> ShardObservation:
+    """The shards in sample order, merged (targets keep the order one stream first saw them)."""
+    merged = ShardObservation()
+    for part in parts:
+        merged.samples += part.samples
+        for name, count in part.numel.items():
+            merged.numel[name] = merged.numel.get(name, 0) + count
+        for name, (low, high) in part.ranges.items():
+            seen_low, seen_high = merged.ranges.get(name, (low, high))
+            merged.ranges[name] = (min(low, seen_low), max(high, seen_high))
+        for name, histogram in part.histograms.items():
+            if name in merged.histograms:
+                merged.histograms[name].merge(histogram)
+            else:
+                merged.histograms[name] = histogram
+    return merged
+
+
+def stats_from_observation(
+    observation: ShardObservation,
+    targets: Mapping[str, IntFormat],
+    method: str,
+    device: str,
+    *,
+    percentile: float = 99.999,
+    bins: int = 2048,
+) -> CalibrationStats:
+    """The clip ranges of a merged observation, as `calibrate(..., passes=1)` chooses them."""
+    observer = make_observer(method, ObserverSettings(percentile=percentile, bins=bins))
+    found = {name: observation.ranges.get(name, (0.0, 0.0)) for name in observation.numel}
+    observed = _checked(found, targets, observation.samples)
+    histograms = {
+        name: growing.histogram(*observer.histogram_range(*observed[name], targets[name]))
+        for name, growing in observation.histograms.items()
+    }
+    tensors = {
+        name: _tensor_stats(
+            name,
+            targets[name],
+            observed[name],
+            observation.numel[name],
+            histograms.get(name),
+            observer,
+        )
+        for name in observed
+    }
+    settings: dict[str, float | int | str] = {"passes": 1}
+    if observer.needs_histogram:
+        settings["bins"] = bins
+    if method == "percentile":
+        settings["percentile"] = percentile
+    return CalibrationStats(
+        method=method,
+        settings=settings,
+        samples=observation.samples,
+        device=device,
+        tensors=tensors,
+    )

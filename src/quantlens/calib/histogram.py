@@ -171,6 +171,18 @@ class GrowingHistogram:
             self.counts = torch.zeros_like(self.counts).index_add_(0, index, self.counts)
         self.exponent, self.first, self.low, self.high = exponent, first, low, high
 
+    def merge(self, other: GrowingHistogram) -> None:
+        """Add `other`'s counts (the values of another shard of the data). Exact: both grids
+        coarsen to the one of the joint range, which is the grid one stream over all the
+        values ends on, and aligned bins merge without moving a value."""
+        if other.high < other.low:
+            return
+        self._cover(min(self.low, other.low), max(self.high, other.high))
+        shift = self.exponent - other.exponent
+        grid = other.first + torch.arange(other.capacity, device=other.counts.device)
+        index = ((grid >> shift) - self.first).clamp_(0, self.capacity - 1)
+        self.counts.index_add_(0, index.to(self.counts.device), other.counts.to(self.counts.device))
+
     def histogram(self, low: float, high: float, bins: int) -> Histogram:
         """The counts spread over `bins` equal bins of [low, high], a range holding all values.
 

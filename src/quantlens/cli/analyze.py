@@ -20,12 +20,15 @@ from quantlens.cli.options import (
     MethodOpt,
     ModelArg,
     PercentileOpt,
+    RayAddressOpt,
     RunDirOpt,
     ShapeOpt,
     SpecOpt,
     TargetOpt,
+    WorkersOpt,
     resolve_target,
     run_dir,
+    scale,
     shapes,
 )
 
@@ -63,6 +66,8 @@ def analyze(
     input_shape: ShapeOpt = None,
     device: DeviceOpt = "cpu",
     json: JsonOpt = False,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Per-layer quantization noise: accumulated, isolated and gradient modes, with diagnostics.
     Beside a quantize run in the same folder, its calibration is reused."""
@@ -85,6 +90,7 @@ def analyze(
         limit=limit,
         input_shapes=shapes(input_shape),
         device=device,
+        scale=scale(workers, ray_address),
         all_nodes=all_nodes,
     )
     path = resolve_model(model, say=say)

@@ -26,13 +26,16 @@ from quantlens.cli.options import (
     ModelArg,
     OptimizeOpt,
     PercentileOpt,
+    RayAddressOpt,
     RunDirOpt,
     ShapeOpt,
     SpecOpt,
     TargetOpt,
+    WorkersOpt,
     fix_overrides,
     resolve_target,
     run_dir,
+    scale,
     shapes,
 )
 
@@ -62,6 +65,8 @@ def quantize(
     adaround: AdaroundOpt = None,
     finetune: FinetuneOpt = None,
     json: JsonOpt = False,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Calibrate, emulate and export a QDQ model for a target; writes the run folder."""
     from quantlens.pipeline.quantize import QuantizeOptions, quantize_model
@@ -79,6 +84,7 @@ def quantize(
         spec_file=spec,
         limit=limit,
         device=device,
+        scale=scale(workers, ray_address),
         optimize=optimize,
         fixes=fix_overrides(equalize, fuse, bias_correction, clip_search, adaround, finetune),
     )

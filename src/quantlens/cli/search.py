@@ -26,14 +26,17 @@ from quantlens.cli.options import (
     ModelArg,
     OptimizeOpt,
     PercentileOpt,
+    RayAddressOpt,
     RunDirOpt,
     ShapeOpt,
     SpecOpt,
     TargetOpt,
     TaskOpt,
+    WorkersOpt,
     fix_overrides,
     resolve_target,
     run_dir,
+    scale,
     shapes,
 )
 
@@ -87,6 +90,8 @@ def search(
     adaround: AdaroundOpt = None,
     finetune: FinetuneOpt = None,
     json: JsonOpt = False,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Mixed-precision search: the cheapest assignment that meets the goal, under the chip's
     rules; writes search.json, assignment.json and the QDQ export of the chosen point (with the
@@ -120,6 +125,7 @@ def search(
         spec_file=spec,
         input_shapes=shapes(input_shape),
         device=device,
+        scale=scale(workers, ray_address),
         optimize=optimize,
         fixes=fix_overrides(equalize, fuse, bias_correction, clip_search, adaround, finetune),
     )

@@ -22,6 +22,7 @@ from quantlens.artifacts.folder import RunFolder
 from quantlens.calib import calibrate
 from quantlens.emulate import Executor
 from quantlens.errors import UserError
+from quantlens.scale.options import ScaleOptions
 from quantlens.schemes.formats import IntFormat
 
 Progress = Callable[[int, int], None]
@@ -71,8 +72,10 @@ class Calibrations:
         feeds: Sequence[Feed],
         method: str,
         percentile: float,
+        scale: ScaleOptions | None = None,
     ) -> None:
         self.folder, self.context = folder, context
+        self.scale = scale  # sample shards observed on Ray workers; None: here
         self.executor, self.feeds = executor, feeds
         self.method, self.percentile = method, percentile
         self.passes = 0  # calibration passes over the data this object made (tests read it)
@@ -109,14 +112,7 @@ class Calibrations:
         missing = {n: f for n, f in targets.items() if (n, _grid(f)) not in self._known}
         # Nothing known yet, not even for an empty target set: calibrate as quantize always did.
         if missing or self._template is None:
-            stats = calibrate(
-                self.executor,
-                self.feeds,
-                missing,
-                self.method,
-                percentile=self.percentile,
-                progress=progress,
-            )
+            stats = self._calibrate(missing, progress)
             self.passes += 1
             self._absorb(stats)
             index = len(list(self.cache_dir.glob("*.json")))
@@ -126,6 +122,30 @@ class Calibrations:
         assert self._template is not None
         tensors = {name: self._known[(name, _grid(fmt))] for name, fmt in targets.items()}
         return self._template.model_copy(update={"tensors": tensors}), not missing
+
+    def _calibrate(
+        self, targets: Mapping[str, IntFormat], progress: Progress | None
+    ) -> CalibrationStats:
+        if self.scale is not None:
+            from quantlens.scale.calibrate import calibrate_on_workers  # imports Ray
+
+            return calibrate_on_workers(
+                self.scale,
+                self.executor,
+                self.feeds,
+                targets,
+                self.method,
+                percentile=self.percentile,
+                progress=progress,
+            )
+        return calibrate(
+            self.executor,
+            self.feeds,
+            targets,
+            self.method,
+            percentile=self.percentile,
+            progress=progress,
+        )
 
     def ranges_for(
         self, targets: Mapping[str, IntFormat], progress: Progress | None = None

@@ -320,7 +320,9 @@ def open_session(
         check_feed_dtypes(feeds, model, opts.calib)
         context = calibration_context(path, feeds, opts.method, opts.percentile, graph.model_dump())
     folder = RunFolder(run_dir)
-    calibrations = Calibrations(folder, context, executor, feeds, opts.method, opts.percentile)
+    calibrations = Calibrations(
+        folder, context, executor, feeds, opts.method, opts.percentile, opts.scale
+    )
     return Session(
         path=path,
         folder=folder,

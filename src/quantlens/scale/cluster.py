@@ -177,7 +177,8 @@ def start_pool(
     where = placement(options, device)
     remote: Any = ray.remote(actor_class)
     name = new_pool_name()
-    shared = [ray.put(a) if isinstance(a, bytes) else a for a in args]
+    # Once into the object store: every actor (and a replacement) reads the same copy.
+    shared = [ray.put(a) for a in args]
 
     def make(slot: int) -> Any:
         return remote.options(
