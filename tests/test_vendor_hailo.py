@@ -241,7 +241,9 @@ def test_run_folder_calibration_becomes_manual_clipping(tmp_path: Path) -> None:
     clipped = [line for line in text.splitlines() if "activation_clipping" in line]
     # One clipping per Hailo layer, named by its head: conv1+relu1 clips r1, matmul+add clips y.
     producers = {"r1": "conv1", "c2": "conv2", "y": "matmul", "flat": "reshape"}
-    assert set(stats.tensors) >= {"bn1", "r1", "c2", "mm", "y"}
+    # The emulation quantizes a Hailo layer once, at its output: nothing inside it is calibrated.
+    assert set(stats.tensors) >= {"r1", "c2", "y"}
+    assert not {"bn1", "mm"} & set(stats.tensors)
     written: dict[str, tuple[float, float]] = {}
     for line in clipped:
         match = re.search(

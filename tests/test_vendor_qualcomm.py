@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantlens.errors import UserError
 from quantlens.export.vendors import ModelIndex, get_format
-from quantlens.export.vendors.qualcomm_rules import (
+from quantlens.ir.vendors.qualcomm_rules import (
     HTP_SUPERGROUPS,
     MATMUL_ADD_SOURCE,
     TIE_BACKWARD,

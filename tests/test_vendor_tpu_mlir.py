@@ -15,8 +15,9 @@ from quantlens.errors import UserError
 from quantlens.export.vendors import ExportContext, ModelIndex, get_format
 from quantlens.export.vendors.base import NodeInfo
 from quantlens.export.vendors.tpu_mlir import graph_facts
-from quantlens.export.vendors.tpu_mlir_ops import GraphFacts, tpu_ops
+from quantlens.ir.vendors.tpu_mlir_ops import GraphFacts, tpu_ops
 from quantlens.schemes.assignment import Assignment, PatternRule
+from quantlens.schemes.formats import IntFormat
 from quantlens.schemes.qparams import QuantPlan
 from quantlens.vendor_io import export_vendor, import_vendor, load_run
 from tests.test_vendor_helpers import context, effective, make_run, model_index, small_model
@@ -248,10 +249,18 @@ def test_thresholds_are_the_fused_outputs_plan_scales(tmp_path: Path) -> None:
         row.split()[0]: float(row.split()[1]) for row in rows(Path(result.files[1]).read_text())
     }
     # r1_Relu carries the Relu's range (not the Conv's), y_Gemm the bias Add's (not the MatMul's).
+    minimum = {
+        row.split()[0]: float(row.split()[2]) for row in rows(Path(result.files[1]).read_text())
+    }
     for name, tensor in [("x", "x"), ("r1_Relu", "r1"), ("c2_Conv", "c2"), ("y_Gemm", "y")]:
-        scale = plan.activations[tensor].scale[0]
-        # int8 symmetric: scale = threshold / 127, up to 7 decimals and float32 rounding.
-        assert np.isclose(table[name] / 127, scale, rtol=1e-6, atol=1e-7 / 127), name
+        quant = plan.activations[tensor]
+        assert isinstance(quant.format, IntFormat)
+        # Symmetric: scale = threshold / 127, or / 255 on the unsigned grid TPU-MLIR picks for
+        # a non-negative min (the Relu), up to 7 decimals and float32 rounding.
+        qmax = quant.format.qmax
+        assert np.isclose(table[name] / qmax, quant.scale[0], rtol=1e-6, atol=1e-7 / qmax), name
+        assert (minimum[name] >= 0) == (not quant.format.signed), name
+    assert plan.activations["r1"].format.qmax == 255
     # Nothing for tensors TPU-MLIR fuses away.
     assert not {"bn1_Conv", "mm_MatMul", "y_Add"} & set(table)
 

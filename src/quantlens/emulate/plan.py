@@ -2,7 +2,9 @@
 
 `quantization_points` reads the graph, the Assignment and the target profile and decides, for
 every tensor, whether and how it is quantized: on an NPU (`all-outputs`) every float tensor a
-node writes is an integer in the producer's output precision; on ONNX Runtime CPU
+node writes is an integer in the producer's output precision, except inside what the vendor
+fuses into one op, and as the profile's `arithmetic` says (shared quantizers, unsigned grids
+for non-negative tensors, fixed ranges; see `quantlens.ir.vendors`); on ONNX Runtime CPU
 (`weighted-inputs`) only the inputs of Conv/ConvTranspose/Gemm/MatMul are, because that is all
 ORT runs as integer kernels. `build_plan` then turns calibrated ranges into scales and zero
 points. Every rejection carries a reason, kept in the plan's notes.
@@ -19,6 +21,7 @@ import torch
 
 from quantlens.emulate.integer_ops import place_integer_ops
 from quantlens.ir.layers import WEIGHTED_OPS, Layer, discover_layers
+from quantlens.ir.vendors.placement import VendorPlacement, vendor_placement
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.formats import FloatFormat, Format, IntFormat
 from quantlens.schemes.modes import PrecisionMode
@@ -40,12 +43,21 @@ class QuantPoints:
     # Float outputs read by integer layers: not quantized here, but a vendor that runs layers
     # one by one (TPU-MLIR) casts them to the integer grid and needs their calibrated range.
     boundaries: dict[str, IntFormat] = field(default_factory=dict)
+    # The vendor's arithmetic (profile `arithmetic`): tensors it never quantizes because they
+    # are inside one fused op (tensor -> the op's output), tensors whose symmetric grid turns
+    # unsigned when their range is non-negative, ranges it fixes, and outputs it derives from
+    # their input's grid times a constant (tensor -> (input, factor)).
+    fused_away: dict[str, str] = field(default_factory=dict)
+    unsigned_ok: set[str] = field(default_factory=set)
+    fixed_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    scaled: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     def calibration_targets(self) -> dict[str, IntFormat]:
+        derived = self.shared.keys() | self.scaled.keys()
         targets = {
             name: fmt
             for name, fmt in self.activations.items()
-            if isinstance(fmt, IntFormat) and name not in self.shared
+            if isinstance(fmt, IntFormat) and name not in derived
         }
         return {**self.boundaries, **targets}
 
@@ -73,7 +85,11 @@ def quantization_points(
     if profile.placement == "all-outputs" and profile.integer_ops is not None:
         points.activations, points.shared = place_integer_ops(model, modes, profile, float_tensors)
     elif profile.placement == "all-outputs":
+        vendor = vendor_placement(model, profile.arithmetic.fusions)
+        points.fused_away = dict(vendor.fused_away)
         _place_outputs(model, modes, profile, float_tensors, points)
+        _share_vendor_quantizers(vendor, points)
+        _vendor_grids(model, profile, points, vendor.op_types)
     else:
         _place_weighted_inputs(model, modes, profile, float_tensors, points)
     for layer in layer_map.layers:
@@ -110,11 +126,91 @@ def _place_outputs(
                 _observe_boundary(value, modes, profile, points)
             if fmt is None:
                 continue
+            if name in points.fused_away and isinstance(fmt, IntFormat):
+                continue  # inside one fused op: the vendor quantizes its output only
             points.activations[name] = fmt
             source = node.inputs[0].name if node.inputs and node.inputs[0] is not None else None
             shares = node.op_type in profile.shared_scale_ops and source is not None
             if shares and points.activations.get(source or "") == fmt:
                 points.shared[name] = source or ""
+
+
+def _share_vendor_quantizers(vendor: VendorPlacement, points: QuantPoints) -> None:
+    """Tensors the vendor holds in another tensor's quantizer use its parameters."""
+    for tensor, owner in (*vendor.passthrough.items(), *vendor.tied.items()):
+        fmt = points.activations.get(tensor)
+        if fmt is not None and isinstance(fmt, IntFormat) and points.activations.get(owner) == fmt:
+            points.shared[tensor] = owner
+    # A tie may point at a tensor that shares in turn: follow to the one that is calibrated.
+    for tensor in list(points.shared):
+        points.shared[tensor] = _root(points.shared, tensor)
+    for tensor in [t for t, owner in points.shared.items() if owner == t]:
+        del points.shared[tensor]
+
+
+def _root(shared: Mapping[str, str], tensor: str) -> str:
+    seen = {tensor}
+    while tensor in shared and shared[tensor] not in seen:
+        tensor = shared[tensor]
+        seen.add(tensor)
+    return tensor
+
+
+def _vendor_grids(
+    model: ir.Model, profile: TargetProfile, points: QuantPoints, op_types: Mapping[str, str]
+) -> None:
+    """Signedness, fixed ranges, derived scales and float outputs from the profile's
+    arithmetic rules; `op_types` gives the vendor's type of an op where it differs."""
+    rules = profile.arithmetic
+    signed_only: set[str] = set()
+    made_by = {v.name: node.op_type for node in model.graph for v in node.outputs}
+    for node in model.graph:
+        outputs = [v.name or "" for v in node.outputs]
+        if node.op_type in rules.signed_ops:
+            signed_only.update(outputs)
+        for name in outputs if node.op_type in rules.unit_range_ops else ():
+            # Fused into the data movement after it (a Transpose), the range moves there; fused
+            # into arithmetic (Sigmoid into SiLU), the op's output has a range of its own.
+            carrier = points.fused_away.get(name, name)
+            if carrier == name or made_by.get(carrier) in profile.shared_scale_ops:
+                points.fixed_ranges[carrier] = (0.0, 1.0)
+        derived = outputs[0] in points.activations and outputs[0] not in points.shared
+        if node.op_type in rules.scale_by_constant_ops and derived:
+            found = _times_constant(node)
+            if found is not None and found[0] in points.activations:
+                points.scaled[outputs[0]] = found
+    if rules.unsigned_when_non_negative:
+        points.unsigned_ok = set(points.activations) - signed_only
+    for value in model.graph.outputs:
+        node = value.producer()
+        kind = op_types.get(value.name or "", node.op_type if node is not None else "")
+        rule = rules.float_ops.get(kind)
+        if node is not None and rule is not None and (rule == "always" or _off_axis_1(node)):
+            points.activations.pop(value.name or "", None)  # the vendor writes it in float
+
+
+def _off_axis_1(node: ir.Node) -> bool:
+    """Whether `node` works along another axis than 1, or on a tensor of rank > 4."""
+    shape = node.inputs[0].shape if node.inputs and node.inputs[0] is not None else None
+    if shape is None:
+        return True
+    rank = len(shape)
+    axis = node.attributes.get_int("axis", -1 if node.op_type == "Softmax" else 1)
+    return rank > 4 or axis % max(rank, 1) != 1
+
+
+def _times_constant(node: ir.Node) -> tuple[str, float] | None:
+    """(activation input, factor) of a Mul by a positive scalar constant, else None."""
+    if len(node.inputs) != 2:
+        return None
+    first, second = node.inputs
+    for value, other in ((first, second), (second, first)):
+        constant = other.const_value if other is not None else None
+        if value is None or value.const_value is not None or constant is None:
+            continue
+        if constant.size == 1 and (factor := float(np.asarray(constant.numpy()).item())) > 0:
+            return value.name or "", factor
+    return None
 
 
 def _observe_boundary(
@@ -192,9 +288,17 @@ def build_plan(
     """Scales and zero points from calibrated activation ranges and the weights themselves."""
     plan = QuantPlan(target=target, notes=list(points.notes))
     for name, fmt in points.activations.items():
-        if name in points.shared:
+        if name in points.shared or name in points.scaled:
             continue
-        plan.activations[name] = _activation_quant(name, fmt, ranges)
+        if not isinstance(fmt, IntFormat):
+            plan.activations[name] = TensorQuant(name=name, format=fmt)
+            continue
+        low, high = points.fixed_ranges.get(name) or ranges[name]
+        if name in points.unsigned_ok:
+            fmt = _unsigned_if_non_negative(fmt, low)
+        plan.activations[name] = _activation_quant(name, fmt, low, high)
+    for name, (source, factor) in points.scaled.items():
+        _derive_scaled(plan, name, source, factor)
     for name, source in points.shared.items():
         if source in plan.activations:
             plan.activations[name] = plan.activations[source].model_copy(update={"name": name})
@@ -234,12 +338,30 @@ def _fit_weight_to_bias(
     return weight.model_copy(update={"scale": raised.astype(np.float32).tolist()})
 
 
-def _activation_quant(
-    name: str, fmt: Format, ranges: Mapping[str, tuple[float, float]]
-) -> TensorQuant:
-    if not isinstance(fmt, IntFormat):
-        return TensorQuant(name=name, format=fmt)
-    low, high = ranges[name]
+def _unsigned_if_non_negative(fmt: IntFormat, low: float) -> IntFormat:
+    """The unsigned symmetric grid (zero point 0, scale max/qmax) for a non-negative range."""
+    if fmt.symmetric and fmt.signed and low >= 0:
+        return fmt.model_copy(update={"signed": False, "narrow": False})
+    return fmt
+
+
+def _derive_scaled(plan: QuantPlan, name: str, source: str, factor: float) -> None:
+    """The output of `source` x `factor` on `source`'s integer codes, scale times `factor`."""
+    quant = plan.activations.get(source)
+    if quant is None or not quant.is_int:
+        return
+    scale = (np.asarray(quant.scale, np.float64) * factor).astype(np.float32)
+    plan.activations[name] = quant.model_copy(
+        update={
+            "name": name,
+            "scale": scale.tolist(),
+            "range_min": [v * factor for v in quant.range_min],
+            "range_max": [v * factor for v in quant.range_max],
+        }
+    )
+
+
+def _activation_quant(name: str, fmt: IntFormat, low: float, high: float) -> TensorQuant:
     scale, zero = int_qparams(np.array([low]), np.array([high]), fmt)
     return TensorQuant(
         name=name,

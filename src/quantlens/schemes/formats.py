@@ -1,8 +1,8 @@
 """Numeric formats: integer grids (int4/8/16, uint8/16) and float pass-through (fp16/bf16/fp32).
 
 An `IntFormat` is the grid a tensor is quantized onto; its scale and zero point come from
-calibration. Symmetric formats have zero point 0 (signed) or the grid's midpoint is never used:
-unsigned symmetric grids are not offered because no target here uses them.
+calibration. Symmetric formats have zero point 0; an unsigned symmetric grid covers [0, max]
+(TPU-MLIR's UINT8 for non-negative tensors, chosen by the emulation's plan, not by a profile).
 """
 
 from __future__ import annotations

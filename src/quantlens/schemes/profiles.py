@@ -45,6 +45,53 @@ class SearchRules(BaseModel):
     source: str = ""
 
 
+FusionRules = Literal["none", "tpu-mlir", "qnn-htp", "hailo-dfc"]
+Rounding = Literal["half-to-even", "half-away-from-zero"]
+FloatOpRule = Literal["always", "axis-not-1"]
+
+
+class Arithmetic(BaseModel):
+    """The chip's arithmetic as far as it changes what the emulation computes, each rule with
+    its source in `sources` (keyed by field name).
+
+    `fusions` names the vendor's fusion rules (`quantlens.ir.vendors`): a fused op is quantized
+    once, at its output, and tensors the vendor holds in another tensor's quantizer use it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fusions: FusionRules = "none"
+    # A symmetric grid whose calibrated range is non-negative is unsigned (zero point 0,
+    # scale max/255): twice the resolution of the signed grid (TPU-MLIR's UINT8).
+    unsigned_when_non_negative: bool = False
+    # Ops whose output stays signed whatever its range.
+    signed_ops: list[str] = Field(default_factory=list)
+    # Ops whose integer output is fixed to [0, 1] on an unsigned grid, whatever was calibrated.
+    unit_range_ops: list[str] = Field(default_factory=list)
+    # Ops that multiply by a positive scalar constant and write their input's integer codes
+    # with the scale multiplied by it (TPU-MLIR's MulShift), instead of requantizing.
+    scale_by_constant_ops: list[str] = Field(default_factory=list)
+    # Ops the vendor runs in float inside an integer deploy (op type -> "always", or
+    # "axis-not-1": unless it works along axis 1 of a tensor of rank <= 4): their inputs and
+    # what integer ops read of their outputs are quantized, but a graph output they write is not.
+    float_ops: dict[str, FloatOpRule] = Field(default_factory=dict)
+    # The rounding of the vendor's requantization, and whether the emulation reproduces it.
+    rounding: Rounding = "half-to-even"
+    rounding_emulated: bool = True
+    sources: dict[str, str] = Field(default_factory=dict)
+
+    def undocumented(self) -> list[str]:
+        """Fields set away from their default without a source."""
+        defaults = Arithmetic()
+        return [
+            name
+            for name in type(self).model_fields
+            if name != "sources"
+            and getattr(self, name) != getattr(defaults, name)
+            and name not in self.sources
+        ]
+
+
 class TargetProfile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -78,6 +125,7 @@ class TargetProfile(BaseModel):
     absorbed_activations: list[str] = Field(default_factory=list)
     cost: dict[str, CostFactor] = Field(default_factory=dict)
     search: SearchRules = Field(default_factory=SearchRules)
+    arithmetic: Arithmetic = Field(default_factory=Arithmetic)
     sources: list[str] = Field(default_factory=list)
     notes: str = ""
 

@@ -53,20 +53,19 @@ def int_qparams(low: np.ndarray, high: np.ndarray, fmt: IntFormat) -> tuple[np.n
     """Scale (float32) and zero point (int64) for ranges [low, high], elementwise.
 
     The range is first stretched to contain 0 (so zero is exact, as padding needs). Symmetric
-    grids use max(|low|, |high|) and zero point 0; affine grids spread [low, high] over the whole
-    grid with a rounded zero point, as ONNX Runtime's `compute_scale_zp` does.
+    grids use max(|low|, |high|) and zero point 0 (unsigned ones are meant for [0, max]);
+    affine grids spread [low, high] over the whole grid with a rounded zero point, as ONNX
+    Runtime's `compute_scale_zp` does.
     """
     low = np.minimum(np.asarray(low, np.float64), 0.0)
     high = np.maximum(np.asarray(high, np.float64), 0.0)
     qmin, qmax = fmt.qmin, fmt.qmax
     if fmt.symmetric:
+        # Unsigned symmetric (TPU-MLIR's UINT8, QNN's unsignedsymmetric) is for non-negative
+        # ranges: zero point 0 and the whole grid over [0, max].
         absmax = np.maximum(np.maximum(-low, high), MIN_RANGE)
-        half = qmax if fmt.signed else (qmax - qmin) / 2.0
-        scale = (absmax / half).astype(np.float32)
-        zero = np.zeros_like(scale, dtype=np.int64)
-        if not fmt.signed:
-            zero = np.full_like(zero, (qmax + qmin + 1) // 2)
-        return scale, zero
+        scale = (absmax / qmax).astype(np.float32)
+        return scale, np.zeros_like(scale, dtype=np.int64)
     span = np.maximum(high - low, MIN_RANGE)
     scale = (span / (qmax - qmin)).astype(np.float32)
     zero = np.round(qmin - low / scale.astype(np.float64))

@@ -22,8 +22,8 @@ from quantlens.export.vendors.base import (
     register,
     unknown_name_error,
 )
-from quantlens.export.vendors.hailo_layers import layer_outputs, resolve_original
 from quantlens.export.vendors.hailo_script import Command, Target, parse_script, parse_targets
+from quantlens.ir.vendors.hailo_layers import layer_outputs, resolve_original
 from quantlens.schemes.assignment import Assignment, PatternRule
 
 HAILO_DEFAULT = "a8_w8"

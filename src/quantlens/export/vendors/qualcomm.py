@@ -16,6 +16,7 @@ from quantlens.export.vendors.base import (
     Dropped,
     ExportContext,
     ModelIndex,
+    NodeInfo,
     Rendered,
     compact_assignment,
     register,
@@ -29,7 +30,7 @@ from quantlens.export.vendors.encodings import (
     plan_encodings,
     tensor_names,
 )
-from quantlens.export.vendors.qualcomm_rules import Fusions, find_fusions, fused_by_type
+from quantlens.ir.vendors.qualcomm_rules import Fusions, find_fusions, fused_by_type
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.modes import get_mode
 
@@ -150,7 +151,7 @@ def qualcomm_encodings(ctx: ExportContext, out: Rendered) -> tuple[Encodings, En
     fusions = find_fusions(ctx.model, ctx.canonical)
     for group in fusions.groups:
         _float_group(ctx, group, acts, params, out)
-    lost = _drop_unheld(fusions, acts)
+    lost = _drop_unheld(ctx, fusions, acts)
     lost += _tie(fusions, acts, out)
     _report_unheld(ctx, fusions, lost, out)
     return acts, params
@@ -181,16 +182,29 @@ def _float_group(
             )
 
 
-def _drop_unheld(fusions: Fusions, acts: Encodings) -> list[str]:
+def _drop_unheld(ctx: ExportContext, fusions: Fusions, acts: Encodings) -> list[str]:
     """Remove encodings of tensors the vendor graph does not quantize; return those whose
-    precision differs from what the vendor keeps in their place."""
+    precision (the plan's, or the assignment's where the plan, emulating the vendor, has no
+    quantizer there) differs from what the vendor keeps in their place."""
     lost = []
+    producers = ctx.model.producers()
     for tensor, keeper in [*fusions.fused_away.items(), *fusions.passthrough.items()]:
         enc = acts.pop(tensor, None)
         kept = acts.get(keeper)
-        if enc is not None and kept is not None and _precision(enc) != _precision(kept):
-            lost.append(f"{tensor} ({_precision(enc)}; {keeper} keeps {_precision(kept)})")
+        wished = _precision(enc) if enc is not None else _wished(ctx, producers.get(tensor))
+        if wished is not None and kept is not None and wished != _precision(kept):
+            lost.append(f"{tensor} ({wished}; {keeper} keeps {_precision(kept)})")
     return lost
+
+
+def _wished(ctx: ExportContext, node: NodeInfo | None) -> str | None:
+    """The output precision the assignment gives `node` (None: unquantized or unknown)."""
+    if node is None:
+        return None
+    mode = get_mode(ctx.assignment.mode_name(node.name))
+    if mode.float_type is not None:
+        return f"fp{FLOAT_BITS[mode.float_type]}" if mode.float_type in FLOAT_BITS else None
+    return f"int{mode.act_out_bits}" if mode.act_out_bits else None
 
 
 def _tie(fusions: Fusions, acts: Encodings, out: Rendered) -> list[str]:

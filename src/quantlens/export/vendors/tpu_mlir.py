@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-import numpy as np
 import onnx_ir as ir
 
 from quantlens import __version__
@@ -35,7 +34,7 @@ from quantlens.export.vendors.base import (
     resolved_modes,
     unknown_name_error,
 )
-from quantlens.export.vendors.tpu_mlir_ops import (
+from quantlens.ir.vendors.tpu_mlir_ops import (
     DROPPED_TYPES,
     KNOWN_DIFFERENCES,
     MATMUL_BIAS,
@@ -43,6 +42,7 @@ from quantlens.export.vendors.tpu_mlir_ops import (
     TPU_MLIR_VERSION,
     GraphFacts,
     TpuOp,
+    graph_facts,
     op_name,
     tpu_ops,
 )
@@ -127,22 +127,6 @@ class TpuMlirFormat:
         return compact_assignment(modes, self.default_target, default)
 
 
-def graph_facts(model: ir.Model) -> GraphFacts:
-    """Shapes of every tensor and values of scalar constants, for the rules that need them."""
-    shapes: dict[str, tuple[int | None, ...]] = {}
-    values = [*model.graph.inputs, *model.graph.initializers.values()]
-    values += [v for node in model.graph for v in node.outputs]
-    for value in values:
-        if value.name and value.shape is not None:
-            shapes[value.name] = tuple(d if isinstance(d, int) else None for d in value.shape)
-    scalars: dict[str, float] = {}
-    for name, value in model.graph.initializers.items():
-        tensor = value.const_value
-        if tensor is not None and tensor.size == 1:
-            scalars[name] = float(np.asarray(tensor.numpy()).reshape(-1)[0])
-    return GraphFacts(shapes=shapes, scalars=scalars)
-
-
 def calibration_table(
     stats: CalibrationStats,
     model: ModelIndex,
@@ -183,8 +167,15 @@ class _Ranges:
         if quant is not None and isinstance(quant.format, IntFormat) and quant.format.symmetric:
             threshold = float(quant.scale[0]) * quant.format.qmax
             if entry is not None:
-                return threshold, entry.min, entry.max
-            return threshold, min(quant.range_min, default=0.0), max(quant.range_max, default=0.0)
+                low, high = entry.min, entry.max
+            else:
+                low = min(quant.range_min, default=0.0)
+                high = max(quant.range_max, default=0.0)
+            if not quant.format.signed:
+                # TPU-MLIR picks UINT8 from a non-negative min (ImportCalibration getMinMax):
+                # the min written says what the plan chose, whatever the raw minimum was.
+                low = max(low, 0.0)
+            return threshold, low, high
         if entry is not None:
             return max(abs(entry.clip_min), abs(entry.clip_max)), entry.min, entry.max
         node = self.producers.get(tensor)

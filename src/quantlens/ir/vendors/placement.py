@@ -1,0 +1,99 @@
+"""Where a vendor's toolchain keeps quantizers once it has fused: the tensors it never
+quantizes, and the tensors it holds in another tensor's quantizer.
+
+Each vendor's fusion rules live beside this module with their sources (`tpu_mlir_ops`,
+`qualcomm_rules`, `hailo_layers`); this module only reads them out for the emulation, so that
+the emulated plan and the exported files agree on which tensors are integers on the chip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import onnx_ir as ir
+
+from quantlens.ir.index import ModelIndex
+from quantlens.ir.vendors.hailo_layers import layer_groups
+from quantlens.ir.vendors.qualcomm_rules import find_fusions
+from quantlens.ir.vendors.tpu_mlir_ops import graph_facts, reform, tpu_ops
+
+
+@dataclass
+class VendorPlacement:
+    """`fused_away`: tensor -> the fused op's output that the vendor quantizes instead;
+    `tied`: tensor -> the tensor whose quantizer (scale and zero point) it uses;
+    `passthrough`: tensor -> the input whose grid it keeps, unquantized (data movement);
+    `op_types`: an op output -> the vendor's type for the op (a decomposed LayerNorm's last
+    Add is a LayerNormalization to TPU-MLIR)."""
+
+    fused_away: dict[str, str] = field(default_factory=dict)
+    op_types: dict[str, str] = field(default_factory=dict)
+    tied: dict[str, str] = field(default_factory=dict)
+    passthrough: dict[str, str] = field(default_factory=dict)
+
+
+def _tpu_mlir(model: ir.Model, index: ModelIndex) -> VendorPlacement:
+    ops = tpu_ops(index, graph_facts(model))
+    placement = VendorPlacement()
+    producers = index.producers()
+    for op in ops:
+        for name in op.nodes:
+            node = index.node(name)
+            for tensor in node.outputs:
+                if tensor != op.output and tensor not in index.graph_outputs:
+                    placement.fused_away[tensor] = op.output
+    # An op read only by a Concat writes the Concat's scale (tpu_mlir_ops.KNOWN_DIFFERENCES).
+    reformed, _ = reform(index, graph_facts(model))
+    placement.op_types = {node.outputs[0]: node.op_type for node in reformed.nodes if node.outputs}
+    readers = _readers(reformed)
+    for node in reformed.nodes:
+        if node.op_type != "Concat":
+            continue
+        for tensor in dict.fromkeys(node.inputs):
+            only_concat = len(readers.get(tensor, [])) == 1
+            if tensor in producers and only_concat and tensor not in index.graph_outputs:
+                placement.tied[tensor] = node.outputs[0]
+    return placement
+
+
+def _qnn_htp(model: ir.Model, index: ModelIndex) -> VendorPlacement:
+    fusions = find_fusions(index, model)
+    return VendorPlacement(
+        fused_away=dict(fusions.fused_away),
+        tied={t: o for t, o in fusions.tied.items() if t != o},
+        passthrough=dict(fusions.passthrough),
+    )
+
+
+def _hailo(model: ir.Model, index: ModelIndex) -> VendorPlacement:
+    placement = VendorPlacement()
+    for group in layer_groups(index):
+        for name in group.members:
+            for tensor in index.node(name).outputs:
+                if tensor != group.output:
+                    placement.fused_away[tensor] = group.output
+    return placement
+
+
+def _readers(index: ModelIndex) -> dict[str, list[str]]:
+    readers: dict[str, list[str]] = {}
+    for node in index.nodes:
+        for tensor in dict.fromkeys(node.inputs):
+            if tensor:
+                readers.setdefault(tensor, []).append(node.name)
+    return readers
+
+
+RULES: dict[str, Callable[[ir.Model, ModelIndex], VendorPlacement]] = {
+    "tpu-mlir": _tpu_mlir,
+    "qnn-htp": _qnn_htp,
+    "hailo-dfc": _hailo,
+}
+
+
+def vendor_placement(model: ir.Model, rules: str) -> VendorPlacement:
+    """The placement `rules` ("none", or a key of RULES) gives `model`."""
+    if rules == "none":
+        return VendorPlacement()
+    return RULES[rules](model, ModelIndex.from_model(model))

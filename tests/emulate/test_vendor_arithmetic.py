@@ -1,0 +1,138 @@
+"""Each NPU profile's arithmetic: quantizers after the vendor's fusions, unsigned grids for
+non-negative tensors (TPU-MLIR), fixed ranges and derived scales; ONNX Runtime unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from quantlens.emulate import Executor
+from quantlens.emulate.plan import build_plan, quantization_points
+from quantlens.ir import CanonicalizeOptions, canonicalize
+from quantlens.schemes.assignment import Assignment
+from quantlens.schemes.formats import IntFormat, int_format
+from quantlens.schemes.profiles import get_profile, list_profiles
+from quantlens.schemes.qparams import int_qparams
+
+
+def arithmetic_model() -> ir.Model:
+    """x -> Conv -> Relu -> r; r -> Conv -> c2 -> SiLU (Sigmoid, Mul) -> silu;
+    Concat(r, silu) -> Mul 0.5 -> half -> Conv -> Softmax(axis 1) -> y."""
+    rng = np.random.default_rng(0)
+
+    def weight(name: str, cout: int, cin: int) -> onnx.TensorProto:
+        array = (rng.standard_normal((cout, cin, 1, 1)) * 0.5).astype(np.float32)
+        return numpy_helper.from_array(array, name)
+
+    inits = [
+        weight("w1", 4, 3),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b1"),
+        weight("w2", 4, 4),
+        weight("w3", 5, 8),
+        numpy_helper.from_array(np.array(0.5, np.float32), "half_c"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w2"], ["c2"], name="conv2"),
+        helper.make_node("Sigmoid", ["c2"], ["s"], name="sigmoid"),
+        helper.make_node("Mul", ["c2", "s"], ["silu"], name="silu"),
+        helper.make_node("Concat", ["r", "silu"], ["cat"], name="concat", axis=1),
+        helper.make_node("Mul", ["cat", "half_c"], ["half"], name="scale"),
+        helper.make_node("Conv", ["half", "w3"], ["c3"], name="conv3"),
+        helper.make_node("Softmax", ["c3"], ["y"], name="softmax", axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "arith",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 4, 4])],
+        initializer=inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model, _ = canonicalize(ir.serde.deserialize_model(proto), CanonicalizeOptions())
+    return model
+
+
+def _points(target: str):  # type: ignore[no-untyped-def]
+    model = arithmetic_model()
+    return model, quantization_points(model, Assignment(target=target), get_profile(target))
+
+
+def _ranges(model: ir.Model, names: list[str]) -> dict[str, tuple[float, float]]:
+    """Calibrated ranges: min and max of each tensor over a few random inputs."""
+    executor = Executor(model)
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.standard_normal((1, 3, 4, 4)).astype(np.float32)} for _ in range(4)]
+    seen: dict[str, list[torch.Tensor]] = {}
+    for feed in feeds:
+        for name, value in executor.run(feed, outputs=[], keep=names).items():
+            seen.setdefault(name, []).append(value)
+    return {n: (float(torch.cat(v).min()), float(torch.cat(v).max())) for n, v in seen.items()}
+
+
+def test_every_profile_rule_has_a_source() -> None:
+    for profile in list_profiles():
+        assert profile.arithmetic.undocumented() == [], profile.name
+    fusions = {p.name: p.arithmetic.fusions for p in list_profiles()}
+    assert fusions["bm1684x"] == "tpu-mlir" and fusions["qnn-htp"] == "qnn-htp"
+    assert {fusions[h] for h in ("hailo8", "hailo8l", "hailo10h")} == {"hailo-dfc"}
+    assert fusions["ort-cpu"] == "none"
+
+
+def test_tpu_mlir_quantizes_a_fused_op_once_unsigned_when_non_negative() -> None:
+    model, points = _points("bm1684x")
+    # Conv+bias+Relu is one op (its Conv output is never an integer); SiLU is one op.
+    assert {"c1", "s"} <= set(points.fused_away)
+    assert "c1" not in points.activations and "s" not in points.activations
+    assert {"r", "c2", "silu"} <= set(points.activations)
+    assert points.scaled["half"] == ("cat", 0.5)
+    assert points.fixed_ranges["y"] == (0.0, 1.0)
+    # Read only by the Concat, SiLU writes the Concat's scale; the Relu is read by conv2 too.
+    assert points.shared.get("silu") == "cat" and "r" not in points.shared
+    ranges = _ranges(model, list(points.calibration_targets()))
+    plan = build_plan(points, ranges, Executor(model).weights, "bm1684x")
+    assert plan.activations["silu"].scale == plan.activations["cat"].scale
+    relu = plan.activations["r"]
+    assert isinstance(relu.format, IntFormat) and not relu.format.signed
+    assert relu.scale[0] == pytest.approx(ranges["r"][1] / 255, rel=1e-6)
+    c2 = plan.activations["c2"]
+    assert isinstance(c2.format, IntFormat) and c2.format.signed  # has negatives
+    half = plan.activations["half"]
+    assert half.scale[0] == pytest.approx(plan.activations["cat"].scale[0] * 0.5, rel=1e-6)
+    softmax = plan.activations["y"]
+    assert not softmax.format.signed and softmax.zero_point == [0]  # type: ignore[union-attr]
+    assert softmax.scale[0] == pytest.approx(1 / 255, rel=1e-6)
+
+
+def test_unsigned_symmetric_grid_is_zero_based() -> None:
+    fmt = int_format("int8-sym").model_copy(update={"signed": False})
+    scale, zero = int_qparams(np.array([0.0]), np.array([2.55]), fmt)
+    assert zero.tolist() == [0] and scale[0] == pytest.approx(0.01)
+    assert (fmt.qmin, fmt.qmax) == (0, 255)
+
+
+def test_hailo_quantizes_each_merged_layer_once() -> None:
+    _, points = _points("hailo8")
+    # Conv+bias+Relu and Conv+SiLU are layers of their own: quantized at their outputs only.
+    assert {"c1", "c2", "s"} <= set(points.fused_away)
+    assert {"r", "silu"} <= set(points.activations)
+    assert not {"c1", "c2", "s"} & set(points.activations)
+
+
+def test_qnn_htp_fuses_its_supergroups() -> None:
+    _, points = _points("qnn-htp")
+    assert "c1" in points.fused_away  # Conv+Relu supergroup (htp_quantsim_config_v73)
+    assert "c1" not in points.activations
+    # HardSwish/SiLU is no HTP supergroup: the Conv output keeps its quantizer.
+    assert "c2" in points.activations
+
+
+def test_ort_cpu_placement_is_unchanged_by_the_vendor_rules() -> None:
+    _, points = _points("ort-cpu")
+    assert points.fused_away == {} and points.scaled == {} and points.fixed_ranges == {}
+    assert points.unsigned_ok == set()
