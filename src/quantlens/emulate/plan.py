@@ -182,10 +182,11 @@ def _vendor_grids(
     if rules.unsigned_when_non_negative:
         points.unsigned_ok = set(points.activations) - signed_only
     for value in model.graph.outputs:
-        node = value.producer()
-        kind = op_types.get(value.name or "", node.op_type if node is not None else "")
-        rule = rules.float_ops.get(kind)
-        if node is not None and rule is not None and (rule == "always" or _off_axis_1(node)):
+        producer = value.producer()
+        if producer is None:
+            continue
+        rule = rules.float_ops.get(op_types.get(value.name or "", producer.op_type))
+        if rule == "always" or (rule == "axis-not-1" and _off_axis_1(producer)):
             points.activations.pop(value.name or "", None)  # the vendor writes it in float
 
 
