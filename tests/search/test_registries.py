@@ -25,8 +25,8 @@ def clean_registries() -> Iterator[None]:
 def test_built_in_strategies_and_cost_models_are_registered() -> None:
     assert strategies.strategy_names() == ["milp", "greedy", "tpu-mlir"]
     assert get_strategy("greedy") is greedy_chain
-    assert cost.cost_model_names() == ["analytic", "measured", "imported"]
-    assert get_cost_model("measured").measured_after_export
+    assert cost.cost_model_names() == ["analytic", "measured", "imported", "weight-bytes"]
+    assert get_cost_model("measured").measures_candidates
 
 
 @pytest.mark.usefixtures("clean_registries")
@@ -43,5 +43,5 @@ def test_a_new_strategy_and_cost_model_are_found_by_name() -> None:
 def test_unknown_names_list_the_known_ones() -> None:
     with pytest.raises(UserError, match="use one of milp, greedy, tpu-mlir"):
         get_strategy("annealing")
-    with pytest.raises(UserError, match="use one of analytic, measured, imported"):
+    with pytest.raises(UserError, match="use one of analytic, measured, imported, weight-bytes"):
         get_cost_model("guess")

@@ -3,6 +3,8 @@ resume after a kill, and the pipeline end to end with its QDQ export in ONNX Run
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 from pathlib import Path
@@ -292,21 +294,35 @@ def test_bad_options(outlier: tuple[Path, Path], tmp_path: Path) -> None:
         search_model(model, SearchOptions(calib=calib, run_dir=tmp_path, max_drop=0.01))
 
 
-def test_measured_cost_times_the_chosen_export(outlier: tuple[Path, Path], tmp_path: Path) -> None:
+def test_measured_cost_times_every_point(outlier: tuple[Path, Path], tmp_path: Path) -> None:
+    """`--cost measured` plans with each unit's move timed in ONNX Runtime and times every
+    verified point against the all-int8 export; the chosen point is the fastest that meets the
+    goal."""
     model, calib = outlier
     opts = SearchOptions(
         calib=calib,
-        target="ort-cpu",
+        target="ort-cpu-fast",
         run_dir=tmp_path,
         min_snr=45.0,
         samples=2,
         cost_model="measured",
+        measure_rounds=5,
     )
     report = search_model(model, opts)
     chosen = report.point(report.chosen)
-    assert chosen is not None and chosen.cost > 0
-    assert any(note.startswith("measured in ONNX Runtime") for note in report.notes)
-    assert (tmp_path / "search-cache" / "int8" / "model.qdq.onnx").is_file()
+    assert chosen is not None
+    assert all(p.latency_ms is not None and p.latency_ms > 0 for p in report.points)
+    base = report.point(report.baseline)
+    assert base is not None and base.cost == 1.0
+    meeting = [p for p in report.points if (p.snr_db or 0) >= 45.0]
+    if meeting:
+        assert chosen.cost == min(p.cost for p in meeting)
+    assert any("noise floor" in note for note in report.notes)
+    cached = list((tmp_path / "search-cache").glob("*/latency/latency-*.json"))
+    assert len(cached) >= len(report.points)
+    # A resumed search measures nothing again.
+    again = search_model(model, dataclasses.replace(opts, resume=True, export=False))
+    assert [p.latency_ms for p in again.points] == [p.latency_ms for p in report.points]
 
 
 def test_spent_time_budget_stops_cleanly(outlier: tuple[Path, Path], tmp_path: Path) -> None:

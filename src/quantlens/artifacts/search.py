@@ -15,10 +15,22 @@ class SearchPoint(BaseModel):
     label: str = Field(description='e.g. "all-int8", "all-16-bit", "greedy 3", "milp <=1.05x"')
     strategy: str = Field(description="baseline | greedy | milp | tpu-mlir")
     promoted: list[str] = Field(default_factory=list, description="candidate units promoted")
+    lowered: list[str] = Field(
+        default_factory=list, description="units moved below int8 (4-bit weights)"
+    )
     modes: dict[str, str] = Field(
         default_factory=dict, description="node -> mode for every node not in the default mode"
     )
-    cost: float = Field(description="modeled cost relative to all-int8 (1.0 = all-int8)")
+    cost: float = Field(
+        description="cost relative to all-int8 (1.0 = all-int8): modeled, or with the measured "
+        "cost model the ONNX Runtime latency of its export over the all-int8 export's"
+    )
+    modeled_cost: float | None = Field(
+        default=None, description="the cost the planning table predicted, where it was measured"
+    )
+    latency_ms: float | None = Field(
+        default=None, description="ONNX Runtime CPU latency of its QDQ export (measured cost)"
+    )
     snr_db: float | None = Field(default=None, description="balanced output SNR vs float")
     metric: float | None = Field(default=None, description="task metric (full evaluation)")
     predicted_snr_db: float | None = Field(

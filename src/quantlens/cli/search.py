@@ -51,9 +51,13 @@ def search(
     data: EvalDataOpt = None,
     task: TaskOpt = None,
     strategy: Annotated[str, typer.Option(help="milp, greedy or tpu-mlir.")] = "milp",
-    cost: Annotated[str, typer.Option(help="Cost model: analytic, measured, imported.")] = (
-        "analytic"
-    ),
+    cost: Annotated[
+        str,
+        typer.Option(
+            help="Cost model: analytic, measured (ONNX Runtime latency of each candidate), "
+            "imported (--cost-table), weight-bytes (model size)."
+        ),
+    ] = "analytic",
     cost_table: Annotated[
         Path | None, typer.Option(help="CSV layer,mode,time from a vendor profiler.")
     ] = None,
@@ -63,7 +67,22 @@ def search(
     min_snr: Annotated[
         float | None, typer.Option(help="Required output SNR in dB (without --data).")
     ] = None,
-    max_cost: Annotated[float | None, typer.Option(help="Cost budget relative to int8.")] = None,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(help="Cost budget relative to int8; below 1.0 asks for a cheaper model."),
+    ] = None,
+    lower: Annotated[
+        bool | None,
+        typer.Option(
+            "--both-ways/--up-only",
+            help="Also move layers below int8 (4-bit weights; a16_w8 under a16_w16) where the "
+            "target allows it [default: when --max-cost < 1 or --cost weight-bytes].",
+        ),
+    ] = None,
+    measure_budget: Annotated[
+        float,
+        typer.Option(help="With --cost measured: seconds for timing each unit's move.", min=0.0),
+    ] = 300.0,
     max_evals: Annotated[int, typer.Option(help="Full task-metric evaluations at most.")] = 10,
     time_budget: Annotated[
         float | None, typer.Option(help="Seconds; the best point so far is kept.", min=0.0)
@@ -114,6 +133,8 @@ def search(
         max_drop=max_drop,
         min_snr=min_snr,
         max_cost=max_cost,
+        lower=lower,
+        measure_budget_s=measure_budget,
         max_evals=max_evals,
         time_budget=time_budget,
         resume=resume,
@@ -162,7 +183,7 @@ def _print_explain(found: Any) -> None:
 def _print_search(report: Any, output: Path) -> None:
     metric = report.metric_name or "metric"
     table = Table(title=f"mixed precision on {report.target} ({report.strategy})")
-    for column in ("point", metric, "output SNR dB", "cost vs int8", "nodes promoted"):
+    for column in ("point", metric, "output SNR dB", "cost vs int8", "units up / down"):
         table.add_column(column, justify="left" if column == "point" else "right")
     if report.float_metric is not None:
         table.add_row("float", f"{report.float_metric:.4f}", "-", "-", "-")
@@ -173,7 +194,8 @@ def _print_search(report: Any, output: Path) -> None:
             continue
         value = "-" if point.metric is None else f"{point.metric:.4f}"
         snr = "-" if point.snr_db is None else f"{point.snr_db:.1f}"
-        table.add_row(name, value, snr, f"{point.cost:.3f}x", str(len(point.modes)))
+        moves = f"{len(point.promoted)} / {len(point.lowered)}"
+        table.add_row(name, value, snr, f"{point.cost:.3f}x", moves)
     out.print(table)
     for note in report.notes:
         out.print(styled((f"note: {note}", "dim")))

@@ -14,7 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from quantlens.analysis.metrics import nsr_to_db
 from quantlens.artifacts import write_text_atomic
 from quantlens.artifacts.folder import RunFolder
+from quantlens.bench.latency import LatencySettings
 from quantlens.emulate import Executor
 from quantlens.emulate.plan import QuantPoints, build_plan, quantization_points
 from quantlens.errors import UserError
@@ -37,8 +38,9 @@ from quantlens.schemes.qparams import QuantPlan
 from quantlens.search.artifact import GroupInfo, SearchGoal, SearchPoint, SearchReport
 from quantlens.search.cost import CostTable, get_cost_model
 from quantlens.search.groups import Rules, State, build_rules
+from quantlens.search.latency import LatencyMeter, measured_costs
 from quantlens.search.oracle import BudgetExhausted, Evaluators, Oracle, modes_key
-from quantlens.search.sensitivity import UnitNoise, output_noise, unit_noise
+from quantlens.search.sensitivity import UnitNoise, output_noise, unit_noise, weight4_noise
 from quantlens.search.strategies import Candidate, NoiseModel, get_strategy
 from quantlens.search.units import Unit, element_counts, find_units, sized_like
 
@@ -71,6 +73,19 @@ class SearchOptions(OptimizeOptions):
     sensitivity_samples: int = 4
     eval_limit: int | None = None
     export: bool = True
+    # Moves below int8 (4-bit weights, a16_w8 under a16_w16) where the profile allows them;
+    # None: when the budget is below int8's or the cost is weight bytes.
+    lower: bool | None = None
+    # The measured cost model: seconds for timing each unit's move before planning.
+    measure_budget_s: float = 300.0
+    measure_rounds: int = 15
+
+    def searches_down(self) -> bool:
+        if self.lower is not None:
+            return self.lower
+        return (self.max_cost is not None and self.max_cost < 1.0) or (
+            self.cost_model == "weight-bytes"
+        )
 
 
 @dataclass
@@ -186,7 +201,7 @@ def search_setup(
     sized = _sized(session.path, model, feeds, opts)
     if sized is not model:
         units = sized_like(units, sized)
-    rules = build_rules(units, profile, element_counts(sized))
+    rules = build_rules(units, profile, element_counts(sized), lower=opts.searches_down())
     costs = _cost_table(rules, profile, opts)
     return Setup(session.path, planner, feeds, units, rules, costs, context, int8, session)
 
@@ -296,6 +311,7 @@ class _Run:
     noise: NoiseModel
     candidates: dict[str, Candidate] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    meter: LatencyMeter | None = None
 
     def point(self, candidate: Candidate, full: bool = False) -> SearchPoint:
         """Verify `candidate` (proxy SNR, and the task metric when `full`) and record it."""
@@ -308,6 +324,7 @@ class _Run:
                 label=candidate.label,
                 strategy=candidate.strategy,
                 promoted=candidate.promoted,
+                lowered=candidate.lowered,
                 modes=modes,
                 cost=round(candidate.cost, 5),
                 predicted_snr_db=_rounded(nsr_to_db(candidate.predicted_nsr)),
@@ -365,11 +382,16 @@ def run_search(
     check_options(opts)
     cache = opts.run_dir / RunFolder.SEARCH_CACHE / setup.context_key
     if not opts.resume:
-        for stale in cache.glob("*.json"):
+        for stale in [*cache.glob("*.json"), *(cache / "latency").glob("*")]:
             if not stale.name.startswith(("ranges", "noise")):
                 stale.unlink()
-    noise = NoiseModel(_unit_noise(setup, opts, cache, say, progress), setup.rules)
+    found = _unit_noise(setup, opts, cache, say, progress)
+    noise = NoiseModel(_lower_noise(setup, opts, cache, found, say, progress), setup.rules)
+    meter = _meter(setup, opts, cache)
+    notes = _plan_with_measured_costs(setup, opts, meter, say) if meter is not None else []
     run = _Run(setup, opts, _oracle(setup, opts, cache, progress), _new_report(setup, opts), noise)
+    run.meter = meter
+    run.report.notes.extend(notes)
     try:
         _search(run, say)
     except BudgetExhausted as exc:
@@ -441,6 +463,30 @@ def _unit_noise(
     return found
 
 
+def _lower_noise(
+    setup: Setup,
+    opts: SearchOptions,
+    cache: Path,
+    noise: dict[str, UnitNoise],
+    say: Say | None,
+    progress: Progress | None,
+) -> dict[str, UnitNoise]:
+    """Each lowerable unit's weight noise on the 4-bit grid, measured like the upward moves'."""
+    lowerable = [u for u in setup.units if setup.rules.can_lower(u.id)]
+    path = cache / "noise-w4.json"
+    if not lowerable:
+        return noise
+    if path.is_file():
+        weight4 = json.loads(path.read_text())
+    else:
+        feeds = setup.feeds[: opts.sensitivity_samples]
+        _say(say, f"measuring the 4-bit weight noise of {len(lowerable)} units")
+        plan4 = setup.plan_for(setup.rules.node_modes(setup.rules.lowest()))
+        weight4 = weight4_noise(setup.executor, plan4, lowerable, feeds, progress)
+        write_text_atomic(path, json.dumps(weight4))
+    return {k: replace(v, weight4=weight4.get(k)) for k, v in noise.items()}
+
+
 def _cached_noise(path: Path) -> dict[str, UnitNoise] | None:
     """The noise cache of a resumed search; a damaged one is measured again, not trusted."""
     try:
@@ -452,6 +498,33 @@ def _cached_noise(path: Path) -> dict[str, UnitNoise] | None:
         isinstance(x, (int, float)) for n in found.values() for x in (n.weight, n.activation)
     )
     return found if numbers else None
+
+
+def _meter(setup: Setup, opts: SearchOptions, cache: Path) -> LatencyMeter | None:
+    if not get_cost_model(opts.cost_model).measures_candidates:
+        return None
+    settings = LatencySettings(rounds=opts.measure_rounds, warmup=3)
+    feeds = setup.feeds[:2]
+    return LatencyMeter(setup.planner.model, setup.plan_for, feeds, cache / "latency", settings)
+
+
+def _plan_with_measured_costs(
+    setup: Setup, opts: SearchOptions, meter: LatencyMeter, say: Say | None
+) -> list[str]:
+    """Replace the planning table by each unit's move timed in ONNX Runtime."""
+    _say(say, f"timing each unit's move in ONNX Runtime (up to {opts.measure_budget_s:g} s)")
+    found = measured_costs(setup.rules, setup.costs, meter, opts.measure_budget_s)
+    setup.costs = found.table
+    notes = [
+        f"cost = ONNX Runtime CPU latency of each export over the all-int8 export's "
+        f"({meter.settings.threads} threads, {meter.settings.rounds} interleaved rounds, median); "
+        f"all-int8 against itself differs by {found.noise_floor:.1%} (the noise floor here)",
+        f"planned with measured moves of {len(found.measured)} of {len(setup.units)} units; the "
+        f"others' analytic estimates scaled by {found.scale:.3f}",
+    ]
+    if setup.profile.vendor != "ONNX Runtime":
+        notes.append(f"{setup.profile.name} does not run QDQ models: ORT latency is a proxy")
+    return notes
 
 
 def _oracle(setup: Setup, opts: SearchOptions, cache: Path, progress: Progress | None) -> Oracle:
@@ -500,14 +573,40 @@ def _search(run: _Run, say: Say | None) -> None:
         candidates.append(top)  # the last resort when no cheaper point meets the goal
     _say(say, f"{opts.strategy}: {len(candidates)} candidates; verifying their output SNR")
     verified = [run.point(c) for c in candidates]
-    better = [p for p in verified if (p.snr_db or -math.inf) > (base.snr_db or -math.inf)]
-    if full:
-        _bisect_metric(run, better, base)
+    if run.meter is not None:
+        _say(say, f"timing {len(verified) + 1} candidate exports in ONNX Runtime")
+        for point in [base, *verified]:
+            _measure(run, point)
+    base_ok = base.cost <= max_cost
+    admissible = [p for p in verified if p.cost <= max_cost and p.key != base.key]
+    if base_ok:
+        floor = base.snr_db or -math.inf
+        admissible = [p for p in admissible if (p.snr_db or -math.inf) > floor]
     else:
-        _pick_by_snr(run, better)
+        report.notes.append(f"the budget {max_cost:g}x is below all-int8's: int8 is not a choice")
+    if full:
+        _bisect_metric(run, admissible, base, base_ok)
+    else:
+        _pick_by_snr(run, admissible)
     report.all16 = run.point(top).key
+    if run.meter is not None:
+        _measure(run, run.point(top))
     if full:
         run.point(top, full=True)
+
+
+def _measure(run: _Run, point: SearchPoint) -> None:
+    """The point's cost becomes its export's ONNX Runtime latency over all-int8's."""
+    assert run.meter is not None
+    if point.latency_ms is not None:
+        return
+    found = run.meter.measure(point.modes)
+    point.modeled_cost = point.cost
+    if point.key == run.report.baseline:  # the reference itself: 1.0 by definition
+        point.cost, point.latency_ms = 1.0, found.int8_ms
+    else:
+        point.cost, point.latency_ms = round(found.ratio, 5), found.ms
+    run.checkpoint()
 
 
 def _strategy(run: _Run, max_cost: float) -> list[Candidate]:
@@ -515,8 +614,11 @@ def _strategy(run: _Run, max_cost: float) -> list[Candidate]:
     return get_strategy(run.opts.strategy)(setup.rules, setup.costs, run.noise, max_cost)
 
 
-def _bisect_metric(run: _Run, points: list[SearchPoint], base: SearchPoint) -> None:
-    """The cheapest point meeting the metric goal, by bisection along the candidates."""
+def _bisect_metric(
+    run: _Run, points: list[SearchPoint], base: SearchPoint, base_ok: bool = True
+) -> None:
+    """The cheapest point meeting the metric goal, by bisection along the candidates (all-int8
+    itself when it is within the budget and meets the goal)."""
     report = run.report
     assert report.float_metric is not None and base.metric is not None
     gap = report.float_metric - base.metric
@@ -528,7 +630,9 @@ def _bisect_metric(run: _Run, points: list[SearchPoint], base: SearchPoint) -> N
         )
     report.goal.max_drop = round(drop, 6)
     target = report.float_metric - drop
-    if base.metric >= target or not points:
+    if (base_ok and base.metric >= target) or not points:
+        if not points and not base_ok:
+            report.notes.append("no candidate within the budget: all-int8 is kept")
         return
     points = sorted(points, key=lambda p: p.cost)
     low, high = 0, len(points) - 1
@@ -555,11 +659,22 @@ def _pick_by_snr(run: _Run, points: list[SearchPoint]) -> None:
     goal = run.opts.min_snr if run.opts.min_snr is not None else DEFAULT_MIN_SNR
     run.report.goal.min_snr = goal
     meets = [p for p in points if (p.snr_db or -math.inf) >= goal]
+    if _base_suffices(run, goal, meets):
+        return
     if meets:
         run.report.chosen = min(meets, key=lambda p: p.cost).key
     elif points:
         run.report.chosen = max(points, key=lambda p: p.snr_db or -math.inf).key
         run.report.notes.append(f"no candidate reaches {goal} dB: the best one is chosen")
+
+
+def _base_suffices(run: _Run, goal: float, meets: list[SearchPoint]) -> bool:
+    """All-int8 meets the goal within the budget and no point that meets it is cheaper."""
+    base = run.report.point(run.report.baseline)
+    if base is None or (base.snr_db or -math.inf) < goal:
+        return False
+    cheapest = min((p.cost for p in meets), default=math.inf)
+    return base.cost <= min(cheapest, run.opts.max_cost or math.inf)
 
 
 def _rounded(value: float | None) -> float | None:

@@ -93,7 +93,11 @@ def _param(run: RunArtifacts, name: str) -> str | None:
 
 def _point_text(point: SearchPoint) -> str:
     promoted = ", ".join(point.promoted[:8]) + (" …" if len(point.promoted) > 8 else "")
-    return f"{point.label}: cost {point.cost:.3f}× int8, promoted {promoted or 'nothing'}"
+    text = f"{point.label}: cost {point.cost:.3f}× int8, promoted {promoted or 'nothing'}"
+    if point.lowered:
+        lowered = ", ".join(point.lowered[:8]) + (" …" if len(point.lowered) > 8 else "")
+        text += f", 4-bit weights on {lowered}"
+    return text
 
 
 def _three_way(run: RunArtifacts) -> Data | None:
@@ -314,6 +318,7 @@ def search_data(search: SearchReport) -> Data:
         "y": [rnd(value(p)) for p in points],
         "label": [
             f"{p.label} ({p.strategy}), {len(p.promoted)} promoted"
+            + (f", {len(p.lowered)} down to 4-bit weights" if p.lowered else "")
             + ("" if p.verified else ", predicted")
             for p in points
         ],
@@ -343,7 +348,7 @@ def pareto_rows(search: SearchReport) -> list[list[str]]:
                     f"{p.cost:.3f}",
                     fmt(p.metric),
                     fmt(p.snr_db, ".1f"),
-                    str(len(p.promoted)),
+                    f"{len(p.promoted)}" + (f" (+{len(p.lowered)} down)" if p.lowered else ""),
                     "yes" if p.verified else "no",
                 ]
             )

@@ -5,8 +5,11 @@
   precision boundary (convert_factor x elements).
 - `imported`: a per-layer time table from a vendor profiler (CSV: `layer,mode,time`), with the
   profile's factors for modes the table lacks.
-- `measured`: ONNX Runtime latency of the exported QDQ model on this machine (`latency`), applied
-  to the points the search verifies.
+- `weight-bytes`: the bytes the weights take (4-bit weights half of int8's, 16-bit twice, a float
+  layer four times): model size, the cost that 4-bit weights buy down.
+- `measured`: ONNX Runtime latency of exported QDQ models on this machine: each unit's move
+  timed before planning (the table the strategies plan with) and every verified candidate timed
+  against the all-int8 export (`quantlens.search.latency`).
 
 Costs are linear in the unit levels, so the integer program can use them directly.
 """
@@ -23,10 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from quantlens.errors import UserError
+from quantlens.schemes.modes import get_mode
 from quantlens.schemes.profiles import TargetProfile
 from quantlens.search.groups import Rules
 
-COST_MODELS = ("analytic", "measured", "imported")  # the built-in ones
+COST_MODELS = ("analytic", "measured", "imported", "weight-bytes")  # the built-in ones
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class CostModel:
     name: str
     table: Callable[[Rules, TargetProfile, Path | None], CostTable]
     measured_after_export: bool = False
+    # Candidates (and units, for planning) are timed in ONNX Runtime (`search.latency`).
+    measures_candidates: bool = False
 
 
 _REGISTRY: dict[str, CostModel] = {}
@@ -81,13 +87,35 @@ class CostTable:
 
 
 def _level(state: Mapping[str, int], unit: str) -> int:
-    return min(state.get(unit, 0), 1)  # a boundary exists between int8 and anything higher
+    # A boundary exists between int8 and anything higher; 4-bit weights keep 8-bit activations.
+    return max(0, min(state.get(unit, 0), 1))
 
 
 def analytic_costs(rules: Rules, profile: TargetProfile) -> CostTable:
     element = profile.search.element_cost
     base = {u.id: u.macs + element * u.elements for u in rules.units.values()}
     return _table("analytic", rules, profile, base)
+
+
+def weight_bytes(rules: Rules, profile: TargetProfile) -> CostTable:
+    """Bytes of every unit's weights in each of its modes (activations are not counted)."""
+
+    def size(unit: str, mode: str) -> float:
+        return rules.units[unit].params * _bytes_per_weight(mode)
+
+    unit = {
+        u: {0: size(u, rules.default_mode)} | {lv: size(u, m) for lv, m in rules.modes[u].items()}
+        for u in rules.units
+    }
+    total = sum(costs[0] for costs in unit.values())
+    return CostTable("weight-bytes", unit, [], total)
+
+
+def _bytes_per_weight(mode: str) -> float:
+    found = get_mode(mode)
+    if found.weight_bits is not None:
+        return found.weight_bits / 8
+    return 4.0 if found.float_type == "fp32" else 2.0
 
 
 def imported_costs(rules: Rules, profile: TargetProfile, path: Path) -> CostTable:
@@ -180,6 +208,13 @@ def _imported(rules: Rules, profile: TargetProfile, table: Path | None) -> CostT
 
 register_cost_model(CostModel("analytic", lambda rules, profile, _: analytic_costs(rules, profile)))
 register_cost_model(
-    CostModel("measured", lambda rules, profile, _: analytic_costs(rules, profile), True)
+    CostModel(
+        "measured",
+        lambda rules, profile, _: analytic_costs(rules, profile),
+        measures_candidates=True,
+    )
 )
 register_cost_model(CostModel("imported", _imported))
+register_cost_model(
+    CostModel("weight-bytes", lambda rules, profile, _: weight_bytes(rules, profile))
+)

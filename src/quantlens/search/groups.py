@@ -1,7 +1,9 @@
 """Precision groups: what promoting one unit drags along under the target's rules.
 
 A unit's *level* is 0 (the default int8 mode), 1 (its output carries the higher precision: Hailo's
-`a8_w8_a16` producer mode, or a 16-bit concat) or 2 (promoted: `a16_w16`, or fp16 on TPU-MLIR).
+`a8_w8_a16` producer mode, a 16-bit concat, or `a16_w8` where the target has it) or 2 (promoted:
+`a16_w16`, or fp16 on TPU-MLIR); -1 (`LOWER`) is below int8: 4-bit weights (`a8_w4`) on a layer
+where the profile allows them, which changes nothing around it (its activations keep 8 bits).
 The profile's rules become implications "unit a at level >= i needs unit b at level >= j":
 
 - Hailo: a promoted layer reads 16-bit inputs, so each producer outputs 16 bits
@@ -27,6 +29,8 @@ from quantlens.search.units import Unit, producers
 
 Var = tuple[str, int]  # (unit id, level): "unit is at this level or above"
 State = dict[str, int]
+LOWER = -1  # the level below the default: 4-bit weights
+LOWER_MODE = "a8_w4"
 
 
 @dataclass
@@ -42,6 +46,16 @@ class Rules:
     def at_least(self, unit: str, level: int) -> Var:
         """The variable meaning "unit at `level` or above": the unit's lowest level >= `level`."""
         return unit, min(lv for lv in self.levels[unit] if lv >= level)
+
+    def up_levels(self, unit: str) -> tuple[int, ...]:
+        return tuple(lv for lv in self.levels[unit] if lv > 0)
+
+    def can_lower(self, unit: str) -> bool:
+        return LOWER in self.levels[unit]
+
+    def lowest(self) -> State:
+        """Every unit that can go below int8, there: the cheapest state the rules allow."""
+        return {u: LOWER for u in self.units if self.can_lower(u)}
 
     def closure(self, requests: Iterable[Var], state: Mapping[str, int] | None = None) -> State:
         result: State = dict(state or {})
@@ -61,7 +75,7 @@ class Rules:
         """node -> mode for every node not in the default mode."""
         found: dict[str, str] = {}
         for unit, level in state.items():
-            if level > 0:
+            if level != 0:
                 mode = self.modes[unit][level]
                 found.update(dict.fromkeys(self.units[unit].nodes, mode))
         return found
@@ -70,16 +84,23 @@ class Rules:
         """The closure of promoting `unit` alone from all-int8."""
         return self.closure([(unit, max(self.levels[unit]))])
 
+    def lowered(self, state: Mapping[str, int]) -> list[str]:
+        return [u for u, level in state.items() if level < 0]
+
 
 def build_rules(
-    units: Sequence[Unit], profile: TargetProfile, sizes: Mapping[str, int] | None = None
+    units: Sequence[Unit],
+    profile: TargetProfile,
+    sizes: Mapping[str, int] | None = None,
+    lower: bool = False,
 ) -> Rules:
-    """`sizes`: tensor -> elements, for the edges' convert costs."""
+    """`sizes`: tensor -> elements, for the edges' convert costs; `lower`: layers may also go
+    below int8 (4-bit weights) where the profile allows it."""
     rules_data = profile.search
     by_id = {u.id: u for u in units}
     levels, modes = {}, {}
     for unit in units:
-        levels[unit.id], modes[unit.id] = _levels(unit, profile)
+        levels[unit.id], modes[unit.id] = _levels(unit, profile, lower)
     rules = Rules(by_id, levels, modes, profile.default_mode)
     made_by = producers(units)
     for unit in units:
@@ -94,9 +115,25 @@ def build_rules(
     return rules
 
 
-def _levels(unit: Unit, profile: TargetProfile) -> tuple[tuple[int, ...], dict[int, str]]:
+def _levels(
+    unit: Unit, profile: TargetProfile, lower: bool
+) -> tuple[tuple[int, ...], dict[int, str]]:
+    levels, modes = _up_levels(unit, profile, lower)
+    if lower and unit.kind == "layer" and LOWER_MODE in profile.modes:
+        return (LOWER, *levels), {LOWER: LOWER_MODE, **modes}
+    return levels, modes
+
+
+def _up_levels(
+    unit: Unit, profile: TargetProfile, both_ways: bool
+) -> tuple[tuple[int, ...], dict[int, str]]:
     promote, output = profile.search.promote, profile.search.output_mode
     if output is None:
+        # Searching both ways, a16_w16 may come down to 16-bit activations with 8-bit weights
+        # where the target runs them (ORT, QNN).
+        wide = both_ways and "a16_w8" in profile.modes and promote == "a16_w16"
+        if unit.kind == "layer" and wide:
+            return (1, 2), {1: "a16_w8", 2: promote}
         return (2,), {2: promote}
     if unit.kind == "layer":
         return (1, 2), {1: output, 2: promote}

@@ -28,6 +28,7 @@ Tick = Callable[[int, int], None]
 class UnitNoise:
     weight: float = 0.0  # noise-to-signal ratio at the outputs, weights alone quantized
     activation: float = 0.0  # ... the unit's activation quantizers alone
+    weight4: float | None = None  # ... its weights alone on the 4-bit grid (a8_w4), if measured
 
 
 def unit_noise(
@@ -51,6 +52,26 @@ def unit_noise(
         u.id: UnitNoise(found.noise[u.id]["weight"].nsr, found.noise[u.id]["activation"].nsr)
         for u in units
     }
+
+
+def weight4_noise(
+    executor: Executor,
+    plan4: QuantPlan,
+    units: Sequence[Unit],
+    feeds: Sequence[Feed],
+    progress: Tick | None = None,
+) -> dict[str, float]:
+    """Each unit's weight-only noise with its weights on the 4-bit grid: `plan4` holds every
+    lowered layer's 4-bit weights; the same isolated runs as the upward moves' noise."""
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], len(feeds))
+
+    found = run_isolated(executor, plan4, units, feeds, ("weight",), tick=tick)
+    return {u.id: found.noise[u.id]["weight"].nsr for u in units}
 
 
 def output_noise(

@@ -15,8 +15,8 @@ of every unit's isolated weight noise (gone once the unit is promoted) and activ
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
@@ -25,12 +25,15 @@ from scipy.sparse import lil_matrix
 
 from quantlens.errors import UserError
 from quantlens.search.cost import CostTable
-from quantlens.search.groups import Rules, State, Var
+from quantlens.search.groups import LOWER, Rules, State
 from quantlens.search.sensitivity import UnitNoise
 
 STRATEGIES = ("milp", "greedy", "tpu-mlir")  # the built-in ones, in the order help lists them
 Row = tuple[dict[int, float], float, float]  # coefficients, lower and upper bound
 BUDGETS = (1.0, 1.005, 1.01, 1.02, 1.03, 1.05, 1.075, 1.1, 1.15, 1.2, 1.3, 1.5, 2.0, 3.0, 5.0)
+# Below int8: used where units can go down (4-bit weights).
+BUDGETS_BELOW = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99)
+MAX_CHAIN = 40  # greedy candidates kept (each one is verified)
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Candidate:
     promoted: list[str]
     predicted_nsr: float
     cost: float
+    lowered: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -49,13 +53,16 @@ class NoiseModel:
     rules: Rules
 
     def activation_level(self, unit: str) -> int:
-        return min(self.rules.levels[unit])
+        return min(self.rules.up_levels(unit))
 
     def unit_nsr(self, unit: str, level: int) -> float:
         n = self.noise.get(unit)
         if n is None:
             return 0.0
-        weight = n.weight if level < 2 else 0.0
+        if level == LOWER:
+            weight = n.weight4 if n.weight4 is not None else n.weight
+        else:
+            weight = n.weight if level < 2 else 0.0
         activation = n.activation if level < self.activation_level(unit) else 0.0
         return weight + activation
 
@@ -98,32 +105,62 @@ def _promoted(state: Mapping[str, int]) -> list[str]:
 def greedy_chain(
     rules: Rules, costs: CostTable, model: NoiseModel, max_cost: float, steps: int = 80
 ) -> list[Candidate]:
-    state: State = {}
+    """From the cheapest state (every unit that can go below int8 there, else all-int8), take
+    the move with the most noise removed per cost added until the budget is spent."""
+    state: State = rules.lowest()
     chain: list[Candidate] = []
-    requests = [(u, lv) for u in rules.units for lv in rules.levels[u]]
-    for _ in range(steps):
-        best = _best_step(rules, costs, model, state, requests)
+    if state and costs.relative(state) <= max_cost:
+        chain.append(_candidate(rules, costs, model, state, "greedy 0 (lowest)", "greedy"))
+    for _ in range(max(steps, 3 * len(rules.units))):
+        best = _best_step(rules, costs, model, state)
         if best is None:
             break
         state = best
-        cost = costs.relative(state)
-        if cost > max_cost:
+        if costs.relative(state) > max_cost:
             break
-        label = f"greedy {len(chain) + 1}"
-        chain.append(
-            Candidate(dict(state), label, "greedy", _promoted(state), model.nsr(state), cost)
-        )
-    return chain
+        chain.append(_candidate(rules, costs, model, state, f"greedy {len(chain) + 1}", "greedy"))
+    return _thin(chain, MAX_CHAIN)
 
 
-def _best_step(
-    rules: Rules, costs: CostTable, model: NoiseModel, state: State, requests: Sequence[Var]
-) -> State | None:
+def _candidate(
+    rules: Rules, costs: CostTable, model: NoiseModel, state: State, label: str, strategy: str
+) -> Candidate:
+    return Candidate(
+        dict(state),
+        label,
+        strategy,
+        _promoted(state),
+        model.nsr(state),
+        costs.relative(state),
+        rules.lowered(state),
+    )
+
+
+def _thin(chain: list[Candidate], keep: int) -> list[Candidate]:
+    """At most `keep` candidates, evenly along the chain, its first and last included."""
+    if len(chain) <= keep:
+        return chain
+    picks = sorted({round(i * (len(chain) - 1) / (keep - 1)) for i in range(keep)})
+    return [chain[i] for i in picks]
+
+
+def _moves(rules: Rules, state: State) -> list[State]:
+    """Every state one move up from `state`: a lowered unit back to int8, or a unit raised to
+    one of its higher levels with the closure the rules drag along."""
+    found = []
+    for unit in rules.units:
+        now = state.get(unit, 0)
+        if now == LOWER:
+            found.append({**state, unit: 0})
+        for level in rules.up_levels(unit):
+            if level > now:
+                found.append(rules.closure([(unit, level)], state))
+    return found
+
+
+def _best_step(rules: Rules, costs: CostTable, model: NoiseModel, state: State) -> State | None:
     best, best_score = None, 0.0
-    for unit, level in requests:
-        if state.get(unit, 0) >= level:
-            continue
-        after = rules.closure([(unit, level)], state)
+    for after in _moves(rules, state):
         changed = [u for u in after if after[u] != state.get(u, 0)]
         gain = sum(
             model.unit_nsr(u, state.get(u, 0)) - model.unit_nsr(u, after[u]) for u in changed
@@ -164,26 +201,28 @@ def milp_front(
 ) -> list[Candidate]:
     program = _Program(rules, costs, model)
     found: dict[tuple[tuple[str, int], ...], Candidate] = {}
-    for budget in [b for b in BUDGETS if b <= max_cost] + ([max_cost] if max_cost < 1e9 else []):
+    below = BUDGETS_BELOW if program.lower else ()
+    budgets = [b for b in (*below, *BUDGETS) if b <= max_cost]
+    for budget in budgets + ([max_cost] if max_cost < 1e9 else []):
         state = program.solve(budget)
         if state is None:
             continue
         signature = tuple(sorted(state.items()))
         if signature not in found:
             label = f"milp <={budget:g}x"
-            cost = costs.relative(state)
-            found[signature] = Candidate(
-                state, label, "milp", _promoted(state), model.nsr(state), cost
-            )
+            found[signature] = _candidate(rules, costs, model, state, label, "milp")
     return sorted(found.values(), key=lambda c: c.cost)
 
 
 class _Program:
-    """Binary y[unit, level] ("at this level or above"), plus one b per precision boundary."""
+    """Binary y[unit, level] ("at this level or above") for the levels above int8, z[unit]
+    ("below int8": 4-bit weights) where the unit can go down, one b per precision boundary."""
 
     def __init__(self, rules: Rules, costs: CostTable, model: NoiseModel) -> None:
         self.rules, self.costs = rules, costs
-        self.vars = [(u, lv) for u in rules.units for lv in rules.levels[u]]
+        up = [(u, lv) for u in rules.units for lv in rules.up_levels(u)]
+        self.lower = [u for u in rules.units if rules.can_lower(u)]
+        self.vars = up + [(u, LOWER) for u in self.lower]
         self.index = {v: i for i, v in enumerate(self.vars)}
         self.size = len(self.vars) + len(costs.boundaries)
         self.noise = np.zeros(self.size)  # noise removed per variable
@@ -196,19 +235,26 @@ class _Program:
 
     def _unit_terms(self, unit: str, model: NoiseModel) -> None:
         previous = 0
-        for level in self.rules.levels[unit]:
+        for level in self.rules.up_levels(unit):
             i = self.index[(unit, level)]
             self.noise[i] = model.unit_nsr(unit, previous) - model.unit_nsr(unit, level)
             self.cost[i] = self.costs.unit[unit][level] - self.costs.unit[unit][previous]
             previous = level
+        if self.rules.can_lower(unit):
+            i = self.index[(unit, LOWER)]  # removes negative noise: adds it
+            self.noise[i] = model.unit_nsr(unit, 0) - model.unit_nsr(unit, LOWER)
+            self.cost[i] = self.costs.unit[unit][LOWER] - self.costs.unit[unit][0]
 
     def _structure(self) -> list[Row]:
         """(coefficients, low, high) rows: level order, implications, boundaries."""
         rows: list[Row] = []
         for unit in self.rules.units:
-            levels = self.rules.levels[unit]
+            levels = self.rules.up_levels(unit)
             for low, high in itertools.pairwise(levels):
                 rows.append(({self.index[(unit, high)]: 1, self.index[(unit, low)]: -1}, -1, 0))
+            if self.rules.can_lower(unit):  # down and up exclude each other
+                first = self.index[(unit, levels[0])]
+                rows.append(({self.index[(unit, LOWER)]: 1, first: 1}, -np.inf, 1))
         for (unit, level), targets in self.rules.implies.items():
             a = self.index[self.rules.at_least(unit, level)]
             for target in targets:
@@ -244,7 +290,11 @@ class _Program:
         if result.x is None:
             return None
         state: State = {}
+        lowered = []
         for (unit, level), value in zip(self.vars, result.x):
-            if value > 0.5:
+            if value > 0.5 and level == LOWER:
+                lowered.append(unit)
+            elif value > 0.5:
                 state[unit] = max(state.get(unit, 0), level)
-        return self.rules.closure(state.items())
+        closed = self.rules.closure(state.items())
+        return {**{u: LOWER for u in lowered if u not in closed}, **closed}

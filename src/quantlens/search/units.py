@@ -46,6 +46,7 @@ class Unit:
     step: int
     macs: int
     elements: int
+    params: int = 0  # weight elements (for the weight-bytes cost)
 
     def quantizers(self, variant: str) -> frozenset[str]:
         return quantizer_names(self.weights, self.activations, variant)
@@ -60,13 +61,14 @@ def find_units(
     if profile.placement == "all-outputs":
         layers = [*layers, *node_tensors(executor, layers, plan)]
     steps = {step.ctx.name: step for step in executor.steps}
+    params = {name: int(tensor.numel()) for name, tensor in executor.weights.items()}
     moves_data = {*profile.passthrough_ops, *profile.shared_scale_ops}
     units = []
     for lt in layers:
         kind: UnitKind = "layer" if lt.layer.weight else "node"
         if kind == "node" and lt.layer.op_type in moves_data:
             kind = "passthrough"
-        units.append(_unit(lt, kind, steps, set(executor.weights), sizes))
+        units.append(_unit(lt, kind, steps, params, sizes))
     return sorted(units, key=lambda u: u.step)
 
 
@@ -95,12 +97,12 @@ def _unit(
     lt: LayerTensors,
     kind: UnitKind,
     steps: dict[str, Step],
-    constants: set[str],
+    params: dict[str, int],
     sizes: dict[str, int],
 ) -> Unit:
     members = [steps[name] for name in lt.nodes]
     written = tuple(name for step in members for name in step.outputs)
-    inside = {*written, *constants}
+    inside = {*written, *params}
     read = (n for step in members for n in step.inputs if n is not None and n not in inside)
     return Unit(
         id=lt.id,
@@ -115,6 +117,7 @@ def _unit(
         step=lt.step,
         macs=lt.layer.macs or 0,
         elements=sum(sizes.get(n, 0) for n in written),
+        params=params.get(lt.layer.weight, 0) if lt.layer.weight else 0,
     )
 
 
