@@ -16,6 +16,7 @@ Formats whose tool cannot run here (the Hailo DFC, the QNN converter) are checke
 published grammar instead (`_vendor_grammar.py`), and the table says so.
 
     python benchmarks/vendor_check.py [--models pplcnet-orientation ...] [--formats tpu-mlir ...]
+        [--variants int8 mixed] [--compare]
         [--tpu-mlir-python /work/vendor-venvs/tpu-mlir/bin/python]
         [--aimet-python /work/vendor-venvs/aimet/bin/python] [--calib 16] [--samples 4]
         [--work /tmp/vendor-check] [--json results.json]
@@ -249,7 +250,7 @@ def bench_model(model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     shapes = {name: list(array.shape[1:]) for name, array in feeds[0].items()}
     shapes = {name: [1, *dims] for name, dims in shapes.items()}
     rows = []
-    for variant in VARIANTS:
+    for variant in args.variants:
         for fmt in args.formats:
             print(f"{model} {variant} {fmt} ...", file=sys.stderr, flush=True)
             row: dict[str, Any] = {"model": model, "variant": variant, "format": fmt}
@@ -262,12 +263,57 @@ def bench_model(model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                     result["snr_vs_emulation_db"] = pooled_snr(ours, theirs)
                     result["snr_vs_float_db"] = pooled_snr(floats, theirs)
                     result["emulation_vs_float_db"] = pooled_snr(floats, ours)
+                    if args.compare:
+                        result["compare"] = compare_layers(fmt, run_dir, inputs, args, root)
                 row.update(result)
             except Exception as exc:  # one failing cell must not hide the others
                 row.update({"accepted": False, "error": f"{type(exc).__name__}: {exc}"})
             rows.append(row)
             print(summary_line(row), flush=True)
     return rows
+
+
+def compare_layers(
+    fmt: str, run_dir: Path, inputs: Path, args: argparse.Namespace, root: Path
+) -> dict[str, Any]:
+    """The vendor model's per-layer tensors (`_vendor_layers.py`) through `quantlens compare`:
+    the first tensor below 40 dB against our emulation, with its likely cause."""
+    work = root / f"{fmt}-{run_dir.name.split('-')[-1]}"
+    job = json.loads((work / "job.json").read_text())
+    job["layers"] = str(work / "layers.npz")
+    (work / "layers-job.json").write_text(json.dumps(job, indent=1))
+    python = getattr(args, VENDORS[fmt].venv)
+    done = subprocess.run(
+        [python, str(HERE / "_vendor_layers.py"), str(work / "layers-job.json")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    (work / "layers.log").write_text(done.stderr)
+    dumped = _last_json(done.stdout) or {"error": f"exited {done.returncode}"}
+    if dumped.get("error"):
+        return {"error": dumped["error"]}
+    out = work / "compare"
+    dump_format = "tpu-mlir" if fmt == "tpu-mlir" else "npz"
+    quantlens(
+        "compare", str(run_dir), "--dumps", str(work / "layers.npz"), "-f", dump_format,
+        "--inputs", str(inputs), "-o", str(out), log=work / "compare.log",
+    )  # fmt: skip
+    report = json.loads((out / "compare.json").read_text())
+    outputs = [t for t in report["tensors"] if t["tensor"] in _graph_outputs(run_dir)]
+    return {
+        "tensors": len(report["tensors"]),
+        "first_divergence": report["first_divergence"],
+        "outputs_codes_equal": [t["codes_equal"] for t in outputs],
+        "worst_db": min((t["vs_emulation"]["snr_db"] for t in report["tensors"]), default=None),
+    }
+
+
+def _graph_outputs(run_dir: Path) -> set[str]:
+    import onnx
+
+    graph = onnx.load(str(run_dir / "model.canonical.onnx"), load_external_data=False).graph
+    return {v.name for v in graph.output}
 
 
 def summary_line(row: dict[str, Any]) -> str:
@@ -282,6 +328,9 @@ def summary_line(row: dict[str, Any]) -> str:
             f"; vs our emulation {row['snr_vs_emulation_db']} dB, vs float "
             f"{row['snr_vs_float_db']} dB (ours vs float {row['emulation_vs_float_db']} dB)"
         )
+    first = (row.get("compare") or {}).get("first_divergence")
+    if first:
+        snr += f"; first layer below 40 dB: {first['tensor']} ({first['snr_db']:.1f} dB)"
     error = f" — {row['error']}" if row.get("error") else ""
     return (
         f"{row['model']:<20} {row['variant']:<6} {row['format']:<9} {status}: {counts}{snr}{error}"
@@ -294,6 +343,12 @@ def main() -> None:
     parser.add_argument("--formats", nargs="+", default=list(VENDORS), choices=list(VENDORS))
     parser.add_argument("--tpu-mlir-python", default=None, help="TPU-MLIR venv's python")
     parser.add_argument("--aimet-python", default=None, help="AIMET-ONNX venv's python")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="also dump the vendor model's per-layer tensors and run `quantlens compare`",
+    )
     parser.add_argument("--calib", type=int, default=16, help="calibration samples")
     parser.add_argument("--samples", type=int, default=4, help="evaluation samples")
     parser.add_argument("--work", type=Path, default=Path("/tmp/vendor-check"))

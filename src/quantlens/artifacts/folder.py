@@ -16,6 +16,7 @@ from typing import TypeVar
 from quantlens.artifacts import Artifact, journal, write_text_atomic
 from quantlens.artifacts.analysis import AnalysisReport
 from quantlens.artifacts.calibration import CalibrationStats
+from quantlens.artifacts.compare import CompareReport
 from quantlens.artifacts.doctor import DoctorReport
 from quantlens.artifacts.evaluation import EvalReport
 from quantlens.artifacts.graph import GraphArtifact
@@ -37,6 +38,7 @@ ARTIFACT_FILES: dict[str, tuple[str, type[Artifact]]] = {
     "plan": ("plan.json", QuantPlan),
     "calibration": ("calibration.json", CalibrationStats),
     "search": ("search.json", SearchReport),
+    "compare": ("compare.json", CompareReport),
     "doctor": ("doctor.json", DoctorReport),
     "graph": ("graph.json", GraphArtifact),
     "command": ("command.json", CommandLog),

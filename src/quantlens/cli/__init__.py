@@ -30,7 +30,7 @@ __all__ = ["app", "main", "run"]
 
 # Each module registers its commands on the app; this order is the order of `--help`.
 COMMAND_MODULES = ("basics", "demo", "quantize", "report", "data", "analyze", "search")
-for _name in (*COMMAND_MODULES, "evaluate", "vendor"):
+for _name in (*COMMAND_MODULES, "evaluate", "vendor", "compare"):
     importlib.import_module(f"quantlens.cli.{_name}")
 
 # Exit codes (README "Errors and exit codes").

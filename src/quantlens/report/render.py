@@ -22,6 +22,7 @@ import jinja2
 
 from quantlens.artifacts import write_text_atomic
 from quantlens.report import sections
+from quantlens.report.compare import compare_section
 from quantlens.report.run import RunArtifacts, load_run
 
 _JSON_ESCAPES = {
@@ -76,6 +77,7 @@ def build_context(run: RunArtifacts) -> dict[str, Any]:
         "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "summary": sections.summary_section(run),
         "diagnostics": sections.diagnostics_section(run),
+        "compare": compare_section(run.compare),
         "repro": sections.reproducibility_section(run),
     }
     if run.analysis is not None:
@@ -104,6 +106,7 @@ def section_names(context: dict[str, Any]) -> list[str]:
         "search": "search" in data,
         "graph": "graph" in data,
         "diagnostics": context["diagnostics"] is not None,
+        "compare": context["compare"] is not None,
         "reproducibility": True,
     }
     return [name for name, shown in present.items() if shown]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from quantlens.artifacts.analysis import AnalysisReport
 from quantlens.artifacts.calibration import CalibrationStats
+from quantlens.artifacts.compare import CompareReport
 from quantlens.artifacts.doctor import DoctorReport
 from quantlens.artifacts.evaluation import EvalReport
 from quantlens.artifacts.folder import ARTIFACT_FILES, RunFolder
@@ -38,6 +39,7 @@ class RunArtifacts:
     plan: QuantPlan | None = None
     calibration: CalibrationStats | None = None
     search: SearchReport | None = None
+    compare: CompareReport | None = None
     doctor: DoctorReport | None = None
     graph: GraphArtifact | None = None
     command: CommandLog | None = None

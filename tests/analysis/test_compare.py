@@ -1,0 +1,131 @@
+"""`quantlens compare`: dumps made by ONNX Runtime and by our own emulator, and bad dumps."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+import torch
+
+from quantlens.artifacts.compare import CompareReport
+from quantlens.artifacts.folder import RunFolder
+from quantlens.emulate import Executor
+from quantlens.emulate.fakequant import QuantHooks
+from quantlens.errors import UserError
+from quantlens.pipeline.compare import compare_dumps
+from quantlens.schemes.assignment import Assignment
+from quantlens.schemes.qparams import QuantPlan
+from tests.helpers import one_error_line, quantlens
+from tests.test_vendor_helpers import make_run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("compare")
+    run_dir, _ = make_run(folder, "bm1684x", Assignment(target="bm1684x"))
+    return run_dir
+
+
+def _inputs(path: Path, count: int = 3) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    arrays = {"x": rng.standard_normal((count, 3, 8, 8)).astype(np.float32)}
+    np.savez(path, **arrays)
+    return arrays
+
+
+def _emulator_dump(run_dir: Path, inputs: dict[str, np.ndarray], path: Path) -> list[str]:
+    """Every tensor our emulation computes, per sample, stacked: a dump of ourselves."""
+    model = ir.load(RunFolder(run_dir).canonical_model)
+    plan = RunFolder(run_dir).require(QuantPlan)
+    executor = Executor(model)
+    names = executor.activation_names()
+    stacked: dict[str, list[np.ndarray]] = {}
+    for i in range(len(inputs["x"])):
+        with torch.inference_mode():
+            result = executor.run(
+                {"x": inputs["x"][i : i + 1]}, outputs=[], keep=names, hooks=QuantHooks(plan)
+            )
+        for name in names:
+            stacked.setdefault(name, []).append(result[name].numpy())
+    np.savez(path, x=inputs["x"], **{k: np.concatenate(v) for k, v in stacked.items()})
+    return names
+
+
+def test_a_dump_of_our_emulation_agrees_everywhere(run: Path, tmp_path: Path) -> None:
+    inputs = _inputs(tmp_path / "in.npz")
+    names = _emulator_dump(run, inputs, tmp_path / "ours.npz")
+    report = compare_dumps(run, tmp_path / "ours.npz", "npz", output=tmp_path / "out")
+    assert report.samples == 3
+    assert {t.tensor for t in report.tensors} >= set(names)
+    computed = [t for t in report.tensors if t.op_type != "input"]
+    assert all(math.isinf(t.vs_emulation.snr_db) for t in computed)
+    assert all(t.codes_equal == 1.0 for t in computed if t.quantized_here)
+    assert report.first_divergence is None
+    saved = CompareReport.load(tmp_path / "out" / "compare.json")
+    assert saved.tensors[0].tensor == report.tensors[0].tensor
+
+
+def test_onnx_runtime_dump_is_float_and_parts_where_we_quantize(run: Path, tmp_path: Path) -> None:
+    _inputs(tmp_path / "in.npz")
+    canonical = RunFolder(run).canonical_model
+    report = compare_dumps(
+        run, canonical, "onnx-outputs", inputs=tmp_path / "in.npz", output=tmp_path / "out"
+    )
+    assert report.tensors, "ORT's tensors align by name"
+    # ORT runs the float model: it agrees with our float run, not with the emulation.
+    assert min(t.vs_float.snr_db for t in report.tensors) > 80
+    first = report.first_divergence
+    assert first is not None
+    entry = next(t for t in report.tensors if t.tensor == first.tensor)
+    assert entry.quantized_here and entry.dump_step is None
+    assert "no integer grid" in first.cause
+
+
+def test_bad_dumps_are_one_clear_error(run: Path, tmp_path: Path) -> None:
+    inputs = _inputs(tmp_path / "in.npz")
+    _emulator_dump(run, inputs, tmp_path / "ours.npz")
+    data = dict(np.load(tmp_path / "ours.npz"))
+    tensor = next(k for k in data if k != "x")
+    # A name no tensor has is skipped and listed with the closest; only unknown names: error.
+    np.savez(tmp_path / "extra.npz", **data, **{"typo_" + tensor: data[tensor]})
+    report = compare_dumps(run, tmp_path / "extra.npz", "npz", output=tmp_path / "out")
+    assert tensor in report.skipped["typo_" + tensor]
+    np.savez(tmp_path / "unknown.npz", x=data["x"], **{"typo_" + tensor: data[tensor]})
+    with pytest.raises(UserError, match=f"closest: {tensor}"):
+        compare_dumps(run, tmp_path / "unknown.npz", "npz")
+    np.savez(tmp_path / "shape.npz", **{**data, tensor: data[tensor][..., :1]})
+    with pytest.raises(UserError, match="values"):
+        compare_dumps(run, tmp_path / "shape.npz", "npz")
+    np.savez(tmp_path / "noinput.npz", **{k: v for k, v in data.items() if k != "x"})
+    with pytest.raises(UserError, match="graph input 'x'"):
+        compare_dumps(run, tmp_path / "noinput.npz", "npz")
+    (tmp_path / "map.json").write_text(json.dumps({"a": "nope"}))
+    with pytest.raises(UserError, match="name map"):
+        compare_dumps(run, tmp_path / "ours.npz", "npz", name_map=tmp_path / "map.json")
+
+
+def test_cli_prints_the_table_and_one_error_line(run: Path, tmp_path: Path) -> None:
+    inputs = _inputs(tmp_path / "in.npz")
+    _emulator_dump(run, inputs, tmp_path / "ours.npz")
+    done = quantlens("compare", str(run), "--dumps", str(tmp_path / "ours.npz"), "--top", "3")
+    assert done.returncode == 0, done.stderr
+    assert "all within 40 dB of our emulation" in done.stdout.splitlines()[-1]
+    (tmp_path / "empty.npz").write_bytes(b"not a zip")
+    bad = quantlens("compare", str(run), "--dumps", str(tmp_path / "empty.npz"))
+    assert "cannot read" in one_error_line(bad)
+
+
+def test_the_report_gets_a_compare_section(run: Path, tmp_path: Path) -> None:
+    from quantlens.report.render import render_html
+    from quantlens.report.run import load_run
+
+    inputs = _inputs(tmp_path / "in.npz")
+    _emulator_dump(run, inputs, tmp_path / "ours.npz")
+    out = tmp_path / "out"
+    compare_dumps(run, tmp_path / "ours.npz", "npz", output=out)
+    html, sections = render_html(load_run(out))
+    assert "compare" in sections and "Against another runtime" in html
