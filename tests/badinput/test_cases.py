@@ -348,6 +348,45 @@ CASES: list[tuple[str, list[str], int, str, Setup]] = [
         "labels.txt",
         labels("000.npz 1\n"),
     ),
+    (
+        "gt-coco-no-file-name",
+        [*EVAL, "--task", "detection", "--gt", "{tmp}/coco.json"],
+        USER,
+        "file_name",
+        write(
+            "coco.json", json.dumps({"images": [{"id": 1}], "annotations": [], "categories": []})
+        ),
+    ),
+    (
+        "gt-coco-string-id",
+        [*EVAL, "--task", "detection", "--gt", "{tmp}/coco.json"],
+        USER,
+        "'one'",
+        write(
+            "coco.json",
+            json.dumps(
+                {
+                    "images": [{"id": "one", "file_name": "000.npz"}],
+                    "annotations": [],
+                    "categories": [],
+                }
+            ),
+        ),
+    ),
+    (
+        "gt-coco-not-utf8",
+        [*EVAL, "--task", "detection", "--gt", "{tmp}/coco.json"],
+        USER,
+        "coco.json",
+        write("coco.json", LATIN1),
+    ),
+    (
+        "gt-coco-lists-are-dicts",
+        [*EVAL, "--task", "detection", "--gt", "{tmp}/coco.json"],
+        USER,
+        "coco.json",
+        write("coco.json", json.dumps({"images": {}, "annotations": {}, "categories": {}})),
+    ),
     # --- numeric ranges ----------------------------------------------------------------------
     ("range-limit-zero", [*QUANTIZE, "--limit", "0"], USAGE, "--limit", None),
     ("range-limit-negative", [*QUANTIZE, "--limit", "-1"], USAGE, "--limit", None),

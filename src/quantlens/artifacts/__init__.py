@@ -73,7 +73,7 @@ def read_json(path: str | Path, fix: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON: {exc}", fix) from exc
+        raise UserError(f"cannot read {path}: not valid JSON ({exc})", fix) from exc
 
 
 def write_boundary(path: Path) -> None:

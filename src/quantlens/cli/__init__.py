@@ -74,6 +74,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             return EXIT_USER_ERROR  # the reader went away (`| head`): nothing to say
         error_line(_input_problem(exc))
         return EXIT_USER_ERROR
+    if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this code, silently
+        err.print("interrupted")
     return code if isinstance(code, int) else 0
 
 

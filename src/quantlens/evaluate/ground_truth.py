@@ -82,7 +82,8 @@ def read_coco(path: Path) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"cannot read COCO ground truth {path}: {exc}", "pass a JSON file") from exc
-    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
+    keys = ("images", "annotations", "categories")
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in keys):
         raise UserError(
             f"{path} is not COCO detection ground truth",
             "it needs `images`, `annotations` and `categories` lists",
@@ -93,7 +94,20 @@ def read_coco(path: Path) -> dict[str, Any]:
 def coco_image_names(coco: dict[str, Any], sample_names: Iterable[str]) -> dict[str, int]:
     """Sample name -> COCO image id; `file_name` may be a path relative to the data folder
     or a bare file name."""
-    by_name = {str(image["file_name"]): int(image["id"]) for image in coco["images"]}
+    by_name: dict[str, int] = {}
+    for number, image in enumerate(coco["images"]):
+        if not isinstance(image, dict) or not isinstance(image.get("file_name"), str):
+            raise UserError(
+                f"COCO ground truth: images[{number}] has no `file_name` string",
+                "give every image a file_name (relative to the data folder) and an integer id",
+            )
+        if not isinstance(image.get("id"), int) or isinstance(image.get("id"), bool):
+            raise UserError(
+                f"COCO ground truth: images[{number}] ({image['file_name']}) has id "
+                f"{image.get('id')!r}, not an integer",
+                "COCO image ids are integers; annotations refer to them by image_id",
+            )
+        by_name[image["file_name"]] = image["id"]
     names = list(sample_names)
     if set(by_name) <= set(names):
         return by_name

@@ -115,21 +115,18 @@ def model_labels(path: Path, model: ir.Model, labels_file: str | Path | None = N
     """Class names: a labels file (one per line), the zoo entry's, Ultralytics' `names`
     metadata, or the `character` metadata of PaddlePaddle exports; else none."""
     if labels_file is not None:
-        try:
-            return read_user_text(labels_file, "labels file", "one class name a line").splitlines()
-        except OSError as exc:
-            raise UserError(f"cannot read labels {labels_file}: {exc}", "check the path") from exc
+        return read_user_text(labels_file, "labels file", "one class name a line").splitlines()
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     for entry in zoo.list_entries():
         if entry.model_sha256 == digest and entry.labels:
             return list(entry.labels)
     names = model.metadata_props.get("names")
     if names:
-        try:
+        try:  # metadata is whatever the exporter (or anyone) wrote: trust none of it
             table = ast.literal_eval(names)
-        except (ValueError, SyntaxError):
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             table = None
-        if isinstance(table, dict):
+        if isinstance(table, dict) and all(isinstance(k, int) for k in table):
             return [str(table[k]) for k in sorted(table)]
     return model.metadata_props.get("character", "").splitlines()
 
