@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import helper
 
 from tests.badinput.conftest import World, answer_shape, external_data_model, invoke, tree
@@ -202,6 +203,13 @@ CASES: list[tuple[str, list[str], int, str, Setup]] = [
     ("path-report-missing", ["report", "{tmp}/none"], USER, "none", None),
     ("path-report-file", ["report", "{tmp}/f.txt"], USER, "f.txt", write("f.txt", "x")),
     ("path-export-missing", ["export", "{tmp}/none", "-f", "hailo"], USER, "none", None),
+    (
+        "path-eval-run-missing",
+        [*EVAL, "--task", "classification", "--run", "{tmp}/none"],
+        USER,
+        "none",
+        None,
+    ),
     ("path-doctor-missing", ["doctor", "--calib", "{tmp}/none"], USER, "none", None),
     (
         "path-eval-data-missing",
@@ -569,3 +577,12 @@ def test_markup_in_node_names_prints_as_text(
     answer = invoke(capsys, "inspect", str(workdir / "m[y]z.onnx"))
     assert answer.code == 0, answer.err
     assert "conv[/x][bold]" in answer.out and "m[y]z.onnx" in answer.out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU")
+def test_cuda_without_a_gpu_is_one_line(
+    world: World, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answer = invoke(capsys, "check", str(world.model), "--random", "1", "--device", "cuda")
+    answer_shape(answer, USER, "--device cuda")
+    assert tree(workdir) == {}

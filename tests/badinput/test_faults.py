@@ -302,3 +302,14 @@ def test_search_resumes_over_a_damaged_cache(
     assert invoke(capsys, *args, "--resume").code == 0
     again = json.loads((folder / "search.json").read_text())
     assert again["chosen"] == first["chosen"]
+
+
+def test_eval_quantizing_here_writes_a_whole_run_folder(
+    world: World, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["eval", str(world.model), "--data", str(world.calib), "--task", "classification"]
+    answer = invoke(capsys, *args, "--gt", str(world.labels), "--target", "ort-cpu")
+    assert answer.code == 0, answer.err
+    folder = workdir / "runs" / "eval"
+    assert read_manifest(folder) is not None
+    assert not mixed_files(folder, sorted(tracked_files(folder)))

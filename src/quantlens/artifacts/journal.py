@@ -179,6 +179,9 @@ def recover(folder: Path) -> None:
     run. Every step can be repeated, so a kill during recovery is recovered next time."""
     journal = _journal(folder)
     shutil.rmtree(folder / f"{JOURNAL}.new", ignore_errors=True)
+    for stray in folder.rglob(".*.tmp"):  # temporary files of writes a kill cut short
+        if JOURNAL not in stray.parts:
+            stray.unlink(missing_ok=True)
     if not journal.is_dir():
         return
     try:

@@ -20,6 +20,8 @@ from rich.text import Text
 
 F = TypeVar("F", bound=Callable[..., Any])
 ProgressFn = Callable[[int, int], None]
+# A flag of `records`: fixed, or decided from the command's parsed options.
+ParamsFlag = bool | Callable[[dict[str, Any]], bool]
 
 # Piped output (CI logs, `| less`) gets wide tables instead of rich's 80-column default.
 out = Console(
@@ -64,7 +66,10 @@ def progress(label: str) -> Iterator[ProgressFn]:
 
 
 def records(
-    folder: str, seeds: dict[str, int] | None = None, default: bool = False, reads: bool = False
+    folder: str,
+    seeds: dict[str, int] | None = None,
+    default: ParamsFlag = False,
+    reads: ParamsFlag = False,
 ) -> Callable[[F], F]:
     """Decorate a command that writes into the run folder held by its option `folder` (with
     `default`, None there means runs/<command>; with `reads`, the folder must exist and hold
@@ -78,7 +83,7 @@ def records(
         @functools.wraps(command)
         def run(**params: Any) -> Any:
             run_dir = params.get(folder)
-            if run_dir is None and default:
+            if run_dir is None and _flag(default, params):
                 run_dir = Path("runs") / name
             # `-o FILE.json` names a file, not a run folder.
             if not isinstance(run_dir, Path) or run_dir.suffix == ".json":
@@ -87,8 +92,9 @@ def records(
             from quantlens.artifacts.journal import writing
             from quantlens.cli.options import existing_run_dir
 
-            with writing(existing_run_dir(run_dir) if reads else run_dir, name):
-                if reads:
+            reading = _flag(reads, params)
+            with writing(existing_run_dir(run_dir) if reading else run_dir, name):
+                if reading:
                     RunFolder(run_dir).check_whole()
                 result = command(**params)
                 _record(run_dir, name, params, seeds)
@@ -97,6 +103,10 @@ def records(
         return cast(F, run)
 
     return decorate
+
+
+def _flag(flag: ParamsFlag, params: dict[str, Any]) -> bool:
+    return flag(params) if callable(flag) else flag
 
 
 def _record(run_dir: Path, name: str, params: dict[str, Any], seeds: dict[str, int] | None) -> None:

@@ -30,8 +30,13 @@ if TYPE_CHECKING:
     from quantlens.artifacts.evaluation import EvalReport
 
 
+def _quantizes_here(params: dict[str, object]) -> bool:
+    return params.get("target") is not None or params.get("assignment") is not None
+
+
 @app.command("eval")
-@records("run", reads=True)
+# With --target/--assignment eval quantizes into --run (default runs/eval); else it reads --run.
+@records("run", default=_quantizes_here, reads=lambda params: not _quantizes_here(params))
 def eval_cmd(
     model: ModelArg,
     data: Annotated[Path, typer.Option(help="Evaluation samples (images or .npy/.npz).")],
