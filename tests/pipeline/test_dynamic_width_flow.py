@@ -1,9 +1,11 @@
 """A model from outside the zoo with a dynamic width, fed `.npy` tensors and scored by a plug-in
-evaluator: quantize, eval, analyze and search run with no flags beyond the documented ones."""
+evaluator (the README's): quantize, eval, analyze and search run with no flags beyond the
+documented ones."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,35 +15,14 @@ import onnxruntime as ort
 from tests.helpers import quantlens
 from tests.models import dynamic_width_model
 
-# Per-step accuracy of a [1, W, classes] output against `labels.txt` (file<TAB>digits).
-PLUGIN = """
-from pathlib import Path
-
-import numpy as np
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-class StepAccuracy:
-    name, primary = "step-accuracy", "accuracy"
-
-    def __init__(self, labels):
-        self.labels, self.scores = labels, {}
-
-    def update(self, outputs, sample):
-        steps = np.asarray(next(iter(outputs.values())))[0].argmax(-1)
-        truth = np.array([int(c) for c in self.labels[sample.name]])
-        self.scores[sample.name] = float(np.mean(steps == truth))
-
-    def result(self):
-        return {"accuracy": float(np.mean(list(self.scores.values())))}
-
-    def sample_scores(self):
-        return self.scores
-
-
-def make_evaluator(context):
-    lines = (Path(context.data) / "labels.txt").read_text().splitlines()
-    return StepAccuracy(dict(line.split("\\t") for line in lines))
-"""
+def _readme_plugin() -> str:
+    """The plug-in evaluator of the README's worked example, as a user would copy it."""
+    found = re.search(r"```python\n(# step_accuracy\.py\n.*?)```", README.read_text(), re.S)
+    assert found is not None, "the README's worked example lost its plug-in"
+    return found.group(1)
 
 
 def _write_data(root: Path) -> tuple[Path, Path, Path]:
@@ -69,21 +50,36 @@ def _write_data(root: Path) -> tuple[Path, Path, Path]:
 def test_dynamic_width_model_on_npy_data(tmp_path: Path) -> None:
     model, calib, data = _write_data(tmp_path)
     plugin = tmp_path / "step_accuracy.py"
-    plugin.write_text(PLUGIN)
+    plugin.write_text(_readme_plugin())
     task = f"{plugin}:make_evaluator"
     run = str(tmp_path / "run")
-    quantized = quantlens("quantize", str(model), "--calib", str(calib), "-o", run)
+    hailo = ("--target", "hailo8")
+    quantized = quantlens("quantize", str(model), "--calib", str(calib), *hailo, "-o", run)
     assert quantized.returncode == 0, quantized.stderr
     assert "8 samples" in quantized.stdout.splitlines()[-1]
     scored = quantlens("eval", str(model), "--data", str(data), "--task", task, "--run", run)
     assert scored.returncode == 0, scored.stderr
     assert "accuracy: float 1.0000 -> quantized" in scored.stdout.splitlines()[-1]
-    analyzed = quantlens("analyze", str(model), "--calib", str(calib), "-o", run)
+    analyzed = quantlens("analyze", str(model), "--calib", str(calib), *hailo, "-o", run)
     assert analyzed.returncode == 0, analyzed.stderr
     assert "3 layers" in analyzed.stdout.splitlines()[-1]
     searched = quantlens(
-        "search", str(model), "--calib", str(calib), "--data", str(data), "--task", task, "-o", run
+        "search",
+        str(model),
+        "--calib",
+        str(calib),
+        "--data",
+        str(data),
+        "--task",
+        task,
+        *hailo,
+        "-o",
+        run,
     )
     assert searched.returncode == 0, searched.stderr
     result = json.loads((tmp_path / "run" / "search.json").read_text())
     assert result["points"], result.keys()
+    alls = str(tmp_path / "run" / "model.alls")
+    exported = quantlens("export", run, "--format", "hailo", "-o", alls)
+    assert exported.returncode == 0, exported.stderr
+    assert "quantization_param(" in Path(alls).read_text()
