@@ -133,3 +133,42 @@ def test_mixed_modes_export_agrees(cnn: tuple[ir.Model, Executor, Feeds], tmp_pa
     exact, fused = _check_export(model, executor, feeds, plan, tmp_path / "q.onnx")
     assert min(exact.values()) >= MIN_SNR_DB, exact
     assert min(fused.values()) >= MIN_SNR_DB, fused
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("pplcnet-orientation", "rotated-pages"), ("ppocr-v6-rec-small", "text-lines")],
+)
+def test_zoo_models_run_every_weighted_op_as_an_integer_kernel(name: str, kind: str) -> None:
+    """On the real models ORT fuses every Conv/MatMul of the ort-cpu-fast export, and the
+    export computes what the emulator does with ORT's fusions off."""
+    import tempfile
+
+    from quantlens.api import prepare
+    from quantlens.data import zoo
+    from quantlens.data.preprocess import load_inputs
+    from quantlens.data.render import write_samples
+    from quantlens.export import stepwise_code_error
+    from quantlens.export.qdq import export_qdq
+
+    entry = zoo.get_entry(name)
+    with tempfile.TemporaryDirectory() as tmp:
+        samples = write_samples(kind, 2, tmp, seed=1)  # type: ignore[arg-type]
+        feeds = [
+            {k: np.asarray(v) for k, v in f.items()} for f in load_inputs(samples, entry.input)
+        ]
+        shapes = {k: list(v.shape) for k, v in feeds[0].items()}
+        model = prepare(zoo.fetch(name), shapes).model
+        executor = Executor(model)
+        plan = min_max_plan(model, executor, feeds, "ort-cpu-fast", {})
+        path = export_qdq(model, plan, Path(tmp) / "q.onnx")
+        ops = Counter(fused_op_counts(path))
+        weighted = sum(1 for n in model.graph if n.op_type in ("Conv", "MatMul", "Gemm"))
+        integer = ops["QLinearConv"] + ops["QLinearMatMul"] + ops["QGemm"]
+        assert integer == weighted and ops["Conv"] + ops["MatMul"] + ops["FusedConv"] == 0, ops
+        # Node by node from ORT's own inputs (end to end, one flipped tie cascades through the
+        # OCR model's attention: its SNR says little about the export, see BENCHMARKS.md).
+        steps = stepwise_code_error(executor, plan, path, feeds[0])
+        assert max(e.max_steps for e in steps.values()) < 1.01, steps
+        assert max(e.mismatched for e in steps.values()) < 0.01, steps
