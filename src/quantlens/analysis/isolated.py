@@ -29,6 +29,7 @@ Tick = Callable[[], None]
 VARIANTS = ("both", "weight", "activation")
 # Task metric of quantized outputs against float ones for one batch (higher is better).
 Evaluator = Callable[[Mapping[str, Tensor], Mapping[str, Tensor]], float]
+FloatRun = Callable[[int, Mapping[str, np.ndarray], list[str]], Mapping[str, Tensor]]
 
 
 class IsolatedUnit(Protocol):
@@ -63,8 +64,11 @@ def run_isolated(
     variants: Sequence[str] = VARIANTS,
     evaluator: Evaluator | None = None,
     tick: Tick | None = None,
+    floats: FloatRun | None = None,
 ) -> IsolatedResult:
-    """`tick` is called once per batch; the evaluator's score is averaged over batches."""
+    """`tick` is called once per batch; the evaluator's score is averaged over batches.
+    `floats(index, batch, keep)`: the float tensors of a batch, at least `keep` and the outputs
+    (a scale-out worker keeps them between its shards of layers); default: computed here."""
     outputs = executor.output_names
     keep = list(dict.fromkeys(name for lt in layers for name in lt.cut))
     hooks = {
@@ -77,9 +81,9 @@ def run_isolated(
     metric_sums: dict[str, float] = {}
     count = 0
     with torch.inference_mode():
-        for feed in batches:
+        for index, feed in enumerate(batches):
             count += 1
-            cache = executor.run(feed, keep=keep)
+            cache = floats(index, feed, keep) if floats else executor.run(feed, keep=keep)
             reference = {name: cache[name] for name in outputs}
             signal = output_powers(reference, pooled)
             for lt in layers:

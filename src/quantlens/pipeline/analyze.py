@@ -194,17 +194,30 @@ def _isolated(setup: Setup, opts: AnalyzeOptions, size: int, tick: _Ticker) -> I
     `split` worst layers of the first run."""
     ex, plan = setup.executor, setup.plan
     variants = VARIANTS if opts.split is None else ("both",)
-    result = run_isolated(
-        ex, plan, setup.layers, batches(setup.feeds, size), variants, opts.evaluator, tick
-    )
-    if opts.split is not None and opts.split > 0:
-        order = sorted(setup.layers, key=lambda lt: result.snr_db(lt.id) or math.inf)
-        worst = order[: opts.split]
-        split = run_isolated(
-            ex, plan, worst, batches(setup.feeds, size), ("weight", "activation"), tick=tick
-        )
-        for name, noise in split.noise.items():
-            result.noise[name].update(noise)
+
+    def measure(
+        layers: Sequence[LayerTensors], variants: Sequence[str], evaluator: Evaluator | None
+    ) -> IsolatedResult:
+        if farm is not None:
+            return farm.run(layers, variants, evaluator, tick)
+        return run_isolated(ex, plan, layers, batches(setup.feeds, size), variants, evaluator, tick)
+
+    farm = None
+    if opts.scale is not None:
+        from quantlens.scale.isolated import isolated_farm  # imports Ray
+
+        budget = opts.memory_budget_mb << 20
+        farm = isolated_farm(opts.scale, ex, plan, setup.layers, setup.feeds, size, budget)
+    try:
+        result = measure(setup.layers, variants, opts.evaluator)
+        if opts.split is not None and opts.split > 0:
+            order = sorted(setup.layers, key=lambda lt: result.snr_db(lt.id) or math.inf)
+            split = measure(order[: opts.split], ("weight", "activation"), None)
+            for name, noise in split.noise.items():
+                result.noise[name].update(noise)
+    finally:
+        if farm is not None:
+            farm.close()
     return result
 
 

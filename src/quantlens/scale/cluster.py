@@ -94,7 +94,7 @@ class Pool:
     def run(self, method: str, units: Sequence[tuple[Any, ...]]) -> Iterator[Any]:
         """`actor.method(*unit)` of every unit, yielded in unit order, each exactly once."""
         queue = list(range(len(units)))
-        pending: dict[Any, tuple[int, int]] = {}  # object ref -> (unit, actor slot)
+        pending: dict[Any, tuple[int, int, Any]] = {}  # object ref -> (unit, slot, actor)
         done: dict[int, Any] = {}
         tries = dict.fromkeys(queue, 0)
         busy = [0] * self.workers
@@ -102,7 +102,7 @@ class Pool:
         while following < len(units):
             self._submit(method, units, queue, pending, busy, following)
             ready, _ = ray.wait(list(pending), num_returns=1)
-            unit, slot = pending.pop(ready[0])
+            unit, slot, actor = pending.pop(ready[0])
             busy[slot] -= 1
             try:
                 done.setdefault(unit, _result(ready[0]))
@@ -111,7 +111,8 @@ class Pool:
                 if tries[unit] > MAX_RETRIES:
                     raise
                 self.retried += 1
-                self._replace(slot)
+                if self.actors[slot] is actor:  # not yet replaced for another of its units
+                    self._replace(slot)
                 queue.insert(0, unit)
             while following in done:
                 yield done.pop(following)
@@ -122,7 +123,7 @@ class Pool:
         method: str,
         units: Sequence[tuple[Any, ...]],
         queue: list[int],
-        pending: dict[Any, tuple[int, int]],
+        pending: dict[Any, tuple[int, int, Any]],
         busy: list[int],
         following: int,
     ) -> None:
@@ -130,8 +131,8 @@ class Pool:
         while queue and queue[0] < following + self.window and min(busy) < 2:
             slot = busy.index(min(busy))
             unit = queue.pop(0)
-            ref = getattr(self.actors[slot], method).remote(*units[unit])
-            pending[ref] = (unit, slot)
+            actor = self.actors[slot]
+            pending[getattr(actor, method).remote(*units[unit])] = (unit, slot, actor)
             busy[slot] += 1
 
     def _replace(self, slot: int) -> None:
