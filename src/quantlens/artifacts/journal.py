@@ -233,7 +233,10 @@ def _drop_new_dirs(folder: Path, undo: Path) -> None:
 def _commit(folder: Path, txn: str, command: str) -> None:
     """Record what changed in the manifest (the commit point), then drop the journal."""
     undo = _journal(folder) / "undo"
-    manifest = read_manifest(folder)
+    try:
+        manifest = read_manifest(folder)
+    except UserError:  # damaged: start a new one, vouching for the files as they are now
+        manifest, undo = None, folder / f"{JOURNAL}.none"
     entries = dict(manifest.files) if manifest is not None else {}
     current = tracked_files(folder)
     for rel in list(entries):
@@ -256,7 +259,13 @@ def mixed_files(folder: Path, names: list[str]) -> list[str]:
     """Of `names` (files of the folder), those the manifest does not vouch for: changed after
     the command that wrote them, or never recorded. Empty for a folder without a manifest
     (written before manifests, or by the library without `writing`)."""
-    manifest = read_manifest(folder)
+    try:
+        manifest = read_manifest(folder)
+    except UserError as exc:
+        raise UserError(
+            f"run folder {folder}: its manifest {MANIFEST} is damaged ({exc.problem})",
+            "re-run the commands into a fresh folder with -o",
+        ) from exc
     if manifest is None:
         return []
     wrong = []

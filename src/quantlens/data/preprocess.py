@@ -395,7 +395,7 @@ def load_feed(path: Path, spec: InputSpec) -> dict[str, np.ndarray]:
         return {spec.input_name: load_image(path, spec)}
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty or truncated file
         raise UserError(f"cannot read array file {path}: {exc}", "re-save it with numpy") from exc
     if suffix == ".npy":
         return {

@@ -83,6 +83,7 @@ class Executor:
         self.device = torch.device(device)
         graph = model.graph
         self.input_names = [v.name or "" for v in graph.inputs]
+        self.input_kinds = {v.name or "": _dtype_kinds(v.dtype) for v in graph.inputs}
         self.output_names = [v.name or "" for v in graph.outputs]
         self.weights = {
             name: _to_torch(value.const_value, self.device)
@@ -182,6 +183,7 @@ class Executor:
         """
         env: dict[str, Tensor] = {}
         for name, value in (feeds or {}).items():
+            _check_kind(name, value, self.input_kinds.get(name))
             tensor = _as_tensor(value, self.device)
             env[name] = hooks.activation(name, tensor) if hooks else tensor
         env.update(start or {})
@@ -281,6 +283,32 @@ def _attr_value(attr: ir.Attr) -> Any:
 
 def _to_torch(tensor: ir.TensorProtocol, device: torch.device) -> Tensor:
     return _as_tensor(tensor.numpy(), device)
+
+
+def _dtype_kinds(dtype: ir.DataType | None) -> str | None:
+    """numpy dtype kinds a feed of an input of `dtype` may have (None: anything)."""
+    if dtype is None:
+        return None
+    if dtype == ir.DataType.BOOL:
+        return "b"
+    return "f" if dtype.is_floating_point() else "iu" if dtype.is_integer() else None
+
+
+def _check_kind(name: str, value: Tensor | np.ndarray, kinds: str | None) -> None:
+    """A float input fed int64 or bool data fails deep in a kernel: say so where it enters."""
+    if isinstance(value, Tensor):
+        dtype: object = value.dtype
+        kind = "b" if value.dtype == torch.bool else "f" if value.is_floating_point() else "i"
+    else:
+        dtype = np.asarray(value).dtype
+        kind = np.asarray(value).dtype.kind
+    # Kinds beyond numpy's own ("V": bfloat16, float8 from ml_dtypes) are the kernels' business.
+    if kinds is not None and kind in "biuf" and kind not in kinds:
+        wanted = {"f": "float", "b": "bool", "iu": "integer"}[kinds]
+        raise UserError(
+            f"input {name!r} was given {dtype} data, the model's input is {wanted}",
+            f"save the input arrays as {wanted} (the model's input type)",
+        )
 
 
 def _as_tensor(value: Tensor | np.ndarray, device: torch.device) -> Tensor:
