@@ -313,3 +313,24 @@ def test_eval_quantizing_here_writes_a_whole_run_folder(
     folder = workdir / "runs" / "eval"
     assert read_manifest(folder) is not None
     assert not mixed_files(folder, sorted(tracked_files(folder)))
+
+
+def test_a_read_only_folder_is_reported_as_it_is(
+    quantized: Path,
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An archived folder cannot be locked (tests run as root, so the check is simulated)."""
+    from quantlens.artifacts import journal
+
+    folder = workdir / "run"
+    shutil.copytree(quantized, folder)
+    monkeypatch.setattr(journal.os, "access", lambda path, mode: False)
+    answer = invoke(capsys, "report", str(folder), "-o", str(workdir / "r.html"))
+    assert answer.code == 0, answer.err
+    assert not (folder / ".quantlens.lock").exists() and not (folder / "report.html").exists()
+    (folder / JOURNAL).mkdir()
+    answer_shape(
+        invoke(capsys, "report", str(folder), "-o", str(workdir / "r.html")), 1, "unfinished write"
+    )

@@ -103,6 +103,23 @@ def writing(folder: Path, command: str) -> Iterator[Path]:
 
 
 @contextmanager
+def reading(folder: Path, command: str) -> Iterator[Path]:
+    """`writing` for a command that mostly reads (`report`). A read-only folder (archived,
+    shared) cannot be locked, but nobody can be writing it either: it is read as it is,
+    unless a killed writer left it unfinished."""
+    if os.access(folder, os.W_OK):
+        with writing(folder, command):
+            yield folder
+        return
+    if _journal(folder).exists():
+        raise UserError(
+            f"run folder {folder} holds an unfinished write and is read-only",
+            "make it writable and run the command again (that finishes or undoes the write)",
+        )
+    yield folder
+
+
+@contextmanager
 def _unit(folder: Path, command: str) -> Iterator[None]:
     if _nested(folder):  # a flow's inner stage: the outer command owns the unit
         yield

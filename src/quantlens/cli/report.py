@@ -14,12 +14,12 @@ def report(
 ) -> None:
     """One self-contained HTML page from the run folder's artifacts; works offline."""
     from quantlens.artifacts.folder import RunFolder
-    from quantlens.artifacts.journal import writing
+    from quantlens.artifacts.journal import reading
     from quantlens.report.render import render_report
 
     # Under the folder's lock: a killed writer's leftovers are rolled back first, a writer at
     # work is named, and a folder mixing runs is refused rather than rendered.
-    with writing(existing_run_dir(run_dir), "report"):
+    with reading(existing_run_dir(run_dir), "report"):
         RunFolder(run_dir).check_whole()
         target = None if output is None else output_file(output, "report.html")
         result = render_report(run_dir, target)
