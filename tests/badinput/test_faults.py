@@ -326,7 +326,10 @@ def test_a_read_only_folder_is_reported_as_it_is(
 
     folder = workdir / "run"
     shutil.copytree(quantized, folder)
-    monkeypatch.setattr(journal.os, "access", lambda path, mode: False)
+    real = os.access
+    monkeypatch.setattr(
+        journal.os, "access", lambda path, mode: mode != os.W_OK and real(path, mode)
+    )
     answer = invoke(capsys, "report", str(folder), "-o", str(workdir / "r.html"))
     assert answer.code == 0, answer.err
     assert not (folder / ".quantlens.lock").exists() and not (folder / "report.html").exists()
