@@ -167,6 +167,8 @@ def _print_check(report: CheckReport) -> None:
             verdict,
         )
     out.print(table)
+    for note in report.notes:
+        out.print(f"note: {note}", markup=False)
     worst = max((o.relative_error for o in report.outputs), default=0.0)
     out.print(
         styled(

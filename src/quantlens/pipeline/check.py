@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from quantlens.artifacts import Artifact
 from quantlens.data.preprocess import InputSpec, load_inputs
@@ -29,6 +29,10 @@ class OutputCheck(BaseModel):
     cosine: float
     snr_db: float
     passed: bool
+    # Largest relative difference between ONNX Runtime's outputs with graph optimizations off
+    # and on, on the same inputs; measured only for an output over the tolerance. An emulator
+    # that differs from ONNX Runtime by no more than ONNX Runtime differs from itself passes.
+    onnxruntime_spread: float | None = None
 
 
 class CheckReport(Artifact):
@@ -47,6 +51,7 @@ class CheckReport(Artifact):
     emulator_seconds: float
     onnxruntime_seconds: float
     passed: bool
+    notes: list[str] = Field(default_factory=list)
 
 
 @dataclass
@@ -92,6 +97,13 @@ def check_model(path: Path, options: CheckOptions, progress: Progress | None = N
         )
         for name, d in worst.items()
     ]
+    outputs, notes = _within_ort_spread(path, feeds_list, outputs, options.tolerance)
+    if options.data is None and not all(o.passed for o in outputs):
+        notes.append(
+            "random standard-normal inputs are out of distribution for most models (a "
+            "sigmoid or softmax output saturates, and tiny differences of near-zero values are "
+            "large relative ones): check with real inputs, --data DIR"
+        )
     return CheckReport(
         model=str(path),
         inputs=source,
@@ -104,7 +116,65 @@ def check_model(path: Path, options: CheckOptions, progress: Progress | None = N
         emulator_seconds=emu_time,
         onnxruntime_seconds=ort_time,
         passed=all(o.passed for o in outputs),
+        notes=notes,
     )
+
+
+def _within_ort_spread(
+    path: Path,
+    feeds_list: Sequence[dict[str, np.ndarray]],
+    outputs: list[OutputCheck],
+    tolerance: float,
+) -> tuple[list[OutputCheck], list[str]]:
+    """Outputs over the tolerance measured against ONNX Runtime's own spread between its
+    optimization levels (fused kernels round differently); within it, they pass."""
+    if all(o.passed for o in outputs):
+        return outputs, []
+    spread = onnxruntime_spread(path, feeds_list)
+    checked, notes = [], []
+    for o in outputs:
+        if o.passed or o.name not in spread:
+            checked.append(o)
+            continue
+        within = o.relative_error <= spread[o.name]
+        checked.append(
+            o.model_copy(update={"onnxruntime_spread": spread[o.name], "passed": within})
+        )
+        verdict = "passed" if within else "failed"
+        notes.append(
+            f"output {o.name!r}: relative error {o.relative_error:.2e} is over the tolerance "
+            f"{tolerance:g}; ONNX Runtime itself differs by {spread[o.name]:.2e} between its "
+            f"optimization levels on the same inputs: {verdict}"
+        )
+    return checked, notes
+
+
+def onnxruntime_spread(path: Path, feeds_list: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Per output, the worst max |a - b| / max |b| over the samples between ONNX Runtime with
+    graph optimizations disabled (a) and enabled (b, the reference `check` compares with)."""
+    import onnxruntime as ort
+
+    sessions = []
+    for level in (
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    ):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        options.log_severity_level = 3
+        sessions.append(
+            ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        )
+    names = [o.name for o in sessions[1].get_outputs()]
+    inputs = [i.name for i in sessions[1].get_inputs()]
+    spread = dict.fromkeys(names, 0.0)
+    for feeds in feeds_list:
+        feed = {k: feeds[k] for k in inputs}
+        plain, fused = (session.run(None, feed) for session in sessions)
+        for name, a, b in zip(names, plain, fused, strict=True):
+            scale = float(np.abs(b).max()) or 1.0
+            spread[name] = max(spread[name], float(np.abs(a - b).max()) / scale)
+    return spread
 
 
 def _compare(name: str, want: torch.Tensor, got: torch.Tensor) -> Distance:
