@@ -337,3 +337,35 @@ def test_a_read_only_folder_is_reported_as_it_is(
     answer_shape(
         invoke(capsys, "report", str(folder), "-o", str(workdir / "r.html")), 1, "unfinished write"
     )
+
+
+def test_a_killed_search_resumes_from_its_cache(
+    world: World,
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The run folder goes back to before the search, but its cache entries (outside the
+    unit) stay, so `--resume` does not measure them again."""
+    folder = workdir / "run"
+    args = ["search", str(world.model), "--calib", str(world.calib), "-o", str(folder)]
+    cached: list[Path] = []
+
+    def boundary(path: Path) -> None:
+        if "search-cache" in Path(path).parts:
+            cached.append(Path(path))
+            if len(cached) == 3:
+                raise Killed(str(path))
+
+    monkeypatch.setattr(artifacts, "write_boundary", boundary)
+    with pytest.raises(Killed):
+        invoke(capsys, *args)
+    monkeypatch.undo()
+    assert invoke(capsys, *args, "--resume").code == 0
+    assert all(path.is_file() for path in cached)  # kept through the rollback and the resume
+    assert is_whole_search(folder)
+
+
+def is_whole_search(folder: Path) -> bool:
+    manifest = read_manifest(folder)
+    return manifest is not None and not mixed_files(folder, sorted(tracked_files(folder)))
