@@ -13,9 +13,11 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
@@ -31,6 +33,7 @@ from quantlens.emulate.plan import QuantPoints, build_plan, quantization_points
 from quantlens.errors import UserError
 from quantlens.pipeline.session import OptimizeOptions, Session, open_session, prepare
 from quantlens.pipeline.tasks import EvalOptions, TaskScorer
+from quantlens.scale.options import ScaleOptions
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.formats import IntFormat
 from quantlens.schemes.profiles import TargetProfile
@@ -43,6 +46,9 @@ from quantlens.search.oracle import BudgetExhausted, Evaluators, Oracle, modes_k
 from quantlens.search.sensitivity import UnitNoise, output_noise, unit_noise, weight4_noise
 from quantlens.search.strategies import Candidate, NoiseModel, get_strategy
 from quantlens.search.units import Unit, element_counts, find_units, sized_like
+
+if TYPE_CHECKING:
+    from quantlens.scale.search import SearchFarm
 
 Say = Callable[[str], None]
 Progress = Callable[[int, int], None]
@@ -389,13 +395,17 @@ def run_search(
     noise = NoiseModel(_lower_noise(setup, opts, cache, found, say, progress), setup.rules)
     meter = _meter(setup, opts, cache)
     notes = _plan_with_measured_costs(setup, opts, meter, say) if meter is not None else []
-    run = _Run(setup, opts, _oracle(setup, opts, cache, progress), _new_report(setup, opts), noise)
+    oracle, farm = _oracle(setup, opts, cache, progress)
+    run = _Run(setup, opts, oracle, _new_report(setup, opts), noise)
     run.meter = meter
     run.report.notes.extend(notes)
     try:
         _search(run, say)
     except BudgetExhausted as exc:
         run.report.notes.append(f"stopped early: {exc}; the best point so far is chosen")
+    finally:
+        if farm is not None:
+            farm.close()
     if run.report.chosen is None:
         run.report.notes.append("no point was evaluated before the stop: nothing is chosen")
     run.report.finished = True
@@ -458,7 +468,10 @@ def _unit_noise(
         return cached
     feeds = setup.feeds[: opts.sensitivity_samples]
     _say(say, f"measuring the isolated noise of {len(setup.units)} units on {len(feeds)} samples")
-    found = unit_noise(setup.executor, setup.int8, setup.units, feeds, progress)
+    if opts.scale is not None:
+        found = _unit_noise_on_workers(setup, opts.scale, feeds)
+    else:
+        found = unit_noise(setup.executor, setup.int8, setup.units, feeds, progress)
     write_text_atomic(path, json.dumps({k: vars(v) for k, v in found.items()}))
     return found
 
@@ -485,6 +498,23 @@ def _lower_noise(
         weight4 = weight4_noise(setup.executor, plan4, lowerable, feeds, progress)
         write_text_atomic(path, json.dumps(weight4))
     return {k: replace(v, weight4=weight4.get(k)) for k, v in noise.items()}
+
+
+def _unit_noise_on_workers(
+    setup: Setup, scale: ScaleOptions, feeds: Sequence[Feed]
+) -> dict[str, UnitNoise]:
+    """`unit_noise` with the units in groups on Ray actors (one sample a batch, as there)."""
+    from quantlens.scale.isolated import isolated_farm  # imports Ray
+
+    farm = isolated_farm(scale, setup.executor, setup.int8, setup.units, feeds, 1, 1 << 30)
+    try:
+        found = farm.run(setup.units, ("weight", "activation"))
+    finally:
+        farm.close()
+    return {
+        u.id: UnitNoise(found.noise[u.id]["weight"].nsr, found.noise[u.id]["activation"].nsr)
+        for u in setup.units
+    }
 
 
 def _cached_noise(path: Path) -> dict[str, UnitNoise] | None:
@@ -527,31 +557,73 @@ def _plan_with_measured_costs(
     return notes
 
 
-def _oracle(setup: Setup, opts: SearchOptions, cache: Path, progress: Progress | None) -> Oracle:
+def _oracle(
+    setup: Setup, opts: SearchOptions, cache: Path, progress: Progress | None
+) -> tuple[Oracle, SearchFarm | None]:
+    """The oracle, and with `opts.scale` the workers its evaluations run on (close them)."""
     feeds = setup.feeds[: opts.samples]
-    with torch.inference_mode():
-        references = [setup.executor.run(feed) for feed in feeds]
+    references: list[dict[str, torch.Tensor]] = []
 
     def proxy(modes: Mapping[str, str]) -> float:
+        if not references:  # computed on first use: never when the workers compute them
+            with torch.inference_mode():
+                references.extend(setup.executor.run(feed) for feed in feeds)
         return output_noise(setup.executor, setup.plan_for(modes), feeds, references).snr_db
 
-    metric, name = None, None
-    if opts.data is not None and opts.task is not None:
-        eval_opts = EvalOptions(
-            limit=opts.eval_limit,
-            input_shapes=opts.input_shapes,
-            spec=opts.spec,
-            spec_file=opts.spec_file,
-            task_options=dict(opts.task_options),
-        )
-        scorer = TaskScorer(setup.path, opts.data, opts.task, setup.executor, eval_opts)
+    scorer = _scorer(setup, opts)
+    farm = None
+    if opts.scale is not None:
+        farm = _farm(setup, opts.scale, feeds, scorer)
+    name = scorer.primary if scorer is not None else None
+    evaluators = Evaluators(proxy, _metric(setup, scorer, progress), name)
+    if farm is not None:
+        evaluators.proxy_many = partial(_snr_many, farm, setup)
+    return Oracle(cache, evaluators, opts.time_budget, opts.max_evals), farm
 
-        def metric(modes: Mapping[str, str]) -> float:
-            plan = None if dict(modes) == FLOAT else setup.plan_for(modes)
-            return scorer.score(plan, progress)[scorer.primary]
 
-        name = scorer.primary
-    return Oracle(cache, Evaluators(proxy, metric, name), opts.time_budget, opts.max_evals)
+def _farm(
+    setup: Setup, scale: ScaleOptions, feeds: Sequence[Feed], scorer: TaskScorer | None
+) -> SearchFarm:
+    from quantlens.scale.search import search_farm  # imports Ray
+
+    files = [path for _, path in scorer.files] if scorer is not None else []
+    spec = scorer.prepared.spec if scorer is not None else None
+    farm = search_farm(scale, setup.executor, feeds, files, spec)
+    if scorer is not None:
+        scorer.remote = farm.outputs
+    return farm
+
+
+def _snr_many(
+    farm: SearchFarm, setup: Setup, candidates: Sequence[Mapping[str, str]]
+) -> Iterator[float]:
+    return farm.snr_many([setup.plan_for(modes) for modes in candidates])
+
+
+def _scorer(setup: Setup, opts: SearchOptions) -> TaskScorer | None:
+    if opts.data is None or opts.task is None:
+        return None
+    eval_opts = EvalOptions(
+        limit=opts.eval_limit,
+        input_shapes=opts.input_shapes,
+        spec=opts.spec,
+        spec_file=opts.spec_file,
+        task_options=dict(opts.task_options),
+    )
+    return TaskScorer(setup.path, opts.data, opts.task, setup.executor, eval_opts)
+
+
+def _metric(
+    setup: Setup, scorer: TaskScorer | None, progress: Progress | None
+) -> Callable[[Mapping[str, str]], float] | None:
+    if scorer is None:
+        return None
+
+    def metric(modes: Mapping[str, str]) -> float:
+        plan = None if dict(modes) == FLOAT else setup.plan_for(modes)
+        return scorer.score(plan, progress)[scorer.primary]
+
+    return metric
 
 
 def _search(run: _Run, say: Say | None) -> None:
@@ -572,6 +644,8 @@ def _search(run: _Run, say: Say | None) -> None:
     if top.cost <= max_cost:
         candidates.append(top)  # the last resort when no cheaper point meets the goal
     _say(say, f"{opts.strategy}: {len(candidates)} candidates; verifying their output SNR")
+    # On workers, every candidate's SNR at once (the cache skips those already known).
+    run.oracle.prefetch_snr([setup.rules.node_modes(c.state) for c in candidates])
     verified = [run.point(c) for c in candidates]
     if run.meter is not None:
         _say(say, f"timing {len(verified) + 1} candidate exports in ONNX Runtime")

@@ -217,18 +217,36 @@ class TaskScorer:
                 f"task {task!r} has no ground truth to score plans with",
                 "pick a task with a metric (classification, detection, ocr)",
             )
-        self.task, self.executor = task, executor
-        self.samples = list(read_samples(files, self.prepared.spec))
+        self.task, self.executor, self.files = task, executor, files
+        self._samples: list[tuple[Sample, Feed]] | None = None
         self.primary = make_evaluator(task, self.context).primary
+        # Every sample's outputs under a plan, computed elsewhere (Ray workers reading `files`)
+        # and handed back in sample order; None: computed here.
+        self.remote: Callable[[QuantPlan | None], Iterator[dict[str, np.ndarray]]] | None = None
+
+    @property
+    def samples(self) -> list[tuple[Sample, Feed]]:
+        """Read once, on first use (never when the workers read the files)."""
+        if self._samples is None:
+            self._samples = list(read_samples(self.files, self.prepared.spec))
+        return self._samples
 
     def score(self, plan: QuantPlan | None, progress: Progress | None = None) -> dict[str, float]:
         """Every metric of the task; `plan` None scores the float model."""
         evaluator = make_evaluator(self.task, self.context)
+        for done, (sample, outputs) in enumerate(self._outputs(plan), start=1):
+            evaluator.update(outputs, sample)
+            if progress is not None:
+                progress(done, len(self.files))
+        return evaluator.result()
+
+    def _outputs(self, plan: QuantPlan | None) -> Iterator[tuple[Sample, dict[str, np.ndarray]]]:
+        if self.remote is not None:
+            named = enumerate(self.files)
+            samples = (Sample(i, name, path, image_size(path)) for i, (name, path) in named)
+            yield from zip(samples, self.remote(plan))
+            return
         hooks = QuantHooks(plan, self.executor.device) if plan is not None else None
         with torch.inference_mode():
-            for done, (sample, feed) in enumerate(self.samples, start=1):
-                outputs = as_reference(self.executor.run(feed, hooks=hooks))
-                evaluator.update(outputs, sample)
-                if progress is not None:
-                    progress(done, len(self.samples))
-        return evaluator.result()
+            for sample, feed in self.samples:
+                yield sample, as_reference(self.executor.run(feed, hooks=hooks))

@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,8 @@ class Evaluators:
     # The task metric over the evaluation set: a full evaluation; None without ground truth.
     metric: Callable[[Mapping[str, str]], float] | None = None
     metric_name: str | None = None
+    # Proxy SNRs of many candidates at once, in order (on Ray workers); None: one at a time.
+    proxy_many: Callable[[Sequence[Mapping[str, str]]], Iterable[float]] | None = None
 
 
 class Oracle:
@@ -72,6 +74,19 @@ class Oracle:
         self.full_done.add(key)
         return value
 
+    def prefetch_snr(self, candidates: Sequence[Mapping[str, str]]) -> None:
+        """The proxy SNR of every candidate the cache lacks, computed together when the
+        evaluators can (`proxy_many`); each enters the cache once, as it arrives, so `snr`
+        then reads it and `--resume` redoes none of them."""
+        many = self.evaluators.proxy_many
+        todo = {modes_key(m): m for m in candidates if "snr_db" not in self.known(m)}
+        if many is None or not todo or time.monotonic() > self.deadline:
+            return
+        start = time.perf_counter()
+        for modes, value in zip(todo.values(), many(list(todo.values()))):
+            self._store(modes, "snr_db", value, time.perf_counter() - start)
+            start = time.perf_counter()
+
     def known(self, modes: Mapping[str, str]) -> dict[str, Any]:
         return self._read(modes_key(modes))
 
@@ -84,12 +99,16 @@ class Oracle:
             raise BudgetExhausted("time budget spent")
         start = time.perf_counter()
         value = compute(modes)
+        self._store(modes, field, value, time.perf_counter() - start)
+        return value
+
+    def _store(self, modes: Mapping[str, str], field: str, value: float, seconds: float) -> None:
         self.computed += 1
+        key = modes_key(modes)
         entry = self._read(key)  # another field may have landed meanwhile
-        entry.update({field: value, f"{field}_seconds": round(time.perf_counter() - start, 3)})
+        entry.update({field: value, f"{field}_seconds": round(seconds, 3)})
         entry["modes"] = dict(sorted(modes.items()))
         write_text_atomic(self.folder / f"{key}.json", json.dumps(_finite(entry), indent=1))
-        return value
 
     def _read(self, key: str) -> dict[str, Any]:
         path = self.folder / f"{key}.json"
