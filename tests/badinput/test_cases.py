@@ -210,6 +210,13 @@ CASES: list[tuple[str, list[str], int, str, Setup]] = [
         "none",
         None,
     ),
+    (
+        "doctor-model-without-data",
+        ["doctor", "--calib", "{calib}", "--model", "{model}"],
+        USER,
+        "--data",
+        None,
+    ),
     ("path-doctor-missing", ["doctor", "--calib", "{tmp}/none"], USER, "none", None),
     (
         "path-eval-data-missing",

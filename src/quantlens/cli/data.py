@@ -67,6 +67,8 @@ def doctor(
     from quantlens.pipeline.doctor import doctor as diagnose
     from quantlens.pipeline.session import resolve_model
 
+    if model is not None and data is None:  # it would be accepted and silently ignored
+        raise UserError("--model needs --data", "the activation check compares two sets")
     path = resolve_model(model, say=say) if model else None
     report = diagnose(calib, data, path)
     if output is not None:
