@@ -369,3 +369,12 @@ def test_a_killed_search_resumes_from_its_cache(
 def is_whole_search(folder: Path) -> bool:
     manifest = read_manifest(folder)
     return manifest is not None and not mixed_files(folder, sorted(tracked_files(folder)))
+
+
+def test_written_files_follow_the_umask(workdir: Path) -> None:
+    previous = os.umask(0o027)
+    try:
+        path = artifacts.write_text_atomic(workdir / "a.json", "{}")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o640

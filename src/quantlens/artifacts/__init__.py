@@ -93,9 +93,22 @@ _WRITES = [0]
 
 def file_mode() -> int:
     """The mode a plain `open(path, "w")` would give: 0666 less the umask."""
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    # Linux shows the umask without changing it; elsewhere set-and-restore (a thread creating
+    # a file in between would get umask 0, so this is the fallback only).
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
 
 
 def replace_file(tmp: str | Path, target: str | Path) -> Path:
