@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,8 +49,17 @@ def print_json(text: str) -> None:
     out.print(text, markup=False)
 
 
+# Without a terminal (output to a file, CI), progress is a plain line this often at most.
+LOG_EVERY_S = 30.0
+
+
 @contextmanager
 def progress(label: str) -> Iterator[ProgressFn]:
+    """A bar on a terminal; elsewhere a log line at the first step, every `LOG_EVERY_S`
+    seconds and at the end, so a long run in a log file is never silent."""
+    if not err.is_terminal:
+        yield _log_lines(label)
+        return
     columns = (
         TextColumn(label, markup=False),
         BarColumn(),
@@ -63,6 +73,21 @@ def progress(label: str) -> Iterator[ProgressFn]:
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+def _log_lines(label: str) -> ProgressFn:
+    start = time.monotonic()
+    last = [-LOG_EVERY_S]
+
+    def update(done: int, total: int) -> None:
+        now = time.monotonic() - start
+        if done < total and done > 1 and now - last[0] < LOG_EVERY_S:
+            return
+        last[0] = now
+        left = f", about {now / done * (total - done):.0f}s left" if 0 < done < total else ""
+        say(f"{label}: {done}/{total} after {now:.0f}s{left}")
+
+    return update
 
 
 def records(
@@ -85,6 +110,8 @@ def records(
             run_dir = params.get(folder)
             if run_dir is None and _flag(default, params):
                 run_dir = Path("runs") / name
+                option = "-o" if folder == "output" else f"--{folder}"
+                say(f"run folder: {run_dir} (the default; {option} names another)")
             # `-o FILE.json` names a file, not a run folder.
             if not isinstance(run_dir, Path) or run_dir.suffix == ".json":
                 return command(**params)

@@ -1,0 +1,32 @@
+"""Long runs are not silent in a log: without a terminal, progress is plain lines (first step,
+at most every 30 s, the end), and a default run folder is named when it is used."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+
+from tests.helpers import npz_folder, quantlens
+from tests.models import conv_bn_model
+
+
+def test_progress_and_default_run_folder_reach_a_log(tmp_path: Path) -> None:
+    model = tmp_path / "conv_bn.onnx"
+    onnx.save(conv_bn_model(unnamed=False), model)
+    calib = npz_folder(tmp_path / "calib", 4)
+    result = quantlens("quantize", str(model), "--calib", str(calib), "-o", str(tmp_path / "q"))
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if re.match(r"calibrate: \d+/\d+", line)]
+    assert lines and lines[-1].startswith("calibrate: 4/4 after"), result.stderr
+    assert "left" in lines[0] or len(lines) == 1
+    # Run where the default folder may be written: the test's own folder.
+    command = [sys.executable, "-m", "quantlens", "eval", str(model), "--data", str(calib)]
+    command += ["--task", "distance", "--target", "ort-cpu"]
+    default = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert default.returncode == 0, default.stderr
+    assert (tmp_path / "runs" / "eval" / "plan.json").is_file()
+    assert "run folder: runs/eval (the default; --run names another)" in default.stderr
