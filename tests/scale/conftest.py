@@ -16,7 +16,13 @@ ray = pytest.importorskip("ray")
 def ray_runtime() -> Iterator[None]:
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, namespace="quantlens", include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=2,
+            namespace="quantlens",
+            include_dashboard=False,
+            log_to_driver=False,
+        )
     yield
     if started:
         ray.shutdown()

@@ -7,6 +7,7 @@ Only this module and the workers import Ray, and only when a stage asked for wor
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import itertools
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -51,10 +52,17 @@ def connect(options: ScaleOptions) -> None:
     if ray.is_initialized():
         return
     if options.address is not None:
+        if options.address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+            raise UserError(
+                f"--ray-address {options.address} goes through Ray Client, which needs grpcio",
+                "pip install 'ray[client]==2.60.0', or run on a node with --ray-address auto",
+            )
         ray.init(address=options.address, namespace=NAMESPACE, log_to_driver=False)
         return
     cpus = os.cpu_count() or 1
+    # address="local": a runtime of our own, even where `ray start` left a cluster behind.
     ray.init(
+        address="local",
         num_cpus=max(cpus, options.workers or 1),
         namespace=NAMESPACE,
         include_dashboard=False,
