@@ -1,5 +1,6 @@
 """One local Ray runtime for the scale-out tests (2 CPUs, as the CI machine has); the tests
-skip where Ray is not installed (`pip install 'quantlens[ray]'`)."""
+that need it skip where Ray is not installed (`pip install 'quantlens[ray]'`), the others
+(exact merges, the flags without Ray) run everywhere."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-ray = pytest.importorskip("ray")
-
 
 @pytest.fixture(scope="session")
 def ray_runtime() -> Iterator[None]:
+    ray = pytest.importorskip("ray")
     started = not ray.is_initialized()
     if started:
         ray.init(
@@ -26,11 +26,6 @@ def ray_runtime() -> Iterator[None]:
     yield
     if started:
         ray.shutdown()
-
-
-def quantlens_actors() -> list[str]:
-    """Names of the live actors the stages started."""
-    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"]]
 
 
 def assert_same(a: object, b: object, where: str = "") -> None:

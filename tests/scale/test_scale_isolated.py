@@ -7,7 +7,6 @@ from pathlib import Path
 
 import onnx
 import pytest
-import ray
 
 from quantlens.analysis.isolated import run_isolated
 from quantlens.pipeline.analyze import AnalyzeOptions, analyze_model, prepare_analysis
@@ -17,6 +16,7 @@ from tests.helpers import npz_folder
 from tests.models import outlier_model
 from tests.scale.conftest import assert_same, one_thread
 
+ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_runtime")]
 
 

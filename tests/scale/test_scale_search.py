@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-import ray
 
 import quantlens.scale.search as scale_search
 from quantlens.artifacts.search import SearchReport
@@ -24,6 +23,7 @@ from tests.helpers import npz_folder
 from tests.models import outlier_model
 from tests.scale.conftest import assert_same, one_thread
 
+ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_runtime")]
 
 

@@ -132,6 +132,7 @@ def _quantize_here(
             input_shapes=options.input_shapes,
             spec=prepared.spec,
             device=options.device,
+            scale=options.scale,
         )
     )
     return _read_run(run_dir)

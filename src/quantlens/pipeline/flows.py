@@ -98,6 +98,7 @@ def _quantize_request(request: QuantizeRequest) -> QuantizeReport:
             input_shapes=request.input_shapes,
             spec=request.spec,
             device=request.device,
+            scale=request.scale,
         ),
     )
 

@@ -51,6 +51,7 @@ class QuantizeRequest:
     input_shapes: dict[str, list[int]]
     spec: InputSpec
     device: str
+    scale: ScaleOptions | None = None  # calibration shards on Ray workers
 
 
 @dataclass
