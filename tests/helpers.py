@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,16 @@ def npz_folder(
 
 
 def quantlens(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "quantlens", *args], capture_output=True, text=True, timeout=300
-    )
+    # A private working folder: default outputs (runs/<command>) of tests that run at the same
+    # time must not meet in the checkout (a run folder takes one writer at a time).
+    with tempfile.TemporaryDirectory(prefix="quantlens-cwd-") as cwd:
+        return subprocess.run(
+            [sys.executable, "-m", "quantlens", *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=cwd,
+        )
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:

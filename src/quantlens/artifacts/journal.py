@@ -20,13 +20,15 @@ from them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -135,6 +137,25 @@ def _unit(folder: Path, command: str) -> Iterator[None]:
     finally:
         _ACTIVE.pop(folder.resolve(), None)
     _commit(folder, txn, command)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def stage(command: str) -> Callable[[F], F]:
+    """Decorate a stage `fn(path, opts, ...)` that writes into `opts.run_dir`: called from the
+    library, it runs as one unit under the folder's lock as a command does (inside a command,
+    which already holds the unit, it changes nothing)."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def run(path: Any, opts: Any, *args: Any, **kwargs: Any) -> Any:
+            with writing(Path(opts.run_dir), command):
+                return fn(path, opts, *args, **kwargs)
+
+        return cast(F, run)
+
+    return decorate
 
 
 # Transactions open in this process: resolved folder -> id.

@@ -40,6 +40,7 @@ from quantlens.analysis import (
 )
 from quantlens.analysis.report import GradientNoise, IsolatedNoise
 from quantlens.artifacts.folder import RunFolder
+from quantlens.artifacts.journal import stage
 from quantlens.calib import CalibrationStats
 from quantlens.emulate import Executor
 from quantlens.errors import UserError
@@ -134,6 +135,7 @@ class _Ticker:
             self.progress(self.done, self.total)
 
 
+@stage("analyze")
 def analyze_model(
     path: Path, opts: AnalyzeOptions, say: Say | None = None, progress: Progress | None = None
 ) -> AnalysisReport:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from quantlens.artifacts.folder import RunFolder
+from quantlens.artifacts.journal import stage
 from quantlens.artifacts.quantize import QuantizeReport
 from quantlens.artifacts.search import SearchReport
 from quantlens.pipeline import evaluate
@@ -39,6 +40,7 @@ def quantize_options(opts: OptimizeOptions, run_dir: Path) -> QuantizeOptions:
     return QuantizeOptions(**shared, run_dir=run_dir)
 
 
+@stage("search")
 def search_model(
     path: Path, opts: SearchOptions, say: Say | None = None, progress: Progress | None = None
 ) -> SearchReport:

@@ -18,6 +18,7 @@ import torch
 from quantlens.artifacts import replace_file
 from quantlens.artifacts.folder import RunFolder
 from quantlens.artifacts.graph import build_graph
+from quantlens.artifacts.journal import stage
 from quantlens.artifacts.quantize import (
     LatencyRecord,
     OptimizeRecord,
@@ -73,6 +74,7 @@ def mode_counts(executor: Executor, assignment: Assignment) -> dict[str, int]:
     return dict(counts.most_common())
 
 
+@stage("quantize")
 def quantize_model(
     path: Path,
     opts: QuantizeOptions,
