@@ -40,13 +40,47 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     return model, data, run
 
 
+# A plug-in evaluator whose metric depends on the order of its update calls: it only matches
+# one process when the driver folds the workers' outputs in sample order.
+PLUGIN = """
+import numpy as np
+
+
+class InOrder:
+    name, primary = "in-order", "weighted"
+
+    def __init__(self):
+        self.names, self.total = [], 0.0
+
+    def update(self, outputs, sample):
+        self.names.append(sample.name)
+        first = np.asarray(next(iter(outputs.values())), dtype=np.float64)
+        self.total += len(self.names) * float(first.mean())
+
+    def result(self):
+        return {"weighted": self.total / len(self.names), "samples": float(len(self.names))}
+
+    def sample_scores(self):
+        return {name: float(i) for i, name in enumerate(self.names)}
+
+
+def make(context):
+    return InOrder()
+"""
+
+
 def _numbers(report: EvalReport) -> dict[str, object]:
     return report.model_dump(exclude={"seconds", "run_dir"})
 
 
-@pytest.mark.parametrize("task", ["classification", "distance"])
-def test_workers_give_the_single_process_numbers(setup: tuple[Path, Path, Path], task: str) -> None:
+@pytest.mark.parametrize("task", ["classification", "distance", "plugin"])
+def test_workers_give_the_single_process_numbers(
+    setup: tuple[Path, Path, Path], task: str, tmp_path: Path
+) -> None:
     model, data, run = setup
+    if task == "plugin":
+        (tmp_path / "in_order.py").write_text(PLUGIN)
+        task = f"{tmp_path / 'in_order.py'}:make"
     with one_thread():
         alone = evaluate_three_way(model, data, task, EvalOptions(run_dir=run))
     for workers in (1, 2):

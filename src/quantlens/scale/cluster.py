@@ -34,7 +34,7 @@ class Placement:
 
     workers: int
     threads: int
-    gpus: int
+    gpus: float  # per actor: 1, or a share when there are more actors than GPUs
     cpus: int = 1
 
     @property
@@ -78,7 +78,9 @@ def placement(options: ScaleOptions, device: str) -> Placement:
         gpus = int(resources.get("GPU", 0))
         if gpus < 1:
             raise UserError("--device cuda but the Ray cluster has no GPU", "use --device cpu")
-        return Placement(options.workers or gpus, 1, 1, cpus=int(resources.get("CPU", 1)))
+        workers = options.workers or gpus
+        share = min(1.0, gpus / workers)
+        return Placement(workers, 1, share, cpus=int(resources.get("CPU", 1)))
     cpus = max(1, int(resources.get("CPU", 1)))
     workers = options.workers or cpus
     return Placement(workers, options.threads or max(1, cpus // workers), 0, cpus)

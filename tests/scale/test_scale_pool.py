@@ -1,0 +1,53 @@
+"""The pool every stage hands its units to: results in unit order, each once, an actor that dies
+replaced and its units re-run; placement never reserves more than the cluster has."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from quantlens.scale import ScaleOptions  # noqa: E402
+from quantlens.scale.cluster import Placement, shards, start_pool  # noqa: E402
+
+
+class Squarer:
+    def __init__(self, offset: int, threads: int) -> None:
+        self.offset, self.threads, self.calls = offset, threads, 0
+
+    def square(self, x: int) -> tuple[int, int]:
+        self.calls += 1
+        time.sleep(0.05)
+        return x * x + self.offset, self.threads
+
+
+def test_shards_depend_on_the_data_alone() -> None:
+    assert shards(10, 4) == [range(0, 4), range(4, 8), range(8, 10)]
+    assert shards(0, 4) == []
+
+
+def test_placement_splits_the_cores() -> None:
+    assert Placement(2, 1, 0, cpus=2).reserve == 1.0
+    assert Placement(1, 2, 0, cpus=2).reserve == 2.0
+    assert Placement(4, 1, 0, cpus=2).reserve == 0.5  # more actors than cores still start
+    assert Placement(2, 1, 0.5, cpus=8).reserve == 1.0
+
+
+@pytest.mark.ray
+@pytest.mark.usefixtures("ray_runtime")
+def test_results_come_in_order_once_and_a_dead_actors_units_rerun() -> None:
+    pool = start_pool(Squarer, ScaleOptions(workers=2), "cpu", [1000])
+    try:
+        assert {threads for _, threads in pool.run("square", [(1,), (2,)])} == {1}
+        units = [(x,) for x in range(12)]
+        results = []
+        for index, (value, _) in enumerate(pool.run("square", units)):
+            if index == 2:
+                ray.kill(pool.actors[0])  # dies with units in flight
+            results.append(value)
+        assert results == [x * x + 1000 for x in range(12)]
+        assert pool.retried >= 1
+    finally:
+        pool.close()
