@@ -294,9 +294,10 @@ def _commit(folder: Path, txn: str, command: str) -> None:
 
 
 def mixed_files(folder: Path, names: list[str]) -> list[str]:
-    """Of `names` (files of the folder), those the manifest does not vouch for: changed after
-    the command that wrote them, or never recorded. Empty for a folder without a manifest
-    (written before manifests, or by the library without `writing`)."""
+    """Of `names` (files of the folder), those the manifest contradicts: changed after the
+    command that wrote them (another run's copy, an edit, a write that bypassed the lock).
+    Files it does not list (written by the library outside a unit, or before manifests) are
+    not judged."""
     try:
         manifest = read_manifest(folder)
     except UserError as exc:
@@ -310,6 +311,6 @@ def mixed_files(folder: Path, names: list[str]) -> list[str]:
     for name in names:
         path = folder / name
         entry = manifest.files.get(name)
-        if path.is_file() and (entry is None or entry.sha256 != sha256_of(path)):
+        if path.is_file() and entry is not None and entry.sha256 != sha256_of(path):
             wrong.append(name)
     return wrong
