@@ -91,17 +91,17 @@ def writing(folder: Path, command: str) -> Iterator[Path]:
     """Run the body as one unit of writes into `folder` (see the module's docstring). A run
     that fails in a folder it created leaves no folder behind."""
     created = _make_folder(folder)
+    # Not ours to remove if another writer locked it first (it found the folder we made).
+    run_lock.acquire(folder, command)
     try:
-        run_lock.acquire(folder, command)
-        try:
-            with _unit(folder, command):
-                yield folder
-        finally:
-            run_lock.release(folder)
+        with _unit(folder, command):
+            yield folder
     except (Exception, KeyboardInterrupt):
-        if created:
+        if created:  # removed while still held, so no writer can be inside
             shutil.rmtree(folder, ignore_errors=True)
         raise
+    finally:
+        run_lock.release(folder)
 
 
 @contextmanager
