@@ -379,3 +379,37 @@ def test_written_files_follow_the_umask(workdir: Path) -> None:
     finally:
         os.umask(previous)
     assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_a_kill_during_recovery_is_recovered_next_time(
+    world: World,
+    quantized: Path,
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from quantlens.artifacts import journal
+
+    folder = workdir / "run"
+    shutil.copytree(quantized, folder)
+    old = _runs_files(folder)
+    kill_after(monkeypatch, 6)  # the new run is half written
+    with pytest.raises(Killed):
+        invoke(capsys, *quantize_args(world, folder, *NEW_RUN))
+    monkeypatch.undo()
+    restored = [0]
+    real_replace = os.replace
+
+    def replace_then_die(src: str | Path, dst: str | Path) -> None:
+        real_replace(src, dst)
+        restored[0] += 1
+        if restored[0] == 2:
+            raise Killed("during recovery")
+
+    monkeypatch.setattr(journal.os, "replace", replace_then_die)
+    with pytest.raises(Killed):
+        journal.recover(folder)
+    monkeypatch.undo()
+    assert (folder / JOURNAL).exists()
+    journal.recover(folder)
+    assert _runs_files(folder) == old and not (folder / JOURNAL).exists()

@@ -203,13 +203,18 @@ def _begin(folder: Path) -> str:
     for rel, path in tracked_files(folder).items():
         copy = undo / rel
         copy.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, copy)
-        except OSError:  # file systems without hard links
-            shutil.copy2(path, copy)
+        _link_or_copy(path, copy)
     (staging / "id").write_text(txn)
     os.replace(staging, _journal(folder))
     return txn
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:  # file systems without hard links
+        shutil.copy2(source, target)
 
 
 def recover(folder: Path) -> None:
@@ -252,7 +257,10 @@ def _rollback(folder: Path) -> None:
         if target.exists() and os.path.samefile(saved, target):
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(saved, target)
+        # Linked, not moved: the snapshot stays whole until the end, so a kill in the middle
+        # of a rollback leaves a journal the next recovery replays in full.
+        _link_or_copy(saved, target.with_name(f".{target.name}.restore.tmp"))
+        os.replace(target.with_name(f".{target.name}.restore.tmp"), target)
     _drop_new_dirs(folder, undo)
     shutil.rmtree(_journal(folder), ignore_errors=True)
 
