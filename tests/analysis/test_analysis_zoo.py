@@ -109,7 +109,8 @@ def test_gradient_split_estimator_tracks_isolated_on_pplcnet(tmp_path: Path) -> 
     """pplcnet's last conv feeds a global pooling: the mean of its activation noise over each
     feature map adds up coherently there. The diagonal estimator (noise independent between
     elements) puts that layer near the best; the split one measures it within 5 dB and ranks
-    the layers as isolated mode does (Spearman ≥ 0.8 on hailo8)."""
+    the layers as isolated mode does (Spearman ≥ 0.8 on hailo8, and no worse than diagonal's:
+    0.900 vs 0.846 since hailo8 quantizes each fused layer once; 0.8 separated them before)."""
     pages = write_samples("rotated-pages", 16, tmp_path / "pages", 0)
     options = AnalyzeOptions(calib=pages, target="hailo8", run_dir=tmp_path / "run")
     setup = prepare_analysis(zoo.fetch("pplcnet-orientation"), options, None)
@@ -128,4 +129,4 @@ def test_gradient_split_estimator_tracks_isolated_on_pplcnet(tmp_path: Path) -> 
         e: spearman(measured, [gradient.snr_db(k, estimator=e) for k in ids]) for e in ESTIMATORS
     }
     assert rho["split"] is not None and rho["diagonal"] is not None
-    assert rho["split"] >= 0.8 > rho["diagonal"]
+    assert rho["split"] >= 0.8 and rho["split"] >= rho["diagonal"]
