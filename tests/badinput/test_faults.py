@@ -413,3 +413,35 @@ def test_a_kill_during_recovery_is_recovered_next_time(
     assert (folder / JOURNAL).exists()
     journal.recover(folder)
     assert _runs_files(folder) == old and not (folder / JOURNAL).exists()
+
+
+def test_a_kill_while_the_journal_is_deleted_keeps_the_new_run(
+    world: World,
+    quantized: Path,
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """After the commit the journal goes in one rename: a kill while its files are deleted
+    must not read as an uncommitted journal with half a snapshot."""
+    from quantlens.artifacts import journal
+
+    folder = workdir / "run"
+    shutil.copytree(quantized, folder)
+    real_rmtree = shutil.rmtree
+
+    def half_delete(path: str | Path, *args: object, **kwargs: object) -> None:
+        path = Path(path)
+        if path.name == f"{JOURNAL}.old" and path.exists():
+            undo = path / "undo"
+            for each in sorted(undo.iterdir())[:3]:
+                each.unlink() if each.is_file() else real_rmtree(each)
+            raise Killed("while deleting the journal")
+        real_rmtree(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(journal.shutil, "rmtree", half_delete)
+    with pytest.raises(Killed):
+        invoke(capsys, *quantize_args(world, folder, *NEW_RUN))
+    monkeypatch.undo()
+    journal.recover(folder)
+    assert is_whole_new(folder)

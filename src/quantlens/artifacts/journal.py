@@ -39,7 +39,14 @@ from quantlens.errors import UserError
 JOURNAL = ".quantlens-txn"
 MANIFEST = "run.json"
 CACHE_DIRS = ("calibration-cache", "search-cache")
-_UNTRACKED = {JOURNAL, f"{JOURNAL}.new", run_lock.LOCK_FILE, MANIFEST, *CACHE_DIRS}
+_UNTRACKED = {
+    JOURNAL,
+    f"{JOURNAL}.new",
+    f"{JOURNAL}.old",
+    run_lock.LOCK_FILE,
+    MANIFEST,
+    *CACHE_DIRS,
+}
 
 
 class FileEntry(BaseModel):
@@ -209,6 +216,16 @@ def _begin(folder: Path) -> str:
     return txn
 
 
+def _drop_journal(folder: Path) -> None:
+    """Remove the journal in one step (a rename), then delete it: a journal half deleted by a
+    kill would read as an uncommitted one with a partial snapshot."""
+    trash = folder / f"{JOURNAL}.old"
+    shutil.rmtree(trash, ignore_errors=True)
+    if _journal(folder).exists():
+        os.replace(_journal(folder), trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def _link_or_copy(source: Path, target: Path) -> None:
     target.unlink(missing_ok=True)
     try:
@@ -222,6 +239,7 @@ def recover(folder: Path) -> None:
     run. Every step can be repeated, so a kill during recovery is recovered next time."""
     journal = _journal(folder)
     shutil.rmtree(folder / f"{JOURNAL}.new", ignore_errors=True)
+    shutil.rmtree(folder / f"{JOURNAL}.old", ignore_errors=True)
     for stray in folder.rglob(".*.tmp"):  # temporary files of writes a kill cut short
         if JOURNAL not in stray.parts:
             stray.unlink(missing_ok=True)
@@ -235,7 +253,7 @@ def recover(folder: Path) -> None:
     committed = manifest.is_file() and txn and _manifest_txn(manifest) == txn
     if not committed:
         _rollback(folder)
-    shutil.rmtree(journal, ignore_errors=True)
+    _drop_journal(folder)
 
 
 def _manifest_txn(path: Path) -> str:
@@ -262,7 +280,7 @@ def _rollback(folder: Path) -> None:
         _link_or_copy(saved, target.with_name(f".{target.name}.restore.tmp"))
         os.replace(target.with_name(f".{target.name}.restore.tmp"), target)
     _drop_new_dirs(folder, undo)
-    shutil.rmtree(_journal(folder), ignore_errors=True)
+    _drop_journal(folder)
 
 
 def _drop_new_dirs(folder: Path, undo: Path) -> None:
@@ -298,7 +316,7 @@ def _commit(folder: Path, txn: str, command: str) -> None:
         folder / MANIFEST,
         RunManifest(txn=txn, files=dict(sorted(entries.items()))).to_json() + "\n",
     )
-    shutil.rmtree(_journal(folder), ignore_errors=True)
+    _drop_journal(folder)
 
 
 def mixed_files(folder: Path, names: list[str]) -> list[str]:
