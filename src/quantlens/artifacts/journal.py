@@ -5,7 +5,8 @@ A command that writes into a run folder does it inside `writing(folder, command)
 1. it takes the folder's lock (one writer at a time, see `lock`);
 2. it finishes whatever a killed writer left (`recover`);
 3. it snapshots the folder: every file is hard-linked into `.quantlens-txn/undo/` (every write
-   replaces a file through a rename, so the links keep the old contents at no copy cost);
+   replaces a file through a rename, so the links keep the old contents at no copy cost; a
+   writer that rewrote a file in place would change its snapshot too, so none may);
 4. the command writes as it likes;
 5. it commits: `run.json` (the manifest: every file's sha256 and the command that wrote it) is
    written last, carrying the transaction's id, and the journal is removed.
