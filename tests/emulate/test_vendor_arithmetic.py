@@ -136,3 +136,42 @@ def test_ort_cpu_placement_is_unchanged_by_the_vendor_rules() -> None:
     _, points = _points("ort-cpu")
     assert points.fused_away == {} and points.scaled == {} and points.fixed_ranges == {}
     assert points.unsigned_ok == set()
+
+
+def test_tpu_mlir_add_runs_on_integer_codes() -> None:
+    """TPU-MLIR's INT8 Add: each input's code x m / 2^n, rounded half up, summed."""
+    from quantlens.emulate.requant import multiplier_and_shift
+
+    # The multipliers and shifts of two tpu.Add ops in ppocr-v6-rec-small's _tpu.mlir (1.30.2).
+    assert multiplier_and_shift(0.014514611811023622 / 0.027147123622047242) == (17, 5)
+    assert multiplier_and_shift(0.026671795275590552 / 0.027147123622047242) == (63, 6)
+    onnx_model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Add", ["a", "b"], ["y"], name="add")],
+            "add",
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 64]) for n in "ab"],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    model = ir.serde.deserialize_model(onnx_model)
+    points = quantization_points(model, Assignment(target="bm1684x"), get_profile("bm1684x"))
+    assert points.requantized == {"add": (("a", "b"), "y")}
+    ranges = {"a": (-1.0, 1.0), "b": (-0.5, 2.0), "y": (-1.5, 3.0)}
+    plan = build_plan(points, ranges, {}, "bm1684x")
+    spec = plan.requant["add"]
+    rng = np.random.default_rng(3)
+    feeds = {n: rng.uniform(-1, 2, (1, 64)).astype(np.float32) for n in "ab"}
+    from quantlens.emulate.fakequant import QuantHooks
+
+    got = Executor(model).run(feeds, hooks=QuantHooks(plan))["y"].numpy()
+    scales = {n: plan.activations[n].scale[0] for n in ("a", "b", "y")}
+    codes = {n: np.clip(np.round(feeds[n] / scales[n]), -127, 127) for n in "ab"}
+    expect = sum(
+        np.floor(codes[n] * m / 2.0**s + 0.5)
+        for n, m, s in zip("ab", spec.multipliers, spec.rshifts, strict=True)
+    )
+    np.testing.assert_array_equal(np.round(got / scales["y"]), np.clip(expect, -128, 127))
+    # ONNX Runtime's profile keeps float arithmetic.
+    ort = quantization_points(model, Assignment(target="ort-cpu"), get_profile("ort-cpu"))
+    assert ort.requantized == {}

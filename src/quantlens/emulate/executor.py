@@ -204,9 +204,13 @@ class Executor:
         if torch.is_grad_enabled():
             owning = None
         finite = self.finite_given(getattr(hooks, "cleans", frozenset())) if owning else None
+        # Hooks may replace a node's kernel (a vendor's integer arithmetic), not under autograd.
+        kernels: Mapping[str, KernelFn] = getattr(hooks, "kernels", None) or {}
+        if torch.is_grad_enabled():
+            kernels = {}
         for step, release in zip(plan.steps, plan.release):
             args = [self._fetch(name, env, hooks) for name in step.inputs]
-            produced = step.fn(step.ctx, args)
+            produced = kernels.get(step.ctx.name, step.fn)(step.ctx, args)
             values = [produced] if isinstance(produced, Tensor) else list(produced)
             if len(values) < len(step.outputs):
                 raise InvariantError(f"{step.ctx.name}: kernel returned {len(values)} outputs")

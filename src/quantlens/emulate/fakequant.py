@@ -11,6 +11,8 @@ from collections.abc import Collection
 
 import torch
 
+from quantlens.emulate.registry import KernelFn
+from quantlens.emulate.requant import add_kernel
 from quantlens.schemes.formats import FloatFormat, IntFormat
 from quantlens.schemes.qparams import QuantPlan, TensorQuant
 
@@ -165,6 +167,15 @@ class QuantHooks:
         keep = set(only) if only is not None else None
         self.activations = self._build(plan.activations, dev, keep)
         self.weights = self._build(plan.weights, dev, keep)
+        # Ops the vendor computes on integer codes (`QuantPlan.requant`), by node name: only
+        # where every grid they read and write is quantized in this run.
+        self.kernels: dict[str, KernelFn] = {}
+        for node, spec in plan.requant.items():
+            grids = [*spec.inputs, spec.output]
+            if all(name in self.activations for name in grids):
+                scales = [plan.activations[name].scale[0] for name in spec.inputs]
+                out = plan.activations[spec.output].scale[0]
+                self.kernels[node] = add_kernel(spec, scales, out)
         self._weight_cache: dict[str, Tensor] = {}
         # Integer grids map NaN and Inf onto the grid: what follows them is finite again.
         self.cleans = frozenset(n for n, q in self.activations.items() if q.is_int)

@@ -20,6 +20,7 @@ import onnx_ir as ir
 import torch
 
 from quantlens.emulate.integer_ops import place_integer_ops
+from quantlens.emulate.requant import requant_add
 from quantlens.ir.layers import WEIGHTED_OPS, Layer, discover_layers
 from quantlens.ir.vendors.placement import VendorPlacement, vendor_placement
 from quantlens.schemes.assignment import Assignment
@@ -51,6 +52,9 @@ class QuantPoints:
     unsigned_ok: set[str] = field(default_factory=set)
     fixed_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     scaled: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # Nodes the vendor computes on integer codes (profile `requantized_ops`):
+    # name -> (inputs, output).
+    requantized: dict[str, tuple[tuple[str, ...], str]] = field(default_factory=dict)
 
     def calibration_targets(self) -> dict[str, IntFormat]:
         derived = self.shared.keys() | self.scaled.keys()
@@ -139,6 +143,8 @@ def _share_vendor_quantizers(vendor: VendorPlacement, points: QuantPoints) -> No
     """Tensors the vendor holds in another tensor's quantizer use its parameters."""
     for tensor, owner in (*vendor.passthrough.items(), *vendor.tied.items()):
         fmt = points.activations.get(tensor)
+        if tensor in points.shared and tensor not in vendor.passthrough:
+            continue  # data movement keeps its input's grid (TPU-MLIR's MaxPool before a Concat)
         if fmt is not None and isinstance(fmt, IntFormat) and points.activations.get(owner) == fmt:
             points.shared[tensor] = owner
     # A tie may point at a tensor that shares in turn: follow to the one that is calibrated.
@@ -179,6 +185,9 @@ def _vendor_grids(
             found = _times_constant(node)
             if found is not None and found[0] in points.activations:
                 points.scaled[outputs[0]] = found
+        names = tuple(v.name or "" if v is not None else "" for v in node.inputs)
+        if node.op_type in rules.requantized_ops and all(n in points.activations for n in names):
+            points.requantized[node.name or ""] = (names, outputs[0])
     if rules.unsigned_when_non_negative:
         points.unsigned_ok = set(points.activations) - signed_only
     for value in model.graph.outputs:
@@ -303,6 +312,7 @@ def build_plan(
     for name, source in points.shared.items():
         if source in plan.activations:
             plan.activations[name] = plan.activations[source].model_copy(update={"name": name})
+    _requantize(plan, points)
     for name, (fmt, axis) in points.weights.items():
         plan.weights[name] = _weight_quant(name, fmt, axis, weights[name])
     for name, (fmt, act, weight) in points.biases.items():
@@ -337,6 +347,17 @@ def _fit_weight_to_bias(
     # float32 rounding may land just below what is needed: step up one ulp there.
     raised = np.where(raised < needed, np.nextafter(raised, np.float32(np.inf)), raised)
     return weight.model_copy(update={"scale": raised.astype(np.float32).tolist()})
+
+
+def _requantize(plan: QuantPlan, points: QuantPoints) -> None:
+    """The integer arithmetic of the ops the vendor requantizes, on the plan's grids; the
+    output grid is the fused op's where the node's output is inside one (Add + Relu)."""
+    for node, (inputs, output) in points.requantized.items():
+        quants = [plan.activations.get(name) for name in inputs]
+        out = plan.activations.get(points.fused_away.get(output, output))
+        grids = [*quants, out]
+        if all(q is not None and q.is_int and len(q.scale) == 1 for q in grids):
+            plan.requant[node] = requant_add(node, quants, out)  # type: ignore[arg-type]
 
 
 def _unsigned_if_non_negative(fmt: IntFormat, low: float) -> IntFormat:

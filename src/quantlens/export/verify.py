@@ -46,6 +46,12 @@ def qdq_session(path: str | Path, optimize: bool = True) -> ort.InferenceSession
         ) from exc
 
 
+def qdq_view(plan: QuantPlan) -> QuantPlan:
+    """The plan as a QDQ model carries it: its grids, not a vendor's integer arithmetic
+    (`QuantPlan.requant`, e.g. TPU-MLIR's Add), which ONNX Runtime runs in float."""
+    return plan.model_copy(update={"requant": {}}) if plan.requant else plan
+
+
 def agreement_stats(
     executor: Executor,
     plan: QuantPlan,
@@ -58,7 +64,7 @@ def agreement_stats(
     session = qdq_session(qdq_path, optimize)
     other = qdq_session(qdq_path, not optimize)
     names = [o.name for o in session.get_outputs()]
-    hooks = QuantHooks(plan, device=executor.device)
+    hooks = QuantHooks(qdq_view(plan), device=executor.device)
     acc = {name: _Accumulator() for name in names}
     drift = {name: ErrorSums() for name in names}
     for feed in feeds:
@@ -140,7 +146,7 @@ def stepwise_code_error(
     inputs = {n: _activation_inputs(executor, n) for n in names}
     needed = {i for group in inputs.values() for i in group} | set(names)
     tensors = _ort_tensors(qdq_path, sorted(needed - set(executor.input_names)), feed)
-    hooks = QuantHooks(plan, device=executor.device)
+    hooks = QuantHooks(qdq_view(plan), device=executor.device)
     errors = {}
     for name in names:
         feeds = {i: feed[i] for i in inputs[name] if i in executor.input_names}

@@ -75,6 +75,10 @@ class Arithmetic(BaseModel):
     # "axis-not-1": unless it works along axis 1 of a tensor of rank <= 4): their inputs and
     # what integer ops read of their outputs are quantized, but a graph output they write is not.
     float_ops: dict[str, FloatOpRule] = Field(default_factory=dict)
+    # Ops the vendor computes on integer codes with its own multipliers and shifts, emulated as
+    # it does (TPU-MLIR's INT8 Add: each input's code rescaled by an 8-bit multiplier and a
+    # shift, rounded half up, then summed), instead of in float then quantized.
+    requantized_ops: list[str] = Field(default_factory=list)
     # The rounding of the vendor's requantization, and whether the emulation reproduces it.
     rounding: Rounding = "half-to-even"
     rounding_emulated: bool = True

@@ -38,6 +38,17 @@ class TensorQuant(BaseModel):
         return isinstance(self.format, IntFormat)
 
 
+class Requant(BaseModel):
+    """An op the vendor computes on integer codes: output code = sum over inputs of
+    round(input code x multiplier / 2^rshift) (TPU-MLIR's INT8 Add), on the output's grid."""
+
+    inputs: list[str]
+    output: str
+    multipliers: list[int]
+    rshifts: list[int]
+    rounding: str = "half-up"
+
+
 class QuantPlan(Artifact):
     """Every quantized activation and weight of one model under one assignment."""
 
@@ -47,6 +58,8 @@ class QuantPlan(Artifact):
     weights: dict[str, TensorQuant] = Field(default_factory=dict)
     # Nodes whose outputs are rounded to a float type (fp16/bf16 layers), by output tensor.
     notes: list[str] = Field(default_factory=list)
+    # Node name -> how the vendor computes it on integer codes (profile `requantized_ops`).
+    requant: dict[str, Requant] = Field(default_factory=dict)
 
 
 def int_qparams(low: np.ndarray, high: np.ndarray, fmt: IntFormat) -> tuple[np.ndarray, np.ndarray]:
