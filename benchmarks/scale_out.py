@@ -19,7 +19,8 @@ From T1 and T2 (1 and 2 workers) a model T(N) = S + P/N is fitted (S: what does 
 the driver's folding, plans, starting actors; P: what does) and T(N) printed for larger N.
 
     python benchmarks/scale_out.py [--eval 64] [--calib 8] [--analysis-samples 2]
-        [--max-evals 4] [--ways 0,1,2] [--run-dir runs/bench-scale]
+        [--max-evals 4] [--ways 0,1,2] [--jobs analysis,search] [--threads N]
+        [--run-dir runs/bench-scale]
 """
 
 from __future__ import annotations
@@ -100,6 +101,11 @@ def report(name: str, seconds: dict[int, float]) -> None:
         print(f"  {way:14} {value:8.1f}{ratio}")
     if 1 in seconds and 2 in seconds:
         serial, parallel = fit(seconds[1], seconds[2])
+        if serial < 0 or parallel < 0:
+            # More than 2x (or slower) from 1 to 2 workers: not the work spreading; the load or
+            # the threads per worker changed more than the worker count did.
+            print("  no fit: T1/T2 is outside [1, 2]")
+            return
         print(f"  fit T(N) = {serial:.1f} + {parallel:.1f}/N s:", end="")
         print("  ".join(f" N={n}: {serial + parallel / n:.1f}" for n in (4, 8, 16)))
 
@@ -113,7 +119,12 @@ def main() -> None:
     parser.add_argument("--ways", default="0,1,2")
     parser.add_argument("--jobs", default="analysis,search")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-scale"))
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads of the one-process way (0: all)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the workers set their own
 
     model = zoo.fetch(MODEL)
     calib = write_samples("pages", args.calib, args.run_dir / "data" / "calib", seed=1)
@@ -123,7 +134,10 @@ def main() -> None:
             address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False
         )
     )
-    print(f"{os.cpu_count()} cores, torch {torch.__version__}, ray {ray.__version__}")
+    print(
+        f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads "
+        f"in one process), ray {ray.__version__}"
+    )
     print(f"local Ray runtime started in {started:.1f} s (not counted below)")
     ways = [int(w) for w in args.ways.split(",")]
     jobs = args.jobs.split(",")
