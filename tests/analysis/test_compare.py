@@ -129,3 +129,34 @@ def test_the_report_gets_a_compare_section(run: Path, tmp_path: Path) -> None:
     compare_dumps(run, tmp_path / "ours.npz", "npz", output=out)
     html, sections = render_html(load_run(out))
     assert "compare" in sections and "Against another runtime" in html
+
+
+def test_snpe_raw_folders_and_tpu_mlir_op_names_align(run: Path, tmp_path: Path) -> None:
+    """The same emulator dump written as SNPE's per-sample .raw files (sanitized names) and
+    keyed by TPU-MLIR's op names reads back to the same tensors."""
+    from quantlens.ir.index import ModelIndex
+    from quantlens.ir.vendors.tpu_mlir_ops import graph_facts, tpu_ops
+
+    inputs = _inputs(tmp_path / "in.npz", count=2)
+    _emulator_dump(run, inputs, tmp_path / "ours.npz")
+    data = dict(np.load(tmp_path / "ours.npz"))
+    for sample in range(2):
+        folder = tmp_path / "raw" / f"Result_{sample}"
+        folder.mkdir(parents=True)
+        for name, array in data.items():
+            safe = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+            array[sample].astype(np.float32).tofile(folder / f"{safe}.raw")
+    raw = compare_dumps(
+        run, tmp_path / "raw", "snpe-raw", inputs=tmp_path / "in.npz", output=tmp_path / "o1"
+    )
+    assert raw.first_divergence is None and len(raw.tensors) >= len(data) - 1
+    model = ir.load(RunFolder(run).canonical_model)
+    ops = tpu_ops(ModelIndex.from_model(model), graph_facts(model))
+    by_tensor = {op.output: op.name for op in ops}
+    renamed = {by_tensor.get(k, k): v for k, v in data.items() if k in by_tensor or k == "x"}
+    renamed["x_Conv_si8"] = data["x"]  # a cast TPU-MLIR's lowering adds: skipped
+    np.savez(tmp_path / "tpu.npz", **renamed)
+    tpu = compare_dumps(run, tmp_path / "tpu.npz", "tpu-mlir", output=tmp_path / "o2")
+    assert "x_Conv_si8" in tpu.skipped
+    assert {t.dump_name for t in tpu.tensors} >= set(renamed) - {"x_Conv_si8"}
+    assert tpu.first_divergence is None
