@@ -4,7 +4,6 @@ resume after a kill, and the pipeline end to end with its QDQ export in ONNX Run
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import math
 from pathlib import Path

@@ -52,7 +52,7 @@ def test_levels_below_int8_and_a16_w8_where_the_profile_has_them() -> None:
 
 
 def test_weight_bytes_halve_with_4bit_weights() -> None:
-    rules, costs, _ = _setup("hailo8", "weight-bytes")
+    _, costs, _ = _setup("hailo8", "weight-bytes")
     assert costs.relative({}) == 1.0
     assert costs.relative({"u0": LOWER}) == pytest.approx(1 - 0.5 / 4)
     assert costs.relative({"u3": 2}) == pytest.approx(1 + 1 / 4)
