@@ -17,6 +17,7 @@ from quantlens.export.vendors.hailo_script import parse_script
 from quantlens.schemes.assignment import Assignment, PatternRule
 from quantlens.schemes.formats import int_format
 from quantlens.vendor_io import export_vendor, import_vendor, load_name_map
+from tests.models import conv_bn_model
 from tests.test_vendor_helpers import context, effective, make_run, model_index, small_model
 
 HAILO = get_format("hailo")
@@ -363,3 +364,17 @@ def test_merged_layers_clip_once_and_import_names_canonical_nodes(tmp_path: Path
     index = model_index(model)
     assert set(back.layers) <= set(index.names), back.layers
     assert back.layers == {"conv1": "a16_w16", "relu1": "a16_w16"}
+
+
+def test_onnx_names_no_script_line_takes_are_dropped_not_written(tmp_path: Path) -> None:
+    # ONNX exporters name nodes `/model.0/conv/Conv`: a model-script line with one is refused
+    # by the DFC's parser, so without a name map the entry is dropped, saying to pass one.
+    proto = conv_bn_model(unnamed=False)
+    proto.graph.node[0].name = "/model.0/conv/Conv"
+    model = tmp_path / "slashed.onnx"
+    onnx.save(proto, model)
+    ctx = context(Assignment(layers={"/model.0/conv/Conv": "a16_w16"}), model)
+    rendered = HAILO.export(ctx)
+    assert "/model.0" not in rendered.texts[".alls"]
+    assert [d.layer for d in rendered.dropped] == ["/model.0/conv/Conv"]
+    assert "--name-map" in rendered.dropped[0].reason

@@ -10,6 +10,7 @@ translates; without one, ONNX names are written and a warning says the DFC will 
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable, Mapping
 
 from quantlens.calib.stats import CalibrationStats, TensorStats
@@ -53,7 +54,10 @@ UNSUPPORTED = (
 MIN_CLIP_FRACTION = 0.01
 CLIPPING_METHODS = ("percentile", "mse", "entropy")
 LINE_NAMES = 12
-_BAD_NAME_CHARS = set('[]{}()=,# \t"')
+# A layer name a model-script line can carry (vendor-formats.md 1.4): the DFC's own are
+# `conv12` or `net/conv12`. ONNX names such as `/model.0/conv/Conv` fit no script line (and the
+# DFC would not know them anyway), so they are dropped rather than written.
+_SCRIPT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]*")
 
 
 @register
@@ -120,7 +124,7 @@ class _Renamer:
             reason = "not in the name map: the DFC fused or removed it, or the map is stale"
             self.out.dropped.append(Dropped(layer=layer, mode=mode, reason=reason))
             return None
-        if _BAD_NAME_CHARS & set(name):
+        if not _SCRIPT_NAME.fullmatch(name):
             reason = f"the name {name!r} cannot be written in a model script; pass --name-map"
             self.out.dropped.append(Dropped(layer=layer, mode=mode, reason=reason))
             return None
