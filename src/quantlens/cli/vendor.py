@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,6 +18,9 @@ from quantlens.cli.options import (
     RunDirArg,
     output_file,
 )
+
+if TYPE_CHECKING:
+    from quantlens.export.vendors.base import Dropped
 
 
 @app.command("export")
@@ -47,8 +50,7 @@ def export_cmd(
     result = export_vendor(
         run_dir, fmt, output=target, name_map=name_map, model=model, strict=strict
     )
-    for item in result.dropped:
-        out.print(styled(("dropped", "yellow"), f" {item.layer} ({item.mode}): {item.reason}"))
+    _print_dropped(result.dropped)
     for warning in result.warnings:
         out.print(styled(("warning", "yellow"), f" {warning}"))
     if result.usage:
@@ -78,3 +80,15 @@ def import_cmd(
     modes = collections.Counter(assignment.layers.values())
     summary = ", ".join(f"{m} x{n}" for m, n in modes.most_common()) or "no per-layer entries"
     out.print(f"{target}: default {assignment.default}, {summary}")
+
+
+def _print_dropped(dropped: list[Dropped], shown: int = 3) -> None:
+    """One line per reason, naming the first few entries: a model of 200 layers dropped for one
+    reason is one line, not 200."""
+    by_reason: dict[str, list[Dropped]] = collections.defaultdict(list)
+    for item in dropped:
+        by_reason[item.reason].append(item)
+    for reason, items in by_reason.items():
+        names = ", ".join(f"{item.layer} ({item.mode})" for item in items[:shown])
+        more = f" and {len(items) - shown} more" if len(items) > shown else ""
+        out.print(styled(("dropped", "yellow"), f" {names}{more}: {reason}"))

@@ -125,7 +125,7 @@ class _Renamer:
             self.out.dropped.append(Dropped(layer=layer, mode=mode, reason=reason))
             return None
         if not _SCRIPT_NAME.fullmatch(name):
-            reason = f"the name {name!r} cannot be written in a model script; pass --name-map"
+            reason = "its name fits no model-script line; pass --name-map with the DFC's names"
             self.out.dropped.append(Dropped(layer=layer, mode=mode, reason=reason))
             return None
         self.fallbacks += self.name_map is None
