@@ -4,6 +4,7 @@ searched by MILP and greedy over the whole front; the weight-bytes cost; budgets
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from quantlens.pipeline.search import SearchOptions
 from quantlens.schemes.profiles import get_profile
 from quantlens.search.cost import analytic_costs, weight_bytes
 from quantlens.search.groups import LOWER, build_rules
+from quantlens.search.latency import LatencyMeter, Measured, measured_costs
 from quantlens.search.sensitivity import UnitNoise
 from quantlens.search.strategies import NoiseModel, greedy_chain, milp_front
 from tests.helpers import npz_folder
@@ -102,3 +104,30 @@ def test_budget_below_int8_picks_a_cheaper_point(tmp_path: Path) -> None:
     assert any("below all-int8" in note for note in report.notes)
     noise = next((tmp_path / "run" / "search-cache").glob("*/noise-w4.json"))
     assert noise.is_file()
+
+
+class _FakeMeter(LatencyMeter):
+    """Timings by modes: u3's promotion measurably slower, everything else within noise."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, str]] = []
+
+    def measure(self, modes: Mapping[str, str]) -> Measured:
+        self.calls.append(dict(modes))
+        return Measured(150.0 if modes.get("u3") == "a16_w16" else 101.0, 100.0)
+
+    def noise_floor(self) -> float:
+        return 0.05
+
+
+def test_measured_table_keeps_estimates_within_the_noise_floor() -> None:
+    profile = get_profile("ort-cpu-fast")
+    rules = build_rules(_chain_units(4, [100, 100, 100, 100]), profile)
+    analytic = analytic_costs(rules, profile)
+    found = measured_costs(rules, analytic, _FakeMeter(), budget_s=60.0)
+    assert found.measured == ["u3"] and found.noise_floor == 0.05
+    assert found.table.relative({"u3": 2}) == pytest.approx(1.5)  # as timed
+    # u0's 1% is noise: the analytic estimate stands, scaled by what u3 showed (never negative).
+    modeled = analytic.relative({"u0": 2}) - 1.0
+    assert found.table.relative({"u0": 2}) - 1.0 == pytest.approx(modeled * found.scale)
+    assert found.scale > 0

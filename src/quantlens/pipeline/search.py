@@ -549,8 +549,9 @@ def _plan_with_measured_costs(
         f"cost = ONNX Runtime CPU latency of each export over the all-int8 export's "
         f"({meter.settings.threads} threads, {meter.settings.rounds} interleaved rounds, median); "
         f"all-int8 against itself differs by {found.noise_floor:.1%} (the noise floor here)",
-        f"planned with measured moves of {len(found.measured)} of {len(setup.units)} units; the "
-        f"others' analytic estimates scaled by {found.scale:.3f}",
+        f"planned with measured moves of {len(found.measured)} of {len(setup.units)} units (moves "
+        f"within the noise floor keep the analytic estimate); the others' analytic estimates "
+        f"scaled by {found.scale:.3f}",
     ]
     if setup.profile.vendor != "ONNX Runtime":
         notes.append(f"{setup.profile.name} does not run QDQ models: ORT latency is a proxy")

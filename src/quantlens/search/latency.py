@@ -8,8 +8,9 @@ nothing twice. The ratio to all-int8 is the candidate's cost.
 
 For planning, `measured_costs` times each unit's own move (the unit alone promoted, or alone
 on 4-bit weights) within a time budget, largest units first; the integer program and greedy
-then plan with those per-unit costs (additive, as they assume), and units left unmeasured keep
-the analytic estimate scaled by what the measured ones showed.
+then plan with those per-unit costs (additive, as they assume). A move whose measured change is
+within the noise floor (all-int8 timed against itself) says nothing: it keeps the analytic
+estimate, as do units left unmeasured, scaled by what the moves above the floor showed.
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ def measured_costs(
     """Per-unit costs relative to all-int8 (total 1.0): each unit's move timed alone, largest
     units first, until `budget_s` is spent."""
     start = time.monotonic()
+    floor = meter.noise_floor()
     share = {u: c[0] / analytic.total_int8 for u, c in analytic.unit.items()}
     delta: dict[str, dict[int, float]] = {}
     ratios = []
@@ -126,15 +128,19 @@ def measured_costs(
         for level in rules.levels[unit]:
             state: State = {unit: LOWER} if level == LOWER else rules.closure([(unit, level)])
             measured = meter.measure(rules.node_modes(state)).ratio - 1.0
+            if abs(measured) <= floor:
+                continue  # noise: the analytic estimate stands
             delta[unit][level] = measured
             modeled = analytic.relative(state) - 1.0
             if abs(modeled) > 1e-9:
                 ratios.append(measured / modeled)
-    scale = statistics.median(ratios) if ratios else 1.0
+    # Timing can scale the estimates, never flip their sign.
+    scale = max(statistics.median(ratios), 0.0) if ratios else 1.0
     table = CostTable("measured", {}, [], 1.0)
     for unit, costs in analytic.unit.items():
         table.unit[unit] = {0: share[unit]}
         for level in rules.levels[unit]:
             modeled = (costs[level] - costs[0]) / analytic.total_int8
             table.unit[unit][level] = share[unit] + delta.get(unit, {}).get(level, modeled * scale)
-    return MeasuredTable(table, list(delta), scale, meter.noise_floor())
+    measured_units = [u for u, levels in delta.items() if levels]
+    return MeasuredTable(table, measured_units, scale, floor)
