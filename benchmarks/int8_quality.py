@@ -6,8 +6,9 @@ all three tools calibrate on identical inputs. Each tool writes a QDQ model with
 (ours: the `ort-cpu` profile's defaults; ONNX Runtime: `quantize_static` with no options; NNCF:
 `nncf.quantize` with no options, run in its own venv given by --nncf-python). Every QDQ model runs
 in ONNX Runtime on the evaluation set. Reported: mean and worst output SNR (dB) against the float
-model in ONNX Runtime, and where the data carries labels the task metric (orientation top-1,
-OCR character accuracy with greedy CTC) for float and each int8 model. Also each model's ONNX
+model in ONNX Runtime (first output), and the task metric of the model's zoo task for float and
+each int8 model, computed by quantlens' own evaluator exactly as `quantlens eval` does (top-1,
+OCR character accuracy, COCO mAP@[.5:.95], DB text-detection pixel F1). Also each model's ONNX
 Runtime CPU latency (`search.cost.latency`: median of 20 runs over the evaluation inputs, default
 session options), float included: a QDQ model is only faster where ONNX Runtime fuses its Q/DQ
 pairs into integer kernels, which for Conv needs a quantized output as well as quantized inputs.
@@ -22,17 +23,18 @@ import json
 import math
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from quantlens.data import zoo
 from quantlens.data.preprocess import load_inputs
 from quantlens.data.render import write_samples
-from quantlens.evaluate.ocr import ctc_alphabet, ctc_greedy_decode, edit_distance
+from quantlens.evaluate import Sample, make_evaluator
+from quantlens.evaluation import EvalOptions
+from quantlens.pipeline.tasks import eval_context, image_size, list_samples, task_model
 from quantlens.quantize import QuantizeOptions, quantize_model
 from quantlens.search.cost import latency
 
@@ -40,32 +42,34 @@ SAMPLES = {
     "pplcnet-orientation": "rotated-pages",
     "ppocr-v6-rec-small": "text-lines",
     "doclayout-yolov8n": "pages",
+    "picodet-layout-cdla": "cdla-pages",
+    "ppocr-v6-det-small": "text-pages",
+    "ppocr-textline-cls": "rotated-lines",
 }
+# The evaluator of each zoo task (`quantlens eval --task`).
+TASKS = {"ocr-recognition": "ocr"}
 HERE = Path(__file__).resolve().parent
 Feeds = list[dict[str, np.ndarray]]
 
 
-def make_set(name: str, count: int, seed: int, root: Path) -> tuple[Path, Feeds, list[str]]:
-    """Render samples, pre-process them, save as .npz; return the folder, feeds and labels."""
+def make_set(name: str, count: int, seed: int, root: Path) -> tuple[Path, Feeds, Path]:
+    """Render samples, pre-process them, save as .npz; return the folder, feeds and the rendered
+    images' folder (with its ground truth)."""
     images = write_samples(SAMPLES[name], count, root / f"img-{seed}", seed=seed)  # type: ignore[arg-type]
-    feeds = load_inputs(images, zoo.get_entry(name).input)
+    feeds = list(load_inputs(images, zoo.get_entry(name).input))
     folder = root / f"npz-{seed}"
     folder.mkdir()
     for index, feed in enumerate(feeds):
         np.savez(folder / f"{index:04d}.npz", **feed)
-    labels_file = images / "labels.txt"
-    labels = []
-    if labels_file.exists():
-        rows = dict(line.split("\t", 1) for line in labels_file.read_text().splitlines() if line)
-        labels = [rows[p.name] for p in sorted(images.glob("*.png"))]
-    return folder, feeds, labels
+    return folder, feeds, images
 
 
-def run(model: Path, feeds: Feeds) -> list[list[np.ndarray]]:
+def run(model: Path, feeds: Feeds) -> list[dict[str, np.ndarray]]:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    return [session.run(None, feed) for feed in feeds]
+    names = [o.name for o in session.get_outputs()]
+    return [dict(zip(names, session.run(None, feed), strict=True)) for feed in feeds]
 
 
 def snr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -104,25 +108,19 @@ def ours(model: Path, calib: Path, run_dir: Path) -> Path:
 
 
 def task_metric(
-    name: str, model: Path, outputs: list[list[np.ndarray]], labels: Sequence[str]
-) -> float | None:
-    if not labels:
-        return None
-    if name == "pplcnet-orientation":
-        classes = zoo.ORIENTATION_LABELS
-        return float(
-            np.mean([classes[int(o[0].argmax())] == lab for o, lab in zip(outputs, labels)])
-        )
-    if name == "ppocr-v6-rec-small":
-        meta = {
-            p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props
-        }
-        chars = ctc_alphabet(meta["character"].splitlines())
-        texts = [ctc_greedy_decode(o[0][0], chars) for o in outputs]
-        # Pooled over all characters: 1 - total edits / total characters.
-        edits = sum(edit_distance(p, t) for p, t in zip(texts, labels))
-        return 1.0 - edits / max(sum(len(t) for t in labels), 1)
-    return None
+    name: str, model: Path, outputs: list[dict[str, np.ndarray]], images: Path
+) -> float:
+    """The primary metric of the zoo task, by the evaluator `quantlens eval` uses."""
+    zoo_task: str = zoo.get_entry(name).task
+    task = TASKS.get(zoo_task, zoo_task)
+    options = EvalOptions()
+    prepared = task_model(model, options)
+    files = list_samples(images)
+    context = eval_context(images, [n for n, _ in files], prepared, options, task)
+    evaluator = make_evaluator(task, context)
+    for index, ((sample_name, path), output) in enumerate(zip(files, outputs, strict=True)):
+        evaluator.update(output, Sample(index, sample_name, path, image_size(path)))
+    return float(evaluator.result()[evaluator.primary])
 
 
 def evaluate(
@@ -130,15 +128,16 @@ def evaluate(
     model: Path,
     float_model: Path,
     feeds: Feeds,
-    reference: list[list[np.ndarray]],
-    labels: Sequence[str],
+    reference: list[dict[str, np.ndarray]],
+    images: Path,
 ) -> dict[str, object]:
     outputs = run(model, feeds)
-    snrs = [snr_db(r[0], o[0]) for r, o in zip(reference, outputs)]
+    first = next(iter(reference[0]))
+    snrs = [snr_db(r[first], o[first]) for r, o in zip(reference, outputs)]
     return {
         "mean_snr_db": round(float(np.mean(snrs)), 2),
         "worst_snr_db": round(min(snrs), 2),
-        "task": task_metric(name, float_model, outputs, labels),
+        "task": task_metric(name, float_model, outputs, images),
         "ort_ms": round(1000 * latency(model, feeds), 2),
     }
 
@@ -146,7 +145,7 @@ def evaluate(
 def bench_model(name: str, args: argparse.Namespace, root: Path) -> dict[str, object]:
     model = zoo.fetch(name)
     calib, _, _ = make_set(name, args.calib, 1, root)
-    _, eval_feeds, labels = make_set(name, args.eval, 2, root)
+    _, eval_feeds, images = make_set(name, args.eval, 2, root)
     reference = run(model, eval_feeds)
     tools: dict[str, Callable[[], Path]] = {
         "quantlens": lambda: ours(model, calib, root / "ours"),
@@ -156,12 +155,12 @@ def bench_model(name: str, args: argparse.Namespace, root: Path) -> dict[str, ob
         tools["nncf"] = lambda: nncf_quantize(args.nncf_python, model, calib, root / "nncf.onnx")
     row: dict[str, object] = {
         "model": name,
-        "float_task": task_metric(name, model, reference, labels),
+        "float_task": task_metric(name, model, reference, images),
         "float_ms": round(1000 * latency(model, eval_feeds), 2),
     }
     for tool, make in tools.items():
         try:
-            row[tool] = evaluate(name, make(), model, eval_feeds, reference, labels)
+            row[tool] = evaluate(name, make(), model, eval_feeds, reference, images)
         except Exception as exc:  # a peer failing on a model is a result too
             row[tool] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
     return row
