@@ -49,9 +49,10 @@ def test_merged_shards_choose_the_ranges_of_one_pass(
     executor: Executor, method: str, cut: int
 ) -> None:
     feeds = _feeds(10)
-    targets = dict.fromkeys(
-        executor.activation_names(), IntFormat(bits=8, signed=False, symmetric=False)
-    )
+    names = executor.activation_names()
+    # The mse observer searches every candidate clip per tensor: three tensors keep it quick.
+    names = names[:3] if method == "mse" else names
+    targets = dict.fromkeys(names, IntFormat(bits=8, signed=False, symmetric=False))
     alone = calibrate(executor, feeds, targets, method)
     parts = [
         observe_shard(executor, feeds[i : i + cut], targets, method, start=i)
