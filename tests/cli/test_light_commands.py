@@ -70,6 +70,9 @@ OWN_MEANING = {
     "seed": "random inputs for check, rendered pages for data make",
     "samples": "samples analysed vs samples for the search's SNR checks",
     "task": "optional for search, required for eval",
+    "fmt": "a vendor file format for export/import, a dump format for compare",
+    "name_map": "ONNX node -> Hailo layer for export/import, dump name -> tensor for compare",
+    "top": "rows of worst layers (analyze) or worst tensors (compare)",
 }
 
 
