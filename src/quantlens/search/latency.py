@@ -81,10 +81,18 @@ class LatencyMeter:
         return found
 
     def noise_floor(self) -> float:
-        """|ratio - 1| of all-int8 timed against itself: differences below it are noise."""
+        """|ratio - 1| of all-int8 timed against itself: differences below it are noise.
+        Cached like the measurements, so a resumed search plans with the same table."""
+        path = self.folder / "noise-floor.json"
+        try:
+            return float(json.loads(path.read_text())["floor"])
+        except (OSError, ValueError, KeyError):
+            pass  # not measured yet, or torn
         base = self._export({}, "int8")
         times = interleaved_latency({"a": base, "b": base}, self.feeds, self.settings)
-        return abs(times["a"] / times["b"] - 1.0)
+        floor = abs(times["a"] / times["b"] - 1.0)
+        write_text_atomic(path, json.dumps({"floor": floor}))
+        return floor
 
     def _export(self, modes: Mapping[str, str], name: str) -> Path:
         path = self.folder / f"{'int8' if not modes else name}.qdq.onnx"
