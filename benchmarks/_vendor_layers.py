@@ -42,7 +42,9 @@ def tpu_mlir(job: dict[str, Any]) -> dict[str, np.ndarray]:
         worker.run_tool([*args, "--dump_all_tensors", "--output", str(got)], work, f"layers{i}")
         for name, value in np.load(got).items():
             stacked.setdefault(name, []).append(np.asarray(value, np.float32))
-    return {name: np.concatenate(parts) for name, parts in stacked.items()}
+    return {
+        name: np.concatenate([np.atleast_1d(p) for p in parts]) for name, parts in stacked.items()
+    }
 
 
 def aimet(job: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -66,7 +68,9 @@ def aimet(job: dict[str, Any]) -> dict[str, np.ndarray]:
         for name, value in zip(names, values):
             # AIMET names a quantizer's output `<tensor>_updated`: that is the tensor's value.
             stacked.setdefault(name.removesuffix("_updated"), []).append(np.asarray(value))
-    return {name: np.concatenate(parts) for name, parts in stacked.items()}
+    return {
+        name: np.concatenate([np.atleast_1d(p) for p in parts]) for name, parts in stacked.items()
+    }
 
 
 DUMPERS = {"tpu-mlir": tpu_mlir, "aimet": aimet, "qnn": aimet}
