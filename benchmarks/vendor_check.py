@@ -305,7 +305,10 @@ def compare_layers(
         "tensors": len(report["tensors"]),
         "first_divergence": report["first_divergence"],
         "outputs_codes_equal": [t["codes_equal"] for t in outputs],
-        "worst_db": min((t["vs_emulation"]["snr_db"] for t in report["tensors"]), default=None),
+        # compare.json spells an infinite SNR "Infinity"; float() reads it back.
+        "worst_db": min(
+            (float(t["vs_emulation"]["snr_db"]) for t in report["tensors"]), default=None
+        ),
     }
 
 
