@@ -19,8 +19,8 @@ from quantlens.errors import UserError
 from quantlens.pipeline.compare import compare_dumps
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.qparams import QuantPlan
+from tests.export.vendor_helpers import make_run
 from tests.helpers import one_error_line, quantlens
-from tests.test_vendor_helpers import make_run
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.formats import IntFormat
 from quantlens.schemes.qparams import QuantPlan, TensorQuant
 from quantlens.vendor_io import export_vendor, import_vendor, load_run
-from tests.test_vendor_helpers import effective, make_run, model_index
+from tests.export.vendor_helpers import effective, make_run, model_index
 
 # A consistent mixed assignment: conv1 writes 16-bit for relu1, which feeds the a16_w8 conv2;
 # matmul and its bias add are one Qualcomm op, so both are fp16.

@@ -17,8 +17,8 @@ from quantlens.export.vendors.hailo_script import parse_script
 from quantlens.schemes.assignment import Assignment, PatternRule
 from quantlens.schemes.formats import int_format
 from quantlens.vendor_io import export_vendor, import_vendor, load_name_map
+from tests.export.vendor_helpers import context, effective, make_run, model_index, small_model
 from tests.models import conv_bn_model
-from tests.test_vendor_helpers import context, effective, make_run, model_index, small_model
 
 HAILO = get_format("hailo")
 # Lines quoted from hailo_model_zoo .alls files (shared/reference/vendor-formats.md 1.4-1.5).

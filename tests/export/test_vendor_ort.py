@@ -18,7 +18,7 @@ from quantlens.export.vendors import get_format
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.qparams import QuantPlan
 from quantlens.vendor_io import export_vendor, import_vendor, quantize_static_kwargs
-from tests.test_vendor_helpers import context, effective, make_run, model_index, small_model
+from tests.export.vendor_helpers import context, effective, make_run, model_index, small_model
 
 ASSIGNMENT = Assignment(layers={"conv2": "a16_w16", "matmul": "fp32"})
 

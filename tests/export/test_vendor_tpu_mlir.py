@@ -20,7 +20,7 @@ from quantlens.schemes.assignment import Assignment, PatternRule
 from quantlens.schemes.formats import IntFormat
 from quantlens.schemes.qparams import QuantPlan
 from quantlens.vendor_io import export_vendor, import_vendor, load_run
-from tests.test_vendor_helpers import context, effective, make_run, model_index, small_model
+from tests.export.vendor_helpers import context, effective, make_run, model_index, small_model
 
 TPU = get_format("tpu-mlir")
 # The reader (TopToTpuPass::init_qtable): comments, blank lines, or exactly `name mode`.
