@@ -21,3 +21,7 @@ def test_demo_runs_the_whole_job(tmp_path: Path) -> None:
     files = ("model.qdq.onnx", "quantize.json", "eval.json", "analysis.json", "model.alls")
     for name in (*files, "graph.json", "command.json", "report.html"):
         assert (run / name).is_file(), name
+    # doclayout's ONNX names fit no Hailo model-script line: the summary says entries were
+    # dropped and how to see why, rather than leaving a near-empty model.alls unexplained.
+    vendor = next(line for line in result.stdout.splitlines() if line.startswith("vendor files"))
+    assert "entries dropped" in vendor and "--format hailo" in vendor

@@ -43,7 +43,13 @@ def demo(
             f"{found.full_evaluations} full evaluations"
         )
     out.print(f"worst layers (gradient estimate): {', '.join(summary.worst_layers)}")
-    out.print(f"vendor files: {', '.join(summary.vendor_files)}")
+    dropped = ""
+    if summary.vendor_dropped:
+        dropped = (
+            f" ({summary.vendor_dropped} entries dropped; `quantlens export "
+            f"{summary.run_dir} --format {summary.vendor_format}` lists why)"
+        )
+    out.print(f"vendor files: {', '.join(summary.vendor_files)}{dropped}")
     out.print(
         f"demo: {summary.metric} float {fmt(summary.float_metric)} -> int8 {summary.target} "
         f"{fmt(summary.quantized_metric)} (QDQ in ONNX Runtime "

@@ -70,6 +70,10 @@ class DemoSummary(BaseModel):
     mixed: MixedSummary | None = None
     worst_layers: list[str]
     vendor_files: list[str]
+    # Plan entries the vendor file could not carry (Hailo without a name map: every one whose
+    # ONNX name fits no model-script line); `quantlens export` lists them with the reason.
+    vendor_dropped: int = 0
+    vendor_format: str = ""
     report: str
 
 
@@ -116,6 +120,8 @@ def run_demo(opts: DemoOptions, say: Say, progress: Progress | None = None) -> D
         mixed=mixed,
         worst_layers=[layer.id for layer in analysis.worst(5)],
         vendor_files=exported.files,
+        vendor_dropped=len(exported.dropped),
+        vendor_format=exported.format,
         report=str(page.path),
     )
 
