@@ -100,6 +100,10 @@ class TensorQuantizer:
         self.format = spec.format
         self.axis = spec.axis
         self.is_int = spec.is_int
+        # An int32 grid (a bias) is rounded from a float64 quotient, as ONNX Runtime's
+        # quantize_static stores one (base_quantizer.quantize_bias_static_impl): in float32,
+        # a quotient near a tie rounds the other way (4 of pplcnet's 27 biases, one step).
+        self.wide = isinstance(spec.format, IntFormat) and spec.format.bits == 32
         if isinstance(spec.format, IntFormat):
             self.qmin, self.qmax = spec.format.qmin, spec.format.qmax
             self.scale = torch.tensor(spec.scale, dtype=torch.float32, device=device)
@@ -120,6 +124,8 @@ class TensorQuantizer:
         needs no gradient (the caller owns it and nothing else refers to it), or else into `out`
         (a float32 tensor of `x`'s shape and strides) when given; `finite`: the caller knows `x`
         holds no NaN."""
+        if self.wide and x.is_floating_point() and not x.requires_grad:
+            return self._int32(x, out)
         if self.is_int and x.dtype == torch.float32 and not x.requires_grad:
             # The common case first, in as few torch calls as possible: on a small model the
             # calls, not the arithmetic, are what a quantizer costs.
@@ -136,6 +142,16 @@ class TensorQuantizer:
             bounds = self._broadcast(data.dim())
             y = _fake_quantize_inplace(data, *bounds, overwrite=data is not x, finite=finite)
         return y.to(x.dtype)
+
+    def _int32(self, x: Tensor, out: Tensor | None) -> Tensor:
+        """Codes from the float64 quotient, dequantized in float32 as DequantizeLinear does."""
+        codes = quantize_to_int(
+            x.double(), self.scale.double(), self.zero.double(), self.qmin, self.qmax, self.axis
+        )
+        scale, _, _ = self._broadcast(x.dim())
+        zero = _along(self.zero, x.dim(), self.axis)
+        y = ((codes.float() - zero) * scale).to(x.dtype)
+        return y if out is None else out.copy_(y)
 
     def _broadcast(self, rank: int) -> tuple[Tensor, Tensor | float, Tensor | float]:
         """Scale and bounds shaped to broadcast along `axis` for a tensor of `rank`."""

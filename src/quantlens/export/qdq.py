@@ -83,9 +83,13 @@ def integer_codes(tensor: torch.Tensor, spec: TensorQuant) -> np.ndarray:
     """The codes the emulator's fake quantization rounds `tensor` to, in the format's dtype."""
     assert isinstance(spec.format, IntFormat)
     fmt = spec.format
-    scale = torch.tensor(spec.scale, dtype=torch.float32)
-    zero = torch.tensor(spec.zero_point, dtype=torch.float32)
-    codes = quantize_to_int(tensor.float().cpu(), scale, zero, fmt.qmin, fmt.qmax, _axis(spec))
+    # An int32 grid (a bias) divides in float64, as the emulator and ONNX Runtime's
+    # quantize_static do; the scale stays the float32 one the model stores.
+    wide = torch.float64 if fmt.bits == 32 else torch.float32
+    scale = torch.tensor(spec.scale, dtype=torch.float32).to(wide)
+    zero = torch.tensor(spec.zero_point, dtype=torch.float32).to(wide)
+    data = tensor.cpu().to(wide)
+    codes = quantize_to_int(data, scale, zero, fmt.qmin, fmt.qmax, _axis(spec))
     # The float clamp can land one past an int32 grid's edge (2^31 - 1 is not a float32);
     # clipping here keeps the stored value, and its dequantized float, identical.
     return codes.clamp(fmt.qmin, fmt.qmax).numpy().astype(code_dtype(fmt))
