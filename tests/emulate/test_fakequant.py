@@ -219,3 +219,25 @@ def test_quantizer_writes_into_out_and_leaves_its_input(axis: int | None) -> Non
     torch.testing.assert_close(x, before, rtol=0, atol=0)
     if axis is None:  # per tensor, the result is `out` itself: no allocation
         assert y.data_ptr() == out.data_ptr()
+
+
+def test_int32_bias_codes_come_from_a_float64_quotient_as_ort_quantize_static_stores_them() -> None:
+    """ONNX Runtime's quantize_static divides a bias by its scale in float64; a float32
+    quotient near a tie rounds the other way. The emulator and the QDQ export must agree with it."""
+    from quantlens.emulate.fakequant import TensorQuantizer
+    from quantlens.export.qdq import integer_codes
+    from quantlens.schemes.qparams import TensorQuant
+
+    rng = np.random.default_rng(0)
+    scale = np.float32(3.7e-4) * np.float32(0.013)  # input scale x weight scale, in float32
+    bias = (rng.standard_normal(20000) * 0.05).astype(np.float32)
+    ort_codes = np.round(bias.astype(np.float64) / np.float64(scale))
+    float32_codes = np.round(bias / scale)
+    assert (ort_codes != float32_codes).any()  # the case exists in this sample
+    spec = TensorQuant(
+        name="b", format=int_format("int32-sym"), scale=[float(scale)], zero_point=[0]
+    )
+    codes = integer_codes(torch.from_numpy(bias), spec)
+    np.testing.assert_array_equal(codes, ort_codes.astype(np.int32))
+    emulated = TensorQuantizer(spec, torch.device("cpu"))(torch.from_numpy(bias))
+    np.testing.assert_array_equal(emulated.numpy(), ort_codes.astype(np.float32) * scale)
