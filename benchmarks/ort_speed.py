@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from int8_quality import ort_static  # a sibling file: the script's folder is on sys.path
 from quantlens.bench.latency import (
     FLOAT_HEAVY_OPS,
     INTEGER_PREFIXES,
@@ -95,20 +96,6 @@ def ours(model: Path, calib: Path, run_dir: Path) -> tuple[Path, dict[str, objec
     report = quantize_model(model, opts)
     agree = report.pooled_agreement()
     return Path(report.files["qdq_model"]), {"emulator_vs_ort_pooled_db": agree}
-
-
-def ort_static(model: Path, calib: Path, out: Path) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter([dict(np.load(f)) for f in sorted(calib.glob("*.npz"))])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.items, None)
-
-    quantize_static(str(model), str(out), Reader())
-    return out
 
 
 def kernels(model: Path) -> dict[str, int]:
