@@ -24,7 +24,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +81,8 @@ class Counts:
     problems: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, int]:
-        keys = ("planned", "honoured", "unsigned", "absorbed", "kept_float", "documented")
-        keys = (*keys, "overridden")
-        return {key: getattr(self, key) for key in (*keys, "unknown")}
+        """Every count, in field order (the problems are notes, not counts)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "problems"}
 
 
 def log(message: str) -> None:
