@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -416,39 +416,43 @@ def _save_png(image: Image.Image, path: Path) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def _write_pages(n: int, out: Path, seed: int) -> None:
+def _write_coco(
+    n: int,
+    out: Path,
+    seed: int,
+    page: Callable[[int], tuple[Image.Image, list[dict[str, Any]]]],
+    prefix: str,
+    classes: Sequence[str],
+) -> None:
+    """`n` rendered pages and their boxes ({"bbox": xywh, "category": a name in `classes`}) as
+    `annotations.json` in COCO form, category_id = class index + 1."""
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     for i in range(n):
-        image, boxes = render_page(_sample_seed(seed, i))
-        name = f"page_{i:04d}.png"
+        image, boxes = page(_sample_seed(seed, i))
+        name = f"{prefix}_{i:04d}.png"
         _save_png(image, out / name)
         images.append(
             {"id": i + 1, "file_name": name, "width": image.width, "height": image.height}
         )
         for box in boxes:
-            annotations.append(_coco_annotation(len(annotations) + 1, i + 1, box))
-    categories = [{"id": k + 1, "name": c} for k, c in enumerate(DOCLAYNET_CLASSES)]
+            category_id = classes.index(box["category"]) + 1
+            annotations.append(_coco_annotation(len(annotations) + 1, i + 1, box, category_id))
+    categories = [{"id": k + 1, "name": c} for k, c in enumerate(classes)]
     coco = {"images": images, "annotations": annotations, "categories": categories}
     write_text_atomic(out / "annotations.json", json.dumps(coco, indent=1) + "\n")
+
+
+def _write_pages(n: int, out: Path, seed: int) -> None:
+    _write_coco(n, out, seed, render_page, "page", DOCLAYNET_CLASSES)
 
 
 def _write_cdla_pages(n: int, out: Path, seed: int) -> None:
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-    for i in range(n):
-        image, boxes = render_page(_sample_seed(seed, i))
-        name = f"page_{i:04d}.png"
-        _save_png(image, out / name)
-        images.append(
-            {"id": i + 1, "file_name": name, "width": image.width, "height": image.height}
-        )
-        for box in cdla_boxes(boxes):
-            category_id = CDLA_CLASSES.index(box["category"]) + 1
-            annotations.append(_coco_annotation(len(annotations) + 1, i + 1, box, category_id))
-    categories = [{"id": k + 1, "name": c} for k, c in enumerate(CDLA_CLASSES)]
-    coco = {"images": images, "annotations": annotations, "categories": categories}
-    write_text_atomic(out / "annotations.json", json.dumps(coco, indent=1) + "\n")
+    def page(page_seed: int) -> tuple[Image.Image, list[dict[str, Any]]]:
+        image, boxes = render_page(page_seed)
+        return image, cdla_boxes(boxes)
+
+    _write_coco(n, out, seed, page, "page", CDLA_CLASSES)
 
 
 def cdla_boxes(boxes: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -475,11 +479,9 @@ def _union_xywh(a: Sequence[int], b: Sequence[int]) -> list[int]:
 
 
 def _coco_annotation(
-    ann_id: int, image_id: int, box: dict[str, Any], category_id: int | None = None
+    ann_id: int, image_id: int, box: dict[str, Any], category_id: int
 ) -> dict[str, Any]:
     x, y, w, h = box["bbox"]
-    if category_id is None:
-        category_id = DOCLAYNET_CLASSES.index(box["category"]) + 1
     return {
         "id": ann_id,
         "image_id": image_id,
@@ -513,20 +515,13 @@ def _write_rotated(n: int, out: Path, seed: int) -> None:
 
 
 def _write_text_pages(n: int, out: Path, seed: int) -> None:
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-    for i in range(n):
-        image, lines = render_text_page(_sample_seed(seed, i))
-        name = f"text_page_{i:04d}.png"
-        _save_png(image, out / name)
-        images.append(
-            {"id": i + 1, "file_name": name, "width": image.width, "height": image.height}
-        )
-        for x0, y0, x1, y1 in lines:
-            box = {"bbox": [x0, y0, x1 - x0, y1 - y0]}
-            annotations.append(_coco_annotation(len(annotations) + 1, i + 1, box, category_id=1))
-    coco = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "text"}]}
-    write_text_atomic(out / "annotations.json", json.dumps(coco, indent=1) + "\n")
+    def page(page_seed: int) -> tuple[Image.Image, list[dict[str, Any]]]:
+        image, lines = render_text_page(page_seed)
+        return image, [
+            {"bbox": [x0, y0, x1 - x0, y1 - y0], "category": "text"} for x0, y0, x1, y1 in lines
+        ]
+
+    _write_coco(n, out, seed, page, "text_page", ["text"])
 
 
 def _write_rotated_lines(n: int, out: Path, seed: int) -> None:
