@@ -113,7 +113,7 @@ class _Graph:
         chain = _Chain(tensor, [], [tensor], [])
         while chain.end not in self.outputs:
             users = self.consumers.get(chain.end, [])
-            found = _silu(chain.end, users) or _single_activation(chain.end, users)
+            found = _gated(chain.end, users) or _single_activation(chain.end, users)
             if found is None:
                 break
             op, steps = found
@@ -140,15 +140,19 @@ def _single_activation(tensor: str, users: list[Step]) -> tuple[str, list[Step]]
     return users[0].ctx.op_type, users
 
 
-def _silu(tensor: str, users: list[Step]) -> tuple[str, list[Step]] | None:
-    """x -> Sigmoid -> Mul(x, sigmoid(x)): the SiLU that YOLO models spell out in two nodes."""
+# Gated activations spelled x * gate(x): YOLO's SiLU, and HardSwish as `split-hardswish` writes it.
+_GATES = {"Sigmoid": "SiLU", "HardSigmoid": "HardSwish"}
+
+
+def _gated(tensor: str, users: list[Step]) -> tuple[str, list[Step]] | None:
+    """x -> Sigmoid -> Mul(x, sigmoid(x)) (or a HardSigmoid gate): one activation in two nodes."""
     if len(users) != 2:
         return None
-    sigmoid = next((s for s in users if s.ctx.op_type == "Sigmoid"), None)
+    gate = next((s for s in users if s.ctx.op_type in _GATES), None)
     mul = next((s for s in users if s.ctx.op_type == "Mul"), None)
-    if sigmoid is None or mul is None or set(mul.inputs) != {tensor, sigmoid.outputs[0]}:
+    if gate is None or mul is None or set(mul.inputs) != {tensor, gate.outputs[0]}:
         return None
-    return "SiLU", [sigmoid, mul]
+    return _GATES[gate.ctx.op_type], [gate, mul]
 
 
 def layer_tensors(

@@ -292,6 +292,16 @@ class Session:
         return build_plan(points, ranges, self.executor.weights, self.profile.name)
 
 
+def profile_passes(graph: GraphOptions, profile: TargetProfile) -> GraphOptions:
+    """`graph` plus the passes the target's integer kernels need: where HardSigmoid and Mul run
+    as integer ops (ort-cpu-fast), HardSwish is split into them, since no runtime kernel takes
+    a quantized HardSwish. Part of the calibration key like the user's passes."""
+    ops = set(profile.integer_ops or ())
+    if {"HardSigmoid", "Mul"} <= ops and not graph.split_hardswish:
+        return graph.model_copy(update={"split_hardswish": True})
+    return graph
+
+
 def open_session(
     path: Path,
     opts: CalibrationOptions,
@@ -307,7 +317,7 @@ def open_session(
     `read_calibration_set`, a session that cannot calibrate: enough for closures and costs)."""
     profile = get_profile(opts.target)
     model = prepare(path, opts.input_shapes, batch=batch).model
-    graph = graph or GraphOptions()
+    graph = profile_passes(graph or GraphOptions(), profile)
     graph_reports = optimize_graph(model, graph)
     executor = Executor(model, device=opts.device)
     spec = opts.spec or spec_for(path, model)

@@ -18,6 +18,7 @@ from quantlens.ir.passes.channel_order import remove_channel_reorder
 from quantlens.ir.passes.div_to_mul import div_to_mul
 from quantlens.ir.passes.equalize import equalize
 from quantlens.ir.passes.fuse_affine import fuse_affine
+from quantlens.ir.passes.split_hardswish import split_hardswish
 
 
 class GraphOptions(BaseModel):
@@ -27,6 +28,9 @@ class GraphOptions(BaseModel):
     equalize: bool = False
     # Bias correction needs a bias on every layer it corrects.
     add_bias: bool = False
+    # HardSwish as x * HardSigmoid(x): asked for by profiles whose runtime has integer kernels
+    # for the two halves but none for HardSwish (ort-cpu-fast), not a user option.
+    split_hardswish: bool = False
 
     def any(self) -> bool:
         return any(self.model_dump().values())
@@ -45,6 +49,8 @@ def optimize_graph(model: ir.Model, options: GraphOptions) -> list[PassReport]:
         reports.append(equalize(model))
     if options.add_bias:
         reports.append(add_missing_bias(model))
+    if options.split_hardswish:
+        reports.append(split_hardswish(model))
     if reports:
         RemoveUnusedNodesPass()(model)
         TopologicalSortPass()(model)

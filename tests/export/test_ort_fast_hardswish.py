@@ -1,0 +1,168 @@
+"""HardSwish on `ort-cpu-fast`: split into x * HardSigmoid(x), the gate exported as the Add that
+ONNX Runtime fuses into QLinearAdd, the product a QLinearMul; the float graph is unchanged and
+the emulator computes what ORT runs with its fusions off."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from quantlens.bench.latency import cpu_session, fused_op_counts
+from quantlens.emulate.executor import Executor
+from quantlens.emulate.plan import quantization_points
+from quantlens.export.qdq import export_qdq
+from quantlens.ir import CanonicalizeOptions, canonicalize
+from quantlens.ir.passes.optimize import GraphOptions, optimize_graph
+from quantlens.pipeline.session import profile_passes
+from quantlens.schemes.assignment import Assignment
+from quantlens.schemes.profiles import get_profile
+from quantlens.schemes.qparams import QuantPlan
+from tests.export.test_qdq_export import MIN_SNR_DB, _check_export, min_max_plan
+
+Feeds = list[dict[str, np.ndarray]]
+
+
+def hardswish_cnn(seed: int = 0) -> onnx.ModelProto:
+    """Conv -> HardSwish -> Conv -> HardSwish, and an SE-style HardSigmoid gate (alpha 0.2)."""
+    rng = np.random.default_rng(seed)
+
+    def weight(name: str, *shape: int, gain: float = 0.4) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * gain).astype(np.float32), name)
+
+    node = helper.make_node
+    nodes = [
+        node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        node("HardSwish", ["c1"], ["h1"], name="hs1"),
+        node("Conv", ["h1", "w2"], ["c2"], name="conv2"),
+        node("HardSwish", ["c2"], ["h2"], name="hs2"),
+        node("GlobalAveragePool", ["h2"], ["g"], name="gap"),
+        node("Conv", ["g", "w3"], ["c3"], name="conv3"),
+        node("HardSigmoid", ["c3"], ["se"], name="se_gate", alpha=0.2, beta=0.5),
+        node("Mul", ["h2", "se"], ["scaled"], name="se_mul"),
+        node("Conv", ["scaled", "w4"], ["y"], name="conv4"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "hardswish_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 12, 12])],
+        initializer=[
+            weight("w1", 8, 3, 3, 3),
+            weight("b1", 8, gain=0.2),
+            weight("w2", 8, 8, 1, 1),
+            weight("w3", 8, 8, 1, 1),
+            weight("w4", 4, 8, 1, 1),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _split_model() -> ir.Model:
+    model, _ = canonicalize(ir.serde.deserialize_model(hardswish_cnn()), CanonicalizeOptions())
+    graph = profile_passes(GraphOptions(), get_profile("ort-cpu-fast"))
+    assert graph.split_hardswish
+    optimize_graph(model, graph)
+    return model
+
+
+@pytest.fixture(scope="module")
+def split() -> tuple[ir.Model, Executor, Feeds]:
+    model = _split_model()
+    rng = np.random.default_rng(1)
+    feeds = [{"x": (rng.standard_normal((1, 3, 12, 12)) * 2).astype(np.float32)} for _ in range(4)]
+    return model, Executor(model), feeds
+
+
+def test_only_profiles_with_integer_gates_split() -> None:
+    assert not profile_passes(GraphOptions(), get_profile("ort-cpu")).split_hardswish
+    assert not profile_passes(GraphOptions(), get_profile("hailo8")).split_hardswish
+
+
+def test_split_keeps_names_and_float_outputs(
+    split: tuple[ir.Model, Executor, Feeds], tmp_path: Path
+) -> None:
+    model, executor, feeds = split
+    ops = {n.name: n.op_type for n in model.graph}
+    assert ops["hs1"] == "Mul" and ops["hs1.gate"] == "HardSigmoid"
+    assert "HardSwish" not in ops.values()
+    original = tmp_path / "float.onnx"
+    onnx.save(hardswish_cnn(), str(original))
+    session = ort.InferenceSession(str(original), providers=["CPUExecutionProvider"])
+    for feed in feeds:
+        expected = session.run(None, feed)[0]
+        got = executor.run(feed)["y"].numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gates_quantized_and_owned_by_their_conv(split: tuple[ir.Model, Executor, Feeds]) -> None:
+    model = split[0]
+    points = quantization_points(
+        model, Assignment(target="ort-cpu-fast"), get_profile("ort-cpu-fast")
+    )
+    # Each gate's input, output and product are integer tensors (QLinearAdd, QLinearMul).
+    assert {"c1", "h1.gate", "h1", "c2", "h2.gate", "h2", "se", "scaled"} <= set(points.activations)
+
+
+def test_ort_runs_the_gates_as_integer_kernels(
+    split: tuple[ir.Model, Executor, Feeds], tmp_path: Path
+) -> None:
+    model, executor, feeds = split
+    plan = min_max_plan(model, executor, feeds, "ort-cpu-fast", {})
+    exact, fused = _check_export(model, executor, feeds, plan, tmp_path / "q.onnx")
+    assert min(exact.values()) >= MIN_SNR_DB, exact
+    assert min(fused.values()) >= MIN_SNR_DB - 10, fused  # ORT's fused kernels round their own way
+    exported = Counter(n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node)
+    assert exported["HardSigmoid"] == 0, exported
+    ops = Counter(fused_op_counts(tmp_path / "q.onnx"))
+    # Three gates (two HardSwish, the SE's HardSigmoid) fused as QLinearAdd; their products
+    # (two HardSwish Muls and the SE Mul) as QLinearMul; no float elementwise op is left.
+    assert ops["QLinearAdd"] == 3 and ops["QLinearMul"] == 3, ops
+    assert ops["HardSigmoid"] + ops["Mul"] + ops["Add"] == 0, ops
+
+
+def test_a_gate_grid_past_one_keeps_the_float_hardsigmoid(
+    split: tuple[ir.Model, Executor, Feeds], tmp_path: Path
+) -> None:
+    """Saturation is the clip only on a grid inside [0, 1]; a wider one would lose it."""
+    model, executor, feeds = split
+    plan = min_max_plan(model, executor, feeds, "ort-cpu-fast", {})
+    wide = _widened(plan, "h1.gate", 2.0)
+    exact, _ = _check_export(model, executor, feeds, wide, tmp_path / "q.onnx")
+    assert min(exact.values()) >= MIN_SNR_DB, exact
+    exported = Counter(n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node)
+    assert exported["HardSigmoid"] == 1, exported  # h1's gate; the two others are lowered
+
+
+def test_latency_sessions_do_not_spin(tmp_path: Path) -> None:
+    path = tmp_path / "float.onnx"
+    onnx.save(hardswish_cnn(), str(path))
+    options = cpu_session(path).get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def _widened(plan: QuantPlan, name: str, factor: float) -> QuantPlan:
+    spec = plan.activations[name]
+    scale = [s * factor for s in spec.scale]
+    wider = spec.model_copy(update={"scale": scale})
+    return plan.model_copy(update={"activations": {**plan.activations, name: wider}})
+
+
+def test_export_of_a_split_model_leaves_the_model_alone(
+    split: tuple[ir.Model, Executor, Feeds], tmp_path: Path
+) -> None:
+    model, executor, feeds = split
+    plan = min_max_plan(model, executor, feeds, "ort-cpu-fast", {})
+    before = ir.serde.serialize_model(model).SerializeToString()
+    export_qdq(model, plan, tmp_path / "q.onnx")
+    assert ir.serde.serialize_model(model).SerializeToString() == before
+    cpu_session(tmp_path / "q.onnx")  # ORT loads it
