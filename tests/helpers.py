@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from quantlens.emulate.ort import OrtRunner
+
 
 def npz_folder(
     folder: Path, count: int, shape: tuple[int, ...] = (1, 3, 8, 8), seed: int = 0
@@ -19,6 +21,22 @@ def npz_folder(
     rng = np.random.default_rng(seed)
     for i in range(count):
         np.savez(folder / f"{i:03d}.npz", x=rng.standard_normal(shape).astype(np.float32))
+    return folder
+
+
+def labelled_npy(folder: Path, model: Path, count: int, seed: int = 7) -> Path:
+    """`count` random `.npy` inputs with a labels.txt of the float model's classes, every 4th
+    label wrong so that float scores below 1 and a quantized model can gain or lose."""
+    folder.mkdir(parents=True, exist_ok=True)
+    runner = OrtRunner(model)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(count):
+        x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+        np.save(folder / f"s{i:02d}.npy", x)
+        label = int(runner.run({"x": x})["y"].argmax())
+        rows.append(f"s{i:02d}.npy\t{(label + 1) % 10 if i % 4 == 0 else label}\n")
+    (folder / "labels.txt").write_text("".join(rows))
     return folder
 
 

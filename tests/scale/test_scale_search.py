@@ -8,18 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import pytest
 
 import quantlens.scale.search as scale_search
 from quantlens.artifacts.search import SearchReport
-from quantlens.emulate.ort import OrtRunner
 from quantlens.pipeline.flows import search_model
 from quantlens.pipeline.search import SearchOptions
 from quantlens.scale import ScaleOptions
 from quantlens.search.oracle import Oracle
-from tests.helpers import npz_folder
+from tests.helpers import labelled_npy, npz_folder
 from tests.models import outlier_model
 from tests.scale.conftest import assert_same, one_thread
 
@@ -33,17 +31,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("scale_search")
     model = root / "outlier.onnx"
     onnx.save(outlier_model(), model)
-    data = root / "data"
-    data.mkdir()
-    runner = OrtRunner(model)
-    rng = np.random.default_rng(7)
-    rows = []
-    for i in range(12):
-        x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
-        np.save(data / f"s{i:02d}.npy", x)
-        label = int(runner.run({"x": x})["y"].argmax())
-        rows.append(f"s{i:02d}.npy\t{(label + 1) % 10 if i % 4 == 0 else label}\n")
-    (data / "labels.txt").write_text("".join(rows))
+    data = labelled_npy(root / "data", model, 12)
     return model, npz_folder(root / "calib", 6, seed=4), data
 
 

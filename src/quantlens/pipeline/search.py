@@ -719,13 +719,16 @@ def _bisect_metric(
             report.chosen = points[high].key
             report.notes.append("no candidate within the budget meets the goal: the best is chosen")
         return
+    # Chosen as soon as it is known to meet the goal: a budget that stops the bisection midway
+    # keeps the cheapest point found so far, not all-int8.
+    report.chosen = points[high].key
     while low < high:
         middle = (low + high) // 2
         if _score(run, points[middle]) >= target:
             high = middle
+            report.chosen = points[high].key
         else:
             low = middle + 1
-    report.chosen = points[high].key
 
 
 def _score(run: _Run, point: SearchPoint) -> float:
