@@ -4,6 +4,7 @@ the emulator computes what ORT runs with its fusions off."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -166,3 +167,48 @@ def test_export_of_a_split_model_leaves_the_model_alone(
     export_qdq(model, plan, tmp_path / "q.onnx")
     assert ir.serde.serialize_model(model).SerializeToString() == before
     cpu_session(tmp_path / "q.onnx")  # ORT loads it
+
+
+def test_ort_overrides_reproduce_the_integer_placement(tmp_path: Path) -> None:
+    """`export --format ort` of an ort-cpu-fast run: quantize_static with the file places
+    exactly the plan's quantizers, and after the HardSigmoid rewrite ORT fuses what ours does."""
+    from onnxruntime.quantization import quantize_static
+
+    from quantlens.export.vendors.ort import (
+        _ZeroReader,
+        quantize_static_kwargs,
+        quantize_with_overrides,
+    )
+    from quantlens.pipeline.quantize import QuantizeOptions, quantize_model
+    from quantlens.vendor_io import export_vendor
+    from tests.export.test_vendor_ort import _quantized
+
+    model = tmp_path / "hs.onnx"
+    onnx.save(hardswish_cnn(), str(model))
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        np.savez(calib / f"{i}.npz", x=(rng.standard_normal((1, 3, 12, 12)) * 2).astype("f4"))
+    run = tmp_path / "run"
+    opts = QuantizeOptions(calib=calib, target="ort-cpu-fast", run_dir=run, latency_rounds=0)
+    report = quantize_model(model, opts)
+    result = export_vendor(run, "ort", tmp_path / "out" / "m.ort.json")
+    # conv4 writes the graph output, float in the plan: ORT cannot keep its weight int8 alone.
+    assert not result.warnings and [d.layer for d in result.dropped] == ["conv4"]
+    plain = tmp_path / "ort-unlowered.qdq.onnx"
+    kwargs = quantize_static_kwargs(result.files[0])
+    quantize_static(result.files[1], plain, _ZeroReader(Path(result.files[1])), **kwargs)
+    overrides = json.loads(Path(result.files[0]).read_text())["TensorQuantOverrides"]
+    assert _quantized(onnx.load(str(plain))) == set(overrides) - {"w4"}
+    out = tmp_path / "ort.qdq.onnx"
+    quantize_with_overrides(result.files[0], out)
+    ours = _integer_kernels(report.files["qdq_model"])
+    theirs = _integer_kernels(out)
+    assert ours["QLinearAdd"] == 3 and theirs == ours, (theirs, ours)
+    assert Counter(fused_op_counts(out))["HardSigmoid"] == 0
+
+
+def _integer_kernels(path: str | Path) -> Counter[str]:
+    ops = fused_op_counts(path)
+    return Counter({k: v for k, v in ops.items() if k.startswith(("QLinear", "QGemm"))})

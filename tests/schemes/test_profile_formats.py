@@ -10,8 +10,8 @@ from quantlens.schemes.profiles import list_profiles
 def test_every_profile_names_formats_that_exist() -> None:
     known = {f.name for f in list_formats()}
     for profile in list_profiles():
-        # ONNX Runtime runs the QDQ export itself: a profile placed for its integer kernels
-        # (ort-cpu-fast) needs no quantize_static overrides file.
+        # Every profile has a vendor file now (ort-cpu-fast: quantize_static overrides too);
+        # one placed for ORT's integer kernels would need none, since ORT runs the QDQ export.
         assert profile.export_formats or profile.integer_ops is not None, profile.name
         assert set(profile.export_formats) <= known, profile.name
 

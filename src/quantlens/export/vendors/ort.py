@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import TopologicalSortPass
 
 from quantlens.errors import UserError
+from quantlens.export.qdq_lower import Fresh, lower_hardsigmoid, lowers_hardsigmoid
 from quantlens.export.vendors.base import (
     Dropped,
     ExportContext,
@@ -32,6 +35,7 @@ from quantlens.ir.layers import WEIGHTED_OPS
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.formats import IntFormat
 from quantlens.schemes.modes import get_mode
+from quantlens.schemes.profiles import get_profile
 from quantlens.schemes.qparams import TensorQuant
 
 QUANT_TYPES = {
@@ -51,6 +55,17 @@ EXTRA_OPTIONS: dict[str, Any] = {
     "OpTypesToExcludeOutputQuantization": list(WEIGHTED_OPS),
     "QDQDisableWeightAdjustForInt32Bias": True,
 }
+# For plans that quantize integer ops' outputs (ort-cpu-fast): ORT quantizes every tensor the
+# included nodes read and write, which the overrides name; weights as written.
+INTEGER_EXTRA_OPTIONS: dict[str, Any] = {"QDQDisableWeightAdjustForInt32Bias": True}
+# A layer with an integer weight whose output the plan leaves float (it writes a graph output):
+# quantize_static cannot say that for one node (OpTypesToExcludeOutputQuantization is per op
+# type, and an excluded node's weight stays float).
+FLOAT_OUTPUT = (
+    "quantize_static quantizes a layer's output with its weight; this layer's output is float "
+    "in the plan, so it is excluded and its weight is not the plan's (float, or quantized by "
+    "ORT's own optimizer at load); the QDQ export keeps the plan's int8 weight"
+)
 USAGE = (
     'python -c "import sys; from quantlens.export.vendors.ort import quantize_with_overrides; '
     'quantize_with_overrides(sys.argv[1], sys.argv[2])" FILE out.qdq.onnx'
@@ -62,7 +77,7 @@ class OrtFormat:
     name: str = "ort"
     description: str = "ONNX Runtime TensorQuantOverrides for quantize_static"
     suffixes: tuple[str, ...] = (".ort.json",)
-    targets: tuple[str, ...] = ("ort-cpu",)
+    targets: tuple[str, ...] = ("ort-cpu", "ort-cpu-fast")
     default_target: str = "ort-cpu"
 
     def export(self, ctx: ExportContext) -> Rendered:
@@ -72,8 +87,13 @@ class OrtFormat:
             for name, quant in {**ctx.plan.activations, **ctx.plan.weights}.items()
             if isinstance(quant.format, IntFormat) and quant.bias_of is None
         }
-        excluded = [node.name for node in ctx.model.nodes if _check_node(ctx, node, out)]
-        excluded += [n.name for n in ctx.model.nodes if _unplanned_op(ctx, n)]
+        if _integer_placement(ctx):
+            op_types, excluded = _integer_ops(ctx, out)
+            extra = INTEGER_EXTRA_OPTIONS
+        else:
+            excluded = [node.name for node in ctx.model.nodes if _check_node(ctx, node, out)]
+            excluded += [n.name for n in ctx.model.nodes if _unplanned_op(ctx, n)]
+            op_types, extra = list(WEIGHTED_OPS), EXTRA_OPTIONS
         payload = {
             "usage": USAGE,
             "qdq_model": ctx.qdq_model,
@@ -81,9 +101,12 @@ class OrtFormat:
             "activation_type": "QUInt8",
             "weight_type": "QInt8",
             "per_channel": any(q.axis is not None for q in ctx.plan.weights.values()),
-            "op_types_to_quantize": list(WEIGHTED_OPS),
+            "op_types_to_quantize": op_types,
             "nodes_to_exclude": excluded,
-            "extra_options": EXTRA_OPTIONS,
+            "extra_options": extra,
+            # quantlens's own key (quantize_static ignores it): `quantize_with_overrides`
+            # rewrites ORT's DQ -> HardSigmoid -> Q as the QLinearAdd our export has.
+            "lower_hardsigmoid": lowers_hardsigmoid(ctx.run_target or ctx.plan.target),
             "TensorQuantOverrides": overrides,
         }
         out.entries = len(overrides) + len(excluded)
@@ -107,6 +130,65 @@ class OrtFormat:
         return compact_assignment(modes, self.default_target)
 
 
+def _integer_placement(ctx: ExportContext) -> bool:
+    """A plan that quantizes integer ops' outputs too (ort-cpu-fast), not only layer inputs."""
+    try:
+        return get_profile(ctx.run_target or ctx.plan.target).placement == "all-outputs"
+    except UserError:
+        return False
+
+
+def _integer_ops(ctx: ExportContext, out: Rendered) -> tuple[list[str], list[str]]:
+    """(op types to quantize, nodes to exclude) that make quantize_static place exactly the
+    plan's quantizers: a node is quantized where the plan quantizes every activation it reads
+    and writes (ORT then fuses it), or where it is a layer with an integer weight; every other
+    node is excluded, so ORT adds no quantizer of its own (checked in the tests: the tensors
+    ORT quantizes are the overrides)."""
+    planned = {n for n, q in ctx.plan.activations.items() if isinstance(q.format, IntFormat)}
+    weights = {n for n, q in ctx.plan.weights.items() if isinstance(q.format, IntFormat)}
+    mode_of = ctx.assignment.mode_name
+    produced = set(ctx.model.producers()) | set(ctx.model.graph_inputs)
+    op_types: set[str] = set()
+    excluded: list[str] = []
+    # A Relu/Clip the plan quantizes behind (ORT deletes it before the Q): the op before it
+    # writes the quantized tensor, and the activation passes it on.
+    absorbed = _absorbed_outputs(ctx, planned)
+    for node in ctx.model.nodes:
+        _float16_dropped(ctx, node, out)
+        acts = [absorbed.get(i, i) for i in node.inputs if i in produced]
+        outs = [absorbed.get(o, o) for o in node.outputs]
+        if acts and all(t in planned for t in (*acts, *outs)):
+            op_types.add(node.op_type)
+            continue
+        excluded.append(node.name)
+        if node.params and node.params[0] in weights:
+            mode = mode_of(node.name)
+            out.dropped.append(Dropped(layer=node.name, mode=mode, reason=FLOAT_OUTPUT))
+    return sorted(op_types), excluded
+
+
+def _absorbed_outputs(ctx: ExportContext, planned: set[str]) -> dict[str, str]:
+    """Unplanned tensor -> the planned output of the lone Relu/Clip that reads it."""
+    readers: dict[str, list[NodeInfo]] = {}
+    for node in ctx.model.nodes:
+        for name in node.inputs:
+            readers.setdefault(name, []).append(node)
+    found = {}
+    for tensor, nodes in readers.items():
+        if tensor in planned or len(nodes) != 1 or nodes[0].op_type not in ("Relu", "Clip"):
+            continue
+        if nodes[0].outputs and nodes[0].outputs[0] in planned:
+            found[tensor] = nodes[0].outputs[0]
+    return found
+
+
+def _float16_dropped(ctx: ExportContext, node: NodeInfo, out: Rendered) -> None:
+    mode = get_mode(ctx.assignment.mode_name(node.name))
+    if mode.is_float and mode.float_type != "fp32":
+        reason = "quantize_static has no float16 layers; excluded, so it runs in float32"
+        out.dropped.append(Dropped(layer=node.name, mode=mode.name, reason=reason))
+
+
 def _override(quant: TensorQuant) -> list[dict[str, Any]]:
     assert isinstance(quant.format, IntFormat)
     qtype = QUANT_TYPES[quant.format.onnx_type]
@@ -128,9 +210,7 @@ def _check_node(ctx: ExportContext, node: NodeInfo, out: Rendered) -> bool:
     """Report what ORT cannot do for this node; True when it must be excluded (float)."""
     mode = get_mode(ctx.assignment.mode_name(node.name))
     if mode.is_float:
-        if mode.float_type != "fp32":
-            reason = "quantize_static has no float16 layers; excluded, so it runs in float32"
-            out.dropped.append(Dropped(layer=node.name, mode=mode.name, reason=reason))
+        _float16_dropped(ctx, node, out)
         return node.op_type in WEIGHTED_OPS
     if mode.name == ctx.assignment.default:
         return False
@@ -215,6 +295,21 @@ def quantize_with_overrides(
     path = Path(file)
     source = Path(float_model) if float_model else path.with_name(_float_name(path.name))
     quantize_static(source, output, reader or _ZeroReader(source), **quantize_static_kwargs(path))
+    if _load(path.read_text(), str(path)).get("lower_hardsigmoid"):
+        _lower_saved(Path(output))
+
+
+def _lower_saved(path: Path) -> None:
+    """ORT's quantize_static leaves HardSigmoid in float between a DQ and a Q; the same rewrite
+    as our QDQ export makes it the Add that ORT fuses into QLinearAdd."""
+    model = ir.load(str(path))
+    names = {n.name for n in model.graph if n.name} | {
+        v.name for n in model.graph for v in n.outputs if v.name
+    }
+    names.update(model.graph.initializers)
+    if lower_hardsigmoid(model.graph, Fresh(names)):
+        TopologicalSortPass()(model)
+        ir.save(model, str(path))
 
 
 def _float_name(name: str) -> str:
