@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from quantlens.errors import UserError
 from quantlens.pipeline.quantize import QuantizeOptions, quantize_model
 from tests.helpers import quantlens
 
@@ -45,10 +46,15 @@ def test_export_strict_fails_where_the_vendor_graph_cannot_hold_the_plan(
     assignment.write_text(json.dumps({"default": "fp16", "layers": layers}))
     run = tmp_path / "run"
     options = QuantizeOptions(calib=calib, target="bm1684x", run_dir=run, assignment=assignment)
+    with pytest.raises(UserError, match="one fused op"):  # quantize refuses it (#17)
+        quantize_model(model, options)
+    # A plan another vendor's file cannot hold: Qualcomm encodings have no bfloat16.
+    bf16 = {"conv1": "bf16", "relu1": "bf16"}
+    assignment.write_text(json.dumps({"default": "a8_w8", "layers": bf16}))
     quantize_model(model, options)
-    lenient = quantlens("export", str(run), "--format", "tpu-mlir")
+    lenient = quantlens("export", str(run), "--format", "qnn")
     assert lenient.returncode == 0, lenient.stderr
     assert "warning" in lenient.stdout and "conv1" in lenient.stdout
-    strict = quantlens("export", str(run), "--format", "tpu-mlir", "--strict")
+    strict = quantlens("export", str(run), "--format", "qnn", "--strict")
     assert strict.returncode == 1
     assert "error:" in strict.stderr and "conv1" in strict.stderr

@@ -146,13 +146,24 @@ def test_round_trip(tmp_path: Path, fmt: str, assignment: Assignment) -> None:
     assert back.target == "qnn-htp"
 
 
-def test_sixteen_bit_input_from_an_eight_bit_producer_is_reported(tmp_path: Path) -> None:
+def test_sixteen_bit_input_gets_a_sixteen_bit_producer(tmp_path: Path) -> None:
+    """`quantize` closes the assignment (#17): relu1 (and conv1, one op with it) write the
+    16 bits conv2 reads, so the file reads back as asked."""
     run_dir, model = make_run(tmp_path, "qnn-htp", Assignment(layers={"conv2": "a16_w8"}))
     result = export_vendor(run_dir, "qnn")
-    [dropped] = result.dropped
-    assert dropped.layer == "conv2" and "producer" in dropped.reason
+    assert result.dropped == []
     back = import_vendor(Path(result.files[0]), "qnn", model)
-    assert back.layers == {"conv2": "a8_w8_a16"}  # what the file says the chip will run
+    assert back.mode_name("conv2") == "a16_w8" and back.mode_name("conv1") == "a8_w8_a16"
+
+
+def test_sixteen_bit_input_from_an_eight_bit_producer_is_reported(tmp_path: Path) -> None:
+    """A plan made without the closure (the export still guards against it)."""
+    run_dir, _ = make_run(tmp_path, "qnn-htp", Assignment())
+    ctx = load_run(run_dir)
+    ctx.assignment = Assignment(target="qnn-htp", layers={"conv2": "a16_w8"})
+    rendered = get_format("qnn").export(ctx)
+    [dropped] = rendered.dropped
+    assert dropped.layer == "conv2" and "producer" in dropped.reason
 
 
 def test_partial_override_from_the_guide(tmp_path: Path, qnn_run: tuple[Path, Path]) -> None:
@@ -318,9 +329,13 @@ def test_htp_ties_concat_inputs_and_resize_outputs() -> None:
 
 def test_a_float_member_floats_its_fused_op(tmp_path: Path) -> None:
     run_dir, model = make_run(tmp_path, "qnn-htp", Assignment(layers={"matmul": "fp16"}))
-    result = export_vendor(run_dir, "qnn")
-    [dropped] = result.dropped
+    ctx = load_run(run_dir)
+    assert ctx.assignment.layers == {"matmul": "fp16", "add": "fp16"}  # closed by quantize
+    ctx.assignment = Assignment(target="qnn-htp", layers={"matmul": "fp16"})  # as if not
+    [dropped] = get_format("qnn").export(ctx).dropped
     assert dropped.layer == "add" and "float as a whole" in dropped.reason
+    result = export_vendor(run_dir, "qnn")
+    assert result.dropped == []
     data = json.loads(Path(result.files[0]).read_text())
     assert data["activation_encodings"]["y"] == [{"bitwidth": 16, "dtype": "float"}]
     assert data["param_encodings"]["bias"] == [{"bitwidth": 16, "dtype": "float"}]
@@ -330,8 +345,10 @@ def test_a_float_member_floats_its_fused_op(tmp_path: Path) -> None:
 
 def test_a_precision_the_fused_op_cannot_hold_warns_or_fails_strict(tmp_path: Path) -> None:
     """conv1 writes 16 bits, but Conv+Relu is one op whose output is relu1's 8 bits."""
-    run_dir, _ = make_run(tmp_path, "qnn-htp", Assignment(layers={"conv1": "a8_w8_a16"}))
+    run_dir, _ = make_run(tmp_path, "qnn-htp", Assignment())
     ctx = load_run(run_dir)
+    # `quantize` would have raised relu1 too (#17); a hand-edited run folder has not.
+    ctx.assignment = Assignment(target="qnn-htp", layers={"conv1": "a8_w8_a16"})
     rendered = get_format("aimet").export(ctx)
     assert any("bn1 (int16; r1 keeps int8)" in w for w in rendered.warnings)
     assert any("not in Qualcomm's quantized graph" in w for w in rendered.warnings)

@@ -360,7 +360,8 @@ def test_export_from_another_target_warns(tmp_path: Path) -> None:
     run_dir, _ = make_run(tmp_path, "hailo8", Assignment(layers={"conv2": "a16_w16"}))
     result = export_vendor(run_dir, "tpu-mlir")
     assert any("quantized for hailo8" in w for w in result.warnings)
-    assert [d.layer for d in result.dropped] == ["conv2"]
+    # conv2 and what hailo8's rules dragged along with it (its producers, the Reshape after).
+    assert [d.layer for d in result.dropped] == ["conv1", "relu1", "conv2", "reshape"]
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,15 @@ class LatencyRecord(BaseModel):
         return self.quantized_ms / self.float_ms if self.float_ms > 0 else float("inf")
 
 
+class ModeChange(BaseModel):
+    """A mode the target's precision rules changed in the assignment `quantize` was given."""
+
+    node: str
+    requested: str
+    mode: str
+    reason: str
+
+
 class QuantizeReport(Artifact):
     kind = "quantize"
     model: str
@@ -59,6 +68,8 @@ class QuantizeReport(Artifact):
     optimize: OptimizeRecord = Field(default_factory=OptimizeRecord)
     # Measured for ONNX Runtime targets (a vendor chip's QDQ model is not what it runs).
     latency: LatencyRecord | None = None
+    # Every mode the assignment's closure under the target's rules changed, and why.
+    mode_changes: list[ModeChange] = Field(default_factory=list)
     quantlens_version: str = __version__
 
     def worst_snr(self) -> float:

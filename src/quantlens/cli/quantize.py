@@ -119,6 +119,11 @@ def _print_quantize(report: QuantizeReport) -> None:
         table.add_row(o.name, f"{d.snr_db:.2f}", f"{d.cosine:.6f}", agree, drift, match)
     out.print(table)
     modes = ", ".join(f"{m} x{n}" for m, n in report.modes.items())
+    for change in report.mode_changes:
+        out.print(
+            f"changed {change.node}: {change.requested} -> {change.mode} ({change.reason})",
+            markup=False,
+        )
     for fix in report.optimize.fixes:
         out.print(_fix_line(fix))
     if report.latency is not None:

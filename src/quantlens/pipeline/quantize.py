@@ -33,6 +33,7 @@ from quantlens.evaluate.distance import Distance, distance
 from quantlens.export.qdq import export_qdq
 from quantlens.export.verify import agreement_stats
 from quantlens.fixes.levels import run_fixes
+from quantlens.pipeline.closure import close_assignment
 from quantlens.pipeline.session import (
     OptimizeOptions,
     Session,
@@ -99,7 +100,8 @@ def quantize(
     """Quantize `session`'s model with `assignment` (default: the session's) into its folder."""
     clock: dict[str, float] = {"prepare": prepared_in}
     model, executor, feeds, folder = session.model, session.executor, session.feeds, session.folder
-    assignment = assignment or session.assignment
+    # What the chip realizes: an explicit assignment closed under the target's rules.
+    assignment, changes = close_assignment(model, assignment or session.assignment, session.profile)
     folder.write(build_graph(model))  # the graph as quantized, for the report's graph view
     check_feed_shapes(feeds, model)
     points = session.points(assignment)
@@ -162,6 +164,7 @@ def quantize(
             fixes=[f.as_record() for f in fixes],
         ),
         latency=latency,
+        mode_changes=changes,
     )
     folder.write(report)
     return report
