@@ -90,6 +90,7 @@ def build_context(run: RunArtifacts) -> dict[str, Any]:
     if run.search is not None and run.search.points:
         data["search"] = sections.search_data(run.search)
         context["pareto_rows"] = sections.pareto_rows(run.search)
+        context["search_cost"] = sections.cost_wording(run.search)
     graph = sections.graph_data(run)
     if graph is not None:
         data["graph"] = graph

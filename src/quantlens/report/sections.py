@@ -331,6 +331,22 @@ def search_data(search: SearchReport) -> Data:
     }
 
 
+# What "cost" meant in a run, by its cost model (search.cost's names).
+_COST_WORDS = {
+    "analytic": "the target profile's modeled cost (each layer's MACs and output size times "
+    "its mode's factor)",
+    "measured": "the latency of each candidate's QDQ export measured in ONNX Runtime",
+    "imported": "the per-layer times of the vendor profiler table given with --cost-table",
+    "weight-bytes": "the model's weight size in bytes",
+}
+
+
+def cost_wording(search: SearchReport) -> str:
+    """One sentence on the cost the run used, for the plot's caption."""
+    words = _COST_WORDS.get(search.cost_model, f"the {search.cost_model!r} cost model's cost")
+    return f"Cost is {words}, relative to all-int8."
+
+
 def _indices(points: Sequence[SearchPoint], keys: Iterable[str | None]) -> list[int]:
     where = {p.key: i for i, p in enumerate(points)}
     return [where[k] for k in keys if k in where]
