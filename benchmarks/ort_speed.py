@@ -10,10 +10,12 @@ once so both quantizers see identical tensors. Three models run in ONNX Runtime 
 - onnxruntime: `quantize_static` with its defaults (QDQ, uint8 activations, int8 weights).
 
 Latency: `quantlens.bench.latency.interleaved_latency`, 2 intra-op threads, one session per
-model, round-robin over the three on the same input (order rotating each round), warm-up
-rounds first, median of the rounds. The task metric of every model comes from its ORT outputs
-(orientation top-1, OCR character accuracy, detection mAP@0.5:0.95 from faster-coco-eval), and
-the ORT-optimized graph's op counts say which integer kernels it fused.
+model (its pool threads do not spin-wait, so a session idle between its turns does not steal
+the cores of the one being timed), round-robin over the three on the same input (order
+rotating each round), warm-up rounds first, median of the rounds. The task metric of every
+model comes from its ORT outputs (orientation top-1, OCR character accuracy, detection
+mAP@0.5:0.95 from faster-coco-eval), and the ORT-optimized graph's op counts say which integer
+kernels it fused.
 
     python benchmarks/ort_speed.py [--calib 16] [--eval 16] [--rounds 30] [--models ...]
 """
