@@ -212,3 +212,13 @@ def test_ort_overrides_reproduce_the_integer_placement(tmp_path: Path) -> None:
 def _integer_kernels(path: str | Path) -> Counter[str]:
     ops = fused_op_counts(path)
     return Counter({k: v for k, v in ops.items() if k.startswith(("QLinear", "QGemm"))})
+
+
+def test_interleaved_times_keep_every_round(tmp_path: Path) -> None:
+    from quantlens.bench.latency import LatencySettings, interleaved_times
+
+    path = tmp_path / "float.onnx"
+    onnx.save(hardswish_cnn(), str(path))
+    feeds = [{"x": np.zeros((1, 3, 12, 12), np.float32)}]
+    times = interleaved_times({"a": path, "b": path}, feeds, LatencySettings(warmup=2, rounds=5))
+    assert sorted(times) == ["a", "b"] and all(len(v) == 5 and min(v) > 0 for v in times.values())

@@ -64,6 +64,18 @@ def interleaved_latency(
     settings: LatencySettings | None = None,
 ) -> dict[str, float]:
     """Median seconds per inference of each model, timed round-robin on the same inputs."""
+    times = interleaved_times(models, feeds, settings)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def interleaved_times(
+    models: Mapping[str, str | Path | bytes],
+    feeds: Sequence[Feed],
+    settings: LatencySettings | None = None,
+) -> dict[str, list[float]]:
+    """Every timed round's seconds per model (warm-up left out), timed as `interleaved_latency`
+    does. On a loaded machine the median moves with the load; the fastest round is the closest
+    to an idle machine, since load only ever adds time."""
     settings = settings or LatencySettings()
     if not feeds:
         raise UserError("no inputs to time the models with", "give at least one sample")
@@ -79,7 +91,7 @@ def interleaved_latency(
             elapsed = _time_one(sessions[name], {k: feed[k] for k in wanted})
             if index >= settings.warmup:
                 times[name].append(elapsed)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 def _inputs(session: ort.InferenceSession) -> list[str]:
