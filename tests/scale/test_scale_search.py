@@ -46,6 +46,7 @@ def _options(setup: tuple[Path, Path, Path], run: Path, **more: Any) -> SearchOp
         max_drop=0.0,
         samples=4,
         export=False,
+        try_fixes=False,  # like for like: the workers hold the unfixed weights
         **more,
     )
 

@@ -231,7 +231,9 @@ def test_search_end_to_end_exports_what_it_chose(
     outlier: tuple[Path, Path], tmp_path: Path
 ) -> None:
     model, calib = outlier
-    opts = SearchOptions(calib=calib, target="hailo8", run_dir=tmp_path, min_snr=17.0, samples=4)
+    opts = SearchOptions(
+        calib=calib, target="hailo8", run_dir=tmp_path, min_snr=17.0, samples=4, try_fixes=False
+    )
     report = search_model(model, opts)
     chosen = report.point(report.chosen)
     base = report.point(report.baseline)

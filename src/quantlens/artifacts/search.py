@@ -58,12 +58,59 @@ class SearchGoal(BaseModel):
     max_cost: float | None = Field(default=None, description="cost budget relative to int8")
 
 
+class FixRecord(BaseModel):
+    """One fix tried on the all-int8 point (the quantize stage's guard: undone when it lowered
+    the output SNR on the guard's samples)."""
+
+    name: str
+    kept: bool
+    changes: int = Field(description="tensors or layers the fix changed")
+    output_snr_db: tuple[float | None, float | None] = Field(
+        default=(None, None), description="guard's output SNR before and after the fix"
+    )
+    seconds: float = 0.0
+
+
+class FixTrial(BaseModel):
+    """The free fixes tried on all-int8 before any layer is promoted, and what they gave."""
+
+    fixes: list[FixRecord] = Field(default_factory=list)
+    kept: bool = Field(description="the search went on from the fixed all-int8 point")
+    reason: str = Field(description="why the fixed point was kept or dropped")
+    without: str = Field(description="key of the all-int8 point without fixes")
+    fixed: str = Field(description="key of the all-int8 point with the fixes")
+
+
+class RuntimeCheck(BaseModel):
+    """The chosen point scored again on its export in the target runtime (or why not)."""
+
+    runtime: str | None = Field(
+        default=None, description='"onnxruntime", or None where the target runs no QDQ model'
+    )
+    search_metric: float | None = Field(
+        default=None, description="the chosen point's metric as the search scored it (`engine`)"
+    )
+    runtime_metric: float | None = Field(
+        default=None, description="the metric of the chosen point's export in the runtime"
+    )
+    judged_metric: float | None = Field(
+        default=None, description="the metric the goal is judged on (the runtime's if scored)"
+    )
+    goal_met: bool | None = None
+    note: str = ""
+
+
 class SearchReport(Artifact):
     kind = "search"
     model: str
     target: str
     cost_model: str
     strategy: str
+    engine: str = Field(
+        default="emulator",
+        description="where full evaluations ran: emulator, or onnxruntime (each candidate's "
+        "QDQ export, on an ONNX Runtime target)",
+    )
     metric_name: str | None = None
     float_metric: float | None = None
     goal: SearchGoal
@@ -74,8 +121,15 @@ class SearchReport(Artifact):
     pareto: list[str] = Field(default_factory=list, description="keys on the front, cheap first")
     groups: list[GroupInfo] = Field(default_factory=list)
     full_evaluations: int = 0
+    fix_trial: FixTrial | None = Field(default=None, description="fixes tried before promoting")
+    runtime_check: RuntimeCheck | None = Field(
+        default=None, description="the chosen point's export scored in the target runtime"
+    )
     finished: bool = False
-    seconds: float = 0.0
+    seconds: float = Field(
+        default=0.0, description="wall time of the whole command: set-up, search and export"
+    )
+    search_seconds: float = Field(default=0.0, description="wall time of the search alone")
     notes: list[str] = Field(default_factory=list)
     quantlens_version: str = __version__
 

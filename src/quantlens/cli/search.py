@@ -84,6 +84,14 @@ def search(
         typer.Option(help="With --cost measured: seconds for timing each unit's move.", min=0.0),
     ] = 300.0,
     max_evals: Annotated[int, typer.Option(help="Full task-metric evaluations at most.")] = 10,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="Where full evaluations run: onnxruntime (each candidate's QDQ export; ONNX "
+            "Runtime targets) or emulator [default: onnxruntime on ort-cpu and ort-cpu-fast, "
+            "else emulator].",
+        ),
+    ] = None,
     time_budget: Annotated[
         float | None, typer.Option(help="Seconds; the best point so far is kept.", min=0.0)
     ] = None,
@@ -108,6 +116,15 @@ def search(
     clip_search: ClipSearchOpt = None,
     adaround: AdaroundOpt = None,
     finetune: FinetuneOpt = None,
+    fixes: Annotated[
+        bool,
+        typer.Option(
+            "--fixes/--no-fixes",
+            help="Try bias correction and clip search on all-int8 before promoting layers and "
+            "go on from the fixed point when it scores at least as well (the fixes --optimize "
+            "or a fix flag enables are tried instead, when there are any).",
+        ),
+    ] = True,
     json: JsonOpt = False,
     workers: WorkersOpt = None,
     ray_address: RayAddressOpt = None,
@@ -136,6 +153,7 @@ def search(
         lower=lower,
         measure_budget_s=measure_budget,
         max_evals=max_evals,
+        engine=engine,
         time_budget=time_budget,
         resume=resume,
         samples=samples,
@@ -149,6 +167,7 @@ def search(
         scale=scale(workers, ray_address),
         optimize=optimize,
         fixes=fix_overrides(equalize, fuse, bias_correction, clip_search, adaround, finetune),
+        try_fixes=fixes,
     )
     check_options(options)  # before any model is loaded or data read
     path = resolve_model(model, say=say)
@@ -199,9 +218,16 @@ def _print_search(report: Any, output: Path) -> None:
     out.print(table)
     for note in report.notes:
         out.print(styled((f"note: {note}", "dim")))
+    if report.fix_trial is not None:
+        out.print(f"fixes on all-int8: {report.fix_trial.reason}")
+    check = report.runtime_check
+    if check is not None and check.note:
+        met = {True: "goal met", False: "goal MISSED", None: "no metric goal"}[check.goal_met]
+        out.print(f"runtime check: {check.note} ({met})")
     chosen = report.point(report.chosen)
     what = "-" if chosen is None else f"{chosen.label}, {chosen.cost:.3f}x int8 cost"
     out.print(
         f"{Path(report.model).name}: {len(report.points)} points, "
-        f"{report.full_evaluations} full evaluations, chosen {what}; {output / 'search.json'}"
+        f"{report.full_evaluations} full evaluations, chosen {what}, {report.seconds:.0f} s; "
+        f"{output / 'search.json'}"
     )

@@ -8,6 +8,7 @@ quantizes the chosen point on the same session (same graph, same calibrations, s
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from quantlens.pipeline.search import (
     record_measured_cost,
     run_search,
 )
+from quantlens.pipeline.search_verify import runtime_check
 from quantlens.pipeline.session import OptimizeOptions, open_session
 from quantlens.pipeline.tasks import EvalOptions, QuantizeRequest
 from quantlens.search.cost import get_cost_model, latency
@@ -50,7 +52,14 @@ def search_model(
     setup = prepare_search(path, opts, say, progress)
     report = run_search(setup, opts, say, progress)
     if opts.export and report.chosen is not None:
-        _export(setup, opts, report, say, progress)
+        quantized = _export(setup, opts, report, say, progress)
+        if say is not None and setup.scorer is not None:
+            say("scoring the chosen point's export in the target runtime")
+        qdq = Path(quantized.files["qdq_model"])
+        report.runtime_check = runtime_check(report, setup.profile, setup.scorer, qdq, progress)
+    # Wall time of the whole command: loading, calibrating, searching and exporting.
+    report.seconds = round(time.perf_counter() - setup.started, 2)
+    RunFolder(opts.run_dir).write(report)
     return report
 
 
@@ -66,7 +75,12 @@ def _export(
     if say is not None:
         say(f"exporting the chosen assignment ({len(assignment.layers)} nodes promoted)")
     qopts = quantize_options(opts, opts.run_dir)
-    quantized = quantize(setup.session, qopts, say, progress, assignment=assignment)
+    # The plan the search scored, on the weights its fixes left: exported as it is.
+    fixes = setup.fix_trial.kept() if setup.fix_trial is not None else []
+    planned = (setup.plan_for(assignment.layers), fixes)
+    quantized = quantize(
+        setup.session, qopts, say, progress, assignment=assignment, planned=planned
+    )
     if get_cost_model(opts.cost_model).measured_after_export:
         _measured_costs(setup, opts, report, quantized)
     return quantized

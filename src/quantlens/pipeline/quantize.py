@@ -33,6 +33,7 @@ from quantlens.evaluate.distance import Distance, distance
 from quantlens.export.qdq import export_qdq
 from quantlens.export.verify import agreement_stats
 from quantlens.fixes.levels import run_fixes
+from quantlens.fixes.result import FixResult
 from quantlens.pipeline.closure import close_assignment
 from quantlens.pipeline.session import (
     OptimizeOptions,
@@ -96,8 +97,11 @@ def quantize(
     progress: Progress | None = None,
     assignment: Assignment | None = None,
     prepared_in: float = 0.0,
+    planned: tuple[QuantPlan, list[FixResult]] | None = None,
 ) -> QuantizeReport:
-    """Quantize `session`'s model with `assignment` (default: the session's) into its folder."""
+    """Quantize `session`'s model with `assignment` (default: the session's) into its folder;
+    `planned`: the plan and the fixes already applied to the session (the search's), which
+    are exported as they are instead of fixing again."""
     clock: dict[str, float] = {"prepare": prepared_in}
     model, executor, feeds, folder = session.model, session.executor, session.feeds, session.folder
     # What the chip realizes: an explicit assignment closed under the target's rules.
@@ -112,10 +116,13 @@ def quantize(
     clock["calibrate"] = time.perf_counter() - start
 
     settings = opts.fix_settings()
-    plan = session.plan(points, stats)
-    plan, fixes = run_fixes(
-        executor, plan, points, feeds, settings, say, progress, opts.fix_budget_s
-    )
+    if planned is None:
+        plan = session.plan(points, stats)
+        plan, fixes = run_fixes(
+            executor, plan, points, feeds, settings, say, progress, opts.fix_budget_s
+        )
+    else:
+        plan, fixes = planned
     clock.update({f"fix:{f.name}": f.seconds for f in fixes})
     files = _write_plan(folder, assignment, plan)
     # Later stages (vendor exports) read the graph and weights the plan names from here.

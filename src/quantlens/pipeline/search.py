@@ -27,16 +27,28 @@ from pydantic import BaseModel
 from quantlens.analysis.metrics import nsr_to_db
 from quantlens.artifacts import write_text_atomic
 from quantlens.artifacts.folder import RunFolder
+from quantlens.artifacts.search import FixTrial
 from quantlens.bench.latency import LatencySettings
 from quantlens.emulate import Executor
 from quantlens.emulate.plan import QuantPoints, build_plan, quantization_points
 from quantlens.errors import UserError
+from quantlens.export.qdq import export_qdq
+from quantlens.fixes.levels import FixSettings
+from quantlens.pipeline.search_fixes import (
+    POST_PLAN,
+    FixedParams,
+    FixTrialResult,
+    fix_int8,
+    trial_settings,
+    tries_fixes,
+)
+from quantlens.pipeline.search_verify import ORT, score_in_onnxruntime
 from quantlens.pipeline.session import OptimizeOptions, Session, open_session, prepare
 from quantlens.pipeline.tasks import EvalOptions, TaskScorer
 from quantlens.scale.options import ScaleOptions
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.formats import IntFormat
-from quantlens.schemes.profiles import TargetProfile
+from quantlens.schemes.profiles import TargetProfile, get_profile
 from quantlens.schemes.qparams import QuantPlan
 from quantlens.search.artifact import GroupInfo, SearchGoal, SearchPoint, SearchReport
 from quantlens.search.cost import CostTable, get_cost_model
@@ -54,8 +66,12 @@ Say = Callable[[str], None]
 Progress = Callable[[int, int], None]
 Feed = dict[str, np.ndarray]
 FLOAT = {"*": "float"}  # the oracle key of the float model's own metric
+# Report keys of the all-int8 point the fix trial did not continue from.
+WITHOUT_FIXES = "all-int8-without-fixes"
+WITH_FIXES = "all-int8-with-fixes"
 DEFAULT_MIN_SNR = 30.0
 DEFAULT_RECOVERY = 0.9
+ENGINES = ("emulator", "onnxruntime")
 
 
 @dataclass
@@ -85,6 +101,18 @@ class SearchOptions(OptimizeOptions):
     # The measured cost model: seconds for timing each unit's move before planning.
     measure_budget_s: float = 300.0
     measure_rounds: int = 15
+    # Where full evaluations run: "onnxruntime" (each candidate's QDQ export) or "emulator";
+    # None: ONNX Runtime on an ONNX Runtime target, the emulator elsewhere.
+    engine: str | None = None
+    # Try bias correction and clip search on all-int8 before promoting (`--fixes`); the fixes
+    # `--optimize` or a fix flag enables are tried instead when there are any.
+    try_fixes: bool = True
+
+    def search_fixes(self) -> FixSettings:
+        """The fixes tried on all-int8 after the plan. The graph passes stay as `--optimize`
+        says (`fix_settings`): the default trial adds no zero biases, so the search shares its
+        calibrations with a plain `quantize` run, and bias correction corrects existing biases."""
+        return trial_settings(self.fix_settings(), self.fixes, self.try_fixes)
 
     def searches_down(self) -> bool:
         if self.lower is not None:
@@ -104,6 +132,8 @@ class Planner:
     ranges: dict[int, dict[str, tuple[float, float]]]
     # Calibrates tensors a grid lacks (bits, names) -> ranges; None: every plan is in the grids.
     extend: Callable[[int, list[str]], dict[str, tuple[float, float]]] | None = None
+    # What the fixes tried on all-int8 changed (clip ranges, weight grids); None: no fixes.
+    fixed: FixedParams | None = None
 
     def plan_for(self, modes: Mapping[str, str]) -> QuantPlan:
         assignment = Assignment(
@@ -118,7 +148,11 @@ class Planner:
         }
         self._fill(grids)
         ranges = {name: self.ranges[bits][name] for name, bits in grids.items()}
-        return build_plan(points, ranges, self.executor.weights, self.profile.name)
+        if self.fixed is None:
+            return build_plan(points, ranges, self.executor.weights, self.profile.name)
+        ranges.update(self.fixed.ranges_for(grids))
+        plan = build_plan(points, ranges, self.executor.weights, self.profile.name)
+        return self.fixed.overlay(plan)
 
     def _fill(self, grids: Mapping[str, int]) -> None:
         """Tensors the grids were not calibrated for (a mode that un-shares a range)."""
@@ -137,8 +171,13 @@ class Setup:
     rules: Rules
     costs: CostTable
     context_key: str
-    int8: QuantPlan  # the all-int8 plan
+    int8: QuantPlan  # the all-int8 plan (after the fixes the search kept)
     session: Session
+    scorer: TaskScorer | None = None  # the task metric, once the oracle is built
+    fix_trial: FixTrialResult | None = None  # the fixes kept on all-int8
+    # When the command began (before the model was loaded): search.json's `seconds` is wall
+    # time from here, set-up and export included.
+    started: float = field(default_factory=time.perf_counter)
 
     @property
     def profile(self) -> TargetProfile:
@@ -167,6 +206,21 @@ def check_options(opts: SearchOptions) -> None:
         raise UserError(f"{given} needs {missing}", f"pass {missing} too, or neither")
     if opts.max_evals < 2:
         raise UserError("--max-evals must be at least 2", "the float model and int8 need one each")
+    if opts.engine not in (None, *ENGINES):
+        raise UserError(f"unknown engine {opts.engine!r}", f"pick one of: {', '.join(ENGINES)}")
+    if opts.engine == "onnxruntime" and get_profile(opts.target).vendor != ORT:
+        raise UserError(
+            f"{opts.target} does not run QDQ models: its candidates cannot be scored in ONNX "
+            "Runtime",
+            "use --engine emulator (the default there), or an ort-cpu target",
+        )
+
+
+def metric_engine(opts: SearchOptions) -> str:
+    """Where full evaluations run: the export in ONNX Runtime where that is the target."""
+    if opts.engine is not None:
+        return opts.engine
+    return "onnxruntime" if get_profile(opts.target).vendor == ORT else "emulator"
 
 
 def prepare_search(
@@ -178,9 +232,12 @@ def prepare_search(
 ) -> Setup:
     """Units, rules and costs; with `calibrated`, ranges on every activation grid too (without,
     plans use placeholder ranges: enough for closures and costs, as `--explain` needs)."""
+    started = time.perf_counter()
     graph = opts.fix_settings().graph_options()
     session = open_session(path, opts, opts.run_dir, graph=graph, read_calibration_set=calibrated)
-    return search_setup(session, opts, say, progress, calibrated)
+    setup = search_setup(session, opts, say, progress, calibrated)
+    setup.started = started
+    return setup
 
 
 def search_setup(
@@ -234,6 +291,8 @@ def _context_key(path: Path, feeds: Sequence[Feed], opts: SearchOptions) -> str:
     enabled = opts.fix_settings().graph_options().model_dump()
     if any(enabled.values()):
         settings.append(sorted(name for name, on in enabled.items() if on))
+    if metric_engine(opts) != "emulator":  # the emulator's searches keep their keys
+        settings.append(f"engine={metric_engine(opts)}")
     digest.update(json.dumps(settings, default=str).encode())
     return digest.hexdigest()[:16]
 
@@ -314,10 +373,15 @@ class _Run:
     opts: SearchOptions
     oracle: Oracle
     report: SearchReport
-    noise: NoiseModel
+    noise: NoiseModel | None = None  # measured once the all-int8 point is settled
     candidates: dict[str, Candidate] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     meter: LatencyMeter | None = None
+
+    @property
+    def noise_model(self) -> NoiseModel:
+        assert self.noise is not None, "the units' noise is measured after the fix trial"
+        return self.noise
 
     def point(self, candidate: Candidate, full: bool = False) -> SearchPoint:
         """Verify `candidate` (proxy SNR, and the task metric when `full`) and record it."""
@@ -333,7 +397,10 @@ class _Run:
                 lowered=candidate.lowered,
                 modes=modes,
                 cost=round(candidate.cost, 5),
-                predicted_snr_db=_rounded(nsr_to_db(candidate.predicted_nsr)),
+                # NaN: no prediction (all-int8 before the units' noise is measured)
+                predicted_snr_db=None
+                if math.isnan(candidate.predicted_nsr)
+                else _rounded(nsr_to_db(candidate.predicted_nsr)),
             )
             self.report.points.append(found)
             self.candidates[key] = candidate
@@ -347,7 +414,8 @@ class _Run:
 
     def checkpoint(self) -> None:
         self.report.full_evaluations = len(self.oracle.full_done)
-        self.report.seconds = round(time.perf_counter() - self.started, 2)
+        self.report.search_seconds = round(time.perf_counter() - self.started, 2)
+        self.report.seconds = round(time.perf_counter() - self.setup.started, 2)
         self.report.pareto = pareto(self.report.points)
         folder = RunFolder(self.opts.run_dir)
         folder.write(self.report)
@@ -386,21 +454,20 @@ def run_search(
     """Search on `setup`; search.json and the chosen assignment.json go to run_dir (exporting
     the chosen point is the quantize stage's job, see `quantlens.pipeline.flows`)."""
     check_options(opts)
-    cache = opts.run_dir / RunFolder.SEARCH_CACHE / setup.context_key
-    if not opts.resume:
-        for stale in [*cache.glob("*.json"), *(cache / "latency").glob("*")]:
-            if not stale.name.startswith(("ranges", "noise")):
-                stale.unlink()
-    found = _unit_noise(setup, opts, cache, say, progress)
-    noise = NoiseModel(_lower_noise(setup, opts, cache, found, say, progress), setup.rules)
+    cache = _fresh_cache(opts, setup.context_key)
     meter = _meter(setup, opts, cache)
     notes = _plan_with_measured_costs(setup, opts, meter, say) if meter is not None else []
+    noise = None
+    if opts.scale is not None:
+        # Before the oracle's workers take the cluster's CPUs (the units' farm would wait for
+        # them forever); no fix is tried on workers, so all-int8 is already settled.
+        noise = _noise_model(setup, opts, cache, say, progress)
     oracle, farm = _oracle(setup, opts, cache, progress)
     run = _Run(setup, opts, oracle, _new_report(setup, opts), noise)
     run.meter = meter
     run.report.notes.extend(notes)
     try:
-        _search(run, say)
+        _search(run, say, progress)
     except BudgetExhausted as exc:
         run.report.notes.append(f"stopped early: {exc}; the best point so far is chosen")
     finally:
@@ -411,6 +478,17 @@ def run_search(
     run.report.finished = True
     run.checkpoint()
     return run.report
+
+
+def _fresh_cache(opts: SearchOptions, context_key: str) -> Path:
+    """The oracle's folder for `context_key`; without `--resume`, emptied of evaluations (the
+    ranges and noise depend only on the context and stay)."""
+    cache = opts.run_dir / RunFolder.SEARCH_CACHE / context_key
+    if not opts.resume:
+        for stale in [*cache.glob("*.json"), *(cache / "latency").glob("*")]:
+            if not stale.name.startswith(("ranges", "noise")):
+                stale.unlink()
+    return cache
 
 
 def chosen_assignment(report: SearchReport, profile: TargetProfile) -> Assignment | None:
@@ -449,6 +527,7 @@ def _new_report(setup: Setup, opts: SearchOptions) -> SearchReport:
         )
     goal = SearchGoal(max_drop=opts.max_drop, min_snr=opts.min_snr, max_cost=opts.max_cost)
     return SearchReport(
+        engine=metric_engine(opts),
         model=str(setup.path.resolve()),
         target=setup.profile.name,
         cost_model=opts.cost_model,
@@ -457,6 +536,13 @@ def _new_report(setup: Setup, opts: SearchOptions) -> SearchReport:
         baseline=modes_key({}),
         groups=groups,
     )
+
+
+def _noise_model(
+    setup: Setup, opts: SearchOptions, cache: Path, say: Say | None, progress: Progress | None
+) -> NoiseModel:
+    found = _unit_noise(setup, opts, cache, say, progress)
+    return NoiseModel(_lower_noise(setup, opts, cache, found, say, progress), setup.rules)
 
 
 def _unit_noise(
@@ -562,24 +648,37 @@ def _oracle(
     setup: Setup, opts: SearchOptions, cache: Path, progress: Progress | None
 ) -> tuple[Oracle, SearchFarm | None]:
     """The oracle, and with `opts.scale` the workers its evaluations run on (close them)."""
-    feeds = setup.feeds[: opts.samples]
-    references: list[dict[str, torch.Tensor]] = []
-
-    def proxy(modes: Mapping[str, str]) -> float:
-        if not references:  # computed on first use: never when the workers compute them
-            with torch.inference_mode():
-                references.extend(setup.executor.run(feed) for feed in feeds)
-        return output_noise(setup.executor, setup.plan_for(modes), feeds, references).snr_db
-
+    proxy = _Proxy(setup, setup.feeds[: opts.samples])
     scorer = _scorer(setup, opts)
+    setup.scorer = scorer
     farm = None
     if opts.scale is not None:
-        farm = _farm(setup, opts.scale, feeds, scorer)
+        farm = _farm(setup, opts.scale, proxy.feeds, scorer)
     name = scorer.primary if scorer is not None else None
-    evaluators = Evaluators(proxy, _metric(setup, scorer, progress), name)
+    evaluators = Evaluators(proxy, _metric(setup, scorer, opts, cache, progress), name)
     if farm is not None:
         evaluators.proxy_many = partial(_snr_many, farm, setup)
     return Oracle(cache, evaluators, opts.time_budget, opts.max_evals), farm
+
+
+@dataclass
+class _Proxy:
+    """A candidate's balanced output SNR against the float model's outputs on a few samples;
+    those are computed once, before any fix changes the float weights (bias correction does)."""
+
+    setup: Setup
+    feeds: Sequence[Feed]
+    references: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+    def prime(self) -> None:
+        if not self.references:  # never when the workers compute them
+            with torch.inference_mode():
+                self.references.extend(self.setup.executor.run(feed) for feed in self.feeds)
+
+    def __call__(self, modes: Mapping[str, str]) -> float:
+        self.prime()
+        plan = self.setup.plan_for(modes)
+        return output_noise(self.setup.executor, plan, self.feeds, self.references).snr_db
 
 
 def _farm(
@@ -615,10 +714,16 @@ def _scorer(setup: Setup, opts: SearchOptions) -> TaskScorer | None:
 
 
 def _metric(
-    setup: Setup, scorer: TaskScorer | None, progress: Progress | None
+    setup: Setup,
+    scorer: TaskScorer | None,
+    opts: SearchOptions,
+    cache: Path,
+    progress: Progress | None,
 ) -> Callable[[Mapping[str, str]], float] | None:
     if scorer is None:
         return None
+    if metric_engine(opts) == "onnxruntime":
+        return partial(_onnxruntime_metric, setup, scorer, cache / "qdq", progress)
 
     def metric(modes: Mapping[str, str]) -> float:
         plan = None if dict(modes) == FLOAT else setup.plan_for(modes)
@@ -627,20 +732,26 @@ def _metric(
     return metric
 
 
-def _search(run: _Run, say: Say | None) -> None:
+def _search(run: _Run, say: Say | None, progress: Progress | None) -> None:
     setup, opts, report = run.setup, run.opts, run.report
-    int8 = Candidate({}, "all-int8", "baseline", [], run.noise.nsr({}), 1.0)
     full = run.oracle.has_metric
     if full:
         report.metric_name = run.oracle.evaluators.metric_name
         _say(say, "scoring the float model")
         report.float_metric = run.oracle.metric(FLOAT)
+    int8 = Candidate({}, "all-int8", "baseline", [], math.nan, 1.0)
     base = run.point(int8, full=full)
     report.chosen = base.key
+    settings = opts.search_fixes()
+    if tries_fixes(settings):
+        base = _try_fixes(run, settings, base, say, progress)
+    if run.noise is None:  # measured on the all-int8 point the search goes on from
+        run.noise = _noise_model(setup, opts, run.oracle.folder, say, progress)
+    base.predicted_snr_db = _rounded(nsr_to_db(run.noise.nsr({})))
     max_cost = opts.max_cost or math.inf
     candidates = _strategy(run, max_cost)
     high = setup.all16()
-    top = Candidate(high, "all-16-bit", "baseline", list(high), run.noise.nsr(high), 1.0)
+    top = Candidate(high, "all-16-bit", "baseline", list(high), run.noise_model.nsr(high), 1.0)
     top.cost = setup.costs.relative(high)
     if top.cost <= max_cost:
         candidates.append(top)  # the last resort when no cheaper point meets the goal
@@ -650,7 +761,8 @@ def _search(run: _Run, say: Say | None) -> None:
     verified = [run.point(c) for c in candidates]
     if run.meter is not None:
         _say(say, f"timing {len(verified) + 1} candidate exports in ONNX Runtime")
-        for point in [base, *verified]:
+        others = [p for p in report.points if p.key in (WITHOUT_FIXES, WITH_FIXES)]
+        for point in [base, *others, *verified]:
             _measure(run, point)
     base_ok = base.cost <= max_cost
     admissible = [p for p in verified if p.cost <= max_cost and p.key != base.key]
@@ -670,6 +782,117 @@ def _search(run: _Run, say: Say | None) -> None:
         run.point(top, full=True)
 
 
+def _onnxruntime_metric(
+    setup: Setup,
+    scorer: TaskScorer,
+    folder: Path,
+    progress: Progress | None,
+    modes: Mapping[str, str],
+) -> float:
+    """The task metric of `modes`' QDQ export run by ONNX Runtime: on an ONNX Runtime target the
+    export is what ships, and ONNX Runtime runs graphs of many small ops several times faster
+    than the emulator (issue #22: `check` timed 0.65 s in ORT against 3.56 s in the emulator)."""
+    if dict(modes) == FLOAT:
+        return score_in_onnxruntime(scorer, setup.path, progress)[scorer.primary]
+    path = export_qdq(
+        setup.session.model, setup.plan_for(modes), folder / f"{modes_key(modes)}.onnx"
+    )
+    try:
+        return score_in_onnxruntime(scorer, path, progress)[scorer.primary]
+    finally:
+        path.unlink(missing_ok=True)  # a candidate's export is as large as the model
+
+
+def _try_fixes(
+    run: _Run,
+    settings: FixSettings,
+    plain: SearchPoint,
+    say: Say | None,
+    progress: Progress | None,
+) -> SearchPoint:
+    """Fix all-int8 and go on from the fixed point when it scores at least as well as the plain
+    one (the task metric where there is one, then the output SNR); returns the point kept."""
+    setup, report = run.setup, run.report
+    if run.opts.scale is not None:
+        report.notes.append("no fixes tried on all-int8: the workers hold the unfixed weights")
+        return plain
+    proxy = run.oracle.evaluators.proxy
+    if isinstance(proxy, _Proxy):
+        proxy.prime()  # the float references, before bias correction changes the float weights
+    names = [n for n in POST_PLAN if getattr(settings, n)]
+    _say(say, f"trying {', '.join(names)} on all-int8 before promoting any layer")
+    trial = fix_int8(
+        setup.executor,
+        setup.int8,
+        setup.session.points(),
+        setup.feeds,
+        settings,
+        say,
+        progress,
+        run.opts.fix_budget_s,
+    )
+    kept = trial.kept()
+    if not kept:
+        reason = "no fix changed the all-int8 point or each lowered its output SNR (undone)"
+        report.fix_trial = FixTrial(
+            fixes=trial.records(), kept=False, reason=reason, without=plain.key, fixed=plain.key
+        )
+        return plain
+    setup.planner.fixed = trial.params
+    suffix = hashlib.sha256("+".join(r.name for r in kept).encode()).hexdigest()[:6]
+    fixed_oracle = run.oracle.sibling(_fresh_cache(run.opts, f"{setup.context_key}-fix{suffix}"))
+    try:
+        snr = fixed_oracle.snr({})
+        metric = fixed_oracle.metric({}) if fixed_oracle.has_metric else None
+    except BudgetExhausted:  # the point chosen so far is the plain one: leave no fix behind
+        trial.undo(setup.executor)
+        setup.planner.fixed = None
+        raise
+    ours, theirs = (metric, snr), (plain.metric, plain.snr_db)
+    keep = _at_least(ours, theirs)
+    what = ", ".join(r.name for r in kept)
+    shown = f"{metric:.4f} vs {plain.metric:.4f}" if metric is not None else f"{snr:.2f} dB"
+    if keep:
+        reason = f"all-int8 with {what} scores {shown} without: the search goes on from it"
+        plain.key, plain.label = WITHOUT_FIXES, "all-int8 without fixes"
+        run.oracle, setup.fix_trial = fixed_oracle, trial
+        setup.int8 = setup.plan_for({})
+        base = run.point(
+            Candidate({}, "all-int8", "baseline", [], math.nan, 1.0), full=metric is not None
+        )
+        report.chosen = base.key
+    else:
+        reason = f"all-int8 with {what} scores {shown} without: the fixes are dropped"
+        trial.undo(setup.executor)
+        setup.planner.fixed = None
+        base = plain
+        dropped = plain.model_copy(
+            update={"key": WITH_FIXES, "label": "all-int8 + fixes (dropped)"}
+        )
+        dropped.snr_db, dropped.metric = _rounded(snr), metric
+        report.points.append(dropped)
+    fixed_key = base.key if keep else WITH_FIXES
+    without_key = WITHOUT_FIXES if keep else plain.key
+    report.fix_trial = FixTrial(
+        fixes=trial.records(), kept=keep, reason=reason, without=without_key, fixed=fixed_key
+    )
+    _say(say, reason)
+    run.checkpoint()
+    return base
+
+
+def _at_least(
+    ours: tuple[float | None, float | None], theirs: tuple[float | None, float | None]
+) -> bool:
+    """Metric first, output SNR on a tie (a missing value loses)."""
+    for mine, other in zip(ours, theirs):
+        a = -math.inf if mine is None or math.isnan(mine) else mine
+        b = -math.inf if other is None or math.isnan(other) else other
+        if a != b:
+            return a > b
+    return True
+
+
 def _measure(run: _Run, point: SearchPoint) -> None:
     """The point's cost becomes its export's ONNX Runtime latency over all-int8's."""
     assert run.meter is not None
@@ -677,7 +900,7 @@ def _measure(run: _Run, point: SearchPoint) -> None:
         return
     found = run.meter.measure(point.modes)
     point.modeled_cost = point.cost
-    if point.key == run.report.baseline:  # the reference itself: 1.0 by definition
+    if point.key in (run.report.baseline, WITHOUT_FIXES, WITH_FIXES):  # all-int8: 1.0
         point.cost, point.latency_ms = 1.0, found.int8_ms
     else:
         point.cost, point.latency_ms = round(found.ratio, 5), found.ms
@@ -686,7 +909,7 @@ def _measure(run: _Run, point: SearchPoint) -> None:
 
 def _strategy(run: _Run, max_cost: float) -> list[Candidate]:
     setup = run.setup
-    return get_strategy(run.opts.strategy)(setup.rules, setup.costs, run.noise, max_cost)
+    return get_strategy(run.opts.strategy)(setup.rules, setup.costs, run.noise_model, max_cost)
 
 
 def _bisect_metric(

@@ -52,6 +52,7 @@ class Oracle:
         self.evaluators = evaluators
         self.deadline = time.monotonic() + time_budget if time_budget else math.inf
         self.max_full = max_full
+        # Keys are "<cache folder>/<modes key>": oracles of one search share this set.
         self.full_done: set[str] = set()
         self.computed = 0  # evaluations actually run (not read back from the cache)
         folder.mkdir(parents=True, exist_ok=True)
@@ -71,8 +72,16 @@ class Oracle:
         if cached is None and self.max_full is not None and len(self.full_done) >= self.max_full:
             raise BudgetExhausted(f"{self.max_full} full evaluations done")
         value = float(self._get(modes, "metric", self.evaluators.metric))
-        self.full_done.add(key)
+        self.full_done.add(f"{self.folder.name}/{key}")
         return value
+
+    def sibling(self, folder: Path) -> Oracle:
+        """An oracle caching in another folder (the same model in another context, e.g. with
+        fixes applied) that shares this one's evaluators, deadline and full evaluations."""
+        other = Oracle(folder, self.evaluators, None, self.max_full)
+        other.deadline = self.deadline
+        other.full_done = self.full_done
+        return other
 
     def prefetch_snr(self, candidates: Sequence[Mapping[str, str]]) -> None:
         """The proxy SNR of every candidate the cache lacks, computed together when the

@@ -1,0 +1,142 @@
+"""Free fixes before promotions: the search tries bias correction and clip search (or the fixes
+`--optimize` asks for) on the all-int8 point before it buys any 16-bit layer.
+
+A fix costs nothing on the chip (new biases, new clip ranges), so a fixed all-int8 that meets the
+goal beats every promotion (issue #22: on hailo8 a detector's all-int8 F1 went from 0.000 to
+0.864 with bias correction alone, where the search had bought 197 16-bit nodes). The fixes run
+through the quantize stage's guard (each one undone when it lowers the output SNR); what they
+changed carries over to every candidate: new float weights live in the executor, new clip
+ranges and weight grids overlay each candidate's plan wherever a tensor keeps its int8 format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from quantlens.artifacts.search import FixRecord
+from quantlens.emulate.executor import Executor
+from quantlens.emulate.plan import QuantPoints
+from quantlens.fixes.clip_search import refresh_biases
+from quantlens.fixes.levels import FixSettings, run_fixes
+from quantlens.fixes.result import FixResult, apply_fix
+from quantlens.schemes.qparams import QuantPlan, TensorQuant
+
+Say = Callable[[str], None]
+Progress = Callable[[int, int], None]
+Range = tuple[float, float]
+
+# Fixes that run after the plan (the others are graph passes before calibration).
+POST_PLAN = ("bias_correction", "clip_search", "adaround", "finetune")
+# Tried by default: cheap, and free on the chip. Equalization is a graph pass that needs its own
+# calibration, and AdaRound / fine-tune take minutes: those run when `--optimize` asks.
+FREE = ("bias_correction", "clip_search")
+
+
+def trial_settings(
+    settings: FixSettings, overrides: Mapping[str, bool | None], try_free: bool
+) -> FixSettings:
+    """The fixes the search tries on all-int8: those `--optimize` or a flag enables; when none
+    is enabled, the free ones (unless `try_free` is off or a flag turns one off)."""
+    if not try_free or any(getattr(settings, name) for name in POST_PLAN):
+        return settings
+    free = {name: True for name in FREE if overrides.get(name) is None}
+    return replace(settings, **free)
+
+
+def tries_fixes(settings: FixSettings) -> bool:
+    return any(getattr(settings, name) for name in POST_PLAN)
+
+
+@dataclass
+class FixedParams:
+    """What the fixes changed in the all-int8 plan, to overlay on every candidate's plan."""
+
+    ranges: dict[str, Range] = field(default_factory=dict)  # 8-bit activation clip ranges
+    weights: dict[str, TensorQuant] = field(default_factory=dict)  # weight grids (no biases)
+
+    @classmethod
+    def between(cls, before: QuantPlan, after: QuantPlan) -> FixedParams:
+        ranges = {
+            name: (q.range_min[0], q.range_max[0])
+            for name, q in after.activations.items()
+            if q.is_int and q.range_min and q.range_max and q != before.activations.get(name)
+        }
+        weights = {
+            name: q
+            for name, q in after.weights.items()
+            if q.bias_of is None and q != before.weights.get(name)
+        }
+        return cls(ranges, weights)
+
+    def ranges_for(self, grids: Mapping[str, int]) -> dict[str, Range]:
+        """The fixed clip ranges of the tensors a plan quantizes on the 8-bit grid."""
+        return {n: self.ranges[n] for n, bits in grids.items() if bits == 8 and n in self.ranges}
+
+    def overlay(self, plan: QuantPlan) -> QuantPlan:
+        """`plan` with the fixed weight grids where a weight keeps its format and axis (a
+        promoted weight keeps its own grid); bias grids follow the weights they multiply."""
+        changed = False
+        for name, quant in self.weights.items():
+            current = plan.weights.get(name)
+            if current is not None and (current.format, current.axis) == (quant.format, quant.axis):
+                plan.weights[name] = quant
+                changed = True
+        return refresh_biases(plan) if changed else plan
+
+
+@dataclass
+class FixTrialResult:
+    """The fixed all-int8 plan, the fixes' results, and the weights before them (to undo)."""
+
+    plan: QuantPlan
+    results: list[FixResult]
+    params: FixedParams
+    saved: dict[str, np.ndarray]
+
+    def kept(self) -> list[FixResult]:
+        return [r for r in self.results if r.kept and (r.weights or r.plan is not None)]
+
+    def undo(self, executor: Executor) -> None:
+        """Put back the float weights the kept fixes changed (bias correction's biases)."""
+        changed = {name for result in self.kept() for name in result.weights}
+        if changed:
+            apply_fix(executor, FixResult("undo fixes", {n: self.saved[n] for n in changed}))
+
+    def records(self) -> list[FixRecord]:
+        return [
+            FixRecord(
+                name=r.name,
+                kept=r.kept,
+                changes=len(r.changes),
+                output_snr_db=(_rounded(r.snr_before_db), _rounded(r.snr_after_db)),
+                seconds=round(r.seconds, 2),
+            )
+            for r in self.results
+        ]
+
+
+def fix_int8(
+    executor: Executor,
+    int8: QuantPlan,
+    points: QuantPoints,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    settings: FixSettings,
+    say: Say | None = None,
+    progress: Progress | None = None,
+    budget_s: float | None = None,
+) -> FixTrialResult:
+    """Run `settings`' fixes on the all-int8 plan (changing the executor's weights)."""
+    saved = {name: t.detach().cpu().numpy().copy() for name, t in executor.weights.items()}
+    fixed, results = run_fixes(
+        executor, int8.model_copy(deep=True), points, feeds, settings, say, progress, budget_s
+    )
+    return FixTrialResult(fixed, results, FixedParams.between(int8, fixed), saved)
+
+
+def _rounded(value: float | None) -> float | None:
+    if value is None or not np.isfinite(value):
+        return None
+    return round(float(value), 3)
