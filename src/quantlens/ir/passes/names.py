@@ -12,8 +12,8 @@ import onnx_ir as ir
 from quantlens.ir.passes.base import PassReport
 
 
-def name_nodes(model: ir.Model) -> PassReport:
-    report = PassReport(name="stable-names")
+def name_nodes(model: ir.Model, name: str = "stable-names") -> PassReport:
+    report = PassReport(name=name)
     taken = {node.name for node in model.graph if node.name}
     renamed_nodes = 0
     for index, node in enumerate(model.graph):

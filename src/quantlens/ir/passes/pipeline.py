@@ -35,6 +35,12 @@ def canonicalize(
     reports = [name_nodes(model)]
     model, upgrade = upgrade_opset(model, opts.min_opset)
     reports.append(upgrade)
+    if upgrade.changed:
+        # The converter adds nodes without names (Softmax before opset 13 becomes Shape,
+        # Flatten, Softmax, Reshape): named here, in the canonical order, so every stage gives
+        # them the same layer id (the executor's per-run `<OpType>_<index>` fallback shifts
+        # with each graph pass, and an assignment then named a node the export lacked).
+        reports.append(name_nodes(model, name="stable-names-after-upgrade"))
     reports.append(lift_constants(model))
     reports.append(remove_identity(model))
     reports.append(fix_input_shapes(model, opts.input_shapes, opts.default_batch))
