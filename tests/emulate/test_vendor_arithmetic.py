@@ -156,7 +156,8 @@ def test_tpu_mlir_add_runs_on_integer_codes() -> None:
     )
     model = ir.serde.deserialize_model(onnx_model)
     points = quantization_points(model, Assignment(target="bm1684x"), get_profile("bm1684x"))
-    assert points.requantized == {"add": (("a", "b"), "y")}
+    site = points.requantized["add"]
+    assert (site.kind, site.inputs, site.output) == ("add", ("a", "b"), "y")
     ranges = {"a": (-1.0, 1.0), "b": (-0.5, 2.0), "y": (-1.5, 3.0)}
     plan = build_plan(points, ranges, {}, "bm1684x")
     spec = plan.requant["add"]

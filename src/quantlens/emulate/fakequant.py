@@ -12,9 +12,14 @@ from collections.abc import Collection
 import torch
 
 from quantlens.emulate.registry import KernelFn
-from quantlens.emulate.requant import add_kernel
+from quantlens.emulate.requant import (
+    bias_add_kernel,
+    requant_kernel,
+    vendor_constant_scales,
+    vendor_scale,
+)
 from quantlens.schemes.formats import FloatFormat, IntFormat
-from quantlens.schemes.qparams import QuantPlan, TensorQuant
+from quantlens.schemes.qparams import QuantPlan, Requant, TensorQuant
 
 Tensor = torch.Tensor
 
@@ -165,6 +170,29 @@ class TensorQuantizer:
         return cached
 
 
+class VendorCodesQuantizer(TensorQuantizer):
+    """A constant's quantizer whose codes are the vendor's: the float64 quotient by the
+    vendor's own scale, rounded half away from zero (TPU-MLIR's to_int8 and std::round of a
+    weight or bias over a double scale), dequantized on the plan's grid. ONNX Runtime's
+    float32 quotient rounded half to even gave 1 of pplcnet's 18432 weight codes of one Conv
+    another value. Under autograd it is the plan's quantizer."""
+
+    def __init__(self, spec: TensorQuant, device: torch.device, vendor: list[float]) -> None:
+        super().__init__(spec, device)
+        self.vendor = torch.tensor(vendor, dtype=torch.float64, device=device)
+
+    def __call__(
+        self, x: Tensor, overwrite: bool = False, finite: bool = False, out: Tensor | None = None
+    ) -> Tensor:
+        if x.requires_grad or not x.is_floating_point() or not self.is_int:
+            return super().__call__(x, overwrite, finite, out)
+        quotient = x.double() / _along(self.vendor, x.dim(), self.axis)
+        codes = torch.sign(quotient) * torch.floor(quotient.abs() + 0.5)
+        codes = codes.clamp(self.qmin, self.qmax)
+        y = (codes.float() * _along(self.scale, x.dim(), self.axis)).to(x.dtype)
+        return y if out is None else out.copy_(y)
+
+
 class QuantHooks:
     """Executor hooks that apply a QuantPlan.
 
@@ -179,7 +207,7 @@ class QuantHooks:
         device: torch.device | str = "cpu",
         only: Collection[str] | None = None,
     ) -> None:
-        dev = torch.device(device)
+        dev = self._device = torch.device(device)
         keep = set(only) if only is not None else None
         self.activations = self._build(plan.activations, dev, keep)
         self.weights = self._build(plan.weights, dev, keep)
@@ -187,11 +215,7 @@ class QuantHooks:
         # where every grid they read and write is quantized in this run.
         self.kernels: dict[str, KernelFn] = {}
         for node, spec in plan.requant.items():
-            grids = [*spec.inputs, spec.output]
-            if all(name in self.activations for name in grids):
-                scales = [plan.activations[name].scale[0] for name in spec.inputs]
-                out = plan.activations[spec.output].scale[0]
-                self.kernels[node] = add_kernel(spec, scales, out)
+            self._add_kernels(node, spec, plan)
         self._weight_cache: dict[str, Tensor] = {}
         # Integer grids map NaN and Inf onto the grid: what follows them is finite again.
         self.cleans = frozenset(n for n, q in self.activations.items() if q.is_int)
@@ -200,6 +224,37 @@ class QuantHooks:
         self._overflows = any(
             isinstance(q.format, FloatFormat) and q.format.name == "fp16" for q in quantizers
         )
+
+    def _add_kernels(self, node: str, spec: Requant, plan: QuantPlan) -> None:
+        """The integer kernel of `node` (and of the bias Add fused into it), where every grid
+        it reads and writes is quantized in this run."""
+        grids = [*spec.inputs, spec.output]
+        if not all(name in self.activations for name in grids):
+            return
+        if spec.kind == "cast":  # the vendor's float -> integer cast of this tensor
+            quant = plan.activations[spec.output]
+            self.activations[spec.output] = VendorCodesQuantizer(
+                quant, self._device, [vendor_scale(quant)]
+            )
+            return
+        if spec.weight is not None and spec.weight not in self.weights:
+            return
+        scales = [
+            torch.tensor(plan.activations[n].scale[:1], dtype=torch.float64) for n in spec.inputs
+        ]
+        if spec.weight is not None:
+            scales.append(torch.tensor(plan.weights[spec.weight].scale, dtype=torch.float64))
+        out = float(plan.activations[spec.output].scale[0])
+        self.kernels[node] = requant_kernel(spec, scales, out)
+        vendor = vendor_constant_scales(spec, plan)
+        if spec.bias_add is not None:
+            acc = torch.tensor(vendor.get("bias", [1.0]), dtype=torch.float64)
+            self.kernels[spec.bias_add] = bias_add_kernel(spec, scales, out, acc)
+        # The weight and bias codes the vendor computes from the float constants.
+        for name, values in vendor.items():
+            constant = plan.weights.get(name)
+            if constant is not None and name in self.weights:
+                self.weights[name] = VendorCodesQuantizer(constant, self._device, values)
 
     @staticmethod
     def _build(

@@ -20,14 +20,15 @@ import onnx_ir as ir
 import torch
 
 from quantlens.emulate.integer_ops import place_integer_ops
-from quantlens.emulate.requant import requant_add
+from quantlens.emulate.integer_sites import Site, integer_sites
+from quantlens.emulate.requant import requant_spec
 from quantlens.ir.layers import WEIGHTED_OPS, Layer, discover_layers
 from quantlens.ir.vendors.placement import VendorPlacement, vendor_placement
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.formats import FloatFormat, Format, IntFormat
 from quantlens.schemes.modes import PrecisionMode
 from quantlens.schemes.profiles import TargetProfile
-from quantlens.schemes.qparams import QuantPlan, TensorQuant, int_qparams
+from quantlens.schemes.qparams import QuantPlan, Requant, TensorQuant, int_qparams
 
 
 @dataclass
@@ -52,9 +53,8 @@ class QuantPoints:
     unsigned_ok: set[str] = field(default_factory=set)
     fixed_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     scaled: dict[str, tuple[str, float]] = field(default_factory=dict)
-    # Nodes the vendor computes on integer codes (profile `requantized_ops`):
-    # name -> (inputs, output).
-    requantized: dict[str, tuple[tuple[str, ...], str]] = field(default_factory=dict)
+    # Nodes the vendor computes on integer codes (profile `requantized_ops`), by name.
+    requantized: dict[str, Site] = field(default_factory=dict)
 
     def calibration_targets(self) -> dict[str, IntFormat]:
         derived = self.shared.keys() | self.scaled.keys()
@@ -185,9 +185,6 @@ def _vendor_grids(
             found = _times_constant(node)
             if found is not None and found[0] in points.activations:
                 points.scaled[outputs[0]] = found
-        names = tuple(v.name or "" if v is not None else "" for v in node.inputs)
-        if node.op_type in rules.requantized_ops and all(n in points.activations for n in names):
-            points.requantized[node.name or ""] = (names, outputs[0])
     if rules.unsigned_when_non_negative:
         points.unsigned_ok = set(points.activations) - signed_only
     for value in model.graph.outputs:
@@ -197,6 +194,28 @@ def _vendor_grids(
         rule = rules.float_ops.get(op_types.get(value.name or "", producer.op_type))
         if rule == "always" or (rule == "axis-not-1" and _off_axis_1(producer)):
             points.activations.pop(value.name or "", None)  # the vendor writes it in float
+    points.requantized = integer_sites(
+        model,
+        points.activations,
+        points.fused_away,
+        points.scaled,
+        rules.requantized_ops,
+        profile.shared_scale_ops,
+        casts=_cast_to_integer(model, rules.float_ops, op_types),
+    )
+
+
+def _cast_to_integer(
+    model: ir.Model, float_ops: Mapping[str, str], op_types: Mapping[str, str]
+) -> list[str]:
+    """Float tensors the vendor casts to an integer grid: the graph inputs and the outputs of
+    ops it runs in float (TPU-MLIR's tpu.Cast after an F16 LayerNorm)."""
+    found = [v.name or "" for v in model.graph.inputs]
+    for node in model.graph:
+        for value in node.outputs:
+            if op_types.get(value.name or "", node.op_type) in float_ops:
+                found.append(value.name or "")
+    return found
 
 
 def _off_axis_1(node: ir.Node) -> bool:
@@ -277,6 +296,8 @@ def _place_weights(
         return
     assert mode.weight_bits is not None
     fmt = profile.weight_format(mode.weight_bits)
+    if layer.op_type in profile.arithmetic.per_tensor_weight_ops:
+        fmt = fmt.model_copy(update={"per_channel": False})
     axis = layer.weight_axis if fmt.per_channel else None
     if fmt.per_channel and axis is None:
         fmt = fmt.model_copy(update={"per_channel": False})
@@ -312,7 +333,6 @@ def build_plan(
     for name, source in points.shared.items():
         if source in plan.activations:
             plan.activations[name] = plan.activations[source].model_copy(update={"name": name})
-    _requantize(plan, points)
     for name, (fmt, axis) in points.weights.items():
         plan.weights[name] = _weight_quant(name, fmt, axis, weights[name])
     for name, (fmt, act, weight) in points.biases.items():
@@ -324,6 +344,7 @@ def build_plan(
             plan.weights[weight] = fitted
             plan.notes.append(f"{weight}: weight scale raised so that bias {name} fits int32")
         plan.weights[name] = _bias_quant(name, fmt, act_q, fitted)
+    _requantize(plan, points)
     return plan
 
 
@@ -350,14 +371,35 @@ def _fit_weight_to_bias(
 
 
 def _requantize(plan: QuantPlan, points: QuantPoints) -> None:
-    """The integer arithmetic of the ops the vendor requantizes, on the plan's grids; the
-    output grid is the fused op's where the node's output is inside one (Add + Relu)."""
-    for node, (inputs, output) in points.requantized.items():
-        quants = [plan.activations.get(name) for name in inputs]
-        out = plan.activations.get(points.fused_away.get(output, output))
-        grids = [*quants, out]
-        if all(q is not None and q.is_int and len(q.scale) == 1 for q in grids):
-            plan.requant[node] = requant_add(node, quants, out)  # type: ignore[arg-type]
+    """The integer arithmetic of the ops the vendor requantizes, on the plan's grids (the
+    output grid is the fused op's where the node's output is inside one: Conv + Relu)."""
+    for node, site in points.requantized.items():
+        if site.kind == "cast":
+            out = plan.activations.get(site.output)
+            if out is not None and out.is_int and len(out.scale) == 1:
+                plan.requant[node] = Requant(
+                    inputs=[], output=site.output, multipliers=[], rshifts=[], kind="cast",
+                    rounding=site.rounding,
+                )  # fmt: skip
+            continue
+        quants = [plan.activations.get(name) for name in site.inputs]
+        out = plan.activations.get(site.output)
+        weight = plan.weights.get(site.weight) if site.weight is not None else None
+        grids = [*quants, out, *([weight] if site.weight is not None else [])]
+        if not all(q is not None and q.is_int for q in grids):
+            continue
+        if not all(len(q.scale) == 1 for q in [*quants, out]):  # type: ignore[union-attr]
+            continue
+        plan.requant[node] = requant_spec(
+            site.kind,
+            quants,  # type: ignore[arg-type]
+            out,  # type: ignore[arg-type]
+            weight=weight,
+            window=site.window,
+            rounding=site.rounding,
+            bias_add=site.bias_add,
+            axis=site.axis,
+        )
 
 
 def _unsigned_if_non_negative(fmt: IntFormat, low: float) -> IntFormat:

@@ -47,6 +47,8 @@ class SearchRules(BaseModel):
 
 FusionRules = Literal["none", "tpu-mlir", "qnn-htp", "hailo-dfc"]
 Rounding = Literal["half-to-even", "half-away-from-zero"]
+# RightShiftRound modes: floor(v + 1/2), or half away from zero.
+RequantRounding = Literal["half-up", "half-away-from-zero"]
 FloatOpRule = Literal["always", "axis-not-1"]
 
 
@@ -77,8 +79,12 @@ class Arithmetic(BaseModel):
     float_ops: dict[str, FloatOpRule] = Field(default_factory=dict)
     # Ops the vendor computes on integer codes with its own multipliers and shifts, emulated as
     # it does (TPU-MLIR's INT8 Add: each input's code rescaled by an 8-bit multiplier and a
-    # shift, rounded half up, then summed), instead of in float then quantized.
-    requantized_ops: list[str] = Field(default_factory=list)
+    # shift, then summed; its Conv: the integer accumulator times a 32-bit multiplier per
+    # channel), instead of in float then quantized: op type -> the rounding of its shift.
+    requantized_ops: dict[str, RequantRounding] = Field(default_factory=dict)
+    # Weighted ops whose weight the vendor quantizes with one scale for the whole tensor,
+    # though the profile's weights are per channel (TPU-MLIR's MatMul and Gemm).
+    per_tensor_weight_ops: list[str] = Field(default_factory=list)
     # The rounding of the vendor's requantization, and whether the emulation reproduces it.
     rounding: Rounding = "half-to-even"
     rounding_emulated: bool = True

@@ -39,14 +39,29 @@ class TensorQuant(BaseModel):
 
 
 class Requant(BaseModel):
-    """An op the vendor computes on integer codes: output code = sum over inputs of
-    round(input code x multiplier / 2^rshift) (TPU-MLIR's INT8 Add), on the output's grid."""
+    """An op the vendor computes on integer codes, ending on the output's grid with
+    round(value x multiplier / 2^rshift) (`quantlens.emulate.requant` for each kind): "add"
+    (one pair per input, TPU-MLIR's INT8 Add), "linear" (Conv/MatMul/Gemm: one pair per output
+    channel, or one), "product" (Mul of two tensors), "pool" (AveragePool over `window`
+    elements), "concat" (one pair per input), "cast" (a float tensor's codes taken as the
+    vendor casts it: rounding the quotient by its scale, no multiplier)."""
 
     inputs: list[str]
     output: str
     multipliers: list[int]
     rshifts: list[int]
     rounding: str = "half-up"
+    kind: str = "add"
+    # A linear op's weight quantizer (None: a MatMul of two activations).
+    weight: str | None = None
+    # A pool's window size (0: its input's whole spatial extent, known at run time), and
+    # s_in / s_out, from which the multiplier for a window known at run time follows.
+    window: int = 1
+    ratio: float = 0.0
+    # The node that adds a linear op's bias where the vendor fused a separate bias Add.
+    bias_add: str | None = None
+    # The output's channel axis, along which a linear op's multipliers and bias lie.
+    axis: int = -1
 
 
 class QuantPlan(Artifact):

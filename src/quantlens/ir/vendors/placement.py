@@ -16,7 +16,7 @@ import onnx_ir as ir
 from quantlens.ir.index import ModelIndex
 from quantlens.ir.vendors.hailo_layers import layer_groups
 from quantlens.ir.vendors.qualcomm_rules import find_fusions
-from quantlens.ir.vendors.tpu_mlir_ops import graph_facts, reform, tpu_ops
+from quantlens.ir.vendors.tpu_mlir_ops import graph_facts, no_ops, reform, tpu_ops
 
 
 @dataclass
@@ -54,6 +54,14 @@ def _tpu_mlir(model: ir.Model, index: ModelIndex) -> VendorPlacement:
             only_concat = len(readers.get(tensor, [])) == 1
             if tensor in producers and only_concat and tensor not in index.graph_outputs:
                 placement.tied[tensor] = node.outputs[0]
+    # An Add of 0 or a Mul by 1 is gone from TPU-MLIR's graph (tpu_mlir_ops.no_ops): its
+    # output is its input (ppocr-v6-rec-small's `q * c + 0` feeds MatMul on q * c's scale).
+    constants = {v.name for v in model.graph.initializers.values()}
+    for name in no_ops(index, graph_facts(model)):
+        node = index.node(name)
+        data = [t for t in node.inputs if t and t not in constants]
+        if len(data) == 1 and node.outputs[0] not in placement.tied:
+            placement.tied[node.outputs[0]] = data[0]
     return placement
 
 
