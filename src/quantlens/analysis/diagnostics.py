@@ -21,6 +21,11 @@ OUTLIER_RATIO = 4.0
 CHANNEL_SPREAD = 8.0
 # Weight vs activation noise: a 3 dB gap (twice the power) says which one to fix.
 DOMINANCE_DB = 3.0
+# A layer whose accumulated error is at least this much a per-channel mean shift: bias
+# correction (free on the chip) removes that part, so it comes before buying 16 bits.
+MEAN_SHIFT_SHARE = 0.5
+# The layers bias correction corrects (quantlens.fixes.bias_correction).
+BIAS_CORRECTABLE = ("Conv", "ConvTranspose", "Gemm")
 
 
 def outlier_ratio(stats: TensorStats | None) -> float | None:
@@ -108,6 +113,13 @@ def _split(la: LayerAnalysis) -> tuple[float, float] | None:
 
 
 def suggest(la: LayerAnalysis, profile: TargetProfile, method: str) -> Suggestion:
+    shift = la.accumulated.mean_shift_share if la.accumulated is not None else None
+    if shift is not None and shift >= MEAN_SHIFT_SHARE and la.op_type in BIAS_CORRECTABLE:
+        return Suggestion(
+            action="bias-correction",
+            reason=f"{shift:.0%} of its output error is a per-channel mean shift, which bias "
+            "correction moves into the bias at no cost (--bias-correction, or --optimize 1)",
+        )
     d = la.diagnostics
     split = _split(la)
     weights_first = split is not None and split[0] < split[1] - DOMINANCE_DB

@@ -37,6 +37,10 @@ class ErrorSums:
     candidate: float = 0.0
     count: int = 0
     max_abs: float = 0.0
+    # Σnoise per channel (axis 1): the part of the noise a per-channel bias would remove.
+    # None before the first tensor, or once the channel count changed between tensors.
+    channel_sums: Tensor | None = None
+    channels_agree: bool = True
 
     def add(self, reference: Tensor, candidate: Tensor) -> None:
         """Three norms and a maximum over the tensors as they are (no float64 or flat copies:
@@ -61,7 +65,29 @@ class ErrorSums:
             self.candidate += power
             self.dot += (signal + power - noise) / 2.0
             self.max_abs = max(self.max_abs, norms[3])
+            self._add_channels(diff)
         self.count += ref.numel()
+
+    def _add_channels(self, diff: Tensor) -> None:
+        if diff.dim() < 2 or not self.channels_agree:
+            return
+        dims = [d for d in range(diff.dim()) if d != 1]
+        sums = diff.sum(dim=dims, dtype=torch.float64)
+        if self.channel_sums is None:
+            self.channel_sums = sums
+        elif self.channel_sums.shape == sums.shape:
+            self.channel_sums = self.channel_sums + sums
+        else:  # axis 1 is not a channel axis here (a sequence of changing length)
+            self.channels_agree, self.channel_sums = False, None
+
+    @property
+    def mean_shift_share(self) -> float | None:
+        """The share of Σnoise² that is each channel's mean error: Σ_c n_c·mean_c² / Σnoise²
+        (n_c, the elements of a channel, is the count over the channels)."""
+        if self.channel_sums is None or self.noise <= 0 or not self.count:
+            return None
+        per_channel = self.count / self.channel_sums.numel()
+        return float((self.channel_sums**2).sum()) / per_channel / self.noise
 
     @property
     def snr_db(self) -> float:
@@ -75,6 +101,7 @@ class ErrorSums:
             cosine=cosine,
             mse=self.noise / self.count if self.count else 0.0,
             max_abs_error=self.max_abs,
+            mean_shift_share=self.mean_shift_share,
         )
 
 

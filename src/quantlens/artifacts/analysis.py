@@ -17,6 +17,11 @@ class NoiseStats(BaseModel):
     cosine: float
     mse: float
     max_abs_error: float
+    mean_shift_share: float | None = Field(
+        default=None,
+        description="share of the squared error that is a per-channel mean shift (axis 1): "
+        "what bias correction removes",
+    )
 
 
 class ValueHistogram(BaseModel):
@@ -49,7 +54,9 @@ class Diagnostics(BaseModel):
 
 
 class Suggestion(BaseModel):
-    action: str = Field(description="16-bit | per-channel | clipping | equalization")
+    action: str = Field(
+        description="16-bit | per-channel | clipping | equalization | bias-correction"
+    )
     mode: str | None = Field(default=None, description="the precision mode to try, if any")
     reason: str
 
