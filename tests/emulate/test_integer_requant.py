@@ -293,3 +293,35 @@ def test_inputs_and_weights_take_the_vendors_codes() -> None:
     codes = np.round(hooks.weight("w", torch.from_numpy(w)).numpy() / scales[:, None, None, None])
     quotient = w.astype(np.float64) / scales[:, None, None, None]
     np.testing.assert_array_equal(codes, np.sign(quotient) * np.floor(np.abs(quotient) + 0.5))
+
+
+def test_concat_scales_as_tpu_mlir_writes_them() -> None:
+    """yolov8 as TPU-MLIR 1.30.2 builds it (doclayout-yolov8n's _tpu.mlir): a head Conv read
+    only by a Reshape read only by a Concat writes the Concat's scale; the SPPF Concat of a
+    tensor and MaxPools of it keeps that tensor's scale."""
+    w = numpy_helper.from_array(RNG.standard_normal((4, 3, 1, 1)).astype(np.float32), "w")
+    shape = numpy_helper.from_array(np.array([1, 4, 16], np.int64), "shape")
+    pool = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+    model = _model(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+            helper.make_node("MaxPool", ["c"], ["p1"], name="pool1", **pool),
+            helper.make_node("MaxPool", ["p1"], ["p2"], name="pool2", **pool),
+            helper.make_node("Concat", ["c", "p1", "p2"], ["sppf"], name="sppf", axis=1),
+            helper.make_node("Conv", ["x", "w"], ["head"], name="head"),
+            helper.make_node("Reshape", ["head", "shape"], ["flat"], name="flatten"),
+            helper.make_node("Conv", ["sppf", "w2"], ["z"], name="after_sppf"),
+            helper.make_node("Reshape", ["z", "shape"], ["flat2"], name="flatten2"),
+            helper.make_node("Concat", ["flat", "flat2"], ["y"], name="concat", axis=1),
+        ],
+        [
+            w,
+            shape,
+            numpy_helper.from_array(RNG.standard_normal((4, 12, 1, 1)).astype(np.float32), "w2"),
+        ],
+        [1, 3, 4, 4],
+    )
+    points = quantization_points(model, Assignment(target="bm1684x"), get_profile("bm1684x"))
+    assert points.shared.get("sppf") == "c"
+    assert points.shared.get("head") == "y" and points.shared.get("flat") == "y"
+    assert points.shared.get("z") == "y"

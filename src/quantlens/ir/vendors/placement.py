@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
-from quantlens.ir.index import ModelIndex
+from quantlens.ir.index import ModelIndex, NodeInfo
 from quantlens.ir.vendors.hailo_layers import layer_groups
 from quantlens.ir.vendors.qualcomm_rules import find_fusions
 from quantlens.ir.vendors.tpu_mlir_ops import graph_facts, no_ops, reform, tpu_ops
@@ -47,13 +47,23 @@ def _tpu_mlir(model: ir.Model, index: ModelIndex) -> VendorPlacement:
     reformed, _ = reform(index, graph_facts(model))
     placement.op_types = {node.outputs[0]: node.op_type for node in reformed.nodes if node.outputs}
     readers = _readers(reformed)
+    made_by = reformed.producers()
     for node in reformed.nodes:
         if node.op_type != "Concat":
             continue
         for tensor in dict.fromkeys(node.inputs):
-            only_concat = len(readers.get(tensor, [])) == 1
-            if tensor in producers and only_concat and tensor not in index.graph_outputs:
-                placement.tied[tensor] = node.outputs[0]
+            # Through a Reshape read only by the Concat too (yolov8's head Convs write the
+            # Concat's scale: doclayout-yolov8n's _tpu.mlir, 1.30.2).
+            for source in _only_reader_chain(tensor, made_by, readers):
+                if source in producers and source not in index.graph_outputs:
+                    placement.tied[source] = node.outputs[0]
+        # A Concat of one tensor and MaxPools of it (yolov8's SPPF) keeps that tensor's scale
+        # and ignores its own threshold (doclayout-yolov8n's /model.9/Concat, 1.30.2).
+        roots = {_pooled_root(t, made_by) for t in node.inputs if t}
+        if len(roots) == 1 and node.outputs[0] not in index.graph_outputs:
+            (root,) = roots
+            if root in producers and root not in placement.tied:
+                placement.tied[node.outputs[0]] = root
     # An Add of 0 or a Mul by 1 is gone from TPU-MLIR's graph (tpu_mlir_ops.no_ops): its
     # output is its input (ppocr-v6-rec-small's `q * c + 0` feeds MatMul on q * c's scale).
     constants = {v.name for v in model.graph.initializers.values()}
@@ -82,6 +92,34 @@ def _hailo(model: ir.Model, index: ModelIndex) -> VendorPlacement:
                 if tensor != group.output:
                     placement.fused_away[tensor] = group.output
     return placement
+
+
+RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+
+
+def _only_reader_chain(
+    tensor: str, made_by: dict[str, NodeInfo], readers: dict[str, list[str]]
+) -> list[str]:
+    """`tensor` if it has one reader, and the tensors it comes from through Reshapes that
+    are each their input's only reader."""
+    chain: list[str] = []
+    while len(readers.get(tensor, [])) == 1:
+        chain.append(tensor)
+        node = made_by.get(tensor)
+        if node is None or node.op_type not in RESHAPES or not node.inputs:
+            break
+        tensor = node.inputs[0]
+    return chain
+
+
+def _pooled_root(tensor: str, made_by: dict[str, NodeInfo]) -> str:
+    """The tensor a chain of MaxPools starts from (`tensor` itself if none)."""
+    for _ in range(16):
+        node = made_by.get(tensor)
+        if node is None or node.op_type != "MaxPool" or not node.inputs:
+            break
+        tensor = node.inputs[0]
+    return tensor
 
 
 def _readers(index: ModelIndex) -> dict[str, list[str]]:
