@@ -155,8 +155,9 @@ def vendor_constant_scales(spec: Requant, plan: QuantPlan) -> dict[str, list[flo
 
 
 def _codes(x: Tensor, scale: Tensor) -> Tensor:
-    """The integer codes of a tensor on a grid (it already lies on it: exact)."""
-    return torch.round(x.double() / scale.to(x.device))
+    """The integer codes of a tensor on a grid, in float64. It lies on the grid already, so
+    the float32 quotient is exact after rounding (code x (1 + 2^-23) for codes below 2^16)."""
+    return torch.round(x.float() / scale.to(x.device, torch.float32)).double()
 
 
 def _shift_round(value: Tensor, factor: Tensor, rounding: str) -> Tensor:
@@ -221,18 +222,27 @@ def _linear_kernel(spec: Requant, scales: Sequence[Tensor], out_scale: float) ->
     # The accumulator's scale: input x weight (per output channel for a Conv's weight).
     acc_scale = scales[0] * scales[1]
 
+    # A constant weight's codes, computed once per weight tensor (the hooks hand the same
+    # quantized tensor to every run; it is held here, so its identity cannot be reused).
+    cached: list[tuple[Tensor, Tensor]] = []
+
+    def weight_codes(ctx: NodeContext, w: Tensor) -> Tensor:
+        if with_weight and cached and cached[0][0] is w:
+            return cached[0][1]
+        w_scale = _along(scales[1], w.dim(), 0 if ctx.op_type == "Conv" else -1)
+        if ctx.op_type == "Gemm" and ctx.attr("transB", 0) and with_weight:
+            w_scale = _along(scales[1], w.dim(), 0)
+        codes = _codes(w, w_scale).float()
+        if with_weight:
+            cached[:] = [(w, codes)]
+        return codes
+
     def kernel(ctx: NodeContext, args: Sequence[Tensor | None]) -> Tensor:
         x, w = args[0], args[1]
         assert x is not None and w is not None
         fn = _node_kernel(ctx)
         axis = spec.axis
-        w_scale = _along(scales[1], w.dim(), 0 if ctx.op_type == "Conv" else -1)
-        if ctx.op_type == "Gemm" and ctx.attr("transB", 0) and with_weight:
-            w_scale = _along(scales[1], w.dim(), 0)
-        inputs: list[Tensor | None] = [
-            _codes(x, scales[0]).float(),
-            _codes(w, w_scale).float(),
-        ]
+        inputs: list[Tensor | None] = [_codes(x, scales[0]).float(), weight_codes(ctx, w)]
         # Integer-valued float32: exact while partial sums stay below 2^24, as TPU-MLIR's own
         # interpreter computes it (oneDNN in float32).
         produced = fn(ctx, [*inputs, *([None] * (len(args) - 2))])
