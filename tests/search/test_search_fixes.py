@@ -14,8 +14,10 @@ import pytest
 
 from quantlens.emulate.ort import OrtRunner
 from quantlens.errors import UserError
+from quantlens.fixes.levels import FixSettings, settings_for
 from quantlens.pipeline import search as search_module
 from quantlens.pipeline.search import WITH_FIXES, WITHOUT_FIXES, prepare_search, run_search
+from quantlens.pipeline.search_fixes import POST_PLAN, trial_variants
 from quantlens.schemes.formats import IntFormat
 from quantlens.search_run import SearchOptions, search_model
 from tests.helpers import npz_folder
@@ -54,7 +56,12 @@ def test_fixed_int8_that_meets_the_goal_is_chosen_at_int8_cost(
     report = search_model(model, opts)
     trial = report.fix_trial
     assert trial is not None and trial.kept
-    assert {f.name for f in trial.fixes} >= {"bias-correction", "clip-search"}
+    assert [f.name for f in trial.tried[0].fixes] == ["bias-correction"]  # alone first
+    assert {f.name for f in trial.fixes if f.kept} <= {
+        "bias-correction",
+        "clip-search",
+        "weight-clip",
+    }
     plain, chosen = report.point(WITHOUT_FIXES), report.point(report.chosen)
     assert plain is not None and chosen is not None and chosen.key == report.baseline
     assert plain.snr_db is not None and plain.snr_db < 17.0 <= (chosen.snr_db or 0.0)
@@ -109,18 +116,7 @@ def test_fixes_that_lower_the_metric_are_dropped(
     original = onnx.load(model)
     before = {i.name: onnx.numpy_helper.to_array(i) for i in original.graph.initializer}
 
-    class Scorer:  # all-int8 scores 0.9, and 0.5 once the fixes are in
-        primary = "top1"
-
-        def __init__(self, setup: Any) -> None:
-            self.setup = setup
-
-        def score(self, plan: Any, progress: Any = None) -> dict[str, float]:
-            if plan is None:
-                return {"top1": 1.0}
-            return {"top1": 0.5 if self.setup.planner.fixed is not None else 0.9}
-
-    monkeypatch.setattr(search_module, "_scorer", lambda setup, opts: Scorer(setup))
+    monkeypatch.setattr(search_module, "_scorer", lambda setup, opts: _Scorer(setup, 0.9, 0.5))
     opts = SearchOptions(
         calib=calib, target="hailo8", run_dir=tmp_path, data=data, task="classification"
     )
@@ -128,10 +124,13 @@ def test_fixes_that_lower_the_metric_are_dropped(
     report = search_model(model, opts)
     trial = report.fix_trial
     assert trial is not None and not trial.kept and "dropped" in trial.reason
-    dropped, base = report.point(WITH_FIXES), report.point(report.baseline)
-    assert dropped is not None and dropped.metric == 0.5
+    assert len(trial.tried) == 2  # bias correction alone, then with clip search
+    keys = {v.key for v in trial.tried if v.key is not None}
+    dropped = [p for p in report.points if p.key.startswith(WITH_FIXES)]
+    assert {p.key for p in dropped} == keys and all(p.metric == 0.5 for p in dropped)
+    base = report.point(report.baseline)
     assert base is not None and base.metric == 0.9 and report.chosen == base.key
-    assert report.full_evaluations == 4  # float, all-int8 plain and fixed, all-16-bit
+    assert report.full_evaluations == 3 + len(keys)  # float, all-int8, each fixed one, all-16
     weights = {name: value for name, value in _exported_weights(tmp_path).items() if name in before}
     assert weights and all(np.array_equal(before[n], w) for n, w in weights.items())
     quantize = json.loads((tmp_path / "quantize.json").read_text())
@@ -139,6 +138,54 @@ def test_fixes_that_lower_the_metric_are_dropped(
     check = report.runtime_check
     assert check is not None and check.runtime is None and "emulator" in check.note
     assert check.judged_metric == 0.9 and check.goal_met is True
+
+
+class _Scorer:
+    """A task metric by whether the plan is float, plain all-int8 (or a candidate on it), or
+    on a fixed all-int8 point."""
+
+    primary = "top1"
+
+    def __init__(self, setup: Any, plain: float, fixed: float) -> None:
+        self.setup, self.plain, self.fixed = setup, plain, fixed
+
+    def score(self, plan: Any, progress: Any = None) -> dict[str, float]:
+        if plan is None:
+            return {"top1": 1.0}
+        return {"top1": self.fixed if self.setup.planner.fixed is not None else self.plain}
+
+
+def test_fixed_int8_that_closes_enough_of_the_plain_gap_is_chosen(
+    labelled: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default goal is 90% of the float - plain all-int8 gap (1.0 - 0.5): bias correction
+    alone scores 0.96, so it is chosen at 1.00x and no other set of fixes is tried."""
+    model, calib, data = labelled
+    monkeypatch.setattr(search_module, "_scorer", lambda setup, opts: _Scorer(setup, 0.5, 0.96))
+    opts = SearchOptions(
+        calib=calib, target="hailo8", run_dir=tmp_path, data=data, task="classification"
+    )
+    report = search_model(model, opts)
+    trial = report.fix_trial
+    assert trial is not None and trial.kept and len(trial.tried) == 1
+    chosen = report.point(report.chosen)
+    assert chosen is not None and chosen.key == report.baseline and chosen.metric == 0.96
+    assert chosen.cost == 1.0 and report.goal.max_drop == pytest.approx(0.05)
+    assert report.full_evaluations == 4  # float, all-int8 without and with the fix, all-16-bit
+    assert report.runtime_check is not None and report.runtime_check.goal_met is True
+
+
+def test_fix_sets_tried_in_order() -> None:
+    def names(variants: list[FixSettings]) -> list[list[str]]:
+        return [[n for n in POST_PLAN if getattr(v, n)] for v in variants]
+
+    free = trial_variants(settings_for(0), {}, True)
+    assert names(free) == [["bias_correction"], ["bias_correction", "clip_search"]]
+    assert names(trial_variants(settings_for(0), {"bias_correction": False}, True)) == [
+        ["clip_search"]
+    ]
+    assert names(trial_variants(settings_for(2), {}, True)) == [["bias_correction", "clip_search"]]
+    assert trial_variants(settings_for(0), {}, False) == []
 
 
 def _exported_weights(folder: Path) -> dict[str, np.ndarray]:

@@ -71,14 +71,26 @@ class FixRecord(BaseModel):
     seconds: float = 0.0
 
 
+class FixVariant(BaseModel):
+    """One set of fixes tried on all-int8 and how the fixed point scored."""
+
+    fixes: list[FixRecord] = Field(default_factory=list, description="each fix, kept or undone")
+    key: str | None = Field(default=None, description="its point's key (None: nothing kept)")
+    metric: float | None = None
+    snr_db: float | None = None
+
+
 class FixTrial(BaseModel):
     """The free fixes tried on all-int8 before any layer is promoted, and what they gave."""
 
-    fixes: list[FixRecord] = Field(default_factory=list)
-    kept: bool = Field(description="the search went on from the fixed all-int8 point")
+    fixes: list[FixRecord] = Field(
+        default_factory=list, description="the fixes of the point the search went on from"
+    )
+    tried: list[FixVariant] = Field(default_factory=list, description="every set tried, in order")
+    kept: bool = Field(description="the search went on from a fixed all-int8 point")
     reason: str = Field(description="why the fixed point was kept or dropped")
     without: str = Field(description="key of the all-int8 point without fixes")
-    fixed: str = Field(description="key of the all-int8 point with the fixes")
+    fixed: str = Field(description="key of the fixed all-int8 point the search went on from")
 
 
 class RuntimeCheck(BaseModel):

@@ -27,20 +27,20 @@ from pydantic import BaseModel
 from quantlens.analysis.metrics import nsr_to_db
 from quantlens.artifacts import write_text_atomic
 from quantlens.artifacts.folder import RunFolder
-from quantlens.artifacts.search import FixTrial
+from quantlens.artifacts.search import FixTrial, FixVariant
 from quantlens.bench.latency import LatencySettings
 from quantlens.emulate import Executor
 from quantlens.emulate.plan import QuantPoints, build_plan, quantization_points
 from quantlens.errors import UserError
 from quantlens.export.qdq import export_qdq
 from quantlens.fixes.levels import FixSettings
+from quantlens.fixes.result import FixResult, apply_fix
 from quantlens.pipeline.search_fixes import (
     POST_PLAN,
     FixedParams,
     FixTrialResult,
     fix_int8,
-    trial_settings,
-    tries_fixes,
+    trial_variants,
 )
 from quantlens.pipeline.search_verify import ORT, score_in_onnxruntime
 from quantlens.pipeline.session import OptimizeOptions, Session, open_session, prepare
@@ -72,6 +72,9 @@ WITH_FIXES = "all-int8-with-fixes"
 DEFAULT_MIN_SNR = 30.0
 DEFAULT_RECOVERY = 0.9
 ENGINES = ("emulator", "onnxruntime")
+# Full evaluations a further set of fixes must leave to the candidates: the costliest one, a
+# bisection step and all-16-bit.
+RESERVED_EVALS = 3
 
 
 @dataclass
@@ -107,12 +110,6 @@ class SearchOptions(OptimizeOptions):
     # Try bias correction and clip search on all-int8 before promoting (`--fixes`); the fixes
     # `--optimize` or a fix flag enables are tried instead when there are any.
     try_fixes: bool = True
-
-    def search_fixes(self) -> FixSettings:
-        """The fixes tried on all-int8 after the plan. The graph passes stay as `--optimize`
-        says (`fix_settings`): the default trial adds no zero biases, so the search shares its
-        calibrations with a plain `quantize` run, and bias correction corrects existing biases."""
-        return trial_settings(self.fix_settings(), self.fixes, self.try_fixes)
 
     def searches_down(self) -> bool:
         if self.lower is not None:
@@ -742,9 +739,9 @@ def _search(run: _Run, say: Say | None, progress: Progress | None) -> None:
     int8 = Candidate({}, "all-int8", "baseline", [], math.nan, 1.0)
     base = run.point(int8, full=full)
     report.chosen = base.key
-    settings = opts.search_fixes()
-    if tries_fixes(settings):
-        base = _try_fixes(run, settings, base, say, progress)
+    variants = trial_variants(opts.fix_settings(), opts.fixes, opts.try_fixes)
+    if variants:
+        base = _try_fixes(run, variants, base, say, progress)
     if run.noise is None:  # measured on the all-int8 point the search goes on from
         run.noise = _noise_model(setup, opts, run.oracle.folder, say, progress)
     base.predicted_snr_db = _rounded(nsr_to_db(run.noise.nsr({})))
@@ -761,7 +758,7 @@ def _search(run: _Run, say: Say | None, progress: Progress | None) -> None:
     verified = [run.point(c) for c in candidates]
     if run.meter is not None:
         _say(say, f"timing {len(verified) + 1} candidate exports in ONNX Runtime")
-        others = [p for p in report.points if p.key in (WITHOUT_FIXES, WITH_FIXES)]
+        others = [p for p in report.points if _other_int8(p.key)]
         for point in [base, *others, *verified]:
             _measure(run, point)
     base_ok = base.cost <= max_cost
@@ -803,28 +800,94 @@ def _onnxruntime_metric(
         path.unlink(missing_ok=True)  # a candidate's export is as large as the model
 
 
+@dataclass
+class _Tried:
+    """One set of fixes applied to all-int8 and scored in its own oracle context."""
+
+    trial: FixTrialResult
+    oracle: Oracle
+    snr: float
+    metric: float | None
+    after: dict[str, np.ndarray]  # the float weights its fixes left, to apply them again
+
+    @property
+    def outcome(self) -> tuple[float | None, float | None]:
+        return self.metric, self.snr
+
+    def names(self) -> str:
+        return " + ".join(r.name for r in self.trial.kept())
+
+
 def _try_fixes(
     run: _Run,
-    settings: FixSettings,
+    variants: Sequence[FixSettings],
     plain: SearchPoint,
     say: Say | None,
     progress: Progress | None,
 ) -> SearchPoint:
-    """Fix all-int8 and go on from the fixed point when it scores at least as well as the plain
-    one (the task metric where there is one, then the output SNR); returns the point kept."""
-    setup, report = run.setup, run.report
+    """Fix all-int8 with each set in turn (stopping once one meets the goal) and go on from the
+    best fixed point when it scores at least as well as the plain one (the task metric where
+    there is one, then the output SNR); returns the all-int8 point the search goes on from."""
+    report = run.report
     if run.opts.scale is not None:
         report.notes.append("no fixes tried on all-int8: the workers hold the unfixed weights")
         return plain
     proxy = run.oracle.evaluators.proxy
     if isinstance(proxy, _Proxy):
         proxy.prime()  # the float references, before bias correction changes the float weights
+    tried: list[tuple[FixVariant, _Tried]] = []
+    records: list[FixVariant] = []
+    last: FixTrialResult | None = None
+    for index, settings in enumerate(variants):  # each starts from the plain point
+        if index and not _affords_another_set(run):
+            report.notes.append(
+                f"{len(variants) - index} more set(s) of fixes not tried: the full evaluations "
+                "left are kept for the candidates"
+            )
+            break
+        oracles = {t.oracle.folder: t.oracle for _, t in tried}
+        last, done = _try_variant(run, settings, oracles, say, progress)
+        records.append(_variant_record(last, done))
+        if done is not None:
+            tried.append((records[-1], done))
+            if _meets_goal(run, plain, done):
+                break
+    best = max((t for _, t in tried), key=lambda t: _ranked(t.outcome), default=None)
+    keep = best is not None and _at_least(best.outcome, (plain.metric, plain.snr_db))
+    base = _settle(run, plain, best if keep else None)
+    shown = best.trial if best is not None else last
+    report.fix_trial = FixTrial(
+        fixes=shown.records() if shown is not None else [],
+        tried=records,
+        kept=keep,
+        reason=_trial_reason(plain, best, keep),
+        without=WITHOUT_FIXES if keep else plain.key,
+        fixed=base.key if keep else plain.key,
+    )
+    for record, done in tried:
+        if done is not best or not keep:
+            report.points.append(_fixed_point(plain, done, record))
+    _say(say, report.fix_trial.reason)
+    run.checkpoint()
+    return base
+
+
+def _try_variant(
+    run: _Run,
+    settings: FixSettings,
+    oracles: dict[Path, Oracle],
+    say: Say | None,
+    progress: Progress | None,
+) -> tuple[FixTrialResult, _Tried | None]:
+    """Apply `settings`' fixes to all-int8, score the fixed point, and undo them again."""
+    setup = run.setup
     names = [n for n in POST_PLAN if getattr(settings, n)]
-    _say(say, f"trying {', '.join(names)} on all-int8 before promoting any layer")
+    _say(say, f"trying {' + '.join(names)} on all-int8 before promoting any layer")
+    points = setup.session.points()
     trial = fix_int8(
         setup.executor,
         setup.int8,
-        setup.session.points(),
+        points,
         setup.feeds,
         settings,
         say,
@@ -833,52 +896,100 @@ def _try_fixes(
     )
     kept = trial.kept()
     if not kept:
-        reason = "no fix changed the all-int8 point or each lowered its output SNR (undone)"
-        report.fix_trial = FixTrial(
-            fixes=trial.records(), kept=False, reason=reason, without=plain.key, fixed=plain.key
-        )
-        return plain
-    setup.planner.fixed = trial.params
+        return trial, None
     suffix = hashlib.sha256("+".join(r.name for r in kept).encode()).hexdigest()[:6]
-    fixed_oracle = run.oracle.sibling(_fresh_cache(run.opts, f"{setup.context_key}-fix{suffix}"))
+    folder = run.opts.run_dir / RunFolder.SEARCH_CACHE / f"{setup.context_key}-fix{suffix}"
+    # Two sets can keep the same fixes: the second reads the first's scores, never erases them.
+    oracle = oracles.get(folder) or run.oracle.sibling(_fresh_cache(run.opts, folder.name))
+    setup.planner.fixed = trial.params
     try:
-        snr = fixed_oracle.snr({})
-        metric = fixed_oracle.metric({}) if fixed_oracle.has_metric else None
-    except BudgetExhausted:  # the point chosen so far is the plain one: leave no fix behind
+        snr = oracle.snr({})
+        metric = oracle.metric({}) if oracle.has_metric else None
+        return trial, _Tried(trial, oracle, snr, metric, trial.weights_after(setup.executor))
+    finally:  # the next set, or the plain point if the budget ran out, starts unfixed
         trial.undo(setup.executor)
         setup.planner.fixed = None
-        raise
-    ours, theirs = (metric, snr), (plain.metric, plain.snr_db)
-    keep = _at_least(ours, theirs)
-    what = ", ".join(r.name for r in kept)
-    shown = f"{metric:.4f} vs {plain.metric:.4f}" if metric is not None else f"{snr:.2f} dB"
-    if keep:
-        reason = f"all-int8 with {what} scores {shown} without: the search goes on from it"
-        plain.key, plain.label = WITHOUT_FIXES, "all-int8 without fixes"
-        run.oracle, setup.fix_trial = fixed_oracle, trial
-        setup.int8 = setup.plan_for({})
-        base = run.point(
-            Candidate({}, "all-int8", "baseline", [], math.nan, 1.0), full=metric is not None
-        )
-        report.chosen = base.key
-    else:
-        reason = f"all-int8 with {what} scores {shown} without: the fixes are dropped"
-        trial.undo(setup.executor)
-        setup.planner.fixed = None
-        base = plain
-        dropped = plain.model_copy(
-            update={"key": WITH_FIXES, "label": "all-int8 + fixes (dropped)"}
-        )
-        dropped.snr_db, dropped.metric = _rounded(snr), metric
-        report.points.append(dropped)
-    fixed_key = base.key if keep else WITH_FIXES
-    without_key = WITHOUT_FIXES if keep else plain.key
-    report.fix_trial = FixTrial(
-        fixes=trial.records(), kept=keep, reason=reason, without=without_key, fixed=fixed_key
-    )
-    _say(say, reason)
-    run.checkpoint()
+
+
+def _settle(run: _Run, plain: SearchPoint, best: _Tried | None) -> SearchPoint:
+    """Apply the fixed point kept (its weights, clip ranges and weight grids) and make it the
+    search's all-int8 point; None: the plain point stays."""
+    if best is None:
+        return plain
+    setup = run.setup
+    apply_fix(setup.executor, FixResult(name="fixes kept", weights=best.after))
+    setup.planner.fixed = best.trial.params
+    setup.fix_trial = best.trial
+    setup.int8 = setup.plan_for({})
+    run.oracle = best.oracle
+    plain.key, plain.label = WITHOUT_FIXES, "all-int8 without fixes"
+    int8 = Candidate({}, f"all-int8 + {best.names()}", "baseline", [], math.nan, 1.0)
+    base = run.point(int8, full=best.metric is not None)
+    run.report.chosen = base.key
     return base
+
+
+def _variant_record(trial: FixTrialResult, done: _Tried | None) -> FixVariant:
+    if done is None:
+        return FixVariant(fixes=trial.records())
+    return FixVariant(
+        fixes=trial.records(),
+        key=f"{WITH_FIXES}:{done.names()}",
+        metric=done.metric,
+        snr_db=_rounded(done.snr),
+    )
+
+
+def _fixed_point(plain: SearchPoint, done: _Tried, record: FixVariant) -> SearchPoint:
+    """A fixed all-int8 point the search did not go on from, kept in the report."""
+    point = plain.model_copy(update={"key": record.key, "label": f"all-int8 + {done.names()}"})
+    point.snr_db, point.metric = _rounded(done.snr), done.metric
+    point.predicted_snr_db = None
+    return point
+
+
+def _trial_reason(plain: SearchPoint, best: _Tried | None, keep: bool) -> str:
+    if best is None:
+        return "no fix changed the all-int8 point or each lowered its output SNR (undone)"
+    if best.metric is not None and plain.metric is not None:
+        shown = f"{best.metric:.4f} (without fixes {plain.metric:.4f})"
+    else:
+        shown = f"{best.snr:.2f} dB output SNR (without fixes {plain.snr_db} dB)"
+    what = "the search goes on from it" if keep else "the fixes are dropped"
+    return f"all-int8 + {best.names()} scores {shown}: {what}"
+
+
+def _meets_goal(run: _Run, plain: SearchPoint, done: _Tried) -> bool:
+    """Whether a fixed all-int8 already meets the goal (no other set need be tried)."""
+    report, opts = run.report, run.opts
+    if done.metric is not None and report.float_metric is not None and plain.metric is not None:
+        return done.metric >= report.float_metric - _allowed_drop(run, plain.metric)
+    return done.snr >= (opts.min_snr if opts.min_snr is not None else DEFAULT_MIN_SNR)
+
+
+def _allowed_drop(run: _Run, int8_metric: float) -> float:
+    """`--max-drop`, else 10% of the gap between float and all-int8 without fixes."""
+    assert run.report.float_metric is not None
+    if run.opts.max_drop is not None:
+        return run.opts.max_drop
+    return (1 - DEFAULT_RECOVERY) * (run.report.float_metric - int8_metric)
+
+
+def _affords_another_set(run: _Run) -> bool:
+    """Whether one more fixed all-int8 leaves `RESERVED_EVALS` full evaluations to the search."""
+    oracle = run.oracle
+    if not oracle.has_metric or oracle.max_full is None:
+        return True
+    return oracle.max_full - len(oracle.full_done) - 1 >= RESERVED_EVALS
+
+
+def _other_int8(key: str) -> bool:
+    """An all-int8 point the search did not go on from (without fixes, or other fixes)."""
+    return key == WITHOUT_FIXES or key.startswith(WITH_FIXES)
+
+
+def _ranked(outcome: tuple[float | None, float | None]) -> tuple[float, float]:
+    return tuple(-math.inf if v is None or math.isnan(v) else v for v in outcome)  # type: ignore[return-value]
 
 
 def _at_least(
@@ -900,7 +1011,7 @@ def _measure(run: _Run, point: SearchPoint) -> None:
         return
     found = run.meter.measure(point.modes)
     point.modeled_cost = point.cost
-    if point.key in (run.report.baseline, WITHOUT_FIXES, WITH_FIXES):  # all-int8: 1.0
+    if point.key == run.report.baseline or _other_int8(point.key):  # all-int8: 1.0
         point.cost, point.latency_ms = 1.0, found.int8_ms
     else:
         point.cost, point.latency_ms = round(found.ratio, 5), found.ms
@@ -919,12 +1030,14 @@ def _bisect_metric(
     itself when it is within the budget and meets the goal)."""
     report = run.report
     assert report.float_metric is not None and base.metric is not None
-    gap = report.float_metric - base.metric
-    drop = run.opts.max_drop if run.opts.max_drop is not None else (1 - DEFAULT_RECOVERY) * gap
+    # The gap is the plain all-int8's: a fixed all-int8 that closes enough of it is the answer.
+    plain = report.point(WITHOUT_FIXES) or base
+    assert plain.metric is not None
+    drop = _allowed_drop(run, plain.metric)
     if run.opts.max_drop is None:
         report.notes.append(
             f"goal: recover {DEFAULT_RECOVERY:.0%} of the float-int8 gap "
-            f"({report.float_metric:.4f} - {base.metric:.4f}), i.e. a drop of at most {drop:.4f}"
+            f"({report.float_metric:.4f} - {plain.metric:.4f}), i.e. a drop of at most {drop:.4f}"
         )
     report.goal.max_drop = round(drop, 6)
     target = report.float_metric - drop

@@ -50,6 +50,22 @@ def tries_fixes(settings: FixSettings) -> bool:
     return any(getattr(settings, name) for name in POST_PLAN)
 
 
+def trial_variants(
+    settings: FixSettings, overrides: Mapping[str, bool | None], try_free: bool
+) -> list[FixSettings]:
+    """The sets of fixes to try on all-int8, in order: what `--optimize` or a flag asks, as one
+    set; by default the free fixes added one at a time, bias correction alone first (on hailo8
+    it alone rescued a collapsed detector and the OCR recognizer, where clip search lowered the
+    recognizer's metric while raising its output SNR: BENCHMARKS.md, "Fixes")."""
+    full = trial_settings(settings, overrides, try_free)
+    if full is settings or not tries_fixes(full):
+        return [full] if tries_fixes(full) else []
+    free = [name for name in FREE if overrides.get(name) is None]
+    return [
+        replace(settings, **dict.fromkeys(free[:count], True)) for count in range(1, len(free) + 1)
+    ]
+
+
 @dataclass
 class FixedParams:
     """What the fixes changed in the all-int8 plan, to overlay on every candidate's plan."""
@@ -98,6 +114,11 @@ class FixTrialResult:
 
     def kept(self) -> list[FixResult]:
         return [r for r in self.results if r.kept and (r.weights or r.plan is not None)]
+
+    def weights_after(self, executor: Executor) -> dict[str, np.ndarray]:
+        """The float weights the kept fixes changed, as they are now (to apply them again)."""
+        changed = {name for result in self.kept() for name in result.weights}
+        return {name: executor.weights[name].detach().cpu().numpy().copy() for name in changed}
 
     def undo(self, executor: Executor) -> None:
         """Put back the float weights the kept fixes changed (bias correction's biases)."""
