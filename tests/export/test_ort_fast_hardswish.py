@@ -222,3 +222,34 @@ def test_interleaved_times_keep_every_round(tmp_path: Path) -> None:
     feeds = [{"x": np.zeros((1, 3, 12, 12), np.float32)}]
     times = interleaved_times({"a": path, "b": path}, feeds, LatencySettings(warmup=2, rounds=5))
     assert sorted(times) == ["a", "b"] and all(len(v) == 5 and min(v) > 0 for v in times.values())
+
+
+@pytest.mark.zoo
+def test_pplcnet_runs_no_float_elementwise_op(tmp_path: Path) -> None:
+    """pplcnet's 28 HardSwish and 2 SE HardSigmoids all become QLinearAdd + QLinearMul, and the
+    export still computes what the emulator does, node by node, with ORT's fusions off."""
+    from quantlens.api import prepare
+    from quantlens.data import zoo
+    from quantlens.data.preprocess import load_inputs
+    from quantlens.data.render import write_samples
+    from quantlens.export import stepwise_code_error
+    from quantlens.fixes.levels import FixSettings
+
+    entry = zoo.get_entry("pplcnet-orientation")
+    samples = write_samples("rotated-pages", 2, tmp_path / "s", seed=1)
+    feeds = [{k: np.asarray(v) for k, v in f.items()} for f in load_inputs(samples, entry.input)]
+    shapes = {k: list(v.shape) for k, v in feeds[0].items()}
+    model = prepare(zoo.fetch("pplcnet-orientation"), shapes).model
+    # --fuse, as the benchmark runs it: the Paddle export's Conv-then-Add-bias folds into the
+    # Conv, so the SE blocks' HardSigmoids read quantized tensors too.
+    fused = FixSettings(fuse=True).graph_options()
+    optimize_graph(model, profile_passes(fused, get_profile("ort-cpu-fast")))
+    executor = Executor(model)
+    plan = min_max_plan(model, executor, feeds, "ort-cpu-fast", {})
+    path = export_qdq(model, plan, tmp_path / "q.onnx")
+    ops = Counter(fused_op_counts(path))
+    assert ops["QLinearAdd"] == 30 and ops["QLinearMul"] == 30, ops
+    assert ops["HardSigmoid"] + ops["HardSwish"] == 0 and ops["QLinearConv"] == 32, ops
+    steps = stepwise_code_error(executor, plan, path, feeds[0])
+    assert max(e.max_steps for e in steps.values()) < 1.01, steps
+    assert max(e.mismatched for e in steps.values()) < 0.01, steps
