@@ -325,3 +325,19 @@ def test_concat_scales_as_tpu_mlir_writes_them() -> None:
     assert points.shared.get("sppf") == "c"
     assert points.shared.get("head") == "y" and points.shared.get("flat") == "y"
     assert points.shared.get("z") == "y"
+
+
+def test_tiny_conv_weights_keep_tpu_mlirs_smallest_scale() -> None:
+    """TPU-MLIR's Conv weight scale is at least 1e-5 (Conv.cpp: max(w_max / 127, 1e-5f)):
+    a channel of weights below 1.27e-3 gets fewer than 127 codes, as ppocr's Conv.42 has."""
+    w = RNG.standard_normal((2, 3, 1, 1)).astype(np.float32)
+    w[1] *= 1e-4 / np.abs(w[1]).max()  # max |w| 1e-4: 10 codes at scale 1e-5
+    model = _model(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")],
+        [numpy_helper.from_array(w, "w")],
+        [1, 3, 2, 2],
+    )
+    feed = RNG.standard_normal((1, 3, 2, 2)).astype(np.float32)
+    scales = _plan(model, feed).weights["w"].scale
+    assert scales[1] == float(np.float32(1e-5)) and scales[0] > 1e-3
+    assert _plan(model, feed, "ort-cpu").weights["w"].scale[1] < 1e-5

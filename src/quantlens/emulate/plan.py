@@ -55,6 +55,8 @@ class QuantPoints:
     scaled: dict[str, tuple[str, float]] = field(default_factory=dict)
     # Nodes the vendor computes on integer codes (profile `requantized_ops`), by name.
     requantized: dict[str, Site] = field(default_factory=dict)
+    # Weight -> the smallest scale the vendor gives it (profile `min_weight_scale`).
+    min_weight_scale: dict[str, float] = field(default_factory=dict)
 
     def calibration_targets(self) -> dict[str, IntFormat]:
         derived = self.shared.keys() | self.scaled.keys()
@@ -302,6 +304,9 @@ def _place_weights(
     if fmt.per_channel and axis is None:
         fmt = fmt.model_copy(update={"per_channel": False})
     points.weights[layer.weight] = (fmt, axis)
+    floor = profile.arithmetic.min_weight_scale.get(layer.op_type)
+    if floor is not None:
+        points.min_weight_scale[layer.weight] = floor
     bias_fmt = profile.bias_format()
     if layer.bias and bias_fmt is not None:
         if isinstance(points.activations.get(layer.input), IntFormat):
@@ -335,6 +340,8 @@ def build_plan(
             plan.activations[name] = plan.activations[source].model_copy(update={"name": name})
     for name, (fmt, axis) in points.weights.items():
         plan.weights[name] = _weight_quant(name, fmt, axis, weights[name])
+        if name in points.min_weight_scale:
+            plan.weights[name] = _at_least(plan.weights[name], points.min_weight_scale[name])
     for name, (fmt, act, weight) in points.biases.items():
         act_q, weight_q = plan.activations.get(act), plan.weights.get(weight)
         if act_q is None or weight_q is None or not act_q.is_int or not weight_q.is_int:
@@ -346,6 +353,15 @@ def build_plan(
         plan.weights[name] = _bias_quant(name, fmt, act_q, fitted)
     _requantize(plan, points)
     return plan
+
+
+def _at_least(quant: TensorQuant, floor: float) -> TensorQuant:
+    """The weight's scales raised to `floor` (in float32, as TPU-MLIR's `1e-5f`)."""
+    scales = np.asarray(quant.scale, np.float32)
+    raised = np.maximum(scales, np.float32(floor))
+    if not quant.is_int or np.array_equal(raised, scales):
+        return quant
+    return quant.model_copy(update={"scale": raised.astype(np.float32).tolist()})
 
 
 def _fit_weight_to_bias(

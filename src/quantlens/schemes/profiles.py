@@ -85,6 +85,9 @@ class Arithmetic(BaseModel):
     # Weighted ops whose weight the vendor quantizes with one scale for the whole tensor,
     # though the profile's weights are per channel (TPU-MLIR's MatMul and Gemm).
     per_tensor_weight_ops: list[str] = Field(default_factory=list)
+    # Op type -> the smallest weight scale the vendor uses (TPU-MLIR's Conv: 1e-5, so a channel
+    # of tiny weights gets fewer than 127 codes).
+    min_weight_scale: dict[str, float] = Field(default_factory=dict)
     # The rounding of the vendor's requantization, and whether the emulation reproduces it.
     rounding: Rounding = "half-to-even"
     rounding_emulated: bool = True
