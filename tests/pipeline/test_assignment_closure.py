@@ -184,3 +184,22 @@ def test_pplcnet_qnn_encodings_read_back_as_assigned(tmp_path: Path) -> None:
     back = import_vendor(run / "m.encodings", "aimet", path)
     assert back.mode_name("Conv.5") == "a16_w8"
     assert back.mode_name("HardSwish.4") == "a8_w8_a16"
+
+
+def test_a_planned_export_keeps_the_plan_it_scored(model_path: Path, tmp_path: Path) -> None:
+    """The search hands `quantize` the plan it scored: assignment and plan stay that plan's,
+    and what the chip's rules would change is said in the notes, not silently half-applied."""
+    from quantlens.pipeline.quantize import quantize
+    from quantlens.pipeline.session import open_session
+
+    calib = npz_folder(tmp_path / "calib", 2, (1, 3, 16, 16))
+    opts = QuantizeOptions(calib=calib, target="qnn-htp", run_dir=tmp_path / "run")
+    session = open_session(model_path, opts, opts.run_dir)
+    scored = Assignment(target="qnn-htp", layers={"conv2": "a16_w8", "relu2": "a16_w8"})
+    points = session.points(scored)
+    stats, _ = session.calibrate(points)
+    plan = session.plan(points, stats)
+    report = quantize(session, opts, assignment=scored, planned=(plan, []))
+    assert report.mode_changes == []
+    assert Assignment.load(opts.run_dir / "assignment.json").layers == scored.layers
+    assert any(n.startswith("not applied") and "conv1" in n for n in report.notes)

@@ -21,6 +21,7 @@ from quantlens.artifacts.graph import build_graph
 from quantlens.artifacts.journal import stage
 from quantlens.artifacts.quantize import (
     LatencyRecord,
+    ModeChange,
     OptimizeRecord,
     OutputQuality,
     QuantizeReport,
@@ -105,7 +106,15 @@ def quantize(
     clock: dict[str, float] = {"prepare": prepared_in}
     model, executor, feeds, folder = session.model, session.executor, session.feeds, session.folder
     # What the chip realizes: an explicit assignment closed under the target's rules.
-    assignment, changes = close_assignment(model, assignment or session.assignment, session.profile)
+    given = assignment or session.assignment
+    assignment, changes = close_assignment(model, given, session.profile)
+    unapplied = _unapplied(changes) if planned is not None and changes else []
+    if unapplied:
+        # The search's plan scored its own modes: exported as scored (plan and assignment
+        # agree), with what the chip's rules would change said and kept in the notes.
+        assignment, changes = given, []
+        for line in unapplied:
+            _say(say, line)
     folder.write(build_graph(model))  # the graph as quantized, for the report's graph view
     check_feed_shapes(feeds, model)
     points = session.points(assignment)
@@ -163,7 +172,7 @@ def quantize(
         ],
         files={**files, "calibration": str(folder.file(CalibrationStats))},
         seconds={k: round(v, 3) for k, v in clock.items()},
-        notes=plan.notes,
+        notes=[*plan.notes, *unapplied],
         optimize=OptimizeRecord(
             level=opts.optimize,
             enabled=settings.enabled(),
@@ -205,6 +214,14 @@ def _latency(
 
 def _write_plan(folder: RunFolder, assignment: Assignment, plan: QuantPlan) -> dict[str, str]:
     return {"assignment": str(folder.write(assignment)), "plan": str(folder.write(plan))}
+
+
+def _unapplied(changes: Sequence[ModeChange]) -> list[str]:
+    return [
+        f"not applied (the search's plan is exported as scored): {c.node}: {c.requested} -> "
+        f"{c.mode} ({c.reason})"
+        for c in changes
+    ]
 
 
 def _say(say: Say | None, message: str) -> None:
