@@ -6,8 +6,8 @@ a fresh run folder (so every way calibrates, on its workers when it has them):
 
 - isolated analysis: `analyze --mode isolated` (the "both" variant) on `--analysis-samples`
   pages, batch 1;
-- search: `search` with `--eval` evaluation pages (mAP50-95), `--max-evals` full evaluations at
-  most, proxy SNR on 4 pages, unit noise on 2.
+- search: `search --no-fixes` with `--eval` evaluation pages (mAP50-95), `--max-evals` full
+  evaluations at most, proxy SNR on 4 pages, unit noise on 2.
 
 Ways: one process (torch on every core), `--workers 1` (one actor, every core) and `--workers 2`
 (two actors, one thread each), all on a local Ray runtime started once (not timed; its start is
@@ -81,6 +81,9 @@ def search(model: Path, calib: Path, data: Path, args: argparse.Namespace, worke
         samples=4,
         sensitivity_samples=2,
         export=False,
+        # Like for like: a search on workers tries no fixes (the workers hold the unfixed
+        # weights), so the one-process way skips them too.
+        try_fixes=False,
         scale=scale_for(workers),
     )
     return search_model(model, opts)
