@@ -26,7 +26,7 @@ from quantlens.emulate import Executor
 from quantlens.emulate.fakequant import QuantHooks
 from quantlens.errors import UserError
 from quantlens.pipeline.session import prepare
-from quantlens.schemes.qparams import QuantPlan
+from quantlens.schemes.qparams import QuantPlan, TensorQuant
 
 Progress = Callable[[int, int], None]
 DEFAULT_THRESHOLD_DB = 40.0
@@ -84,6 +84,20 @@ def _feeds(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> list[dict[str, 
     return [{n: np.asarray(inputs[n][i : i + 1], np.float32) for n in names} for i in range(count)]
 
 
+def emulated_grids(model: ir.Model, plan: QuantPlan) -> dict[str, TensorQuant]:
+    """The grid each tensor's emulated values lie on: its own quantizer's, or, for an op the
+    vendor computes on integer codes inside a fused op (a Conv before its Relu), the grid it is
+    requantized to (`plan.requant`)."""
+    grids = dict(plan.activations)
+    made_by = {node.name: node.outputs[0].name for node in model.graph if node.outputs}
+    for node, requant in plan.requant.items():
+        tensor = made_by.get(node)
+        out = plan.activations.get(requant.output)
+        if requant.kind != "cast" and tensor and tensor not in grids and out is not None:
+            grids[tensor] = out
+    return grids
+
+
 def _compare(
     model: ir.Model,
     plan: QuantPlan,
@@ -98,6 +112,7 @@ def _compare(
     order = [*(n for n in dump.inputs if n in dump.arrays), *order]
     types = {out: step.ctx.op_type for step in executor.steps for out in step.outputs}
     hooks = QuantHooks(plan, device=device)
+    grids = emulated_grids(model, plan)
     sums = {name: TensorSums.empty() for name in order}
     for index, feed in enumerate(feeds):
         with torch.inference_mode():
@@ -105,12 +120,11 @@ def _compare(
             emulated = executor.run(feed, outputs=[], keep=order, hooks=hooks)
         for name in order:
             values = _sample(dump, name, index, len(feeds), floats[name])
-            accumulate(sums[name], values, floats[name], emulated[name], plan.activations.get(name))
+            accumulate(sums[name], values, floats[name], emulated[name], grids.get(name))
         if progress is not None:
             progress(index + 1, len(feeds))
     tensors = [
-        compared(n, dump.names[n], types.get(n, "input"), sums[n], plan.activations.get(n))
-        for n in order
+        compared(n, dump.names[n], types.get(n, "input"), sums[n], grids.get(n)) for n in order
     ]
     return CompareReport(
         dumps="",
