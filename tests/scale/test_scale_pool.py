@@ -3,12 +3,14 @@ replaced and its units re-run; placement never reserves more than the cluster ha
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 
 ray = pytest.importorskip("ray")
 
+from quantlens.errors import UserError  # noqa: E402
 from quantlens.scale import ScaleOptions  # noqa: E402
 from quantlens.scale.cluster import Placement, shards, start_pool  # noqa: E402
 
@@ -21,6 +23,23 @@ class Squarer:
         self.calls += 1
         time.sleep(0.05)
         return x * x + self.offset, self.threads
+
+
+class Process:
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+
+    def pid(self) -> int:
+        time.sleep(0.05)
+        return os.getpid()
+
+
+class Unready:
+    def __init__(self, threads: int) -> None:
+        raise UserError("the model is missing on this worker", "share the folder")
+
+    def pid(self) -> int:
+        return os.getpid()
 
 
 def test_shards_depend_on_the_data_alone() -> None:
@@ -51,3 +70,27 @@ def test_results_come_in_order_once_and_a_dead_actors_units_rerun() -> None:
         assert pool.retried >= 1
     finally:
         pool.close()
+
+
+@pytest.mark.ray
+@pytest.mark.usefixtures("ray_runtime")
+def test_each_stage_reuses_the_processes_the_last_one_released() -> None:
+    """Stages placed alike run on the same actor processes (no new Python process, torch import
+    and model load per stage); a role that cannot start fails its stage with its own error, and
+    the next stage on those hosts starts clean."""
+
+    def stage(role: type, *args: int) -> set[int]:
+        pool = start_pool(role, ScaleOptions(workers=2), "cpu", list(args))
+        try:
+            if role is Squarer:
+                return {value for value, _ in pool.run("square", [(3,)] * 4)}
+            return set(pool.run("pid", [()] * 6))
+        finally:
+            pool.close()
+
+    first = stage(Process)
+    assert stage(Squarer, 1) == {10}
+    assert stage(Process) == first
+    with pytest.raises(UserError, match="missing on this worker"):
+        stage(Unready)
+    assert stage(Process) == first

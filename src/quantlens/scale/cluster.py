@@ -86,16 +86,51 @@ def placement(options: ScaleOptions, device: str) -> Placement:
     return Placement(workers, options.threads or max(1, cpus // workers), 0, cpus)
 
 
+class Host:
+    """An actor process that takes on one stage's role after another. Ray starts a Python
+    process for every actor (torch and quantlens imported: about 2 s on this machine's cores),
+    so the stages of one command (calibration per grid, unit noise, evaluations) reuse the
+    hosts the previous stage released instead of each starting its own."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self.role: Any = None
+        self.failed: Exception | None = None
+
+    def become(self, role: type, *args: Any) -> None:
+        self.role, self.failed = None, None  # the last stage's model and tensors go first
+        try:
+            self.role = role(*args, self.threads)
+        except Exception as exc:
+            self.failed = exc  # raised again by every call of this stage
+            raise
+
+    def call(self, method: str, *args: Any) -> Any:
+        if self.failed is not None:
+            raise self.failed
+        return getattr(self.role, method)(*args)
+
+    def release(self) -> None:
+        self.role = None
+
+
+# Released hosts by (job@node, CPUs reserved, GPUs, threads): a stage placed the same way takes
+# them; any other placement kills them first, since they hold the cluster's resources.
+_idle: dict[tuple[str, float, float, int], list[Any]] = {}
+
+
 @dataclass
 class Pool:
     """`workers` actors built by `make(slot)`; `run` hands out units, at most `window` ahead of
-    the first one not yet returned (results wait on the driver in unit order)."""
+    the first one not yet returned (results wait on the driver in unit order). Each actor is a
+    `Host` in its stage's role; `close` hands the hosts to `released` for the next stage."""
 
     make: Callable[[int], Any]
     workers: int
     window: int = 0
     actors: list[Any] = field(default_factory=list)
     retried: int = 0  # units re-run after their actor died
+    released: list[Any] | None = None
 
     def __post_init__(self) -> None:
         self.window = self.window or 2 * self.workers
@@ -142,7 +177,7 @@ class Pool:
             slot = busy.index(min(busy))
             unit = queue.pop(0)
             actor = self.actors[slot]
-            pending[getattr(actor, method).remote(*units[unit])] = (unit, slot, actor)
+            pending[actor.call.remote(method, *units[unit])] = (unit, slot, actor)
             busy[slot] += 1
 
     def _replace(self, slot: int) -> None:
@@ -152,11 +187,15 @@ class Pool:
 
     def broadcast(self, method: str, *args: Any) -> list[Any]:
         """`method(*args)` on every actor (setting shared state), results in slot order."""
-        return [_result(getattr(a, method).remote(*args)) for a in self.actors]
+        return [_result(a.call.remote(method, *args)) for a in self.actors]
 
     def close(self) -> None:
         for actor in self.actors:
-            ray.kill(actor)
+            if self.released is None:
+                ray.kill(actor)
+            else:
+                actor.release.remote()
+                self.released.append(actor)
         self.actors = []
 
 
@@ -182,24 +221,42 @@ def start_pool(
     device: str,
     args: Sequence[Any],
 ) -> Pool:
-    """Actors of `actor_class` (a plain class, made remote here) built with `args` plus their
-    thread count; named `quantlens-<pid>-<n>-<slot>` so that operators (and tests) find them."""
+    """Actors in the role of `actor_class` (a plain class), each built with `args` plus its
+    thread count on a `Host` a previous stage released, or on a new one named
+    `quantlens-<pid>-<n>-<slot>` so that operators (and tests) find it."""
     connect(options)
     where = placement(options, device)
-    remote: Any = ray.remote(actor_class)
     name = new_pool_name()
     # Once into the object store: every actor (and a replacement) reads the same copy.
     shared = [ray.put(a) for a in args]
+    idle = _released_hosts(where)
 
     def make(slot: int) -> Any:
-        return remote.options(
-            name=f"{name}-{slot}-{next(_pool_ids)}",
-            num_cpus=where.reserve,
-            num_gpus=where.gpus,
-            max_restarts=0,
-        ).remote(*shared, where.threads)
+        host = idle.pop() if idle else _new_host(f"{name}-{slot}-{next(_pool_ids)}", where)
+        host.become.remote(actor_class, *shared)  # a failure surfaces at the first call
+        return host
 
-    return Pool(make, where.workers)
+    return Pool(make, where.workers, released=idle)
+
+
+def _released_hosts(where: Placement) -> list[Any]:
+    """The released hosts placed as `where` asks; every other released host is killed."""
+    context = ray.get_runtime_context()
+    # A fresh local runtime reuses job id 01000000; its driver's node id is new.
+    runtime = f"{context.get_job_id()}@{context.get_node_id()}"
+    key = (runtime, where.reserve, where.gpus, where.threads)
+    for other in [k for k in _idle if k != key]:
+        for host in _idle.pop(other):
+            with contextlib.suppress(Exception):  # gone with its runtime
+                ray.kill(host)
+    return _idle.setdefault(key, [])
+
+
+def _new_host(name: str, where: Placement) -> Any:
+    remote: Any = ray.remote(Host)
+    return remote.options(
+        name=name, num_cpus=where.reserve, num_gpus=where.gpus, max_restarts=0
+    ).remote(where.threads)
 
 
 def shards(count: int, size: int) -> list[range]:
