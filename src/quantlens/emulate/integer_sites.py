@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx_ir as ir
 
+from quantlens.ir.passes.fold_batchnorm import plain_gemm
 from quantlens.schemes.formats import Format, IntFormat
 
 LINEAR_OPS = ("Conv", "MatMul", "Gemm")
@@ -134,7 +135,7 @@ def _linear_site(
     w = node.inputs[1] if len(node.inputs) > 1 else None
     if x is None or w is None or not _is_int(x.name or "", activations):
         return None
-    if node.op_type == "Gemm" and not _plain_gemm(node):
+    if node.op_type == "Gemm" and not plain_gemm(node):
         return None
     weight = w.name if w.const_value is not None else None
     if weight is None and (node.op_type != "MatMul" or not _is_int(w.name or "", activations)):
@@ -156,16 +157,6 @@ def _linear_site(
 
 def _name(node: ir.Node | None) -> str | None:
     return None if node is None else node.name or ""
-
-
-def _plain_gemm(node: ir.Node) -> bool:
-    """A Gemm that is x @ W (+ C): no transposed input, no scaling."""
-    attrs = node.attributes
-    return (
-        attrs.get_int("transA", 0) == 0
-        and attrs.get_float("alpha", 1.0) == 1.0
-        and attrs.get_float("beta", 1.0) == 1.0
-    )
 
 
 def _only_consumer(value: ir.Value) -> ir.Node | None:

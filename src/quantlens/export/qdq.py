@@ -113,7 +113,7 @@ class _Rewriter:
         self.model = model
         self.graph = model.graph
         self.opset = opset_of(model)
-        self.names = _all_names(model.graph)
+        self.fresh = Fresh(_all_names(model.graph))  # a new, unused name from a base name
         self.values = {v.name: v for v in _graph_values(model.graph) if v.name}
 
     def apply(self, plan: QuantPlan) -> None:
@@ -142,13 +142,6 @@ class _Rewriter:
                 "build the plan from the same (canonicalized) model you export",
             )
         return value
-
-    def fresh(self, base: str) -> str:
-        name, count = base, 1
-        while name in self.names:
-            name, count = f"{base}_{count}", count + 1
-        self.names.add(name)
-        return name
 
     # --- weights --------------------------------------------------------------------------------
 

@@ -41,7 +41,8 @@ def lower_hardsigmoid(graph: ir.Graph, fresh: Fresh) -> list[str]:
 
 
 class Fresh:
-    """Unique names within one graph (the exporter's own `fresh`, as a callable)."""
+    """Unique names within one graph: `base`, else `base_1`, `base_2`... (the exporter's and
+    the lowering's new nodes and tensors)."""
 
     def __init__(self, taken: set[str]) -> None:
         self.taken = taken

@@ -44,12 +44,13 @@ def _foldable_producer(bn: ir.Node) -> ir.Node | None:
     bias = layer.inputs[2] if len(layer.inputs) > 2 else None
     if bias is not None and (bias.const_value is None or len(bias.uses()) != 1):
         return None
-    if layer.op_type == "Gemm" and not _plain_gemm(layer):
+    if layer.op_type == "Gemm" and not plain_gemm(layer):
         return None
     return layer
 
 
-def _plain_gemm(gemm: ir.Node) -> bool:
+def plain_gemm(gemm: ir.Node) -> bool:
+    """A Gemm that is x @ W (+ C): no transposed input, no scaling."""
     attrs = gemm.attributes
     return (
         attrs.get_float("alpha", 1.0) == 1.0
