@@ -20,7 +20,7 @@ from quantlens.pipeline.search import WITH_FIXES, WITHOUT_FIXES, prepare_search,
 from quantlens.pipeline.search_fixes import POST_PLAN, trial_variants
 from quantlens.schemes.formats import IntFormat
 from quantlens.search_run import SearchOptions, search_model
-from tests.helpers import npz_folder
+from tests.helpers import labelled_npy, npz_folder
 from tests.models import outlier_model
 
 
@@ -30,17 +30,7 @@ def labelled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path
     root = tmp_path_factory.mktemp("search_fixes")
     model = root / "outlier.onnx"
     onnx.save(outlier_model(), model)
-    data = root / "data"
-    data.mkdir()
-    runner = OrtRunner(model)
-    rng = np.random.default_rng(7)
-    rows = []
-    for i in range(12):
-        x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
-        np.save(data / f"s{i:02d}.npy", x)
-        label = int(runner.run({"x": x})["y"].argmax())
-        rows.append(f"s{i:02d}.npy\t{(label + 1) % 10 if i % 4 == 0 else label}\n")
-    (data / "labels.txt").write_text("".join(rows))
+    data = labelled_npy(root / "data", model, 12)
     return model, npz_folder(root / "calib", 6, seed=4), data
 
 
