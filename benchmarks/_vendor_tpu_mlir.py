@@ -8,7 +8,11 @@ imports nothing from quantlens: standard library, numpy and what TPU-MLIR ships.
 JOB.json: {"format": "tpu-mlir", "model": name, "variant": "int8"|"mixed",
 "float_model": the exported .float.onnx, "files": {".qtable": path, ".cali_table": path},
 "inputs": .npz (one float32 array per graph input, N samples), "input_shapes": {name: dims},
-"workdir": scratch folder}.
+"workdir": scratch folder}. Optional: no ".qtable" deploys TPU-MLIR's own all-INT8 build (no
+--quantize_table); "reuse": true keeps a workdir's earlier build (its `deployed` marker, written
+after a deploy succeeds) and an earlier run's outputs, so a caller that names the workdir after
+a hash of the inputs (benchmarks/tpu_mlir_deploy.py) never deploys the same files twice;
+"outputs_name": the outputs file's name in the workdir (default outputs.npz).
 
 Steps: model_transform.py, model_deploy.py --quantize INT8 --chip bm1684x with both tables
 (--debug keeps the `_tpu.mlir`), counts from the `_tpu.mlir` of what was honoured, then the
@@ -37,6 +41,8 @@ FLOAT_TYPES = {"F16": "f16", "BF16": "bf16", "F32": "f32"}
 # keeps the threshold as a double, so a match is far tighter than this.
 SCALE_RTOL = 1e-5
 STEP_TIMEOUT_S = 1800
+# Written into the workdir after model_deploy succeeds: the build there is complete.
+DEPLOYED = "deployed.json"
 _LOC = re.compile(r'^#(loc\d+) = loc\((?:fused\[)?"([^"]*)"')
 _LOC_ALIAS = re.compile(r"^#(loc\d+) = loc\(fused\[#(loc\d+)")
 _OP = re.compile(r'= "(tpu|top)\.(\w+)"\(.*->\s*(.*?)\s+loc\(#(loc\d+)\)\s*$')
@@ -336,8 +342,27 @@ def run_model(bmodel: Path, batches: list[dict[str, Any]], outputs: list[str], w
     return path
 
 
+def qtable_args(files: dict[str, str]) -> list[str]:
+    """--quantize_table with the file; none for TPU-MLIR's own all-INT8 build."""
+    qtable = files.get(".qtable")
+    return ["--quantize_table", str(Path(qtable).resolve())] if qtable else []
+
+
+def deployed_mlir(work: Path) -> Path | None:
+    """The `_tpu.mlir` of a deploy that finished in `work` (its marker is written last)."""
+    found = sorted(work.glob(f"m_{CHIP}_*_tpu.mlir"))
+    done = (work / DEPLOYED).exists() and (work / "m.bmodel").exists()
+    return found[0] if done and found else None
+
+
 def compile_model(job: dict[str, Any], work: Path, notes: list[str]) -> Path:
     """model_transform then model_deploy; returns the `_tpu.mlir` kept by --debug."""
+    if job.get("reuse"):
+        kept = deployed_mlir(work)
+        if kept is not None:
+            notes.append("deploy reused from an earlier run of the same files")
+            return kept
+    (work / DEPLOYED).unlink(missing_ok=True)
     float_model = Path(job["float_model"]).resolve()
     inputs, _ = graph_names(float_model)
     shapes = job["input_shapes"]
@@ -369,8 +394,7 @@ def compile_model(job: dict[str, Any], work: Path, notes: list[str]) -> Path:
             CHIP,
             "--calibration_table",
             str(Path(files[".cali_table"]).resolve()),
-            "--quantize_table",
-            str(Path(files[".qtable"]).resolve()),
+            *qtable_args(files),
             "--model",
             "m.bmodel",
             "--debug",
@@ -382,6 +406,7 @@ def compile_model(job: dict[str, Any], work: Path, notes: list[str]) -> Path:
     found = sorted(work.glob(f"m_{CHIP}_*_tpu.mlir"))
     if not found:
         raise ToolError("model_deploy --debug left no *_tpu.mlir")
+    (work / DEPLOYED).write_text(json.dumps(notes))
     return found[0]
 
 
@@ -395,7 +420,8 @@ def check(job: dict[str, Any]) -> dict[str, Any]:
         tpu_mlir = compile_model(job, work, notes)
         report["accepted"] = True
         ops = read_mlir_ops(tpu_mlir)
-        planned = read_qtable(Path(job["files"][".qtable"]))
+        qtable = job["files"].get(".qtable")
+        planned = read_qtable(Path(qtable)) if qtable else {}
         floats = {name for name, mode in planned.items() if mode in FLOAT_TYPES}
         modes = check_qtable(planned, ops)
         table = read_cali_table(Path(job["files"][".cali_table"]))
@@ -407,10 +433,16 @@ def check(job: dict[str, Any]) -> dict[str, Any]:
         }
         notes += (modes.problems + thresholds.problems)[:20]
         _, outputs = graph_names(Path(job["float_model"]))
+        kept = work / job.get("outputs_name", "outputs.npz")
+        if job.get("reuse") and kept.exists():
+            report["outputs"] = str(kept)
+            notes.append("outputs reused from an earlier run on the same inputs")
+            return report
         arrays = dict(np.load(job["inputs"]))
         start = time.perf_counter()
         batches = samples(arrays, job["input_shapes"])
-        report["outputs"] = str(run_model(work / "m.bmodel", batches, outputs, work))
+        ran = run_model(work / "m.bmodel", batches, outputs, work)
+        report["outputs"] = str(ran.replace(kept))
         notes.append(f"bmodel on the CPU model: {time.perf_counter() - start:.1f} s")
     except ToolError as err:
         report["error"] = str(err)
