@@ -134,6 +134,9 @@ def main() -> None:
     parser.add_argument("eval", type=Path)
     parser.add_argument("work", type=Path)
     parser.add_argument("--fraction", type=float, default=0.1, help="max_drop / (float - int8)")
+    parser.add_argument(
+        "--max-drop", type=float, default=None, help="absolute max_drop (overrides --fraction)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     parser.add_argument("--ranking-workers", type=int, default=1)
     args = parser.parse_args()
@@ -156,7 +159,7 @@ def main() -> None:
     float_metric = validator(model, evals)
     int8_metric = validator(int8, evals)
     gap = float_metric - int8_metric
-    max_drop = max(args.fraction * gap, 0.0)
+    max_drop = args.max_drop if args.max_drop is not None else max(args.fraction * gap, 0.0)
     onnx.save(int8, str(args.work / "nncf-int8.onnx"))
 
     # (2) Accuracy control, counted on its own.
