@@ -16,8 +16,9 @@ from quantlens.emulate.ort import OrtRunner
 from quantlens.errors import UserError
 from quantlens.fixes.levels import FixSettings, settings_for
 from quantlens.pipeline import search as search_module
+from quantlens.pipeline import search_verify
 from quantlens.pipeline.search import WITH_FIXES, WITHOUT_FIXES, prepare_search, run_search
-from quantlens.pipeline.search_fixes import POST_PLAN, trial_variants
+from quantlens.pipeline.search_fixes import POST_PLAN, fix_int8, search_graph, trial_variants
 from quantlens.schemes.formats import IntFormat
 from quantlens.search_run import SearchOptions, search_model
 from tests.helpers import labelled_npy, npz_folder
@@ -107,6 +108,7 @@ def test_fixes_that_lower_the_metric_are_dropped(
     before = {i.name: onnx.numpy_helper.to_array(i) for i in original.graph.initializer}
 
     monkeypatch.setattr(search_module, "_scorer", lambda setup, opts: _Scorer(setup, 0.9, 0.5))
+    monkeypatch.setattr(search_verify, "score_in_onnxruntime", lambda *a: {"top1": 0.75})
     opts = SearchOptions(
         calib=calib, target="hailo8", run_dir=tmp_path, data=data, task="classification"
     )
@@ -125,8 +127,9 @@ def test_fixes_that_lower_the_metric_are_dropped(
     assert weights and all(np.array_equal(before[n], w) for n, w in weights.items())
     quantize = json.loads((tmp_path / "quantize.json").read_text())
     assert quantize["optimize"]["fixes"] == []
-    check = report.runtime_check
-    assert check is not None and check.runtime is None and "emulator" in check.note
+    check = report.runtime_check  # hailo8: judged on the emulator, the export scored beside it
+    assert check is not None and check.runtime == "onnxruntime" and "emulator" in check.note
+    assert check.runtime_metric == 0.75 and "misses the goal" in check.note
     assert check.judged_metric == 0.9 and check.goal_met is True
 
 
@@ -152,6 +155,7 @@ def test_fixed_int8_that_closes_enough_of_the_plain_gap_is_chosen(
     alone scores 0.96, so it is chosen at 1.00x and no other set of fixes is tried."""
     model, calib, data = labelled
     monkeypatch.setattr(search_module, "_scorer", lambda setup, opts: _Scorer(setup, 0.5, 0.96))
+    monkeypatch.setattr(search_verify, "score_in_onnxruntime", lambda *a: {"top1": 0.96})
     opts = SearchOptions(
         calib=calib, target="hailo8", run_dir=tmp_path, data=data, task="classification"
     )
@@ -255,3 +259,63 @@ def test_full_evaluations_run_the_export_in_onnxruntime_on_ort_targets(
         search_model(
             model, SearchOptions(**{**vars(opts), "target": "hailo8", "engine": "onnxruntime"})
         )
+
+
+def test_export_is_scored_in_onnxruntime_on_a_vendor_target(
+    labelled: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """On hailo8 the chip runs no QDQ model: the goal is judged on the emulator's metric, and
+    the export's own ONNX Runtime score (an independent run of model.qdq.onnx) is recorded."""
+    model, calib, data = labelled
+    opts = SearchOptions(
+        calib=calib, target="hailo8", run_dir=tmp_path, data=data, task="classification"
+    )
+    opts.samples = 2
+    report = search_model(model, opts)
+    check = report.runtime_check
+    assert check is not None and check.runtime == "onnxruntime"
+    assert check.judged_metric == check.search_metric
+    runner = OrtRunner(tmp_path / "model.qdq.onnx")
+    labels = dict(line.split("\t") for line in (data / "labels.txt").read_text().splitlines())
+    hits = [
+        int(runner.run({"x": np.load(data / name)})["y"].argmax()) == int(label)
+        for name, label in labels.items()
+    ]
+    assert check.runtime_metric == pytest.approx(sum(hits) / len(hits))
+    assert f"{check.runtime_metric:.4f} in ONNX Runtime" in check.note
+
+
+def _biasless(path: Path) -> Path:
+    """The outlier model with every Conv's bias taken away (as PP-OCR's convs have none)."""
+    proto = outlier_model()
+    for node in proto.graph.node:
+        if node.op_type == "Conv":
+            del node.input[2:]
+    names = {f"b{i}" for i in range(1, 5)}
+    kept = [i for i in proto.graph.initializer if i.name not in names]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+    onnx.save(proto, path)
+    return path
+
+
+def test_bias_correction_in_the_search_has_biases_to_correct(
+    labelled: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """Convs without a bias get a zero one when the trial tries bias correction (else it
+    changes nothing: PP-OCR's detector has no Conv bias); not when bias correction is off."""
+    calib = labelled[1]
+    model = _biasless(tmp_path / "biasless.onnx")
+    assert search_graph(settings_for(0), {}, True).add_bias
+    assert not search_graph(settings_for(0), {"bias_correction": False}, True).add_bias
+    assert not search_graph(settings_for(0), {}, False).add_bias
+    opts = SearchOptions(calib=calib, target="hailo8", run_dir=tmp_path / "run", samples=2)
+    setup = prepare_search(model, opts)
+    convs = [n for n in setup.session.model.graph if n.op_type == "Conv"]
+    assert len(convs) == 4 and all(len(n.inputs) == 3 and n.inputs[2] for n in convs)
+    variant = trial_variants(opts.fix_settings(), opts.fixes, opts.try_fixes)[0]
+    trial = fix_int8(setup.executor, setup.int8, setup.session.points(), setup.feeds, variant)
+    corrected = trial.results[0]
+    assert corrected.name == "bias-correction" and len(corrected.weights) >= 4
+    plain = prepare_search(model, SearchOptions(**{**vars(opts), "try_fixes": False}))
+    assert all(len(n.inputs) == 2 for n in plain.session.model.graph if n.op_type == "Conv")

@@ -97,7 +97,9 @@ class RuntimeCheck(BaseModel):
     """The chosen point scored again on its export in the target runtime (or why not)."""
 
     runtime: str | None = Field(
-        default=None, description='"onnxruntime", or None where the target runs no QDQ model'
+        default=None,
+        description='"onnxruntime": the export was scored there (the goal judged there only on '
+        "an ONNX Runtime target)",
     )
     search_metric: float | None = Field(
         default=None, description="the chosen point's metric as the search scored it (`engine`)"
@@ -106,7 +108,8 @@ class RuntimeCheck(BaseModel):
         default=None, description="the metric of the chosen point's export in the runtime"
     )
     judged_metric: float | None = Field(
-        default=None, description="the metric the goal is judged on (the runtime's if scored)"
+        default=None,
+        description="the metric the goal is judged on (the runtime's on an ORT target)",
     )
     goal_met: bool | None = None
     note: str = ""

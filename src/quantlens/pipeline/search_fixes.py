@@ -22,6 +22,7 @@ from quantlens.emulate.plan import QuantPoints
 from quantlens.fixes.clip_search import refresh_biases
 from quantlens.fixes.levels import FixSettings, run_fixes
 from quantlens.fixes.result import FixResult, apply_fix
+from quantlens.ir.passes.optimize import GraphOptions
 from quantlens.schemes.qparams import QuantPlan, TensorQuant
 
 Say = Callable[[str], None]
@@ -64,6 +65,21 @@ def trial_variants(
     return [
         replace(settings, **dict.fromkeys(free[:count], True)) for count in range(1, len(free) + 1)
     ]
+
+
+def search_graph(
+    settings: FixSettings, overrides: Mapping[str, bool | None], try_free: bool
+) -> GraphOptions:
+    """The graph passes the search's session runs: `--optimize`'s, plus a zero bias on every
+    Conv and Gemm when the trial tries bias correction, which has nowhere to put a correction
+    otherwise (PP-OCR's convs carry none: without it the search's bias correction changed
+    nothing where `quantize --bias-correction` rescued the model). A zero bias is exact on
+    every grid, so the plain all-int8 point is unchanged."""
+    graph = settings.graph_options()
+    variants = trial_variants(settings, overrides, try_free)
+    if any(v.bias_correction for v in variants) and not graph.add_bias:
+        graph = graph.model_copy(update={"add_bias": True})
+    return graph
 
 
 @dataclass

@@ -4,7 +4,7 @@ The search scores candidates in the emulator; for an ONNX Runtime target the exp
 the deliverable, and the two can differ by a few samples (issue #22: the search said 0.9970 and
 met its goal, the export scored 0.9966 in ONNX Runtime and missed it). So for those targets the
 goal is judged on ONNX Runtime's score of the export; a vendor chip does not run QDQ models, and
-there the emulator's metric is the judged one (and the record says so).
+there the emulator's metric is the judged one, with the export's ONNX Runtime score beside it.
 """
 
 from __future__ import annotations
@@ -45,21 +45,25 @@ def runtime_check(
     qdq_model: Path,
     progress: Progress | None = None,
 ) -> RuntimeCheck:
-    """The chosen point's metric as the search scored it and, on an ONNX Runtime target, of its
-    export in ONNX Runtime; the goal judged on the latter where there is one."""
+    """The chosen point's metric as the search scored it and of its export in ONNX Runtime; the
+    goal is judged on the export's score on an ONNX Runtime target, on the emulator's where the
+    chip runs no QDQ model (the export is still scored there: a plan the QDQ file does not carry
+    shows up as a gap between the two)."""
     point = report.point(report.chosen)
     scored = point.metric if point is not None else None
     if scorer is None or scored is None:
         note = "no task metric (no --data): quantize.json compares the chosen point's outputs"
         return RuntimeCheck(search_metric=scored, note=note)
-    if profile.vendor != ORT:
-        note = (
-            f"{profile.name} does not run QDQ models: the goal is judged on the emulator's "
-            "metric; check the vendor's build (`quantlens export`)"
-        )
-        return _judged(report, RuntimeCheck(search_metric=scored, note=note), scored)
     found = score_in_onnxruntime(scorer, qdq_model, progress)[scorer.primary]
     check = RuntimeCheck(runtime="onnxruntime", search_metric=scored, runtime_metric=found)
+    if profile.vendor != ORT:
+        check = _judged(report, check, scored)
+        check.note = (
+            f"{profile.name} does not run QDQ models: the goal is judged on the emulator's "
+            f"metric {scored:.4f}; the QDQ export scores {found:.4f} in ONNX Runtime"
+            f"{_export_verdict(report, found)}; check the vendor's build (`quantlens export`)"
+        )
+        return check
     check = _judged(report, check, found)
     where = "ONNX Runtime" if report.engine == "onnxruntime" else "the emulator"
     check.note = (
@@ -68,6 +72,11 @@ def runtime_check(
     if check.goal_met is False and _meets(report, scored):
         check.note += "; the goal is met as the search scored it, not by the export"
     return check
+
+
+def _export_verdict(report: SearchReport, metric: float) -> str:
+    met = _meets(report, metric)
+    return "" if met is None else (" (meets the goal)" if met else " (misses the goal)")
 
 
 def _judged(report: SearchReport, check: RuntimeCheck, metric: float) -> RuntimeCheck:
