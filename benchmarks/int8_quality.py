@@ -8,12 +8,16 @@ all three tools calibrate on identical inputs. Each tool writes a QDQ model with
 in ONNX Runtime on the evaluation set. Reported: mean and worst output SNR (dB) against the float
 model in ONNX Runtime (first output), and the task metric of the model's zoo task for float and
 each int8 model, computed by quantlens' own evaluator exactly as `quantlens eval` does (top-1,
-OCR character accuracy, COCO mAP@[.5:.95], DB text-detection pixel F1). Also each model's ONNX
+OCR character accuracy, COCO mAP@[.5:.95], DB text-detection pixel F1); for classifiers also the
+share of samples whose int8 top-1 is the float model's (an int8 model can beat float's accuracy
+only by flipping lines on the decision boundary, so on a small set accuracy ranks noise; the
+agreement says how close to float each tool stays). Also each model's ONNX
 Runtime CPU latency (`search.cost.latency`: median of 20 runs over the evaluation inputs, default
 session options), float included: a QDQ model is only faster where ONNX Runtime fuses its Q/DQ
 pairs into integer kernels, which for Conv needs a quantized output as well as quantized inputs.
 
     python benchmarks/int8_quality.py [--calib 16] [--eval 16] [--nncf-python PATH]
+        [--models NAME ...] [--tools quantlens onnxruntime nncf] [--json OUT]
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ SAMPLES = {
 # The evaluator of each zoo task (`quantlens eval --task`).
 TASKS = {"ocr-recognition": "ocr"}
 HERE = Path(__file__).resolve().parent
+TOOLS = ("quantlens", "onnxruntime", "nncf")
 Feeds = list[dict[str, np.ndarray]]
 
 
@@ -79,7 +84,12 @@ def snr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
 
 
 def ort_static(model: Path, calib: Path, out: Path) -> Path:
+    import logging
+
     from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    # quantize_static logs one warning per non-initializer bias (94 on picodet) to the root logger.
+    logging.getLogger().setLevel(logging.ERROR)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -123,6 +133,19 @@ def task_metric(
     return float(evaluator.result()[evaluator.primary])
 
 
+def top1_agreement(
+    name: str, reference: list[dict[str, np.ndarray]], outputs: list[dict[str, np.ndarray]]
+) -> float | None:
+    """Share of samples whose top-1 class is the float model's (classifiers only)."""
+    if zoo.get_entry(name).task != "classification":
+        return None
+    first = next(iter(reference[0]))
+    same = [
+        int(np.argmax(r[first])) == int(np.argmax(o[first])) for r, o in zip(reference, outputs)
+    ]
+    return round(float(np.mean(same)), 4)
+
+
 def evaluate(
     name: str,
     model: Path,
@@ -138,6 +161,7 @@ def evaluate(
         "mean_snr_db": round(float(np.mean(snrs)), 2),
         "worst_snr_db": round(min(snrs), 2),
         "task": task_metric(name, float_model, outputs, images),
+        "float_top1_agreement": top1_agreement(name, reference, outputs),
         "ort_ms": round(1000 * latency(model, feeds), 2),
     }
 
@@ -147,14 +171,17 @@ def bench_model(name: str, args: argparse.Namespace, root: Path) -> dict[str, ob
     calib, _, _ = make_set(name, args.calib, 1, root)
     _, eval_feeds, images = make_set(name, args.eval, 2, root)
     reference = run(model, eval_feeds)
-    tools: dict[str, Callable[[], Path]] = {
+    makers: dict[str, Callable[[], Path]] = {
         "quantlens": lambda: ours(model, calib, root / "ours"),
         "onnxruntime": lambda: ort_static(model, calib, root / "ort.qdq.onnx"),
     }
     if args.nncf_python:
-        tools["nncf"] = lambda: nncf_quantize(args.nncf_python, model, calib, root / "nncf.onnx")
+        makers["nncf"] = lambda: nncf_quantize(args.nncf_python, model, calib, root / "nncf.onnx")
+    tools = {tool: make for tool, make in makers.items() if tool in args.tools}
     row: dict[str, object] = {
         "model": name,
+        "calib_samples": args.calib,
+        "eval_samples": args.eval,
         "float_task": task_metric(name, model, reference, images),
         "float_ms": round(1000 * latency(model, eval_feeds), 2),
     }
@@ -171,6 +198,7 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=16)
     parser.add_argument("--eval", type=int, default=16)
     parser.add_argument("--models", nargs="*", default=list(SAMPLES))
+    parser.add_argument("--tools", nargs="*", default=list(TOOLS), choices=TOOLS)
     parser.add_argument("--nncf-python", default=None, help="python of a venv with nncf==3.4.0")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -184,7 +212,7 @@ def main() -> None:
         f" {'ORT ms (float)':>15}"
     )
     for row in rows:
-        for tool in ("quantlens", "onnxruntime", "nncf"):
+        for tool in TOOLS:
             result = row.get(tool)
             if not isinstance(result, dict):
                 continue
@@ -193,10 +221,12 @@ def main() -> None:
                 continue
             task = result["task"]
             task_text = "-" if task is None else f"{task:.4f} ({row['float_task']:.4f})"
+            agree = result["float_top1_agreement"]
             print(
                 f"{row['model']:<22} {tool:<12} {result['mean_snr_db']:>12} "
                 f"{result['worst_snr_db']:>13} {task_text:>14} "
                 f"{result['ort_ms']:>7} ({row['float_ms']})"
+                + ("" if agree is None else f"  top-1 as float {agree:.4f}")
             )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
