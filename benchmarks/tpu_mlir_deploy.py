@@ -5,10 +5,12 @@ demo` renders them) this script:
 
 1. runs `quantlens search --target bm1684x --task detection` (or reads `--search-dir`) and takes
    from its search.json the metric quantlens predicts for float, all-int8 and the chosen point;
-2. deploys two models with TPU-MLIR 1.30.2 through our exported files (`quantlens export
-   --format tpu-mlir`): TPU-MLIR's own all-INT8 build from the calibration table of a plain
-   `quantlens quantize --target bm1684x` run on the same pages (no qtable: TPU-MLIR's default),
-   and the chosen point (the search folder's calibration table + qtable of its mixed layers);
+2. deploys two models with TPU-MLIR 1.30.2 through the chosen point's exported files
+   (`quantlens export --format tpu-mlir`): the chosen point (float model, calibration table and
+   qtable of its mixed layers) and TPU-MLIR's own all-INT8 build of the same float model and
+   calibration table without the qtable (TPU-MLIR's default). Without the search's fixes
+   (`--no-fixes`) that table holds the plain calibration's thresholds, the ones quantlens'
+   all-int8 prediction uses; with fixes it holds the fixed ones (the record says which);
 3. runs each bmodel on TPU-MLIR's CPU model (model_runner) on the evaluation pages and scores
    its raw outputs with quantlens' own detection evaluator (the one `quantlens eval` uses), beside
    the float model in ONNX Runtime scored the same way.
@@ -19,7 +21,8 @@ writes a JSON. Deploys are cached under `--work/deploys/<hash of the float model
 input shapes and worker>`; a re-run on the same files and pages deploys and runs nothing again.
 
     python benchmarks/tpu_mlir_deploy.py [--search-dir DIR] [--calib 16] [--eval 8]
-        [--time-budget 2400] [--tpu-mlir-python /work/vendor-venvs/tpu-mlir/bin/python]
+        [--no-fixes] [--sensitivity-samples 4] [--time-budget S]
+        [--tpu-mlir-python /work/vendor-venvs/tpu-mlir/bin/python]
         [--work /tmp/tpu-mlir-deploy] [--json result.json]
 
 The TPU-MLIR venv is built by `benchmarks/envs/tpu_mlir.sh`; the worker that runs inside it is
@@ -63,6 +66,8 @@ class Predicted:
     chosen_label: str
     chosen_cost: float
     chosen_modes: dict[str, str]
+    evaluations: int  # full task-metric evaluations the search made
+    search_seconds: float | None  # the whole `quantlens search` command, as it recorded it
 
 
 def render(count: int, seed: int, root: Path) -> Path:
@@ -74,35 +79,26 @@ def render(count: int, seed: int, root: Path) -> Path:
     return folder
 
 
-def run_quiet(command: list[str], log: Path) -> None:
-    """A subprocess whose output goes to `log`; its tail is raised on failure."""
-    with log.open("w") as handle:
-        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False)
-    if done.returncode != 0:
-        tail = log.read_text().strip().splitlines()[-5:]
-        raise RuntimeError(f"{' '.join(command[2:4])} failed: {' | '.join(tail)}")
-
-
-def search_run(calib: Path, data: Path, folder: Path, time_budget: float | None) -> Path:
-    """`quantlens search` for bm1684x on the pages, unless `folder` holds a finished one."""
+def search_run(calib: Path, data: Path, folder: Path, args: argparse.Namespace) -> Path:
+    """`quantlens search --target bm1684x --task detection` on the pages (through the library,
+    for the sensitivity-sample count the CLI does not expose), unless `folder` holds one."""
     if (folder / "search.json").exists() and (folder / "plan.json").exists():
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    args = [MODEL, "--calib", str(calib), "--data", str(data), "--task", TASK]
-    args += ["--target", TARGET, "-o", str(folder)]
-    if time_budget is not None:
-        args += ["--time-budget", str(time_budget)]
-    run_quiet([sys.executable, "-m", "quantlens", "search", *args], folder.parent / "search.log")
-    return folder
+    from quantlens.data import zoo
+    from quantlens.search_run import SearchOptions, search_model
 
-
-def int8_run(calib: Path, folder: Path) -> Path:
-    """A plain all-int8 `quantlens quantize` run: the calibration table TPU-MLIR builds from."""
-    if (folder / "quantize.json").exists():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    args = [MODEL, "--calib", str(calib), "--target", TARGET, "-o", str(folder)]
-    run_quiet([sys.executable, "-m", "quantlens", "quantize", *args], folder.parent / "int8.log")
+    opts = SearchOptions(
+        calib=calib,
+        target=TARGET,
+        run_dir=folder,
+        data=data,
+        task=TASK,
+        sensitivity_samples=args.sensitivity_samples,
+        try_fixes=args.fixes,
+        time_budget=args.time_budget,
+        resume=True,
+    )
+    search_model(zoo.fetch(MODEL), opts, say=lambda m: print(f"  [search] {m}", file=sys.stderr))
     return folder
 
 
@@ -125,6 +121,8 @@ def predictions(search_json: Path) -> Predicted:
         chosen_label=str(chosen["label"]),
         chosen_cost=float(chosen["cost"]),
         chosen_modes=dict(chosen.get("modes") or {}),
+        evaluations=int(record.get("full_evaluations") or 0),
+        search_seconds=record.get("seconds"),
     )
 
 
@@ -277,6 +275,15 @@ def main() -> None:
     parser.add_argument("--calib-dir", type=Path, default=None, help="calibration pages folder")
     parser.add_argument("--data-dir", type=Path, default=None, help="evaluation pages folder")
     parser.add_argument("--time-budget", type=float, default=None, help="the search's, seconds")
+    parser.add_argument(
+        "--sensitivity-samples", type=int, default=4, help="pages for the search's unit noise"
+    )
+    parser.add_argument(
+        "--fixes",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the search tries bias correction and clip search first (`quantlens search --fixes`)",
+    )
     parser.add_argument("--tpu-mlir-python", default="/work/vendor-venvs/tpu-mlir/bin/python")
     parser.add_argument("--work", type=Path, default=Path("/tmp/tpu-mlir-deploy"))
     parser.add_argument("--json", type=Path, default=None)
@@ -297,21 +304,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     calib = args.calib_dir or render(args.calib, 1, args.work)
     data = args.data_dir or render(args.eval, 2, args.work)
     tick = time.perf_counter()
-    search_dir = search_run(calib, data, args.search_dir or args.work / "search", args.time_budget)
+    folder = args.search_dir or args.work / "search"
+    search_dir = search_run(calib, data, folder, args)
     seconds["search"] = round(time.perf_counter() - tick, 1)
     predicted = predictions(search_dir / "search.json")
-    tick = time.perf_counter()
-    plain = int8_run(calib, args.work / "int8")
-    seconds["int8_quantize"] = round(time.perf_counter() - tick, 1)
     scorer = Scorer(data)
     inputs = scorer.inputs()
     float_metrics = scorer.score(scorer.float_outputs())
     primary = predicted.metric
     builds: dict[str, Any] = {}
-    for name, run_dir in (("int8", plain), ("chosen", search_dir)):
-        files, said = export(run_dir, args.work / f"export-{name}")
-        if name == "int8":
-            files.pop(".qtable", None)  # TPU-MLIR's own default: every op INT8
+    chosen_files, said = export(search_dir, args.work / "export-chosen")
+    # TPU-MLIR's own all-INT8 build: the same float model and calibration table, no qtable.
+    int8_files = {k: v for k, v in chosen_files.items() if k != ".qtable"}
+    for name, files in (("chosen", chosen_files), ("int8", int8_files)):
         tick = time.perf_counter()
         report = deploy(name, files, inputs, args.tpu_mlir_python, args.work)
         seconds[f"{name}_deploy_and_run"] = round(time.perf_counter() - tick, 1)
@@ -360,6 +365,7 @@ def assemble(
         "data": str(data),
         "pages": {"calib": len(list(calib.glob("*.png"))), "eval": len(list(data.glob("*.png")))},
         "search_dir": str(search_dir),
+        "search_fixes": args.fixes,
         "float_ort": float_metrics,
         "tpu_mlir": tpu,
         "tpu_mlir_recovered_pct": share,
@@ -371,6 +377,8 @@ def assemble(
             "chosen_cost": predicted.chosen_cost,
             "chosen_modes": predicted.chosen_modes,
             "recovered_pct": predicted_share,
+            "full_evaluations": predicted.evaluations,
+            "search_seconds": predicted.search_seconds,
         },
         "difference_points": {
             "int8": _points(tpu["int8"], predicted.int8),
