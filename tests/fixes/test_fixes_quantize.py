@@ -130,6 +130,39 @@ def test_clip_search_never_worse_than_minmax(model_path: Path) -> None:
             np.testing.assert_array_equal(np.asarray(quant.scale, F32), expected)
 
 
+def test_clip_search_candidates_in_one_pass_and_its_time_budget(model_path: Path) -> None:
+    """Every method's candidate comes from one pass (min-max exactly what its own calibration
+    chooses, the histogram methods within 1% of the range of theirs); a spent time budget scores
+    the first sample only and says so."""
+    calib = _feeds(4)
+    executor, plan, points = _setup(model_path, 0, calib)
+    targets = {n: f for n, f in points.calibration_targets().items() if n in plan.activations}
+    runs: list[int] = []
+    original = executor.run
+
+    def counted(*args: object, **kwargs: object) -> object:
+        if args or kwargs.get("feeds") is not None:  # a whole-sample run, not a single step
+            runs.append(1)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    executor.run = counted  # type: ignore[method-assign]
+    options = ClipSearchOptions(samples=4, score_samples=2)
+    candidates = activation_candidates(executor, calib, targets, options)
+    executor.run = original  # type: ignore[method-assign]
+    assert len(runs) == 4  # one pass over 4 samples for all four methods
+    for method in ("minmax", "percentile", "mse"):
+        own = calibrate(executor, calib, targets, method).tensors
+        for name, found in candidates.items():
+            low, high = found[method]
+            width = own[name].clip_max - own[name].clip_min
+            tolerance = 0.0 if method == "minmax" else 0.01 * width  # finer histograms
+            assert abs(low - own[name].clip_min) <= tolerance
+            assert abs(high - own[name].clip_max) <= tolerance
+    bounded = clip_search(executor, plan, calib, points, ClipSearchOptions(time_budget_s=0.0))
+    assert bounded.changes[0] == "time budget 0 s: candidates scored on 1 of 4 samples"
+    assert bounded.plan is not None and len(bounded.changes) == 1 + len(targets)
+
+
 def test_quantize_records_fixes_and_writes_the_float_model(
     model_path: Path, tmp_path: Path
 ) -> None:

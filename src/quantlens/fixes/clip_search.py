@@ -2,10 +2,12 @@
 channel, the clip with the least squared error.
 
 Activations: candidates are the ranges the calibration observers choose (min-max, percentile,
-MSE, entropy) and a small grid of fractions of the min-max range. Each is scored by the error it
-causes in the outputs of the nodes that read the tensor (their weights quantized as planned,
-everything else float), summed over a few calibration samples relative to those outputs' energy.
-Min-max is always a candidate, so the pick is never worse than min-max on the scored data.
+MSE, entropy; all from one pass over the data) and a small grid of fractions of the min-max
+range. Each is scored by the error it causes in the outputs of the nodes that read the tensor
+(their weights quantized as planned, everything else float), summed over a few calibration
+samples relative to those outputs' energy. Min-max is always a candidate, so the pick is never
+worse than min-max on the scored data. With a time budget, scoring stops after the sample that
+spends it (at least one is scored).
 
 Weights: per output channel (or per tensor where the profile has per-tensor weights), the clip
 fraction of the min-max range with the least squared weight error on the plan's grid.
@@ -20,7 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from quantlens.calib import calibrate
+from quantlens.calib.collect import observe_shard, stats_from_observation
+from quantlens.calib.observers import ObserverSettings, make_observer
 from quantlens.emulate.executor import Executor, Step
 from quantlens.emulate.fakequant import QuantHooks, fake_quantize
 from quantlens.emulate.plan import QuantPoints, build_plan
@@ -45,6 +48,9 @@ class ClipSearchOptions:
     weight_ratios: tuple[float, ...] = field(
         default_factory=lambda: tuple(float(r) for r in np.linspace(0.5, 1.0, 51))
     )
+    # Seconds for the whole activation search; None: every scored sample. Scoring stops after
+    # the sample that passes it (under load a search spent 877 s here on the OCR recognizer).
+    time_budget_s: float | None = None
 
 
 def activation_candidates(
@@ -54,12 +60,15 @@ def activation_candidates(
     options: ClipSearchOptions,
     progress: Progress | None = None,
 ) -> dict[str, dict[str, Range]]:
-    """tensor -> {candidate label -> (low, high)}; min-max comes first."""
+    """tensor -> {candidate label -> (low, high)}; min-max comes first. One pass over the data
+    serves every method: its histograms have the most bins any method reads, and each method
+    chooses its range from them (a pass per method was most of the search's time)."""
     data = list(feeds)[: options.samples]
     methods = ("minmax", *[m for m in options.methods if m != "minmax"])
+    observation = observe_shard(executor, data, targets, _finest(methods, targets))
     candidates: dict[str, dict[str, Range]] = {name: {} for name in targets}
     for index, method in enumerate(methods):
-        stats = calibrate(executor, data, targets, method)
+        stats = stats_from_observation(observation, targets, method, str(executor.device))
         for name, t in stats.tensors.items():
             candidates[name][method] = (t.clip_min, t.clip_max)
         if progress is not None:
@@ -71,14 +80,28 @@ def activation_candidates(
     return candidates
 
 
+def _finest(methods: Sequence[str], targets: Mapping[str, IntFormat]) -> str:
+    """The method whose histograms have the most bins (entropy's |x| one on signed data)."""
+
+    def bins(method: str) -> int:
+        observer = make_observer(method, ObserverSettings())
+        if not observer.needs_histogram:
+            return 0
+        return max((observer.histogram_range(-1.0, 1.0, f)[2] for f in targets.values()), default=0)
+
+    return max(methods, key=bins)
+
+
 def score_candidates(
     executor: Executor,
     plan: QuantPlan,
     feeds: Sequence[Mapping[str, np.ndarray]],
     candidates: Mapping[str, Mapping[str, Range]],
     progress: Progress | None = None,
+    deadline: float | None = None,
 ) -> dict[str, dict[str, float]]:
-    """tensor -> {candidate -> error of its readers' outputs relative to their energy}."""
+    """tensor -> {candidate -> error of its readers' outputs relative to their energy}; with a
+    `deadline` (a `time.perf_counter()` value), no sample starts after it but the first."""
     readers = {
         name: [s for s in executor.steps if name in s.inputs and s.outputs] for name in candidates
     }
@@ -89,6 +112,8 @@ def score_candidates(
     weight_hooks = QuantHooks(plan, executor.device, only=set(plan.weights))
     with torch.inference_mode():
         for index, feed in enumerate(feeds):
+            if index and deadline is not None and time.perf_counter() > deadline:
+                break
             env = executor.run(feed, keep=keep)
             env.update({k: torch.as_tensor(v).to(executor.device) for k, v in feed.items()})
             for name, found in candidates.items():
@@ -164,7 +189,20 @@ def clip_search(
         return result
     candidates = activation_candidates(executor, feeds, targets, opts)
     scored = list(feeds)[: opts.score_samples]
-    scores = score_candidates(executor, plan, scored, candidates, progress)
+    deadline = None if opts.time_budget_s is None else start + opts.time_budget_s
+    done: list[int] = []
+
+    def tick(count: int, total: int) -> None:
+        done.append(count)
+        if progress is not None:
+            progress(count, total)
+
+    scores = score_candidates(executor, plan, scored, candidates, tick, deadline)
+    if len(done) < len(scored):
+        result.changes.append(
+            f"time budget {opts.time_budget_s:g} s: candidates scored on {len(done)} of "
+            f"{len(scored)} samples"
+        )
     ranges = _current_ranges(plan)
     for name, found in scores.items():
         best = min(found, key=lambda label: found[label])

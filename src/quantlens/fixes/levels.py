@@ -96,7 +96,7 @@ def run_fixes(
     budget_s: float | None = None,
 ) -> tuple[QuantPlan, list[FixResult]]:
     """Run the enabled fixes in order, applying each to the executor and its model.
-    `budget_s` caps each learned fix (AdaRound, fine-tune)."""
+    `budget_s` caps each learned fix (AdaRound, fine-tune) and clip search's scoring."""
     results: list[FixResult] = []
     steps = _steps(settings, points, budget_s)
     guard = FixGuard(executor, feeds[:GUARD_SAMPLES]) if steps else None
@@ -223,9 +223,10 @@ def _steps(
 
 # Imports inside: the heavier fixes load only when asked for.
 def _clip_search(points: QuantPoints, budget_s: float | None) -> Fix:
-    from quantlens.fixes.clip_search import clip_search
+    from quantlens.fixes.clip_search import ClipSearchOptions, clip_search
 
-    return lambda e, p, f, pr: clip_search(e, p, f, points, progress=pr)
+    options = ClipSearchOptions(time_budget_s=budget_s)
+    return lambda e, p, f, pr: clip_search(e, p, f, points, options, progress=pr)
 
 
 def _weight_clip(points: QuantPoints, budget_s: float | None) -> Fix:

@@ -34,6 +34,9 @@ POST_PLAN = ("bias_correction", "clip_search", "adaround", "finetune")
 # Tried by default: cheap, and free on the chip. Equalization is a graph pass that needs its own
 # calibration, and AdaRound / fine-tune take minutes: those run when `--optimize` asks.
 FREE = ("bias_correction", "clip_search")
+# Seconds each fix may take in a search unless `fix_budget_s` says otherwise (clip search's
+# scoring, AdaRound, fine-tune): the full evaluations are what the search's time is for.
+SEARCH_FIX_BUDGET_S = 120.0
 
 
 def trial_settings(
@@ -165,7 +168,9 @@ def fix_int8(
     progress: Progress | None = None,
     budget_s: float | None = None,
 ) -> FixTrialResult:
-    """Run `settings`' fixes on the all-int8 plan (changing the executor's weights)."""
+    """Run `settings`' fixes on the all-int8 plan (changing the executor's weights); each
+    fix's time is capped at `budget_s`, `SEARCH_FIX_BUDGET_S` when None."""
+    budget_s = SEARCH_FIX_BUDGET_S if budget_s is None else budget_s
     saved = {name: t.detach().cpu().numpy().copy() for name, t in executor.weights.items()}
     fixed, results = run_fixes(
         executor, int8.model_copy(deep=True), points, feeds, settings, say, progress, budget_s
