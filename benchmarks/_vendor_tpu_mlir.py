@@ -12,7 +12,10 @@ JOB.json: {"format": "tpu-mlir", "model": name, "variant": "int8"|"mixed",
 --quantize_table); "reuse": true keeps a workdir's earlier build (its `deployed` marker, written
 after a deploy succeeds) and an earlier run's outputs, so a caller that names the workdir after
 a hash of the inputs (benchmarks/tpu_mlir_deploy.py) never deploys the same files twice;
-"outputs_name": the outputs file's name in the workdir (default outputs.npz).
+"outputs_name": the outputs file's name in the workdir (default outputs.npz); "runner":
+"bmodel" (default) or "tpu-mlir" (the `_tpu.mlir` in TPU-MLIR's interpreter, 20-30x faster on
+doclayout, whose INT8 outputs equal the bmodel's) with "bmodel_samples": k (the bmodel on the
+first k samples too, "bmodel_outputs" in the reply, to check that they agree).
 
 Steps: model_transform.py, model_deploy.py --quantize INT8 --chip bm1684x with both tables
 (--debug keeps the `_tpu.mlir`), counts from the `_tpu.mlir` of what was honoured, then the
@@ -313,13 +316,19 @@ def output_key(result: dict[str, np.ndarray], onnx_name: str) -> str:
     grown = sorted((k for k in result if k.startswith(onnx_name + "_")), key=len)
     if not grown:
         raise ToolError(f"model_runner gave no output for {onnx_name}: {sorted(result)[:5]}")
-    return grown[0]
+    # The interpreter returns the output op and its cast to f32 (`..._f32`), which is the one
+    # the bmodel returns: prefer it.
+    return next((k for k in grown if k.endswith("_f32")), grown[0])
 
 
-def run_model(bmodel: Path, batches: list[dict[str, Any]], outputs: list[str], work: Path) -> Path:
+def run_model(
+    model: Path, batches: list[dict[str, Any]], outputs: list[str], work: Path, prefix: str = ""
+) -> Path:
+    """`model_runner.py` on every batch: a bmodel runs on TPU-MLIR's CPU model, a `.mlir` in
+    TPU-MLIR's interpreter. Outputs stacked by ONNX output name in `<prefix>outputs.npz`."""
     collected: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
     for i, batch in enumerate(batches):
-        feed, got = work / f"sample{i}_in.npz", work / f"sample{i}_out.npz"
+        feed, got = work / f"{prefix}sample{i}_in.npz", work / f"{prefix}sample{i}_out.npz"
         np.savez(feed, **batch)
         run_tool(
             [
@@ -327,19 +336,53 @@ def run_model(bmodel: Path, batches: list[dict[str, Any]], outputs: list[str], w
                 "--input",
                 str(feed),
                 "--model",
-                str(bmodel),
+                str(model),
                 "--output",
                 str(got),
             ],
             work,
-            f"runner{i}",
+            f"{prefix}runner{i}",
         )
         result = dict(np.load(got))
         for name in outputs:
             collected[name].append(np.asarray(result[output_key(result, name)], np.float32))
-    path = work / "outputs.npz"
+    path = work / f"{prefix}outputs.npz"
     np.savez(path, **{name: np.concatenate(parts, axis=0) for name, parts in collected.items()})
     return path
+
+
+def run_outputs(
+    job: dict[str, Any], work: Path, tpu_mlir: Path, outputs: list[str], notes: list[str]
+) -> dict[str, str]:
+    """The model's outputs on every sample ("outputs"), from the bmodel on the CPU model or,
+    with job["runner"] "tpu-mlir", from the `_tpu.mlir` in TPU-MLIR's interpreter; then also
+    the bmodel on the first job["bmodel_samples"] samples ("bmodel_outputs"), to show both
+    give the same outputs. Files named in the job and present already are reused."""
+    runner = job.get("runner", "bmodel")
+    if runner not in ("bmodel", "tpu-mlir"):
+        raise ToolError(f"unknown runner {runner!r}: bmodel or tpu-mlir")
+    arrays = dict(np.load(job["inputs"]))
+    batches = samples(arrays, job["input_shapes"])
+    model = work / "m.bmodel" if runner == "bmodel" else tpu_mlir
+    wanted = {"outputs": (job.get("outputs_name", "outputs.npz"), model, batches, "")}
+    count = int(job.get("bmodel_samples", 0)) if runner == "tpu-mlir" else 0
+    if count:
+        name = f"bmodel{count}-{job.get('outputs_name', 'outputs.npz')}"
+        wanted["bmodel_outputs"] = (name, work / "m.bmodel", batches[:count], "bmodel-")
+    found: dict[str, str] = {}
+    for key, (name, path, todo, prefix) in wanted.items():
+        kept = work / name
+        if job.get("reuse") and kept.exists():
+            notes.append(f"{key} reused from an earlier run on the same inputs")
+        else:
+            start = time.perf_counter()
+            run_model(path, todo, outputs, work, prefix).replace(kept)
+            where = "CPU model" if path.suffix == ".bmodel" else "interpreter"
+            notes.append(
+                f"{key}: {len(todo)} batches on the {where}: {time.perf_counter() - start:.1f} s"
+            )
+        found[key] = str(kept)
+    return found
 
 
 def qtable_args(files: dict[str, str]) -> list[str]:
@@ -433,17 +476,7 @@ def check(job: dict[str, Any]) -> dict[str, Any]:
         }
         notes += (modes.problems + thresholds.problems)[:20]
         _, outputs = graph_names(Path(job["float_model"]))
-        kept = work / job.get("outputs_name", "outputs.npz")
-        if job.get("reuse") and kept.exists():
-            report["outputs"] = str(kept)
-            notes.append("outputs reused from an earlier run on the same inputs")
-            return report
-        arrays = dict(np.load(job["inputs"]))
-        start = time.perf_counter()
-        batches = samples(arrays, job["input_shapes"])
-        ran = run_model(work / "m.bmodel", batches, outputs, work)
-        report["outputs"] = str(ran.replace(kept))
-        notes.append(f"bmodel on the CPU model: {time.perf_counter() - start:.1f} s")
+        report.update(run_outputs(job, work, tpu_mlir, outputs, notes))
     except ToolError as err:
         report["error"] = str(err)
     except Exception as err:  # a broken job or file must still give one JSON line

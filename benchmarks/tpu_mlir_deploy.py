@@ -11,9 +11,13 @@ demo` renders them) this script:
    calibration table without the qtable (TPU-MLIR's default). Without the search's fixes
    (`--no-fixes`) that table holds the plain calibration's thresholds, the ones quantlens'
    all-int8 prediction uses; with fixes it holds the fixed ones (the record says which);
-3. runs each bmodel on TPU-MLIR's CPU model (model_runner) on the evaluation pages and scores
-   its raw outputs with quantlens' own detection evaluator (the one `quantlens eval` uses), beside
-   the float model in ONNX Runtime scored the same way.
+3. runs each build on the evaluation pages with model_runner and scores its raw outputs with
+   quantlens' own detection evaluator (the one `quantlens eval` uses), beside the float model in
+   ONNX Runtime scored the same way. By default (`--runner tpu-mlir`) every page runs the
+   deploy's `_tpu.mlir` in TPU-MLIR's interpreter and the first `--bmodel-pages` pages also run
+   the bmodel on TPU-MLIR's CPU model, whose outputs are compared with the interpreter's (the
+   CPU model takes 3-6 minutes a 1024x1024 page on this shared machine, the interpreter 10-20
+   s); `--runner bmodel` scores the bmodel itself on every page.
 
 It prints float mAP, TPU-MLIR's all-int8 and chosen-point mAP, the share of TPU-MLIR's
 float-int8 gap the chosen point recovers, quantlens' predictions and the differences, and
@@ -82,8 +86,8 @@ def render(count: int, seed: int, root: Path) -> Path:
 def search_run(calib: Path, data: Path, folder: Path, args: argparse.Namespace) -> Path:
     """`quantlens search --target bm1684x --task detection` on the pages (through the library,
     for the sensitivity-sample count the CLI does not expose), unless `folder` holds one."""
-    if (folder / "search.json").exists() and (folder / "plan.json").exists():
-        return folder
+    if (folder / "search.json").exists() and (folder / "quantize.json").exists():
+        return folder  # the chosen point's plan is written last, through quantize
     from quantlens.data import zoo
     from quantlens.search_run import SearchOptions, search_model
 
@@ -171,10 +175,11 @@ def deploy(
     name: str,
     files: dict[str, str],
     inputs: dict[str, np.ndarray],
-    python: str,
+    args: argparse.Namespace,
     root: Path,
 ) -> dict[str, Any]:
-    """Build and run one bmodel through the worker, in a folder named by the inputs' hash."""
+    """Build and run one model through the worker, in a folder named by its inputs' hash."""
+    python = args.tpu_mlir_python
     shapes = {n: [1, *a.shape[1:]] for n, a in inputs.items()}
     key = deploy_key(files, shapes, python)
     work = root / "deploys" / f"{name}-{key}"
@@ -192,7 +197,9 @@ def deploy(
         "input_shapes": shapes,
         "workdir": str(work),
         "reuse": True,
-        "outputs_name": f"outputs-{inputs_key(inputs)}.npz",
+        "outputs_name": f"outputs-{args.runner}-{inputs_key(inputs)}.npz",
+        "runner": args.runner,
+        "bmodel_samples": args.bmodel_pages,
     }
     job_path = work / "job.json"
     job_path.write_text(json.dumps(job, indent=1))
@@ -261,6 +268,25 @@ class Scorer:
         return {n: np.concatenate([r[n] for r in runs]) for n in runs[0]}
 
 
+def agreement(outputs: str, bmodel_outputs: str) -> dict[str, float]:
+    """How the bmodel's outputs on the CPU model compare with the interpreter's on the same
+    first pages: share of equal values, largest difference, SNR (dB, inf when equal)."""
+    ours, chip = np.load(outputs), np.load(bmodel_outputs)
+    equal, worst, noise, signal, pages = 0, 0.0, 0.0, 0.0, 0
+    total = 0
+    for name in chip.files:
+        got = chip[name].astype(np.float64)
+        ref = ours[name][: got.shape[0]].astype(np.float64)
+        pages = got.shape[0]
+        equal += int(np.sum(got == ref))
+        total += got.size
+        worst = max(worst, float(np.max(np.abs(got - ref))))
+        noise += float(np.sum((got - ref) ** 2))
+        signal += float(np.sum(ref**2))
+    snr = float("inf") if noise == 0 else 10 * float(np.log10(signal / noise))
+    return {"pages": pages, "equal_share": equal / total, "max_abs_diff": worst, "snr_db": snr}
+
+
 def recovered(float_: float, int8: float, point: float) -> float | None:
     """Share (%) of the float-int8 gap a point closes; None when int8 loses nothing."""
     gap = float_ - int8
@@ -285,6 +311,19 @@ def main() -> None:
         help="the search tries bias correction and clip search first (`quantlens search --fixes`)",
     )
     parser.add_argument("--tpu-mlir-python", default="/work/vendor-venvs/tpu-mlir/bin/python")
+    parser.add_argument(
+        "--runner",
+        choices=("tpu-mlir", "bmodel"),
+        default="tpu-mlir",
+        help="what scores every page: the deploy's _tpu.mlir in TPU-MLIR's interpreter (20-30x "
+        "faster here) or the bmodel on TPU-MLIR's CPU model",
+    )
+    parser.add_argument(
+        "--bmodel-pages",
+        type=int,
+        default=1,
+        help="with --runner tpu-mlir: pages also run as the bmodel on the CPU model, compared",
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/tpu-mlir-deploy"))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -318,12 +357,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     int8_files = {k: v for k, v in chosen_files.items() if k != ".qtable"}
     for name, files in (("chosen", chosen_files), ("int8", int8_files)):
         tick = time.perf_counter()
-        report = deploy(name, files, inputs, args.tpu_mlir_python, args.work)
+        report = deploy(name, files, inputs, args, args.work)
         seconds[f"{name}_deploy_and_run"] = round(time.perf_counter() - tick, 1)
         report["export"] = said
         report["qtable_entries"] = qtable_entries(files[".qtable"]) if ".qtable" in files else 0
         if report.get("outputs"):
             report["metrics"] = scorer.score(dict(np.load(report["outputs"])))
+        if report.get("bmodel_outputs"):
+            report["bmodel_agreement"] = agreement(report["outputs"], report["bmodel_outputs"])
         builds[name] = report
         print(f"{name}: {summary(report, primary)}", file=sys.stderr, flush=True)
     seconds["total"] = round(time.perf_counter() - started, 1)
@@ -334,7 +375,14 @@ def summary(report: dict[str, Any], primary: str) -> str:
     if report.get("error"):
         return f"FAILED: {report['error']}"
     metric = (report.get("metrics") or {}).get(primary)
-    return f"{primary} {metric}, checks {report.get('checks')}, {report['seconds']} s"
+    line = f"{primary} {metric}, checks {report.get('checks')}, {report['seconds']} s"
+    same = report.get("bmodel_agreement")
+    if same:
+        line += (
+            f"; bmodel on the CPU model vs interpreter on {same['pages']} page(s): "
+            f"{same['equal_share']:.4%} of values equal, max diff {same['max_abs_diff']:.4g}"
+        )
+    return line
 
 
 def assemble(

@@ -104,3 +104,39 @@ def test_predictions_read_plain_int8_and_chosen(tmp_path: Path) -> None:
     assert got.chosen_modes == {"x": "fp16"}
     assert bench.recovered(got.float_, got.int8, got.chosen) == pytest.approx(90.0)
     assert bench.recovered(0.5, 0.5, 0.5) is None
+
+
+def test_interpreter_scores_every_sample_and_the_bmodel_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    ran: list[tuple[str, int]] = []
+
+    def fake_run(model: Path, batches: list[Any], outputs: list[str], work: Path, prefix: str = ""):
+        ran.append((model.suffix, len(batches)))
+        path = work / f"{prefix}outputs.npz"
+        np.savez(path, out=np.zeros((len(batches), 2), np.float32))
+        return path
+
+    monkeypatch.setattr(worker, "run_model", fake_run)
+    np.savez(tmp_path / "in.npz", images=np.zeros((3, 1, 2, 2), np.float32))
+    job: dict[str, Any] = {
+        "inputs": str(tmp_path / "in.npz"),
+        "input_shapes": {"images": [1, 1, 2, 2]},
+        "runner": "tpu-mlir",
+        "bmodel_samples": 1,
+        "outputs_name": "o.npz",
+        "reuse": True,
+    }
+    mlir = tmp_path / "m_tpu.mlir"
+    found = worker.run_outputs(job, tmp_path, mlir, ["out"], [])
+    assert ran == [(".mlir", 3), (".bmodel", 1)]
+    assert Path(found["outputs"]).name == "o.npz"
+    assert Path(found["bmodel_outputs"]).name == "bmodel1-o.npz"
+    worker.run_outputs(job, tmp_path, mlir, ["out"], [])  # both kept: nothing runs again
+    assert len(ran) == 2
+    with pytest.raises(worker.ToolError, match="unknown runner"):
+        worker.run_outputs({**job, "runner": "gpu"}, tmp_path, mlir, ["out"], [])
+    agree = bench.agreement(found["outputs"], found["bmodel_outputs"])
+    assert agree["equal_share"] == 1.0 and agree["pages"] == 1
