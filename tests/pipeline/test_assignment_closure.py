@@ -203,3 +203,26 @@ def test_a_planned_export_keeps_the_plan_it_scored(model_path: Path, tmp_path: P
     assert report.mode_changes == []
     assert Assignment.load(opts.run_dir / "assignment.json").layers == scored.layers
     assert any(n.startswith("not applied") and "conv1" in n for n in report.notes)
+
+
+def test_analyze_measures_the_closed_assignment(model_path: Path, tmp_path: Path) -> None:
+    """`analyze --assignment` measures what `quantize` realizes: the same changes, said and
+    kept in analysis.json, and conv2's input quantized at 16 bits."""
+    calib = npz_folder(tmp_path / "calib", 2, (1, 3, 16, 16))
+    given = tmp_path / "assignment.json"
+    given.write_text(Assignment(target="qnn-htp", layers={"conv2": "a16_w8"}).to_json())
+    run = tmp_path / "run"
+    result = quantlens(
+        "analyze", str(model_path), "--calib", str(calib), "--target", "qnn-htp",
+        "--assignment", str(given), "--mode", "accumulated", "-o", str(run),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "changed conv1: a8_w8 -> a8_w8_a16" in result.stdout
+    record = json.loads((run / "analysis.json").read_text())["mode_changes"]
+    assert [(c["node"], c["mode"]) for c in record] == [
+        ("conv1", "a8_w8_a16"),
+        ("relu1", "a8_w8_a16"),
+        ("relu2", "a16_w8"),
+    ]
+    plan = json.loads((run / "calibration.json").read_text())
+    assert plan["tensors"]["r1"]  # the 16-bit tensor was calibrated for the closed plan

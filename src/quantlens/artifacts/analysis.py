@@ -6,6 +6,7 @@ from pydantic import BaseModel, Field
 
 from quantlens import __version__
 from quantlens.artifacts import Artifact
+from quantlens.artifacts.quantize import ModeChange
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.modes import ModeName
 
@@ -112,6 +113,9 @@ class AnalysisReport(Artifact):
     thresholds: dict[str, float] = Field(default_factory=dict)
     seconds: dict[str, float] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
+    mode_changes: list[ModeChange] = Field(
+        default_factory=list, description="modes of --assignment the target's rules changed"
+    )
     quantlens_version: str = __version__
 
     def layer(self, layer_id: str) -> LayerAnalysis:

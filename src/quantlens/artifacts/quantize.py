@@ -49,6 +49,9 @@ class ModeChange(BaseModel):
     mode: str
     reason: str
 
+    def line(self) -> str:
+        return f"changed {self.node}: {self.requested} -> {self.mode} ({self.reason})"
+
 
 class QuantizeReport(Artifact):
     kind = "quantize"

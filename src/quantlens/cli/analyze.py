@@ -100,6 +100,8 @@ def analyze(
         print_json(report.to_json())
         return
     out.print(render_table(report, top))
+    for change in report.mode_changes:
+        out.print(change.line(), markup=False)
     worst = report.worst(1)
     flagged = sum(1 for layer in report.layers if layer.flags)
     out.print(

@@ -120,10 +120,7 @@ def _print_quantize(report: QuantizeReport) -> None:
     out.print(table)
     modes = ", ".join(f"{m} x{n}" for m, n in report.modes.items())
     for change in report.mode_changes:
-        out.print(
-            f"changed {change.node}: {change.requested} -> {change.mode} ({change.reason})",
-            markup=False,
-        )
+        out.print(change.line(), markup=False)
     for fix in report.optimize.fixes:
         out.print(_fix_line(fix))
     if report.latency is not None:

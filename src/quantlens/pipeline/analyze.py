@@ -11,7 +11,7 @@ import collections
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -41,10 +41,12 @@ from quantlens.analysis import (
 from quantlens.analysis.report import GradientNoise, IsolatedNoise
 from quantlens.artifacts.folder import RunFolder
 from quantlens.artifacts.journal import stage
+from quantlens.artifacts.quantize import ModeChange
 from quantlens.calib import CalibrationStats
 from quantlens.emulate import Executor
 from quantlens.errors import UserError
 from quantlens.ir import discover_layers
+from quantlens.pipeline.closure import close_assignment
 from quantlens.pipeline.session import (
     CalibrationOptions,
     Session,
@@ -89,6 +91,8 @@ class Setup:
     calibration: CalibrationStats
     feeds: Sequence[Feed]
     layers: list[LayerTensors]
+    # Modes of the given assignment that the target's rules changed (what is measured).
+    mode_changes: list[ModeChange] = field(default_factory=list)
 
 
 def modes_for(mode: str) -> tuple[str, ...]:
@@ -106,8 +110,10 @@ def prepare_analysis(path: Path, opts: AnalyzeOptions, progress: Progress | None
 
 
 def analysis_setup(session: Session, opts: AnalyzeOptions, progress: Progress | None) -> Setup:
-    """The plan to measure and the layers to measure it at, on `session`'s model."""
-    points = session.points()
+    """The plan to measure and the layers to measure it at, on `session`'s model: the
+    session's assignment closed under the target's rules, as `quantize` realizes it."""
+    assignment, changes = close_assignment(session.model, session.assignment, session.profile)
+    points = session.points(assignment)
     stats, _ = session.calibrate(points, progress)
     if not session.folder.has(QuantPlan):
         # An analysis-only folder: its calibration is this one. Beside a quantize run's plan,
@@ -122,7 +128,7 @@ def analysis_setup(session: Session, opts: AnalyzeOptions, progress: Progress | 
     layers = layer_tensors(executor, discover_layers(session.model).layers, plan, profile.placement)
     if opts.all_nodes and profile.placement == "all-outputs":
         layers = sorted([*layers, *node_tensors(executor, layers, plan)], key=lambda lt: lt.step)
-    return Setup(session.path, profile, executor, plan, stats, feeds, layers)
+    return Setup(session.path, profile, executor, plan, stats, feeds, layers, changes)
 
 
 class _Ticker:
@@ -167,6 +173,7 @@ def analyze_model(
         )
     report = assemble(setup, opts, modes, size, accumulated, isolated, gradient)
     report.seconds = {k: round(v, 3) for k, v in clock.items()}
+    report.mode_changes = setup.mode_changes
     RunFolder(opts.run_dir).write(report)
     return report
 
