@@ -117,6 +117,8 @@ def predictions(search_json: Path) -> Predicted:
     for point in (chosen, plain):
         if point.get("metric") is None:
             raise RuntimeError(f"the search did not score {point['label']} with the task metric")
+    if not record.get("finished", True):
+        print("note: the search has not finished; its chosen point so far", file=sys.stderr)
     return Predicted(
         metric=record["metric_name"],
         float_=float(record["float_metric"]),
@@ -324,6 +326,21 @@ def main() -> None:
         default=1,
         help="with --runner tpu-mlir: pages also run as the bmodel on the CPU model, compared",
     )
+    parser.add_argument(
+        "--builds",
+        nargs="+",
+        choices=("chosen", "int8"),
+        default=["chosen", "int8"],
+        help="which TPU-MLIR builds to deploy and score",
+    )
+    parser.add_argument(
+        "--int8-run",
+        type=Path,
+        default=None,
+        help="a `quantlens quantize --target bm1684x` run whose calibration table TPU-MLIR's "
+        "all-INT8 build uses (default: the chosen point's); with --builds int8 the search "
+        "need not have finished",
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/tpu-mlir-deploy"))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -344,7 +361,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     data = args.data_dir or render(args.eval, 2, args.work)
     tick = time.perf_counter()
     folder = args.search_dir or args.work / "search"
-    search_dir = search_run(calib, data, folder, args)
+    # Only the all-INT8 build from another run needs no finished search (its predictions
+    # are read from the search.json written so far).
+    int8_only = args.builds == ["int8"] and args.int8_run is not None
+    search_dir = folder if int8_only else search_run(calib, data, folder, args)
     seconds["search"] = round(time.perf_counter() - tick, 1)
     predicted = predictions(search_dir / "search.json")
     scorer = Scorer(data)
@@ -352,10 +372,18 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     float_metrics = scorer.score(scorer.float_outputs())
     primary = predicted.metric
     builds: dict[str, Any] = {}
-    chosen_files, said = export(search_dir, args.work / "export-chosen")
-    # TPU-MLIR's own all-INT8 build: the same float model and calibration table, no qtable.
-    int8_files = {k: v for k, v in chosen_files.items() if k != ".qtable"}
-    for name, files in (("chosen", chosen_files), ("int8", int8_files)):
+    todo = {}
+    if not int8_only:
+        todo["chosen"] = export(search_dir, args.work / "export-chosen")
+    # TPU-MLIR's own all-INT8 build: a float model and calibration table, no qtable.
+    int8_files, said = (
+        todo["chosen"]
+        if args.int8_run is None
+        else export(args.int8_run, args.work / "export-int8")
+    )
+    todo["int8"] = ({k: v for k, v in int8_files.items() if k != ".qtable"}, said)
+    for name in args.builds:
+        files, said = todo[name]
         tick = time.perf_counter()
         report = deploy(name, files, inputs, args, args.work)
         seconds[f"{name}_deploy_and_run"] = round(time.perf_counter() - tick, 1)
@@ -397,7 +425,7 @@ def assemble(
 ) -> dict[str, Any]:
     primary = predicted.metric
     measured_float = float_metrics[primary]
-    tpu = {n: (b.get("metrics") or {}).get(primary) for n, b in builds.items()}
+    tpu = {n: (builds.get(n, {}).get("metrics") or {}).get(primary) for n in ("int8", "chosen")}
     share = None
     if tpu["int8"] is not None and tpu["chosen"] is not None:
         share = recovered(measured_float, tpu["int8"], tpu["chosen"])
