@@ -176,3 +176,62 @@ def test_tpu_mlir_add_runs_on_integer_codes() -> None:
     # ONNX Runtime's profile keeps float arithmetic.
     ort = quantization_points(model, Assignment(target="ort-cpu"), get_profile("ort-cpu"))
     assert ort.requantized == {}
+
+
+def _aimet_codes(x: np.ndarray, scale: float, offset: int, bits: int) -> np.ndarray:
+    """AIMET's quantizeValueCpu written out with numpy float32: x / delta - offset, then
+    C's round() (half away from zero), clamped to the unsigned grid."""
+    y = (x.astype(np.float32) / np.float32(scale)).astype(np.float32) - np.float32(offset)
+    rounded = np.trunc(y) + np.sign(y) * (np.abs(y - np.trunc(y)) >= 0.5)
+    return np.clip(rounded, 0, 2**bits - 1)
+
+
+def test_qnn_htp_quantizers_round_as_aimet_after_the_offset() -> None:
+    from quantlens.emulate.fakequant import OffsetHalfAwayQuantizer, TensorQuantizer
+    from quantlens.schemes.qparams import TensorQuant
+
+    fmt = int_format("uint8-asym")
+    scale = np.float32(0.1)
+    spec = TensorQuant(name="a", format=fmt, scale=[float(scale)], zero_point=[103])
+    # Means of 6 codes (ties at k + 0.5 steps) and values just below a tie, which the float32
+    # sum with the zero point moves onto it.
+    codes = np.arange(-40, 40, dtype=np.float32)
+    x = np.concatenate([(codes + 0.5) * scale, (codes + 0.4999999) * scale, codes / 6 * scale])
+    ours = OffsetHalfAwayQuantizer(spec, torch.device("cpu"))(torch.from_numpy(x)).numpy()
+    want = (_aimet_codes(x, float(scale), -103, 8) - 103) * scale
+    np.testing.assert_array_equal(ours, want.astype(np.float32))
+    # ONNX's half to even differs from it on the ties: the rule changes codes.
+    onnx_way = TensorQuantizer(spec, torch.device("cpu"))(torch.from_numpy(x)).numpy()
+    assert (onnx_way != ours).sum() > 10
+    # A signed symmetric weight sits on AIMET's unsigned grid with offset -128.
+    weight = TensorQuant(
+        name="w", format=int_format("int8-sym"), scale=[0.01, 0.02], zero_point=[0, 0], axis=0
+    )
+    w = np.array([[0.005, -0.005, 1.265], [0.01, -0.03, 0.05]], np.float32)
+    got = OffsetHalfAwayQuantizer(weight, torch.device("cpu"))(torch.from_numpy(w)).numpy()
+    for row, s in enumerate((0.01, 0.02)):
+        want_row = (_aimet_codes(w[row], s, -128, 8) - 128) * np.float32(s)
+        np.testing.assert_array_equal(got[row], want_row.astype(np.float32))
+
+
+def test_qnn_htp_adds_its_bias_in_float_but_exports_it_int32() -> None:
+    from quantlens.emulate.fakequant import QuantHooks
+
+    model, points = _points("qnn-htp")
+    plan = build_plan(
+        points, _ranges(model, list(points.calibration_targets())), Executor(model).weights,
+        "qnn-htp",
+    )  # fmt: skip
+    assert plan.float_bias and plan.quantizer_rounding == "offset-half-away"
+    bias = plan.weights["b1"]  # kept on its int32 grid for the exporters
+    assert bias.bias_of is not None and bias.format.bits == 32  # type: ignore[union-attr]
+    hooks = QuantHooks(plan)
+    assert "b1" not in hooks.weights and "w1" in hooks.weights
+    # Every other profile keeps the plan's own rounding and quantizes its biases.
+    model, points = _points("ort-cpu")
+    plan = build_plan(
+        points, _ranges(model, list(points.calibration_targets())), Executor(model).weights,
+        "ort-cpu",
+    )  # fmt: skip
+    assert not plan.float_bias and plan.quantizer_rounding == "half-to-even"
+    assert "b1" in QuantHooks(plan).weights

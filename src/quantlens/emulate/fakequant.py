@@ -193,6 +193,48 @@ class VendorCodesQuantizer(TensorQuantizer):
         return y if out is None else out.copy_(y)
 
 
+class OffsetHalfAwayQuantizer(TensorQuantizer):
+    """A quantizer that rounds as AIMET's simulator does (plan `quantizer_rounding`
+    "offset-half-away"): the zero point of the unsigned grid is added to x / scale in float32,
+    then rounded half away from zero. Against ours (x / scale rounded half to even, the zero
+    point added after) this changes codes at exact ties, frequent in averages of codes (an
+    AveragePool over 6 inputs: one output in 6), and where the float32 sum with the zero point
+    rounds onto a tie. Dequantized as ours: (code - zero point) x scale."""
+
+    def __init__(self, spec: TensorQuant, device: torch.device) -> None:
+        super().__init__(spec, device)
+        if isinstance(spec.format, IntFormat) and not self.wide:
+            fmt = spec.format
+            # The unsigned grid's zero point: a signed code c is c + 2^(bits-1) there.
+            shift = 2 ** (fmt.bits - 1) if fmt.signed else 0
+            self.offset = self.zero + shift
+            self.top = float(2**fmt.bits - 1)
+
+    def __call__(
+        self, x: Tensor, overwrite: bool = False, finite: bool = False, out: Tensor | None = None
+    ) -> Tensor:
+        if self.wide or not self.is_int or not x.is_floating_point():
+            return super().__call__(x, overwrite, finite, out)
+        data = x.float()
+        scale, _, _ = self._broadcast(data.dim())
+        offset = _along(self.offset, data.dim(), self.axis)
+        y = data / scale + offset
+        whole = torch.trunc(y)
+        rounded = whole + torch.sign(y) * ((y - whole).abs() >= 0.5)
+        # AIMET clamps to the float range first: NaN lands on the top code (fmin/fmax).
+        codes = torch.nan_to_num(rounded, nan=self.top).clamp(0.0, self.top)
+        if data.requires_grad:  # straight-through: the rounding passes the gradient
+            codes = y + (codes - y).detach()
+        result = ((codes - offset) * scale).to(x.dtype)
+        return result if out is None else out.copy_(result)
+
+
+QUANTIZERS: dict[str, type[TensorQuantizer]] = {
+    "half-to-even": TensorQuantizer,
+    "offset-half-away": OffsetHalfAwayQuantizer,
+}
+
+
 class QuantHooks:
     """Executor hooks that apply a QuantPlan.
 
@@ -209,8 +251,15 @@ class QuantHooks:
     ) -> None:
         dev = self._device = torch.device(device)
         keep = set(only) if only is not None else None
+        self._quantizer = QUANTIZERS[plan.quantizer_rounding]
         self.activations = self._build(plan.activations, dev, keep)
-        self.weights = self._build(plan.weights, dev, keep)
+        # A vendor that adds biases in float (`plan.float_bias`) leaves them unquantized here.
+        weights = {
+            name: quant
+            for name, quant in plan.weights.items()
+            if not (plan.float_bias and quant.bias_of is not None)
+        }
+        self.weights = self._build(weights, dev, keep)
         # Ops the vendor computes on integer codes (`QuantPlan.requant`), by node name: only
         # where every grid they read and write is quantized in this run.
         self.kernels: dict[str, KernelFn] = {}
@@ -256,12 +305,11 @@ class QuantHooks:
             if constant is not None and name in self.weights:
                 self.weights[name] = VendorCodesQuantizer(constant, self._device, values)
 
-    @staticmethod
     def _build(
-        specs: dict[str, TensorQuant], device: torch.device, keep: set[str] | None
+        self, specs: dict[str, TensorQuant], device: torch.device, keep: set[str] | None
     ) -> dict[str, TensorQuantizer]:
         return {
-            name: TensorQuantizer(spec, device)
+            name: self._quantizer(spec, device)
             for name, spec in specs.items()
             if keep is None or name in keep
         }

@@ -28,7 +28,13 @@ from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.formats import FloatFormat, Format, IntFormat
 from quantlens.schemes.modes import PrecisionMode
 from quantlens.schemes.profiles import TargetProfile
-from quantlens.schemes.qparams import QuantPlan, Requant, TensorQuant, int_qparams
+from quantlens.schemes.qparams import (
+    QuantizerRounding,
+    QuantPlan,
+    Requant,
+    TensorQuant,
+    int_qparams,
+)
 
 
 @dataclass
@@ -57,6 +63,9 @@ class QuantPoints:
     requantized: dict[str, Site] = field(default_factory=dict)
     # Weight -> the smallest scale the vendor gives it (profile `min_weight_scale`).
     min_weight_scale: dict[str, float] = field(default_factory=dict)
+    # Biases emulated in float, kept on their int32 grid for export (profile `float_bias`).
+    float_bias: bool = False
+    quantizer_rounding: QuantizerRounding = "half-to-even"
 
     def calibration_targets(self) -> dict[str, IntFormat]:
         derived = self.shared.keys() | self.scaled.keys()
@@ -86,7 +95,10 @@ def quantization_points(
 
     modes = {k: get_mode(v) for k, v in node_modes(model, assignment, profile).items()}
     layer_map = discover_layers(model)
-    points = QuantPoints()
+    points = QuantPoints(
+        float_bias=profile.arithmetic.float_bias,
+        quantizer_rounding=profile.arithmetic.quantizer_rounding,
+    )
     float_tensors = set(layer_map.activations)
     if profile.placement == "all-outputs" and profile.integer_ops is not None:
         points.activations, points.shared = place_integer_ops(model, modes, profile, float_tensors)
@@ -322,7 +334,12 @@ def build_plan(
     target: str,
 ) -> QuantPlan:
     """Scales and zero points from calibrated activation ranges and the weights themselves."""
-    plan = QuantPlan(target=target, notes=list(points.notes))
+    plan = QuantPlan(
+        target=target,
+        notes=list(points.notes),
+        float_bias=points.float_bias,
+        quantizer_rounding=points.quantizer_rounding,
+    )
     for name, fmt in points.activations.items():
         if name in points.shared or name in points.scaled:
             continue

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from quantlens.errors import UserError
 from quantlens.schemes.formats import IntFormat, int_format
 from quantlens.schemes.modes import ModeName
+from quantlens.schemes.qparams import QuantizerRounding
 
 Placement = Literal["all-outputs", "weighted-inputs"]
 
@@ -88,6 +89,12 @@ class Arithmetic(BaseModel):
     # Op type -> the smallest weight scale the vendor uses (TPU-MLIR's Conv: 1e-5, so a channel
     # of tiny weights gets fewer than 127 codes).
     min_weight_scale: dict[str, float] = Field(default_factory=dict)
+    # Biases added in float by the emulation, as the vendor's simulator adds them, though the
+    # plan and the exported files keep their int32 grid (input scale x weight scale), which the
+    # vendor's converter reads (AIMET-ONNX's sim does not simulate a loaded int32 bias).
+    float_bias: bool = False
+    # How the vendor's quantizers round a value to its code (`QuantizerRounding`).
+    quantizer_rounding: QuantizerRounding = "half-to-even"
     # The rounding of the vendor's requantization, and whether the emulation reproduces it.
     rounding: Rounding = "half-to-even"
     rounding_emulated: bool = True

@@ -8,11 +8,18 @@ exported model use the same numbers bit for bit.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from pydantic import BaseModel, Field
 
 from quantlens.artifacts import Artifact
 from quantlens.schemes.formats import FloatFormat, IntFormat
+
+# half-to-even: round(x / scale) half to even, then the zero point (ONNX QuantizeLinear);
+# offset-half-away: x / scale + the unsigned grid's zero point in float32, rounded half away
+# from zero (AIMET's quantizeDequantize).
+QuantizerRounding = Literal["half-to-even", "offset-half-away"]
 
 # Ranges narrower than this are widened (QNN does the same with 0.01; we keep it tiny so that a
 # genuinely constant tensor still quantizes exactly).
@@ -75,6 +82,11 @@ class QuantPlan(Artifact):
     notes: list[str] = Field(default_factory=list)
     # Node name -> how the vendor computes it on integer codes (profile `requantized_ops`).
     requant: dict[str, Requant] = Field(default_factory=dict)
+    # The emulation adds biases in float: their int32 entries are for the exporters only
+    # (profile `arithmetic.float_bias`).
+    float_bias: bool = False
+    # How every quantizer rounds (profile `arithmetic.quantizer_rounding`).
+    quantizer_rounding: QuantizerRounding = "half-to-even"
 
 
 def int_qparams(low: np.ndarray, high: np.ndarray, fmt: IntFormat) -> tuple[np.ndarray, np.ndarray]:
