@@ -207,6 +207,20 @@ def test_cli_optimize_levels_export_runs_in_onnxruntime(
     assert session.run(None, _feeds(1)[0])[0].shape == (1, 4)
 
 
+def test_a_guard_that_does_not_undo_keeps_a_noisier_fix(model_path: Path) -> None:
+    """Without `undo_worse` (the search, which scores the fix on the task metric) a fix that
+    lowers the output SNR is measured and kept."""
+    calib = _feeds(4)
+    executor, plan, _ = _setup(model_path, 0, calib)
+    guard = FixGuard(executor, calib, undo_worse=False)
+    scaled = executor.weights["w1"].numpy() * 1.5
+    worse = FixResult(name="scale w1", weights={"w1": scaled})
+    guard.apply(plan, worse)
+    assert worse.kept and worse.snr_after_db is not None and worse.snr_before_db is not None
+    assert worse.snr_after_db < worse.snr_before_db
+    np.testing.assert_array_equal(executor.weights["w1"].numpy(), scaled)
+
+
 def test_a_fix_that_adds_output_noise_is_undone(model_path: Path) -> None:
     """The guard keeps a fix that lowers the output noise and undoes one that raises it, in the
     executor, the model and the plan alike."""

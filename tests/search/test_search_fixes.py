@@ -14,7 +14,7 @@ import pytest
 
 from quantlens.emulate.ort import OrtRunner
 from quantlens.errors import UserError
-from quantlens.fixes.levels import FixSettings, settings_for
+from quantlens.fixes.levels import FixGuard, FixSettings, settings_for
 from quantlens.pipeline import search as search_module
 from quantlens.pipeline import search_verify
 from quantlens.pipeline.search import WITH_FIXES, WITHOUT_FIXES, prepare_search, run_search
@@ -319,3 +319,37 @@ def test_bias_correction_in_the_search_has_biases_to_correct(
     assert corrected.name == "bias-correction" and len(corrected.weights) >= 4
     plain = prepare_search(model, SearchOptions(**{**vars(opts), "try_fixes": False}))
     assert all(len(n.inputs) == 2 for n in plain.session.model.graph if n.op_type == "Conv")
+
+
+def test_with_a_task_metric_the_fixes_are_judged_by_it_not_by_the_output_snr(
+    labelled: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every fix seems to lower the output SNR: with a task metric the search keeps them and
+    lets the metric judge the fixed point (the SNR guard undid bias correction on the OCR
+    recognizer, where it raises accuracy); with an SNR goal they are undone as in quantize."""
+    model, calib, data = labelled
+    measured: list[int] = []
+
+    def falling(self: FixGuard, plan: Any) -> tuple[float, dict[str, float]]:
+        measured.append(1)
+        return 10.0 - len(measured), {}
+
+    monkeypatch.setattr(FixGuard, "measure", falling)
+    monkeypatch.setattr(
+        search_module, "_scorer", lambda setup, opts: opts.data and _Scorer(setup, 0.5, 0.96)
+    )
+    opts = SearchOptions(
+        calib=calib, target="hailo8", run_dir=tmp_path / "metric", data=data, task="classification"
+    )
+    opts.samples, opts.export = 2, False
+    trial = search_model(model, opts).fix_trial
+    assert trial is not None and trial.kept and trial.fixes
+    assert all(f.kept for f in trial.fixes)
+    assert all(f.output_snr_db[1] < f.output_snr_db[0] for f in trial.fixes)  # type: ignore[operator]
+    snr_only = SearchOptions(
+        calib=calib, target="hailo8", run_dir=tmp_path / "snr", min_snr=99.0, samples=2
+    )
+    snr_only.export = False
+    trial = search_model(model, snr_only).fix_trial
+    assert trial is not None and not trial.kept
+    assert trial.tried and all(not f.kept for v in trial.tried for f in v.fixes)

@@ -94,12 +94,15 @@ def run_fixes(
     say: Say | None = None,
     progress: Progress | None = None,
     budget_s: float | None = None,
+    undo_worse: bool = True,
 ) -> tuple[QuantPlan, list[FixResult]]:
     """Run the enabled fixes in order, applying each to the executor and its model.
-    `budget_s` caps each learned fix (AdaRound, fine-tune) and clip search's scoring."""
+    `budget_s` caps each learned fix (AdaRound, fine-tune) and clip search's scoring. Without
+    `undo_worse` a fix that lowers the output SNR is still measured but kept: a caller that
+    scores the result on the task metric judges it (the SNR can fall where the metric rises)."""
     results: list[FixResult] = []
     steps = _steps(settings, points, budget_s)
-    guard = FixGuard(executor, feeds[:GUARD_SAMPLES]) if steps else None
+    guard = FixGuard(executor, feeds[:GUARD_SAMPLES], undo_worse) if steps else None
     for name, make in steps:
         assert guard is not None
         if say is not None:
@@ -126,8 +129,14 @@ class FixGuard:
     SNR per output channel, and the SNR of every weighted layer's output, so each fix reports
     which layers it helped."""
 
-    def __init__(self, executor: Executor, feeds: Sequence[Mapping[str, np.ndarray]]) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        feeds: Sequence[Mapping[str, np.ndarray]],
+        undo_worse: bool = True,
+    ) -> None:
         self.executor = executor
+        self.undo_worse = undo_worse
         self.original = Executor(executor.model, device=executor.device)
         self.feeds = list(feeds)
         self.pooled = pooled_outputs(executor.model.graph.outputs)
@@ -162,7 +171,7 @@ class FixGuard:
         result.layer_snr_db = {
             name: (before[1][name], after[1][name]) for name in before[1] if name in after[1]
         }
-        if after[0] < before[0]:
+        if self.undo_worse and after[0] < before[0]:
             apply_fix(self.executor, FixResult(name=f"undo {result.name}", weights=old))
             result.kept = False
             self.current = before

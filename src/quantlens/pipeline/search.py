@@ -894,6 +894,7 @@ def _try_variant(
         say,
         progress,
         run.opts.fix_budget_s,
+        by_metric=run.oracle.has_metric,
     )
     kept = trial.kept()
     if not kept:
