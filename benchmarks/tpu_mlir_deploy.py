@@ -68,7 +68,7 @@ class Predicted:
     int8: float
     chosen: float
     chosen_label: str
-    chosen_cost: float
+    chosen_cost: float | None
     chosen_modes: dict[str, str]
     evaluations: int  # full task-metric evaluations the search made
     search_seconds: float | None  # the whole `quantlens search` command, as it recorded it
@@ -130,6 +130,20 @@ def predictions(search_json: Path) -> Predicted:
         evaluations=int(record.get("full_evaluations") or 0),
         search_seconds=record.get("seconds"),
     )
+
+
+def emulated_metric(run_dir: Path, data: Path, primary: str) -> float:
+    """The metric quantlens predicts for a run's plan: its emulation scored on the pages by
+    the search's own scorer (`TaskScorer`, the float model's pre-processing and evaluator)."""
+    from quantlens.emulate import Executor
+    from quantlens.pipeline.tasks import TaskScorer
+    from quantlens.vendor_io import load_run
+
+    ctx = load_run(run_dir)
+    if ctx.canonical is None:
+        raise RuntimeError(f"{run_dir} has no canonical model to emulate")
+    scorer = TaskScorer(MODEL, data, TASK, Executor(ctx.canonical))
+    return float(scorer.score(ctx.plan)[primary])
 
 
 def export(run_dir: Path, folder: Path) -> tuple[dict[str, str], dict[str, Any]]:
@@ -341,6 +355,14 @@ def main() -> None:
         "all-INT8 build uses (default: the chosen point's); with --builds int8 the search "
         "need not have finished",
     )
+    parser.add_argument(
+        "--point-run",
+        type=Path,
+        default=None,
+        help="deploy this `quantlens quantize --assignment` run (e.g. a search candidate's "
+        "modes) as the mixed build instead of the search's chosen point; its prediction is "
+        "its emulation scored here, and the search need not have finished",
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/tpu-mlir-deploy"))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -364,9 +386,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     # Only the all-INT8 build from another run needs no finished search (its predictions
     # are read from the search.json written so far).
     int8_only = args.builds == ["int8"] and args.int8_run is not None
-    search_dir = folder if int8_only else search_run(calib, data, folder, args)
+    unfinished = int8_only or args.point_run is not None
+    search_dir = folder if unfinished else search_run(calib, data, folder, args)
     seconds["search"] = round(time.perf_counter() - tick, 1)
     predicted = predictions(search_dir / "search.json")
+    if args.point_run is not None:
+        tick = time.perf_counter()
+        predicted.chosen = emulated_metric(args.point_run, data, predicted.metric)
+        predicted.chosen_label, predicted.chosen_cost = f"run {args.point_run}", None
+        seconds["point_emulated"] = round(time.perf_counter() - tick, 1)
     scorer = Scorer(data)
     inputs = scorer.inputs()
     float_metrics = scorer.score(scorer.float_outputs())
@@ -374,7 +402,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     builds: dict[str, Any] = {}
     todo = {}
     if not int8_only:
-        todo["chosen"] = export(search_dir, args.work / "export-chosen")
+        todo["chosen"] = export(args.point_run or search_dir, args.work / "export-chosen")
     # TPU-MLIR's own all-INT8 build: a float model and calibration table, no qtable.
     int8_files, said = (
         todo["chosen"]
@@ -489,7 +517,7 @@ def print_result(result: dict[str, Any]) -> None:
             tpu["chosen"],
             pred["chosen"],
             diff["chosen"],
-            f"  ({pred['chosen_label']}, cost {pred['chosen_cost']:.3f}x)",
+            f"  ({pred['chosen_label']}, cost {_fmt(pred['chosen_cost'], 3)}x)",
         ),
     ]
     for label, measured, predicted, points, extra in rows:
