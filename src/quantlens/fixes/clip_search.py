@@ -6,8 +6,8 @@ MSE, entropy; all from one pass over the data) and a small grid of fractions of 
 range. Each is scored by the error it causes in the outputs of the nodes that read the tensor
 (their weights quantized as planned, everything else float), summed over a few calibration
 samples relative to those outputs' energy. Min-max is always a candidate, so the pick is never
-worse than min-max on the scored data. With a time budget, scoring stops after the sample that
-spends it (at least one is scored).
+worse than min-max on the scored data. With a time budget, scoring stops once it is spent; the
+tensors not scored by then keep their ranges.
 
 Weights: per output channel (or per tensor where the profile has per-tensor weights), the clip
 fraction of the min-max range with the least squared weight error on the plan's grid.
@@ -48,8 +48,8 @@ class ClipSearchOptions:
     weight_ratios: tuple[float, ...] = field(
         default_factory=lambda: tuple(float(r) for r in np.linspace(0.5, 1.0, 51))
     )
-    # Seconds for the whole activation search; None: every scored sample. Scoring stops after
-    # the sample that passes it (under load a search spent 877 s here on the OCR recognizer).
+    # Seconds for the whole activation search; None: no limit. Scoring stops once it is spent,
+    # between tensors (under load a search spent 877 s here on the OCR recognizer's first sample).
     time_budget_s: float | None = None
 
 
@@ -101,7 +101,9 @@ def score_candidates(
     deadline: float | None = None,
 ) -> dict[str, dict[str, float]]:
     """tensor -> {candidate -> error of its readers' outputs relative to their energy}; with a
-    `deadline` (a `time.perf_counter()` value), no sample starts after it but the first."""
+    `deadline` (a `time.perf_counter()` value) scoring stops when it passes, between samples or
+    between tensors (one sample of the OCR recognizer took minutes), and the tensors not scored
+    on any sample are left out (they keep their ranges)."""
     readers = {
         name: [s for s in executor.steps if name in s.inputs and s.outputs] for name in candidates
     }
@@ -112,11 +114,13 @@ def score_candidates(
     weight_hooks = QuantHooks(plan, executor.device, only=set(plan.weights))
     with torch.inference_mode():
         for index, feed in enumerate(feeds):
-            if index and deadline is not None and time.perf_counter() > deadline:
+            if _passed(deadline):
                 break
             env = executor.run(feed, keep=keep)
             env.update({k: torch.as_tensor(v).to(executor.device) for k, v in feed.items()})
             for name, found in candidates.items():
+                if _passed(deadline):
+                    break
                 for step in readers[name]:
                     err, signal = _score_step(executor, step, name, found, env, plan, weight_hooks)
                     energy[name] += signal
@@ -127,7 +131,12 @@ def score_candidates(
     return {
         name: {label: err / max(energy[name], 1e-30) for label, err in found.items()}
         for name, found in errors.items()
+        if energy[name] > 0 or not _passed(deadline)
     }
+
+
+def _passed(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() > deadline
 
 
 def _io(step: Step) -> list[str]:
@@ -198,10 +207,10 @@ def clip_search(
             progress(count, total)
 
     scores = score_candidates(executor, plan, scored, candidates, tick, deadline)
-    if len(done) < len(scored):
+    if len(done) < len(scored) or len(scores) < len(candidates):
         result.changes.append(
-            f"time budget {opts.time_budget_s:g} s: candidates scored on {len(done)} of "
-            f"{len(scored)} samples"
+            f"time budget {opts.time_budget_s:g} s: {len(scores)} of {len(candidates)} "
+            f"tensors scored, {len(done)} of {len(scored)} samples complete"
         )
     ranges = _current_ranges(plan)
     for name, found in scores.items():
