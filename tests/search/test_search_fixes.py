@@ -303,12 +303,14 @@ def test_bias_correction_in_the_search_has_biases_to_correct(
     labelled: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     """Convs without a bias get a zero one when the trial tries bias correction (else it
-    changes nothing: PP-OCR's detector has no Conv bias); not when bias correction is off."""
+    changes nothing: PP-OCR's detector has no Conv bias); not when bias correction is off or
+    every layer has its bias (then quantize's calibration stays valid for the search)."""
     calib = labelled[1]
     model = _biasless(tmp_path / "biasless.onnx")
-    assert search_graph(settings_for(0), {}, True).add_bias
-    assert not search_graph(settings_for(0), {"bias_correction": False}, True).add_bias
-    assert not search_graph(settings_for(0), {}, False).add_bias
+    assert search_graph(settings_for(0), {}, True, model).add_bias
+    assert not search_graph(settings_for(0), {}, True, labelled[0]).add_bias  # has its biases
+    assert not search_graph(settings_for(0), {"bias_correction": False}, True, model).add_bias
+    assert not search_graph(settings_for(0), {}, False, model).add_bias
     opts = SearchOptions(calib=calib, target="hailo8", run_dir=tmp_path / "run", samples=2)
     setup = prepare_search(model, opts)
     convs = [n for n in setup.session.model.graph if n.op_type == "Conv"]

@@ -231,7 +231,7 @@ def prepare_search(
     """Units, rules and costs; with `calibrated`, ranges on every activation grid too (without,
     plans use placeholder ranges: enough for closures and costs, as `--explain` needs)."""
     started = time.perf_counter()
-    graph = search_graph(opts.fix_settings(), opts.fixes, opts.try_fixes)
+    graph = search_graph(opts.fix_settings(), opts.fixes, opts.try_fixes, path)
     session = open_session(path, opts, opts.run_dir, graph=graph, read_calibration_set=calibrated)
     setup = search_setup(session, opts, say, progress, calibrated)
     setup.started = started
@@ -286,7 +286,7 @@ def _context_key(path: Path, feeds: Sequence[Feed], opts: SearchOptions) -> str:
     settings = [opts.target, opts.method, opts.percentile, opts.samples, str(opts.data)]
     settings += [opts.task, opts.eval_limit, opts.sensitivity_samples, sorted(opts.task_options)]
     # Graph passes change what every candidate measures (an unoptimized search keeps its key).
-    enabled = search_graph(opts.fix_settings(), opts.fixes, opts.try_fixes).model_dump()
+    enabled = search_graph(opts.fix_settings(), opts.fixes, opts.try_fixes, path).model_dump()
     if any(enabled.values()):
         settings.append(sorted(name for name, on in enabled.items() if on))
     if metric_engine(opts) != "emulator":  # the emulator's searches keep their keys

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
+import onnx
 
 from quantlens.artifacts.search import FixRecord
 from quantlens.emulate.executor import Executor
@@ -71,18 +73,27 @@ def trial_variants(
 
 
 def search_graph(
-    settings: FixSettings, overrides: Mapping[str, bool | None], try_free: bool
+    settings: FixSettings, overrides: Mapping[str, bool | None], try_free: bool, model: Path
 ) -> GraphOptions:
     """The graph passes the search's session runs: `--optimize`'s, plus a zero bias on every
-    Conv and Gemm when the trial tries bias correction, which has nowhere to put a correction
-    otherwise (PP-OCR's convs carry none: without it the search's bias correction changed
-    nothing where `quantize --bias-correction` rescued the model). A zero bias is exact on
-    every grid, so the plain all-int8 point is unchanged."""
+    Conv and Gemm when the trial tries bias correction and the model has such a layer without
+    a bias: bias correction has nowhere to put a correction otherwise (PP-OCR's convs carry
+    none: without it the search's bias correction changed nothing where `quantize
+    --bias-correction` rescued the model). A zero bias is exact on every grid, so the plain
+    all-int8 point is unchanged; a model that needs none keeps quantize's calibration."""
     graph = settings.graph_options()
     variants = trial_variants(settings, overrides, try_free)
-    if any(v.bias_correction for v in variants) and not graph.add_bias:
+    if any(v.bias_correction for v in variants) and not graph.add_bias and _lacks_bias(model):
         graph = graph.model_copy(update={"add_bias": True})
     return graph
+
+
+def _lacks_bias(model: Path) -> bool:
+    """Whether a Conv or Gemm of the model file (what add_missing_bias fills) has no bias."""
+    proto = onnx.load(str(model), load_external_data=False)
+    layers = ("Conv", "Gemm")
+    nodes = proto.graph.node
+    return any(n.op_type in layers and (len(n.input) < 3 or not n.input[2]) for n in nodes)
 
 
 @dataclass
