@@ -48,8 +48,13 @@ def qdq_session(path: str | Path, optimize: bool = True) -> ort.InferenceSession
 
 def qdq_view(plan: QuantPlan) -> QuantPlan:
     """The plan as a QDQ model carries it: its grids, not a vendor's integer arithmetic
-    (`QuantPlan.requant`, e.g. TPU-MLIR's Add), which ONNX Runtime runs in float."""
-    return plan.model_copy(update={"requant": {}}) if plan.requant else plan
+    (`QuantPlan.requant`, e.g. TPU-MLIR's Add), which ONNX Runtime runs in float, nor a
+    vendor simulator's float bias and rounding (qnn-htp as AIMET's sim): ONNX Runtime adds the
+    int32 bias the file holds and rounds half to even."""
+    onnx_way = {"requant": {}, "float_bias": False, "quantizer_rounding": "half-to-even"}
+    if all(getattr(plan, key) == value for key, value in onnx_way.items()):
+        return plan
+    return plan.model_copy(update=onnx_way)
 
 
 def agreement_stats(
