@@ -198,6 +198,61 @@ def test_bias_that_would_saturate_int32_raises_the_weight_scale() -> None:
     assert any("fits int32" in note for note in plan.notes)
 
 
+def test_on_onnxruntime_a_bias_that_would_saturate_int32_stays_float() -> None:
+    """ORT runs an unfused Conv (every 16-bit one) in float on a float bias: the weight grid
+    is not coarsened for the bias there (a 16-bit point was worse than int8 on picodet)."""
+    import torch
+
+    from quantlens.emulate.plan import QuantPoints, build_plan
+    from quantlens.schemes.formats import int_format
+
+    points = QuantPoints(
+        activations={"x": int_format("uint16-asym")},
+        weights={"w": (int_format("int16-sym", per_channel=True, narrow=True), 0)},
+        biases={"b": (int_format("int32-sym", per_channel=True), "x", "w")},
+        float_bias_on_overflow=True,
+    )
+    weights = {"w": torch.tensor([[1e-3], [1e-3]]), "b": torch.tensor([50.0, 1e-9])}
+    plan = build_plan(points, {"x": (0.0, 1e-3)}, weights, "ort-cpu")
+    assert "b" not in plan.weights  # exported and emulated as the float constant
+    assert plan.weights["w"].scale == pytest.approx([1e-3 / 32767] * 2, rel=1e-6)
+    assert any("b: bias kept float" in note for note in plan.notes)
+
+
+def test_ort_cpu_16_bit_export_with_a_large_bias_agrees_with_onnxruntime(tmp_path: Path) -> None:
+    """A 16-bit Conv whose bias overflows int32: the QDQ export carries it float, ONNX Runtime
+    loads it, and quantize.json's emulator-vs-ORT agreement stays near exact."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 1e-3, (4, 3, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(np.array([60.0, -40.0, 0.5, 1e-3], np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [w, b],
+    )
+    model = tmp_path / "conv.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    calib = npz_folder(tmp_path / "calib", 4, (1, 3, 8, 8))
+    given = tmp_path / "assignment.json"
+    given.write_text(Assignment(target="ort-cpu", default="a16_w16").to_json())
+    run = tmp_path / "run"
+    result = quantlens(
+        "quantize", str(model), "--calib", str(calib), "--target", "ort-cpu",
+        "--assignment", str(given), "-o", str(run),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    plan = json.loads((run / "plan.json").read_text())
+    assert "b" not in plan["weights"] and not any("fits int32" in n for n in plan["notes"])
+    record = json.loads((run / "quantize.json").read_text())
+    agreement = record["outputs"][0]["emulator_vs_onnxruntime"]
+    assert agreement["pooled_snr_db"] > 80
+    assert record["outputs"][0]["float_vs_quantized"]["snr_db"] > 60  # 16-bit weights kept
+
+
 def test_nan_quantizes_to_the_lowest_code_like_onnxruntime() -> None:
     import torch
 

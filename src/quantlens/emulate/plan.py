@@ -65,6 +65,8 @@ class QuantPoints:
     min_weight_scale: dict[str, float] = field(default_factory=dict)
     # Biases emulated in float, kept on their int32 grid for export (profile `float_bias`).
     float_bias: bool = False
+    # A bias that would not fit int32 stays float (profile `float_bias_on_overflow`).
+    float_bias_on_overflow: bool = False
     quantizer_rounding: QuantizerRounding = "half-to-even"
 
     def calibration_targets(self) -> dict[str, IntFormat]:
@@ -97,6 +99,7 @@ def quantization_points(
     layer_map = discover_layers(model)
     points = QuantPoints(
         float_bias=profile.arithmetic.float_bias,
+        float_bias_on_overflow=profile.arithmetic.float_bias_on_overflow,
         quantizer_rounding=profile.arithmetic.quantizer_rounding,
     )
     float_tensors = set(layer_map.activations)
@@ -364,6 +367,9 @@ def build_plan(
         if act_q is None or weight_q is None or not act_q.is_int or not weight_q.is_int:
             continue
         fitted = _fit_weight_to_bias(weight_q, act_q, weights[name], fmt)
+        if fitted is not weight_q and points.float_bias_on_overflow:
+            plan.notes.append(f"{name}: bias kept float (int32 would coarsen {weight}'s grid)")
+            continue
         if fitted is not weight_q:
             plan.weights[weight] = fitted
             plan.notes.append(f"{weight}: weight scale raised so that bias {name} fits int32")

@@ -93,6 +93,11 @@ class Arithmetic(BaseModel):
     # plan and the exported files keep their int32 grid (input scale x weight scale), which the
     # vendor's converter reads (AIMET-ONNX's sim does not simulate a loaded int32 bias).
     float_bias: bool = False
+    # A bias that does not fit int32 on input scale x weight scale stays float, where the
+    # vendor runs such an op as a float kernel on dequantized inputs (ONNX Runtime: any Conv
+    # or Gemm its QDQ selectors leave unfused, which 16-bit ones always are), instead of the
+    # weight grid being coarsened until it fits (what a chip's int32 accumulator forces).
+    float_bias_on_overflow: bool = False
     # How the vendor's quantizers round a value to its code (`QuantizerRounding`).
     quantizer_rounding: QuantizerRounding = "half-to-even"
     # The rounding of the vendor's requantization, and whether the emulation reproduces it.
