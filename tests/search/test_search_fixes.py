@@ -191,6 +191,17 @@ def _exported_weights(folder: Path) -> dict[str, np.ndarray]:
     return {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
 
 
+def _export_top1(run: Path, data: Path) -> float:
+    """Top-1 of the run's QDQ export in ONNX Runtime on the labelled .npy folder."""
+    runner = OrtRunner(run / "model.qdq.onnx")
+    labels = dict(line.split("\t") for line in (data / "labels.txt").read_text().splitlines())
+    hits = [
+        int(runner.run({"x": np.load(data / name)})["y"].argmax()) == int(label)
+        for name, label in labels.items()
+    ]
+    return sum(hits) / len(hits)
+
+
 def test_chosen_point_is_scored_in_onnxruntime(
     labelled: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
@@ -209,13 +220,7 @@ def test_chosen_point_is_scored_in_onnxruntime(
     report = search_model(model, opts)
     check = report.runtime_check
     assert check is not None and check.runtime == "onnxruntime"
-    runner = OrtRunner(tmp_path / "model.qdq.onnx")
-    labels = dict(line.split("\t") for line in (data / "labels.txt").read_text().splitlines())
-    hits = [
-        int(runner.run({"x": np.load(data / name)})["y"].argmax()) == int(label)
-        for name, label in labels.items()
-    ]
-    assert check.runtime_metric == pytest.approx(sum(hits) / len(hits))
+    assert check.runtime_metric == pytest.approx(_export_top1(tmp_path, data))
     assert check.judged_metric == check.runtime_metric
     assert report.float_metric is not None
     assert check.goal_met == (check.runtime_metric >= report.float_metric)
@@ -275,13 +280,7 @@ def test_export_is_scored_in_onnxruntime_on_a_vendor_target(
     check = report.runtime_check
     assert check is not None and check.runtime == "onnxruntime"
     assert check.judged_metric == check.search_metric
-    runner = OrtRunner(tmp_path / "model.qdq.onnx")
-    labels = dict(line.split("\t") for line in (data / "labels.txt").read_text().splitlines())
-    hits = [
-        int(runner.run({"x": np.load(data / name)})["y"].argmax()) == int(label)
-        for name, label in labels.items()
-    ]
-    assert check.runtime_metric == pytest.approx(sum(hits) / len(hits))
+    assert check.runtime_metric == pytest.approx(_export_top1(tmp_path, data))
     assert f"{check.runtime_metric:.4f} in ONNX Runtime" in check.note
 
 
