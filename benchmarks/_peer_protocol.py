@@ -30,3 +30,15 @@ class Protocol:
 
     def tell(self, message: dict[str, Any]) -> None:
         self.out.write(json.dumps(message) + "\n")
+
+
+def last_json(stdout: str) -> dict[str, Any] | None:
+    """The last line of a worker's output that is a JSON object (its report), if any."""
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None

@@ -49,6 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from _peer_protocol import last_json  # a sibling file: the script's folder is on sys.path
+
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "_vendor_tpu_mlir.py"
 MODEL = "doclayout-yolov8n"
@@ -230,17 +232,6 @@ def deploy(
     report["workdir"] = str(work)
     report["key"] = key
     return report
-
-
-def last_json(stdout: str) -> dict[str, Any] | None:
-    for line in reversed(stdout.strip().splitlines()):
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
 
 
 class Scorer:

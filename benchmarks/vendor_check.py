@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from _peer_protocol import last_json  # a sibling file: the script's folder is on sys.path
+
 HERE = Path(__file__).resolve().parent
 SAMPLES = {
     "pplcnet-orientation": "rotated-pages",
@@ -213,7 +215,7 @@ def check_one(
         check=False,
     )
     (work / "worker.log").write_text(done.stderr)
-    result = _last_json(done.stdout) or {
+    result = last_json(done.stdout) or {
         "accepted": False,
         "error": f"worker exited {done.returncode}: {done.stderr.strip().splitlines()[-1:]}",
     }
@@ -227,17 +229,6 @@ def _main_suffix(fmt: str) -> str:
     from quantlens.export.vendors import get_format
 
     return get_format(fmt).suffixes[0]
-
-
-def _last_json(stdout: str) -> dict[str, Any] | None:
-    for line in reversed(stdout.strip().splitlines()):
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
 
 
 def bench_model(model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -290,7 +281,7 @@ def compare_layers(
         check=False,
     )
     (work / "layers.log").write_text(done.stderr)
-    dumped = _last_json(done.stdout) or {"error": f"exited {done.returncode}"}
+    dumped = last_json(done.stdout) or {"error": f"exited {done.returncode}"}
     if dumped.get("error"):
         return {"error": dumped["error"]}
     out = work / "compare"
