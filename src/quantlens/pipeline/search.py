@@ -150,6 +150,11 @@ class Planner:
             return build_plan(points, ranges, self.executor.weights, self.profile.name)
         ranges.update(self.fixed.ranges_for(grids))
         plan = build_plan(points, ranges, self.executor.weights, self.profile.name)
+        # The fixed float values where this plan keeps their layers int8, the original ones
+        # elsewhere: every caller runs or exports the plan at once, on these weights. Bias
+        # grids depend on the bias values, so the plan is built again when they changed.
+        if self.fixed.place_values(plan, self.model, self.executor):
+            plan = build_plan(points, ranges, self.executor.weights, self.profile.name)
         return self.fixed.overlay(plan)
 
     def _fill(self, grids: Mapping[str, int]) -> None:
@@ -899,7 +904,10 @@ def _try_variant(
     kept = trial.kept()
     if not kept:
         return trial, None
-    suffix = hashlib.sha256("+".join(r.name for r in kept).encode()).hexdigest()[:6]
+    # "per-layer": promoted layers run on their values from before the fixes (scores cached
+    # before that are not reused).
+    label = "+".join(r.name for r in kept) + ":per-layer"
+    suffix = hashlib.sha256(label.encode()).hexdigest()[:6]
     folder = run.opts.run_dir / RunFolder.SEARCH_CACHE / f"{setup.context_key}-fix{suffix}"
     # Two sets can keep the same fixes: the second reads the first's scores, never erases them.
     oracle = oracles.get(folder) or run.oracle.sibling(_fresh_cache(run.opts, folder.name))
