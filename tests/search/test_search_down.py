@@ -46,9 +46,9 @@ def test_levels_below_int8_and_a16_w8_where_the_profile_has_them() -> None:
     rules, _, _ = _setup("hailo8")
     assert rules.levels["u0"] == (LOWER, 1, 2)  # a8_w4, a8_w8_a16, a16_w16
     assert rules.modes["u0"][LOWER] == "a8_w4"
-    ort, _, _ = _setup("ort-cpu-fast")
+    ort, _, _ = _setup("ort-cpu")
     assert ort.modes["u0"] == {LOWER: "a8_w4", 1: "a16_w8", 2: "a16_w16"}
-    up_only = build_rules(_chain_units(2, [1, 1]), get_profile("ort-cpu-fast"))
+    up_only = build_rules(_chain_units(2, [1, 1]), get_profile("ort-cpu"))
     assert up_only.levels["u0"] == (2,)  # the default search only goes up, as before
     assert rules.node_modes({"u2": LOWER, "u3": 2}) == {"u2": "a8_w4", "u3": "a16_w16"}
 
@@ -114,7 +114,8 @@ class _FakeMeter(LatencyMeter):
 
     def measure(self, modes: Mapping[str, str]) -> Measured:
         self.calls.append(dict(modes))
-        return Measured(150.0 if modes.get("u3") == "a16_w16" else 101.0, 100.0)
+        promoted = modes.get("u3") == "fp32"  # ort-cpu-fast promotes to fp32
+        return Measured(150.0 if promoted else 101.0, 100.0)
 
     def noise_floor(self) -> float:
         return 0.05

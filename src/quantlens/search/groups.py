@@ -2,8 +2,10 @@
 
 A unit's *level* is 0 (the default int8 mode), 1 (its output carries the higher precision: Hailo's
 `a8_w8_a16` producer mode, a 16-bit concat, or `a16_w8` where the target has it) or 2 (promoted:
-`a16_w16`, or fp16 on TPU-MLIR); -1 (`LOWER`) is below int8: 4-bit weights (`a8_w4`) on a layer
-where the profile allows them, which changes nothing around it (its activations keep 8 bits).
+the profile's `search.promote`: `a16_w16`; fp16 on TPU-MLIR; fp32 on `ort-cpu-fast`, where a
+16-bit layer is a float op between DQ and Q anyway and fp32 is that float op without them);
+-1 (`LOWER`) is below int8: 4-bit weights (`a8_w4`) on a layer where the profile allows them,
+which changes nothing around it (its activations keep 8 bits).
 The profile's rules become implications "unit a at level >= i needs unit b at level >= j":
 
 - Hailo: a promoted layer reads 16-bit inputs, so each producer outputs 16 bits
@@ -130,7 +132,8 @@ def _up_levels(
     promote, output = profile.search.promote, profile.search.output_mode
     if output is None:
         # Searching both ways, a16_w16 may come down to 16-bit activations with 8-bit weights
-        # where the target runs them (ORT, QNN).
+        # where the target runs them (ort-cpu, QNN). Under fp32 (ort-cpu-fast) a16_w8 would cost
+        # more than fp32 and remove less noise, so it is no level there.
         wide = both_ways and "a16_w8" in profile.modes and promote == "a16_w16"
         if unit.kind == "layer" and wide:
             return (1, 2), {1: "a16_w8", 2: promote}

@@ -1,16 +1,23 @@
 """The `measured` cost: ONNX Runtime latency of each candidate's QDQ export on this machine.
 
 Every measurement times the candidate's export against the all-int8 export, interleaved (the
-two sessions take turns on the same inputs, `quantlens.bench.latency`), after warm-up, as the
-median of rounds; the result is cached on disk by the candidate's key (the hash of its
-resolved per-node modes, as the oracle's evaluations are), so a resumed search measures
-nothing twice. The ratio to all-int8 is the candidate's cost.
+two sessions take turns on the same inputs, `quantlens.bench.latency`), after warm-up; the
+candidate's cost is the median over the rounds of its time over all-int8's *in the same round*
+(a load spike lands on both halves of a pair alike, so the paired ratio moves far less with
+the load than the ratio of two medians), with a ~95% sign-test interval of that median. The
+result is cached on disk by the candidate's key (the hash of its resolved per-node modes, as the
+oracle's evaluations are), so a resumed search measures nothing twice.
 
 For planning, `measured_costs` times each unit's own move (the unit alone promoted, or alone
 on 4-bit weights) within a time budget, largest units first; the integer program and greedy
-then plan with those per-unit costs (additive, as they assume). A move whose measured change is
-within the noise floor (all-int8 timed against itself) says nothing: it keeps the analytic
-estimate, as do units left unmeasured, scaled by what the moves above the floor showed.
+then plan with those per-unit costs (additive, as they assume). A move counts as measured only
+where the timing says so robustly: its interval lies wholly on one side of 1.0, beyond the
+noise floor (all-int8 timed against itself). That holds both ways: a move that makes the model
+*faster* (on ONNX Runtime, a layer whose integer kernel is slower than its float one, left
+float) gets a negative cost, and the strategies may take it for free. Other moves keep the
+analytic estimate, as do units left unmeasured, scaled by what the measured moves that agree in
+sign with their estimate showed (a scale is never negative: timing one unit does not flip the
+estimates of the others).
 """
 
 from __future__ import annotations
@@ -24,9 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
+from scipy.stats import binom
 
 from quantlens.artifacts import write_text_atomic
-from quantlens.bench.latency import LatencySettings, interleaved_latency
+from quantlens.bench.latency import LatencySettings, interleaved_times
 from quantlens.export.qdq import export_qdq
 from quantlens.schemes.qparams import QuantPlan
 from quantlens.search.cost import CostTable
@@ -35,16 +43,51 @@ from quantlens.search.oracle import modes_key
 
 Feed = Mapping[str, np.ndarray]
 PlanFor = Callable[[Mapping[str, str]], QuantPlan]
+CONFIDENCE = 0.95  # of the sign-test interval around the median paired ratio
 
 
 @dataclass(frozen=True)
 class Measured:
-    ms: float
+    ms: float  # median over the rounds
     int8_ms: float
+    # Median over the rounds of candidate / all-int8 within one round, and its sign-test
+    # interval; None in entries cached before the rounds were kept, or with too few rounds.
+    paired: float | None = None
+    low: float | None = None
+    high: float | None = None
 
     @property
     def ratio(self) -> float:
+        if self.paired is not None:
+            return self.paired
         return self.ms / self.int8_ms if self.int8_ms > 0 else 1.0
+
+    def robust_delta(self, floor: float) -> float | None:
+        """ratio - 1 where every ratio in the interval lies beyond 1 +- `floor` on the same
+        side (the rounds agree on the sign, by more than the noise); else None. An entry
+        without an interval (cached before rounds were kept) has only its ratio to go by."""
+        if self.low is None or self.high is None:
+            delta = self.ratio - 1.0
+            return delta if abs(delta) > floor else None
+        if self.high < 1.0 - floor or self.low > 1.0 + floor:
+            return self.ratio - 1.0
+        return None
+
+
+def paired_ratios(candidate: Sequence[float], base: Sequence[float]) -> Measured:
+    """Medians, and the median of per-round ratios with its sign-test interval: the k-th
+    smallest and k-th largest ratio, k the largest with P(Binomial(n, 1/2) < k) <= (1-C)/2."""
+    ratios = sorted(c / b for c, b in zip(candidate, base) if b > 0)
+    n = len(ratios)
+    k = 0
+    while k < n and binom.cdf(k, n, 0.5) <= (1.0 - CONFIDENCE) / 2:
+        k += 1
+    ms, int8_ms = statistics.median(candidate) * 1e3, statistics.median(base) * 1e3
+    paired = round(statistics.median(ratios), 5) if ratios else None
+    if k == 0:  # too few rounds for an interval at this confidence
+        return Measured(round(ms, 4), round(int8_ms, 4), paired)
+    low, high = round(ratios[k - 1], 5), round(ratios[n - k], 5)
+    return Measured(round(ms, 4), round(int8_ms, 4), paired, low, high)
 
 
 class LatencyMeter:
@@ -71,26 +114,34 @@ class LatencyMeter:
             return cached
         base = self._export({}, "int8")
         path = self._export(modes, key)
-        times = interleaved_latency({"int8": base, "candidate": path}, self.feeds, self.settings)
+        times = interleaved_times({"int8": base, "candidate": path}, self.feeds, self.settings)
         if path != base:
             path.unlink(missing_ok=True)
-        found = Measured(round(times["candidate"] * 1e3, 4), round(times["int8"] * 1e3, 4))
-        payload = {"ms": found.ms, "int8_ms": found.int8_ms, "modes": dict(sorted(modes.items()))}
+        found = paired_ratios(times["candidate"], times["int8"])
+        payload = {
+            "ms": found.ms,
+            "int8_ms": found.int8_ms,
+            "paired": found.paired,
+            "low": found.low,
+            "high": found.high,
+            "modes": dict(sorted(modes.items())),
+        }
         write_text_atomic(self.folder / f"latency-{key}.json", json.dumps(payload))
         self.computed += 1
         return found
 
     def noise_floor(self) -> float:
-        """|ratio - 1| of all-int8 timed against itself: differences below it are noise.
-        Cached like the measurements, so a resumed search plans with the same table."""
+        """|paired ratio - 1| of all-int8 timed against itself: a systematic difference between
+        two identical sessions (which one runs first, where its memory lies) that a move must
+        exceed. Cached like the measurements, so a resumed search plans with the same table."""
         path = self.folder / "noise-floor.json"
         try:
             return float(json.loads(path.read_text())["floor"])
         except (OSError, ValueError, KeyError):
             pass  # not measured yet, or torn
         base = self._export({}, "int8")
-        times = interleaved_latency({"a": base, "b": base}, self.feeds, self.settings)
-        floor = abs(times["a"] / times["b"] - 1.0)
+        times = interleaved_times({"a": base, "b": base}, self.feeds, self.settings)
+        floor = abs(paired_ratios(times["a"], times["b"]).ratio - 1.0)
         write_text_atomic(path, json.dumps({"floor": floor}))
         return floor
 
@@ -106,17 +157,20 @@ class LatencyMeter:
             return None
         try:
             data = json.loads(path.read_text())
-            return Measured(float(data["ms"]), float(data["int8_ms"]))
-        except (OSError, ValueError, KeyError):
+            optional = [data.get(k) for k in ("paired", "low", "high")]
+            paired, low, high = (None if v is None else float(v) for v in optional)
+            return Measured(float(data["ms"]), float(data["int8_ms"]), paired, low, high)
+        except (OSError, ValueError, KeyError, TypeError):
             return None  # a torn entry is measured again
 
 
 @dataclass
 class MeasuredTable:
     table: CostTable
-    measured: list[str]  # units whose moves were timed
+    measured: list[str]  # units whose moves were timed robustly
     scale: float  # measured / analytic delta, applied to the others
     noise_floor: float
+    faster: list[str]  # units with a move that measured faster than all-int8
 
 
 def measured_costs(
@@ -135,15 +189,14 @@ def measured_costs(
         delta[unit] = {}
         for level in rules.levels[unit]:
             state: State = {unit: LOWER} if level == LOWER else rules.closure([(unit, level)])
-            measured = meter.measure(rules.node_modes(state)).ratio - 1.0
-            if abs(measured) <= floor:
-                continue  # noise: the analytic estimate stands
+            measured = meter.measure(rules.node_modes(state)).robust_delta(floor)
+            if measured is None:
+                continue  # the rounds disagree, or within the floor: the estimate stands
             delta[unit][level] = measured
             modeled = analytic.relative(state) - 1.0
-            if abs(modeled) > 1e-9:
+            if measured * modeled > 0:  # the estimate had the sign right: how far off was it
                 ratios.append(measured / modeled)
-    # Timing can scale the estimates, never flip their sign.
-    scale = max(statistics.median(ratios), 0.0) if ratios else 1.0
+    scale = statistics.median(ratios) if ratios else 1.0
     table = CostTable("measured", {}, [], 1.0)
     for unit, costs in analytic.unit.items():
         table.unit[unit] = {0: share[unit]}
@@ -151,4 +204,5 @@ def measured_costs(
             modeled = (costs[level] - costs[0]) / analytic.total_int8
             table.unit[unit][level] = share[unit] + delta.get(unit, {}).get(level, modeled * scale)
     measured_units = [u for u, levels in delta.items() if levels]
-    return MeasuredTable(table, measured_units, scale, floor)
+    faster = [u for u, levels in delta.items() if any(d < 0 for d in levels.values())]
+    return MeasuredTable(table, measured_units, scale, floor, faster)

@@ -1,0 +1,136 @@
+"""Issue #21: on ONNX Runtime a promotion can make the model faster. `ort-cpu-fast` promotes a
+unit to fp32 (the float op without Q/DQ, exact), and a per-unit move timed robustly faster than
+all-int8 (every round of the interval below 1.0, beyond the noise floor) keeps its negative cost,
+so MILP and greedy can pick a point both more accurate and cheaper than int8."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from quantlens.bench.latency import LatencySettings
+from quantlens.emulate.executor import Executor
+from quantlens.ir import CanonicalizeOptions, canonicalize
+from quantlens.schemes.profiles import get_profile
+from quantlens.schemes.qparams import QuantPlan
+from quantlens.search.cost import analytic_costs
+from quantlens.search.groups import build_rules
+from quantlens.search.latency import LatencyMeter, Measured, measured_costs, paired_ratios
+from quantlens.search.sensitivity import UnitNoise
+from quantlens.search.strategies import NoiseModel, greedy_chain, milp_front
+from tests.export.test_qdq_export import min_max_plan, small_cnn
+from tests.search.test_search import _chain_units
+
+NOISE = {f"u{i}": UnitNoise(0.01 * (i + 1), 0.005) for i in range(4)}
+
+
+def test_ort_cpu_fast_promotes_to_fp32_with_no_noise_left() -> None:
+    profile = get_profile("ort-cpu-fast")
+    rules = build_rules(_chain_units(3, [100, 100, 100]), profile)
+    assert rules.levels["u1"] == (2,) and rules.modes["u1"] == {2: "fp32"}
+    assert rules.group("u1") == {"u1": 2}  # no propagation rule on ONNX Runtime
+    assert rules.node_modes({"u1": 2}) == {"u1": "fp32"}
+    assert NoiseModel(NOISE, rules).unit_nsr("u1", 2) == 0.0
+    # fp32 is modeled cheaper than a16_w16 (no 16-bit Q/DQ, neighbours keep their fusion).
+    assert profile.cost["fp32"].factor < profile.cost["a16_w16"].factor
+    costs = analytic_costs(rules, profile)
+    assert costs.relative({"u1": 2}) == pytest.approx(1 + (1.4 - 1) / 3)
+    # ort-cpu keeps a16_w16: int8 there is float kernels on dequantized inputs already.
+    assert build_rules(_chain_units(1, [1]), get_profile("ort-cpu")).modes["u0"] == {
+        2: "a16_w16"
+    }
+
+
+def test_paired_ratios_interval_and_robust_sign() -> None:
+    base = [0.010] * 15
+    faster = paired_ratios([0.009 + 0.0001 * (i % 3) for i in range(15)], base)
+    assert faster.paired is not None and faster.high is not None and faster.high < 1.0
+    assert faster.robust_delta(0.01) == pytest.approx(faster.ratio - 1.0) and faster.ratio < 1
+    # Half the rounds faster, half slower: the interval straddles 1.0, the sign is unknown.
+    mixed = paired_ratios([0.008 if i % 2 else 0.0125 for i in range(15)], base)
+    assert mixed.low is not None and mixed.low < 1.0 < (mixed.high or 0)
+    assert mixed.robust_delta(0.0) is None
+    # Consistent but within the floor: noise.
+    assert faster.robust_delta(0.2) is None
+    # Five rounds are too few for a 95% sign-test interval.
+    assert paired_ratios([0.009] * 5, [0.01] * 5).low is None
+
+
+class _FasterMeter(LatencyMeter):
+    """u1 in fp32 robustly 10% faster than all-int8 (its int8 kernel is the slow one, like
+    pplcnet's 3-channel stem), u2 5% slower, u0 and u3 50% slower; u3 alone has rounds that
+    disagree (the interval straddles 1.0)."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, str]] = []
+
+    def measure(self, modes: Mapping[str, str]) -> Measured:
+        self.calls.append(dict(modes))
+        if modes.get("u1") == "fp32":
+            return Measured(9.0, 10.0, 0.9, 0.88, 0.93)
+        if modes.get("u2") == "fp32":
+            return Measured(10.5, 10.0, 1.05, 1.03, 1.07)
+        if modes.get("u3") == "fp32":
+            return Measured(15.0, 10.0, 1.5, 0.95, 2.1)
+        return Measured(15.0, 10.0, 1.5, 1.4, 1.6)
+
+    def noise_floor(self) -> float:
+        return 0.01
+
+
+def _measured() -> tuple:
+    profile = get_profile("ort-cpu-fast")
+    rules = build_rules(_chain_units(4, [100, 100, 100, 100]), profile)
+    analytic = analytic_costs(rules, profile)
+    found = measured_costs(rules, analytic, _FasterMeter(), budget_s=60.0)
+    return rules, analytic, found
+
+
+def test_a_faster_promotion_keeps_its_negative_cost() -> None:
+    _, analytic, found = _measured()
+    assert analytic.relative({"u1": 2}) > 1.0  # the estimate says slower
+    assert found.table.relative({"u1": 2}) == pytest.approx(0.9)  # the timing says faster
+    assert found.faster == ["u1"]
+    assert sorted(found.measured) == ["u0", "u1", "u2"]  # u3's rounds disagree
+    # The scale comes from the moves whose estimate had the sign right (u0, u2), and stays
+    # positive: u3 keeps a slower-than-int8 estimate.
+    assert found.scale > 0 and found.table.relative({"u3": 2}) > 1.0
+
+
+def test_milp_and_greedy_pick_the_faster_promotion() -> None:
+    rules, _, found = _measured()
+    model = NoiseModel(NOISE, rules)
+    front = milp_front(rules, found.table, model, max_cost=math.inf)
+    cheapest = front[0]
+    assert cheapest.promoted == ["u1"] and cheapest.cost == pytest.approx(0.9)
+    assert cheapest.predicted_nsr < model.nsr({})  # more accurate and faster than all-int8
+    # Within int8's cost the saving pays for u2 as well.
+    both = [c for c in front if set(c.promoted) == {"u1", "u2"}]
+    assert both and both[0].cost == pytest.approx(0.95)
+    chain = greedy_chain(rules, found.table, model, max_cost=math.inf)
+    assert chain[0].promoted == ["u1"] and chain[0].cost == pytest.approx(0.9)
+
+
+def test_meter_keeps_the_rounds_interval(tmp_path: Path) -> None:
+    """Timed in ONNX Runtime for real (a conv left in fp32 against all-int8): the paired ratio
+    and its interval go to the cache, and a second meter reads them back without timing."""
+    model, _ = canonicalize(ir.serde.deserialize_model(small_cnn()), CanonicalizeOptions())
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(2)]
+    executor = Executor(model)
+
+    def plan_for(modes: Mapping[str, str]) -> QuantPlan:
+        return min_max_plan(model, executor, feeds, "ort-cpu-fast", dict(modes))
+
+    settings = LatencySettings(rounds=8, warmup=1)
+    meter = LatencyMeter(model, plan_for, feeds, tmp_path / "latency", settings)
+    first = meter.measure({"conv1": "fp32"})
+    assert first.paired is not None and first.low is not None and first.high is not None
+    assert first.low <= first.ratio <= first.high and first.ms > 0
+    again = LatencyMeter(model, plan_for, feeds, tmp_path / "latency", settings)
+    assert again.measure({"conv1": "fp32"}) == first and again.computed == 0
