@@ -37,7 +37,34 @@ def _inputs(path: Path, count: int = 3) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _emulator_dump(run_dir: Path, inputs: dict[str, np.ndarray], path: Path) -> list[str]:
+class _OneStepUp:
+    """Our emulation's hooks with every `every`-th code of `tensor` one step up: a runtime
+    whose op differs there, the ops after it computing from what it wrote."""
+
+    def __init__(self, plan: QuantPlan, tensor: str, every: int) -> None:
+        self.inner, self.tensor, self.every = QuantHooks(plan), tensor, every
+        self.step = plan.activations[tensor].scale[0]
+        self.kernels = self.inner.kernels
+
+    def weight(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        return self.inner.weight(name, tensor)
+
+    def activation(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = self.inner.activation(name, tensor)
+        if name != self.tensor:
+            return tensor
+        codes = torch.round(tensor.contiguous() / self.step)
+        codes.view(-1)[:: self.every] += 1
+        return codes * self.step
+
+
+def _emulator_dump(
+    run_dir: Path,
+    inputs: dict[str, np.ndarray],
+    path: Path,
+    hooks: object | None = None,
+    with_inputs: bool = True,
+) -> list[str]:
     """Every tensor our emulation computes, per sample, stacked: a dump of ourselves."""
     model = ir.load(RunFolder(run_dir).canonical_model)
     plan = RunFolder(run_dir).require(QuantPlan)
@@ -47,11 +74,15 @@ def _emulator_dump(run_dir: Path, inputs: dict[str, np.ndarray], path: Path) -> 
     for i in range(len(inputs["x"])):
         with torch.inference_mode():
             result = executor.run(
-                {"x": inputs["x"][i : i + 1]}, outputs=[], keep=names, hooks=QuantHooks(plan)
+                {"x": inputs["x"][i : i + 1]},
+                outputs=[],
+                keep=names,
+                hooks=hooks or QuantHooks(plan),  # type: ignore[arg-type]
             )
         for name in names:
             stacked.setdefault(name, []).append(result[name].numpy())
-    np.savez(path, x=inputs["x"], **{k: np.concatenate(v) for k, v in stacked.items()})
+    given = {"x": inputs["x"]} if with_inputs else {}
+    np.savez(path, **given, **{k: np.concatenate(v) for k, v in stacked.items()})
     return names
 
 
@@ -83,6 +114,8 @@ def test_onnx_runtime_dump_is_float_and_parts_where_we_quantize(run: Path, tmp_p
     entry = next(t for t in report.tensors if t.tensor == first.tensor)
     assert entry.quantized_here and entry.dump_step is None
     assert "no integer grid" in first.cause
+    # Replayed from ORT's own (float) inputs, our op still quantizes: local, the grid.
+    assert first.kind == "local" and first.replay is not None and first.replay.cause == "grid"
 
 
 def test_bad_dumps_are_one_clear_error(run: Path, tmp_path: Path) -> None:
@@ -160,3 +193,107 @@ def test_snpe_raw_folders_and_tpu_mlir_op_names_align(run: Path, tmp_path: Path)
     assert "x_Conv_si8" in tpu.skipped
     assert {t.dump_name for t in tpu.tensors} >= set(renamed) - {"x_Conv_si8"}
     assert tpu.first_divergence is None
+
+
+def test_replay_finds_the_op_that_differs(run: Path, tmp_path: Path) -> None:
+    """A runtime whose second Conv writes other codes: that Conv, fed the runtime's own
+    inputs, still disagrees (local); the ops after it, fed its output, agree (inherited)."""
+    inputs = _inputs(tmp_path / "in.npz")
+    plan = RunFolder(run).require(QuantPlan)
+    _emulator_dump(run, inputs, tmp_path / "local.npz", _OneStepUp(plan, "c2", 3))
+    report = compare_dumps(run, tmp_path / "local.npz", "npz", output=tmp_path / "out")
+    first = report.first_divergence
+    assert first is not None and first.tensor == "c2" and first.kind == "local"
+    assert first.replay is not None and first.replay.inputs == ["r1"]
+    assert first.replay.cause == "op-differs" and first.replay.max_code_diff == 1
+    assert first.cause.startswith("local (op-differs)")
+    after = [r for r in report.replays if r.tensor != "c2"]
+    assert after and all(r.cause == "inherited" for r in after)
+    assert after[0].worst_input == "c2" and "c2" in after[0].detail
+    saved = CompareReport.load(tmp_path / "out" / "compare.json")
+    assert saved.first_divergence == first and saved.replays == report.replays
+    from quantlens.report.render import render_html
+    from quantlens.report.run import load_run
+
+    html, _ = render_html(load_run(tmp_path / "out"))
+    assert "Each diverging op" in html and "op-differs" in html
+    done = quantlens("compare", str(run), "--dumps", str(tmp_path / "local.npz"), "--top", "1")
+    assert done.returncode == 0, done.stderr
+    assert "op-differs" in done.stdout and "inherited" in done.stdout  # the replayed rows
+
+
+def test_replay_calls_an_inherited_divergence_inherited(run: Path, tmp_path: Path) -> None:
+    """A few codes off at the Relu (still above 40 dB) put the next Conv below 40 dB; fed the
+    runtime's Relu output, our Conv reproduces it: inherited, and the Relu is named."""
+    inputs = _inputs(tmp_path / "in.npz")
+    plan = RunFolder(run).require(QuantPlan)
+    _emulator_dump(run, inputs, tmp_path / "early.npz", _OneStepUp(plan, "r1", 50))
+    report = compare_dumps(run, tmp_path / "early.npz", "npz", output=tmp_path / "out")
+    relu = next(t for t in report.tensors if t.tensor == "r1")
+    assert relu.vs_emulation.snr_db > report.threshold_db  # the Relu has not parted yet
+    first = report.first_divergence
+    assert first is not None and first.tensor == "c2" and first.kind == "inherited"
+    assert first.replay is not None and first.replay.cause == "inherited"
+    assert first.replay.worst_input == "r1" and first.replay.codes_equal == 1.0
+    assert first.origin is not None and first.origin.tensor == "r1"
+    assert first.origin.cause == "op-differs" and first.upstream_local == 1
+    assert "inherited" in first.cause and "enter at r1" in first.cause
+
+
+def test_replay_tells_float_summation_from_other_arithmetic(run: Path, tmp_path: Path) -> None:
+    """Codes flipped only where our Conv's value sits within 0.005 steps of a rounding
+    boundary are what another float summation order does: `arithmetic`, not `op-differs`."""
+    inputs = _inputs(tmp_path / "in.npz")
+    plan = RunFolder(run).require(QuantPlan)
+    _emulator_dump(run, inputs, tmp_path / "ours.npz", with_inputs=False)
+    data = dict(np.load(tmp_path / "ours.npz"))
+    step = plan.activations["c2"].scale[0]
+    quotient = _float_conv(run, inputs)["c2"] / np.float32(step)
+    ours = np.round(data["c2"] / step)
+    near = np.abs(quotient - np.floor(quotient) - 0.5) < 0.005
+    assert near.any()
+    other = np.where(quotient > ours, ours + 1, ours - 1)  # the other neighbour of the value
+    data["c2"] = (np.where(near, other, ours) * step).astype(np.float32)
+    np.savez(tmp_path / "summed.npz", **data)
+    report = compare_dumps(
+        run, tmp_path / "summed.npz", "npz", inputs=tmp_path / "in.npz", threshold_db=80
+    )
+    first = report.first_divergence
+    assert first is not None and first.tensor == "c2" and first.replay is not None
+    assert first.replay.cause == "arithmetic" and "summation order" in first.cause
+    assert first.replay.boundary_steps is not None and first.replay.boundary_steps < 0.005
+
+
+def _float_conv(run: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The second Conv's value before its output quantizer, in float, from our quantized r1."""
+    model = ir.load(RunFolder(run).canonical_model)
+    plan = RunFolder(run).require(QuantPlan)
+    hooks = QuantHooks(plan, only=set(plan.activations) - {"c2"} | set(plan.weights))
+    hooks.kernels = {}
+    executor = Executor(model)
+    values = []
+    for i in range(len(inputs["x"])):
+        with torch.inference_mode():
+            result = executor.run({"x": inputs["x"][i : i + 1]}, outputs=["c2"], hooks=hooks)
+        values.append(result["c2"].numpy())
+    return {"c2": np.concatenate(values)}
+
+
+def test_one_step_codes_at_exact_ties_are_rounding() -> None:
+    """The verdict on a replay's numbers: ties, a hair from the boundary, or further."""
+    from quantlens.analysis.compare import Sums
+    from quantlens.analysis.replay import ReplayStats, describe
+
+    def verdict(ties: int, boundary: float, max_diff: int = 1, equal: int = 990) -> str:
+        agreement = Sums(signal=1.0, noise=1e-3, dot=1.0, candidate=1.0)
+        stats = ReplayStats(agreement, 1, 1000, equal, 1000 - equal, max_diff, ties, boundary)
+        return describe("t", "Conv", ["a"], stats, 40.0, None, {"a": 50.0}, local_only=True).cause
+
+    assert verdict(ties=8, boundary=0.0) == "rounding-ties"
+    assert verdict(ties=0, boundary=0.004) == "arithmetic"
+    assert verdict(ties=0, boundary=0.2) == "op-differs"
+    assert verdict(ties=0, boundary=0.004, max_diff=3) == "op-differs"
+    agreement = Sums(signal=1.0, noise=1e-6, dot=1.0, candidate=1.0)
+    stats = ReplayStats(agreement, 1, 1000, 999, 1, 1, 0, 0.001)
+    reproduced = describe("t", "Conv", ["a"], stats, 40.0, None, {"a": 35.0})
+    assert reproduced.cause == "inherited" and reproduced.worst_input == "a"

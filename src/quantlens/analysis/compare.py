@@ -92,14 +92,14 @@ def accumulate(
         sums.sample = theirs
     if quant is not None and isinstance(quant.format, IntFormat) and len(quant.scale) == 1:
         scale, zero, fmt = quant.scale[0], quant.zero_point[0], quant.format
-        ours_codes = _codes(ours_emulated, scale, zero, fmt)
-        their_codes = _codes(theirs, scale, zero, fmt)
+        ours_codes = codes_on(ours_emulated, scale, zero, fmt)
+        their_codes = codes_on(theirs, scale, zero, fmt)
         sums.codes_total += theirs.size
         sums.codes_equal += int(np.count_nonzero(ours_codes == their_codes))
         sums.codes_off_by_one += int(np.count_nonzero(np.abs(ours_codes - their_codes) == 1))
 
 
-def _codes(values: np.ndarray, scale: float, zero: int, fmt: IntFormat) -> np.ndarray:
+def codes_on(values: np.ndarray, scale: float, zero: int, fmt: IntFormat) -> np.ndarray:
     step = np.float32(scale)
     codes = np.round(values.astype(np.float32) / step) + zero
     return np.clip(codes, fmt.qmin, fmt.qmax).astype(np.int64)
@@ -149,7 +149,26 @@ def first_divergence(
 
 
 def likely_cause(entry: ComparedTensor, sums: TensorSums) -> str:
-    """Why a dump and our emulation part at `entry`, read off the two grids."""
+    """Why a dump and our emulation part at `entry`, read off the two grids (what is said
+    when the op cannot be replayed from the dump's own inputs)."""
+    grid = grid_cause(entry, sums)
+    if grid is not None:
+        return grid
+    if entry.dump_step is None or entry.our_step is None:
+        return "both run it in float here: the arithmetic differs, or earlier layers' noise"
+    off = sums.codes_off_by_one / sums.codes_total if sums.codes_total else 0.0
+    unequal = 1.0 - (entry.codes_equal or 0.0)
+    if unequal > 0 and off / unequal > 0.9:
+        return (
+            f"rounding: on the same grid, {100 * off:.2f}% of codes differ by one step "
+            "(rounding mode or the integer requantization's multiplier)"
+        )
+    return "same grid, other values: the op's arithmetic differs, or noise from earlier layers"
+
+
+def grid_cause(entry: ComparedTensor, sums: TensorSums) -> str | None:
+    """How the dump's grid at `entry` differs from ours; None when both are on the same grid
+    or both in float."""
     theirs, ours = entry.dump_step, entry.our_step
     if entry.quantized_here and theirs is None:
         return (
@@ -162,12 +181,8 @@ def likely_cause(entry: ComparedTensor, sums: TensorSums) -> str:
             "(a fusion we assume and it does not make, or a float op it runs in integers)"
         )
     if theirs is None or ours is None:
-        return "both run it in float here: the arithmetic differs, or earlier layers' noise"
-    return _grid_cause(entry, sums, theirs / ours)
-
-
-def _grid_cause(entry: ComparedTensor, sums: TensorSums, ratio: float) -> str:
-    theirs, ours = entry.dump_step, entry.our_step
+        return None
+    ratio = theirs / ours
     if abs(ratio - 0.5) < 0.01 and sums.dump_min >= 0:
         return (
             f"signedness: the runtime holds this non-negative tensor on an unsigned grid "
@@ -180,11 +195,4 @@ def _grid_cause(entry: ComparedTensor, sums: TensorSums, ratio: float) -> str:
             f"another scale: the runtime's step is {theirs:.6g}, ours {ours:.6g} (the "
             "threshold it used is not ours, or it derives this scale from another tensor)"
         )
-    off = sums.codes_off_by_one / sums.codes_total if sums.codes_total else 0.0
-    unequal = 1.0 - (entry.codes_equal or 0.0)
-    if unequal > 0 and off / unequal > 0.9:
-        return (
-            f"rounding: on the same grid, {100 * off:.2f}% of codes differ by one step "
-            "(rounding mode or the integer requantization's multiplier)"
-        )
-    return "same grid, other values: the op's arithmetic differs, or noise from earlier layers"
+    return None

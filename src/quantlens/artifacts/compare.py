@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from quantlens.artifacts import Artifact
@@ -29,12 +31,57 @@ class ComparedTensor(BaseModel):
     our_step: float | None = None
 
 
+# What a per-op replay found (`quantlens.analysis.replay`): `inherited`, the op reproduces the
+# dump from the dump's own inputs; else local, by how: `grid` (its grid is not ours),
+# `rounding-ties` (codes one step off at exact ties), `arithmetic` (one step off within a
+# hair of a rounding boundary: float summation order), `op-differs` (other values).
+ReplayCause = Literal["inherited", "grid", "rounding-ties", "arithmetic", "op-differs"]
+
+
+class OpReplay(BaseModel):
+    """One node of our emulation run from the dump's own values of its inputs, against the
+    dump's value of its output: separates an op that computes otherwise from inherited noise."""
+
+    tensor: str
+    op_type: str
+    inputs: list[str] = Field(description="the dumped tensors fed (graph inputs: ours)")
+    samples: int
+    agreement: Agreement = Field(description="our op's output against the dump's")
+    codes_equal: float | None = None
+    codes_off_by_one: float | None = Field(
+        default=None, description="share of all codes exactly one step apart"
+    )
+    max_code_diff: int | None = None
+    ties: float | None = Field(
+        default=None, description="share of the differing codes at an exact tie before rounding"
+    )
+    boundary_steps: float | None = Field(
+        default=None,
+        description="how far (grid steps) the differing codes' values sat, at most, from a "
+        "rounding boundary before our requantization",
+    )
+    worst_input: str | None = Field(
+        default=None, description="the fed tensor furthest from our emulation (full run)"
+    )
+    worst_input_snr_db: float | None = None
+    cause: ReplayCause
+    detail: str
+
+
 class Divergence(BaseModel):
     """The first tensor, in graph order, where the dump and our emulation part."""
 
     tensor: str
     snr_db: float
     cause: str
+    # From the per-op replay (None: not replayable, `cause` is read off the grids alone).
+    kind: Literal["inherited", "local"] | None = None
+    replay: OpReplay | None = None
+    # Inherited: the first upstream op that does not reproduce the dump from its own inputs,
+    # and how many of the replayed upstream ops do not.
+    origin: OpReplay | None = None
+    upstream_replayed: int = 0
+    upstream_local: int = 0
 
 
 class CompareReport(Artifact):
@@ -46,6 +93,8 @@ class CompareReport(Artifact):
     threshold_db: float = Field(description="a tensor below this SNR vs emulation has parted")
     tensors: list[ComparedTensor] = Field(default_factory=list)
     first_divergence: Divergence | None = None
+    # Replays of the first divergence and the next tensors below the threshold.
+    replays: list[OpReplay] = Field(default_factory=list)
     # Dump entries not aligned to a tensor of ours, with why (internal ops of the vendor...).
     skipped: dict[str, str] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)

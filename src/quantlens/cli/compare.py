@@ -48,12 +48,16 @@ def compare(
     threshold: Annotated[
         float, typer.Option(help="SNR (dB) against our emulation below which a tensor parts.")
     ] = 40.0,
-    top: Annotated[int, typer.Option(help="Rows of the table (worst against emulation).")] = 20,
+    top: Annotated[
+        int, typer.Option(help="Rows of the table: the worst against emulation, and replayed ops.")
+    ] = 20,
     device: DeviceOpt = "cpu",
     json: JsonOpt = False,
 ) -> None:
     """Per layer: the dump against float and against our emulation of the run (SNR, cosine, max
-    error, integer codes), and the first layer where the dump and the emulation part, with why."""
+    error, integer codes), and the first layer where the dump and the emulation part, with why:
+    its op replayed from the dump's own inputs says whether the op itself differs (grid,
+    rounding ties, float summation order, other values) or inherits earlier layers' noise."""
     from quantlens.pipeline.compare import compare_dumps
 
     with progress("comparing samples") as update:
@@ -81,10 +85,14 @@ def _db(value: float) -> str:
 
 def _table(report: CompareReport, top: int) -> Table:
     table = Table(title=f"{report.format} dump vs float and vs our {report.target} emulation")
-    for column in ("tensor", "op", "vs float dB", "vs emulation dB", "cosine", "codes equal"):
+    columns = ("tensor", "op", "vs float dB", "vs emulation dB", "cosine", "codes equal")
+    for column in (*columns, "op alone"):
         table.add_column(column, justify="left" if column in ("tensor", "op") else "right")
+    # The per-op replays: our op from the dump's own inputs, dB against the dump, and why.
+    replays = {r.tensor: f"{_db(r.agreement.snr_db)} {r.cause}" for r in report.replays}
     worst = sorted(report.tensors, key=lambda t: t.vs_emulation.snr_db)[:top]
-    for entry in sorted(worst, key=report.tensors.index):
+    shown = {t.tensor for t in worst} | set(replays)
+    for entry in (t for t in report.tensors if t.tensor in shown):
         codes = "" if entry.codes_equal is None else f"{100 * entry.codes_equal:.2f}%"
         table.add_row(
             entry.tensor,
@@ -93,6 +101,7 @@ def _table(report: CompareReport, top: int) -> Table:
             _db(entry.vs_emulation.snr_db),
             f"{entry.vs_emulation.cosine:.5f}",
             codes,
+            replays.get(entry.tensor, ""),
         )
     return table
 

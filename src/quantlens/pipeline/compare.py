@@ -5,7 +5,9 @@ The run folder gives the canonical model and the plan; the dump (`quantlens.anal
 gives per-tensor values and, usually, the graph inputs (else `--inputs`). Our executor runs
 every sample twice (float, then with the plan's quantizers) keeping the aligned tensors; the
 report lists them in graph order with SNR, cosine, max error and code agreement, and names the
-first tensor below the threshold with its likely cause. `compare.json` goes to the output run
+first tensor below the threshold with its likely cause: its op (and the next few diverging
+ones) replayed from the dump's own inputs (`quantlens.analysis.replay`) says whether the op
+itself differs or inherits its inputs' differences. `compare.json` goes to the output run
 folder.
 """
 
@@ -20,6 +22,7 @@ import torch
 
 from quantlens.analysis.compare import TensorSums, accumulate, compared, first_divergence
 from quantlens.analysis.dumps import Dump, read_dump, read_name_map
+from quantlens.analysis.replay import Replayer, explain
 from quantlens.artifacts.compare import CompareReport
 from quantlens.artifacts.folder import RunFolder
 from quantlens.emulate import Executor
@@ -114,10 +117,12 @@ def _compare(
     hooks = QuantHooks(plan, device=device)
     grids = emulated_grids(model, plan)
     sums = {name: TensorSums.empty() for name in order}
+    shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
     for index, feed in enumerate(feeds):
         with torch.inference_mode():
             floats = executor.run(feed, outputs=[], keep=order)
             emulated = executor.run(feed, outputs=[], keep=order, hooks=hooks)
+        shapes = shapes or {n: (tuple(t.shape), t.dtype) for n, t in floats.items()}
         for name in order:
             values = _sample(dump, name, index, len(feeds), floats[name])
             accumulate(sums[name], values, floats[name], emulated[name], grids.get(name))
@@ -126,6 +131,12 @@ def _compare(
     tensors = [
         compared(n, dump.names[n], types.get(n, "input"), sums[n], grids.get(n)) for n in order
     ]
+    first = first_divergence(tensors, sums, threshold_db)
+    replays = []
+    if first is not None:
+        # The vendor's own inputs of the diverging ops through our emulation of each op.
+        replayer = Replayer(executor, hooks, grids, dump.arrays, feeds, shapes)
+        replays = explain(first, tensors, sums, replayer, threshold_db)
     return CompareReport(
         dumps="",
         format="",
@@ -133,7 +144,8 @@ def _compare(
         samples=len(feeds),
         threshold_db=threshold_db,
         tensors=tensors,
-        first_divergence=first_divergence(tensors, sums, threshold_db),
+        first_divergence=first,
+        replays=replays,
         skipped=dump.skipped,
     )
 

@@ -42,7 +42,20 @@ def compare_section(report: CompareReport | None) -> dict[str, Any] | None:
                 codes,
             ]
         )
+    replays = [
+        [
+            replay.tensor,
+            replay.op_type,
+            ", ".join(replay.inputs),
+            _db(replay.agreement.snr_db),
+            "" if replay.codes_equal is None else f"{100 * replay.codes_equal:.4g}%",
+            replay.cause,
+            replay.detail,
+        ]
+        for replay in report.replays
+    ]
     return {
+        "replays": replays,
         "summary": (
             f"{report.format} dump {report.dumps}, {len(report.tensors)} tensors aligned, "
             f"{report.samples} sample(s), target {report.target}; {verdict}"
