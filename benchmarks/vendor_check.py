@@ -325,6 +325,8 @@ def summary_line(row: dict[str, Any]) -> str:
     first = (row.get("compare") or {}).get("first_divergence")
     if first:
         snr += f"; first layer below 40 dB: {first['tensor']} ({first['snr_db']:.1f} dB)"
+        if first.get("kind"):  # the replay of its op from the vendor's own inputs
+            snr += f", {first['kind']}"
     error = f" — {row['error']}" if row.get("error") else ""
     return (
         f"{row['model']:<20} {row['variant']:<6} {row['format']:<9} {status}: {counts}{snr}{error}"
