@@ -41,9 +41,7 @@ def test_ort_cpu_fast_promotes_to_fp32_with_no_noise_left() -> None:
     costs = analytic_costs(rules, profile)
     assert costs.relative({"u1": 2}) == pytest.approx(1 + (1.4 - 1) / 3)
     # ort-cpu keeps a16_w16: int8 there is float kernels on dequantized inputs already.
-    assert build_rules(_chain_units(1, [1]), get_profile("ort-cpu")).modes["u0"] == {
-        2: "a16_w16"
-    }
+    assert build_rules(_chain_units(1, [1]), get_profile("ort-cpu")).modes["u0"] == {2: "a16_w16"}
 
 
 def test_paired_ratios_interval_and_robust_sign() -> None:
@@ -134,3 +132,30 @@ def test_meter_keeps_the_rounds_interval(tmp_path: Path) -> None:
     assert first.low <= first.ratio <= first.high and first.ms > 0
     again = LatencyMeter(model, plan_for, feeds, tmp_path / "latency", settings)
     assert again.measure({"conv1": "fp32"}) == first and again.computed == 0
+
+
+def test_a_wide_interval_gets_more_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bursts of load widen the first batch's interval across 1.0: the meter times another
+    batch and pools the rounds; a narrow or one-sided batch is enough on its own."""
+    batches = iter(
+        [
+            # Every third round disturbed on one side or the other: wide, holds 1.0.
+            [0.02 if i % 3 == 0 else 0.009 for i in range(15)],
+            [0.009] * 15,  # 10% faster in every round
+            [0.009] * 15,
+        ]
+    )
+    calls = []
+
+    def fake_times(models: Mapping[str, Path], feeds: object, settings: object) -> dict:
+        calls.append(models)
+        return {"int8": [0.01] * 15, "candidate": next(batches)}
+
+    monkeypatch.setattr("quantlens.search.latency.interleaved_times", fake_times)
+    monkeypatch.setattr(LatencyMeter, "_export", lambda self, modes, name: tmp_path / name)
+    meter = LatencyMeter(ir.Model(ir.Graph([], [], nodes=[]), ir_version=10), None, [], tmp_path)  # type: ignore[arg-type]
+    found = meter.measure({"conv1": "fp32"})
+    assert len(calls) == 2  # the first batch was not settled, the pooled two are
+    assert found.high is not None and found.high < 1.0 and found.robust_delta(0.02) is not None
+    saved = next(tmp_path.glob("latency-*.json")).read_text()
+    assert '"rounds": 30' in saved

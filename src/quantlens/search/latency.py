@@ -4,7 +4,8 @@ Every measurement times the candidate's export against the all-int8 export, inte
 two sessions take turns on the same inputs, `quantlens.bench.latency`), after warm-up; the
 candidate's cost is the median over the rounds of its time over all-int8's *in the same round*
 (a load spike lands on both halves of a pair alike, so the paired ratio moves far less with
-the load than the ratio of two medians), with a ~95% sign-test interval of that median. The
+the load than the ratio of two medians), with a ~95% sign-test interval of that median; where
+the interval is wide and holds 1.0, up to two more batches of rounds are timed and pooled. The
 result is cached on disk by the candidate's key (the hash of its resolved per-node modes, as the
 oracle's evaluations are), so a resumed search measures nothing twice.
 
@@ -44,6 +45,10 @@ from quantlens.search.oracle import modes_key
 Feed = Mapping[str, np.ndarray]
 PlanFor = Callable[[Mapping[str, str]], QuantPlan]
 CONFIDENCE = 0.95  # of the sign-test interval around the median paired ratio
+# A measurement whose interval is wider than this and still holds 1.0 gets more rounds (another
+# batch of them, pooled), up to MAX_BATCHES: bursts of load from other processes widen it.
+SETTLED_WIDTH = 0.1
+MAX_BATCHES = 3
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,13 @@ class Measured:
         if self.paired is not None:
             return self.paired
         return self.ms / self.int8_ms if self.int8_ms > 0 else 1.0
+
+    def settled(self) -> bool:
+        """The interval says which side of 1.0 the ratio is on, or is narrow: more rounds
+        would not change what the table makes of it."""
+        if self.low is None or self.high is None:
+            return False
+        return self.low > 1.0 or self.high < 1.0 or self.high - self.low <= SETTLED_WIDTH
 
     def robust_delta(self, floor: float) -> float | None:
         """ratio - 1 where every ratio in the interval lies beyond 1 +- `floor` on the same
@@ -114,16 +126,24 @@ class LatencyMeter:
             return cached
         base = self._export({}, "int8")
         path = self._export(modes, key)
-        times = interleaved_times({"int8": base, "candidate": path}, self.feeds, self.settings)
+        candidate: list[float] = []
+        int8: list[float] = []
+        for _ in range(MAX_BATCHES):
+            times = interleaved_times({"int8": base, "candidate": path}, self.feeds, self.settings)
+            candidate += times["candidate"]
+            int8 += times["int8"]
+            found = paired_ratios(candidate, int8)
+            if found.settled():
+                break
         if path != base:
             path.unlink(missing_ok=True)
-        found = paired_ratios(times["candidate"], times["int8"])
         payload = {
             "ms": found.ms,
             "int8_ms": found.int8_ms,
             "paired": found.paired,
             "low": found.low,
             "high": found.high,
+            "rounds": len(candidate),
             "modes": dict(sorted(modes.items())),
         }
         write_text_atomic(self.folder / f"latency-{key}.json", json.dumps(payload))
