@@ -55,6 +55,11 @@ def test_paired_ratios_interval_and_robust_sign() -> None:
     assert mixed.robust_delta(0.0) is None
     # Consistent but within the floor: noise.
     assert faster.robust_delta(0.2) is None
+    # pplcnet's stem in fp32 (30 rounds at load 6-7): 8% faster, the interval's top end inside
+    # the 1.5% floor but below 1.0: the rounds agree, and the median is beyond the floor.
+    stem = Measured(2.67, 2.96, 0.91947, 0.89665, 0.99351)
+    assert stem.robust_delta(0.01482) == pytest.approx(-0.08053)
+    assert Measured(2.9, 2.96, 0.99, 0.97, 0.995).robust_delta(0.015) is None  # within floor
     # Five rounds are too few for a 95% sign-test interval.
     assert paired_ratios([0.009] * 5, [0.01] * 5).low is None
 

@@ -12,13 +12,13 @@ oracle's evaluations are), so a resumed search measures nothing twice.
 For planning, `measured_costs` times each unit's own move (the unit alone promoted, or alone
 on 4-bit weights) within a time budget, largest units first; the integer program and greedy
 then plan with those per-unit costs (additive, as they assume). A move counts as measured only
-where the timing says so robustly: its interval lies wholly on one side of 1.0, beyond the
-noise floor (all-int8 timed against itself). That holds both ways: a move that makes the model
-*faster* (on ONNX Runtime, a layer whose integer kernel is slower than its float one, left
-float) gets a negative cost, and the strategies may take it for free. Other moves keep the
-analytic estimate, as do units left unmeasured, scaled by what the measured moves that agree in
-sign with their estimate showed (a scale is never negative: timing one unit does not flip the
-estimates of the others).
+where the timing says so robustly: its ratio is beyond the noise floor (all-int8 timed against
+itself) and its interval lies wholly on that side of 1.0. That holds both ways: a move that
+makes the model *faster* (on ONNX Runtime, a layer whose integer kernel is slower than its
+float one, left float) gets a negative cost, and the strategies may take it for free. Other
+moves keep the analytic estimate, as do units left unmeasured, scaled by what the measured moves
+that agree in sign with their estimate showed (a scale is never negative: timing one unit does
+not flip the estimates of the others).
 """
 
 from __future__ import annotations
@@ -75,15 +75,15 @@ class Measured:
         return self.low > 1.0 or self.high < 1.0 or self.high - self.low <= SETTLED_WIDTH
 
     def robust_delta(self, floor: float) -> float | None:
-        """ratio - 1 where every ratio in the interval lies beyond 1 +- `floor` on the same
-        side (the rounds agree on the sign, by more than the noise); else None. An entry
-        without an interval (cached before rounds were kept) has only its ratio to go by."""
+        """ratio - 1 where it is beyond the noise floor and the rounds agree on its sign (the
+        interval lies on one side of 1.0); else None. An entry without an interval (cached
+        before rounds were kept) has only its ratio to go by."""
+        delta = self.ratio - 1.0
+        if abs(delta) <= floor:
+            return None
         if self.low is None or self.high is None:
-            delta = self.ratio - 1.0
-            return delta if abs(delta) > floor else None
-        if self.high < 1.0 - floor or self.low > 1.0 + floor:
-            return self.ratio - 1.0
-        return None
+            return delta
+        return delta if self.high < 1.0 or self.low > 1.0 else None
 
 
 def paired_ratios(candidate: Sequence[float], base: Sequence[float]) -> Measured:
