@@ -237,6 +237,7 @@ def test_replay_calls_an_inherited_divergence_inherited(run: Path, tmp_path: Pat
     assert first.replay.worst_input == "r1" and first.replay.codes_equal == 1.0
     assert first.origin is not None and first.origin.tensor == "r1"
     assert first.origin.cause == "op-differs" and first.upstream_local == 1
+    assert first.upstream_causes == {"op-differs": 1}
     assert "inherited" in first.cause and "enter at r1" in first.cause
 
 
@@ -297,3 +298,37 @@ def test_one_step_codes_at_exact_ties_are_rounding() -> None:
     stats = ReplayStats(agreement, 1, 1000, 999, 1, 1, 0, 0.001)
     reproduced = describe("t", "Conv", ["a"], stats, 40.0, None, {"a": 35.0})
     assert reproduced.cause == "inherited" and reproduced.worst_input == "a"
+
+
+def test_replay_feeds_a_float_dump_through_our_quantizer(tmp_path: Path) -> None:
+    """A runtime that dumps a tensor before its own cast to int8 (float values that round to
+    our codes): the op after it, fed those values through our quantizer as our emulation reads
+    them, reproduces our output exactly, while the tensor itself parts on the grid."""
+    from quantlens.analysis.replay import Replayer
+    from quantlens.pipeline.compare import emulated_grids
+
+    run_dir, _ = make_run(tmp_path, "ort-cpu", Assignment(target="ort-cpu"))
+    inputs = _inputs(tmp_path / "in.npz")
+    _emulator_dump(run_dir, inputs, tmp_path / "ours.npz", with_inputs=False)
+    data = dict(np.load(tmp_path / "ours.npz"))
+    plan = RunFolder(run_dir).require(QuantPlan)
+    step = plan.activations["r1"].scale[0]
+    jitter = np.random.default_rng(3).uniform(-0.3, 0.3, data["r1"].shape) * step
+    data["r1"] = (data["r1"] + jitter).astype(np.float32)  # the same codes, off the grid
+    np.savez(tmp_path / "precast.npz", **data)
+    report = compare_dumps(
+        run_dir, tmp_path / "precast.npz", "npz", inputs=tmp_path / "in.npz", threshold_db=80
+    )
+    first = report.first_divergence
+    assert first is not None and first.tensor == "r1" and first.kind == "local"
+    assert first.replay is not None and first.replay.cause == "grid"
+    # The float Conv after it (the dump's c2 is ours) from the jittered r1.
+    model = ir.load(RunFolder(run_dir).canonical_model)
+    executor = Executor(model)
+    feeds = [{"x": inputs["x"][i : i + 1]} for i in range(len(inputs["x"]))]
+    shapes = {"r1": ((1, 8, 8, 8), torch.float32), "c2": ((1, 4, 8, 8), torch.float32)}
+    grids = emulated_grids(model, plan)
+    replayer = Replayer(executor, QuantHooks(plan), grids, data, feeds, shapes)
+    found = replayer.stats("c2")
+    assert found is not None and found[0] == ["r1"]
+    assert found[1].samples == 3 and found[1].agreement.noise == 0.0

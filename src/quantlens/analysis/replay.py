@@ -78,7 +78,8 @@ class _Capture:
 
 class Replayer:
     """Replays single ops of `executor` under `hooks` from the dump's `arrays` (per sample,
-    stacked on axis 0; graph inputs from `feeds`), `shapes` being our tensors' own."""
+    stacked on axis 0; graph inputs from `feeds`), `shapes` being our tensors' own. The fed
+    values pass through our quantizers of those tensors, as our consumers read them."""
 
     def __init__(
         self,
@@ -141,11 +142,16 @@ class Replayer:
         stats = ReplayStats(Sums())
         quant = self.grids.get(tensor)
         for index in range(min(min(counts), len(self.feeds))):
-            start = {n: self._value(n, index) for n in dumped}
+            # Each input as our emulation's consumer reads it: through its quantizer (no-op
+            # on a value already on our grid; a float dump where we quantize, e.g. before the
+            # runtime's own cast, is put on our grid as we would).
+            start = {}
             for name in sources:
                 if name in self.feeds[index]:
                     value = torch.as_tensor(self.feeds[index][name], device=self.executor.device)
-                    start[name] = self.hooks.activation(name, value)
+                else:
+                    value = self._value(name, index)
+                start[name] = self.hooks.activation(name, value)
             self._add(stats, tensor, start, self._value(tensor, index), quant)
         return sources, stats
 
@@ -380,14 +386,16 @@ def _find_origin(
         if exact:
             continue
         first.upstream_local += 1
+        first.upstream_causes[replay.cause] = first.upstream_causes.get(replay.cause, 0) + 1
         if first.origin is None:
             first.origin = replay
     if first.origin is not None:
         origin = first.origin
+        causes = ", ".join(f"{n} {c}" for c, n in sorted(first.upstream_causes.items()))
         first.cause += (
             f"; the differences enter at {origin.tensor} ({origin.op_type}), the first of "
             f"{first.upstream_local} upstream ops (of {first.upstream_replayed} replayed) not "
-            f"exact from their own dumped inputs ({origin.cause}): {origin.detail}"
+            f"exact from their own dumped inputs ({causes}): {origin.detail}"
         )
     elif first.upstream_replayed:
         first.cause += (

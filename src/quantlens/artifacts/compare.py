@@ -82,6 +82,9 @@ class Divergence(BaseModel):
     origin: OpReplay | None = None
     upstream_replayed: int = 0
     upstream_local: int = 0
+    upstream_causes: dict[str, int] = Field(
+        default_factory=dict, description="the upstream ops not exact, counted by cause"
+    )
 
 
 class CompareReport(Artifact):
