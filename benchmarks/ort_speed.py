@@ -19,6 +19,10 @@ detection mAP@0.5:0.95 from faster-coco-eval), and the ORT-optimized graph's op 
 which integer kernels it fused.
 
     python benchmarks/ort_speed.py [--calib 16] [--eval 16] [--rounds 30] [--models ...]
+        [--assignment assignment.json]
+
+`--assignment` quantizes the quantlens model with a plan (a search's `assignment.json`, e.g.
+layers left in fp32) instead of all-int8; give it with the one model it was searched for.
 """
 
 from __future__ import annotations
@@ -94,9 +98,16 @@ def save_npz(feeds: Sequence[Feed], folder: Path) -> Path:
     return folder
 
 
-def ours(model: Path, calib: Path, run_dir: Path) -> tuple[Path, dict[str, object]]:
+def ours(
+    model: Path, calib: Path, run_dir: Path, assignment: Path | None = None
+) -> tuple[Path, dict[str, object]]:
     opts = QuantizeOptions(
-        calib=calib, target="ort-cpu-fast", run_dir=run_dir, fixes={"fuse": True}, latency_rounds=0
+        calib=calib,
+        target="ort-cpu-fast",
+        run_dir=run_dir,
+        fixes={"fuse": True},
+        latency_rounds=0,
+        assignment=assignment,
     )
     report = quantize_model(model, opts)
     agree = report.pooled_agreement()
@@ -116,7 +127,9 @@ def bench_model(name: str, args: argparse.Namespace, root: Path) -> dict[str, ob
     calib_set = TaskSet(model, write_samples(kind, args.calib, root / "calib", seed=1), task)  # type: ignore[arg-type]
     calib = save_npz(calib_set.feeds, root / "calib-npz")
     evaluation = TaskSet(model, write_samples(kind, args.eval, root / "eval", seed=2), task)  # type: ignore[arg-type]
-    qdq, extra = ours(model, calib, root / "ours")
+    qdq, extra = ours(model, calib, root / "ours", args.assignment)
+    if args.assignment is not None:
+        extra["assignment"] = str(args.assignment)
     models = {"float": model, "quantlens": qdq, "onnxruntime": ort_static(model, calib, root / "o")}
     settings = LatencySettings(threads=2, warmup=args.warmup, rounds=args.rounds)
     rounds = interleaved_times(models, evaluation.feeds, settings)
@@ -146,6 +159,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--models", nargs="*", default=list(SAMPLES))
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--assignment", type=Path, default=None)
     args = parser.parse_args()
     rows = []
     for name in args.models:
