@@ -4,6 +4,7 @@ a model with deliberately unbalanced channel ranges and no BatchNorm."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from quantlens.emulate import Executor
 from quantlens.emulate.fakequant import QuantHooks
 from quantlens.emulate.plan import QuantPoints, build_plan, quantization_points
 from quantlens.fixes import apply_fix
-from quantlens.fixes.bias_correction import bias_correction
+from quantlens.fixes.bias_correction import BiasCorrectionOptions, bias_correction
 from quantlens.fixes.clip_search import (
     ClipSearchOptions,
     activation_candidates,
@@ -34,7 +35,7 @@ from quantlens.quantize import QuantizeOptions, quantize_model
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.profiles import get_profile
 from quantlens.schemes.qparams import QuantPlan
-from tests.models import unbalanced_model
+from tests.models import branchy_model, unbalanced_model
 
 F32 = np.float32
 Feeds = list[dict[str, np.ndarray]]
@@ -103,6 +104,30 @@ def test_bias_correction_reduces_the_mean_output_shift(model_path: Path) -> None
     apply_fix(executor, result)
     after = np.abs((reference - _outputs(executor, plan, calib)).mean(axis=0)).mean()
     assert after < 0.7 * before, (before, after)
+
+
+@pytest.mark.parametrize("builder", [unbalanced_model, branchy_model])
+def test_bias_correction_in_one_sweep_equals_one_pass_per_layer(
+    builder: Callable[[], onnx.ModelProto], tmp_path: Path
+) -> None:
+    """The default sweep (one quantized pass, going on from each layer's cut) moves every bias
+    as far as the exact method that runs the model up to each layer again, also where branches
+    (a Concat, a Split read later, two convs on the graph input) cross the cuts."""
+    path = tmp_path / "model.onnx"
+    onnx.save(builder(), path)
+    calib = (
+        [{"x": f["x"][..., :4, :4]} for f in _feeds(24)] if builder is branchy_model else _feeds(8)
+    )
+    executor, plan, _ = _setup(path, 0, calib, add_bias=True)
+    layers = len([q for q in plan.weights.values() if q.bias_of is not None])
+    swept = bias_correction(executor, plan, calib)
+    exact = bias_correction(executor, plan, calib, BiasCorrectionOptions(max_passes=layers))
+    assert swept.weights.keys() == exact.weights.keys() and len(exact.weights) >= 3
+    for name, value in exact.weights.items():
+        np.testing.assert_allclose(swept.weights[name], value, rtol=1e-4, atol=1e-6)
+    assert any(np.abs(v).max() > 1e-3 for v in exact.weights.values())  # biases did move
+    fast = bias_correction(executor, plan, calib, BiasCorrectionOptions(max_passes=1))
+    assert any(not np.allclose(fast.weights[n], v, atol=1e-6) for n, v in exact.weights.items())
 
 
 def test_clip_search_never_worse_than_minmax(model_path: Path) -> None:

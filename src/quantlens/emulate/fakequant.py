@@ -336,3 +336,7 @@ class QuantHooks:
         if cached is None:
             cached = self._weight_cache[name] = quantizer(tensor)
         return cached
+
+    def forget(self, name: str) -> None:
+        """Drop the cached quantized value of a weight whose float value was changed."""
+        self._weight_cache.pop(name, None)
