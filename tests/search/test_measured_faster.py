@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
@@ -66,21 +67,20 @@ def test_paired_ratios_interval_and_robust_sign() -> None:
 
 class _FasterMeter(LatencyMeter):
     """u1 in fp32 robustly 10% faster than all-int8 (its int8 kernel is the slow one, like
-    pplcnet's 3-channel stem), u2 5% slower, u0 and u3 50% slower; u3 alone has rounds that
-    disagree (the interval straddles 1.0)."""
+    pplcnet's 3-channel stem), u2 5% slower, u0 and u3 50% slower, additively; any set with u3
+    has rounds that disagree (the interval straddles 1.0)."""
+
+    DELTA: ClassVar[dict[str, float]] = {"u0": 0.5, "u1": -0.1, "u2": 0.05, "u3": 0.5}
 
     def __init__(self) -> None:
         self.calls: list[dict[str, str]] = []
 
     def measure(self, modes: Mapping[str, str]) -> Measured:
         self.calls.append(dict(modes))
-        if modes.get("u1") == "fp32":
-            return Measured(9.0, 10.0, 0.9, 0.88, 0.93)
-        if modes.get("u2") == "fp32":
-            return Measured(10.5, 10.0, 1.05, 1.03, 1.07)
-        if modes.get("u3") == "fp32":
-            return Measured(15.0, 10.0, 1.5, 0.95, 2.1)
-        return Measured(15.0, 10.0, 1.5, 1.4, 1.6)
+        ratio = 1.0 + sum(self.DELTA[u] for u in modes)
+        if "u3" in modes:
+            return Measured(10 * ratio, 10.0, ratio, 0.95, ratio + 0.6)
+        return Measured(10 * ratio, 10.0, ratio, ratio - 0.02, ratio + 0.02)
 
     def noise_floor(self) -> float:
         return 0.01
@@ -164,3 +164,54 @@ def test_a_wide_interval_gets_more_rounds(tmp_path: Path, monkeypatch: pytest.Mo
     assert found.high is not None and found.high < 1.0 and found.robust_delta(0.02) is not None
     saved = next(tmp_path.glob("latency-*.json")).read_text()
     assert '"rounds": 30' in saved
+
+
+class _PairMeter(LatencyMeter):
+    """pplcnet's stem: u0 alone in fp32 8% faster, u1 alone 3% faster but too noisy to tell,
+    both together 16% faster (the Q/DQ between them goes too); every other move adds 5% per
+    unit, additively."""
+
+    def __init__(self) -> None:
+        self.calls: list[frozenset[str]] = []
+
+    def measure(self, modes: Mapping[str, str]) -> Measured:
+        units = frozenset(modes)
+        self.calls.append(units)
+        if units == {"u0", "u1"}:
+            return Measured(8.4, 10.0, 0.84, 0.82, 0.86)
+        if units == {"u0"}:
+            return Measured(9.2, 10.0, 0.92, 0.9, 0.95)
+        if units == {"u1"}:
+            return Measured(9.7, 10.0, 0.97, 0.8, 1.15)
+        ratio = 1.0 + sum(-0.08 if u == "u0" else -0.03 if u == "u1" else 0.05 for u in units)
+        return Measured(10 * ratio, 10.0, ratio, ratio - 0.02, ratio + 0.02)
+
+    def noise_floor(self) -> float:
+        return 0.01
+
+
+def test_a_pair_timed_together_prices_the_boundary_between_them() -> None:
+    profile = get_profile("ort-cpu-fast")
+    rules = build_rules(_chain_units(4, [100] * 4), profile, sizes={f"t{i}": 10 for i in range(4)})
+    meter = _PairMeter()
+    found = measured_costs(rules, analytic_costs(rules, profile), meter, budget_s=60.0)
+    assert [(a, b) for a, b, _ in found.boundaries] == [("u0", "u1")]  # the others add up
+    assert found.boundaries[0][2] == pytest.approx((-0.08 - 0.03 + 0.16) / 2)
+    table = found.table
+    # The table reproduces all three timings: each unit alone, and the pair.
+    assert table.relative({"u0": 2}) == pytest.approx(0.92)
+    assert table.relative({"u1": 2}) == pytest.approx(0.97)
+    assert table.relative({"u0": 2, "u1": 2}) == pytest.approx(0.84)
+    assert table.relative({"u0": 2, "u1": 2, "u2": 2}) == pytest.approx(0.89)
+    model = NoiseModel(NOISE, rules)
+    front = milp_front(rules, table, model, max_cost=math.inf)
+    assert set(front[0].promoted) == {"u0", "u1"} and front[0].cost == pytest.approx(0.84)
+    # Greedy counts the boundary too: u0 after u1 saves the pair's time, not u0's own.
+    before, after = {"u1": 2}, {"u0": 2, "u1": 2}
+    change = table.change(before, after, ["u0"])
+    assert change == pytest.approx(table.absolute(after) - table.absolute(before))
+    assert change != pytest.approx(table.unit["u0"][2] - table.unit["u0"][0])
+    chain = greedy_chain(rules, table, model, max_cost=math.inf)
+    assert chain[0].promoted == ["u1"]  # both free; u1 removes more noise
+    assert [c.cost for c in chain[:2]] == pytest.approx([0.97, 0.84])
+    assert set(chain[1].promoted) == {"u0", "u1"}

@@ -20,7 +20,7 @@ import csv
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +76,10 @@ class CostTable:
     # (producer, consumer, cost of a convert between them when their precisions differ)
     boundaries: list[tuple[str, str, float]]
     total_int8: float
+    # unit -> the boundaries that touch it, built on first use by `change`
+    _by_unit: dict[str, list[tuple[str, str, float]]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def absolute(self, state: Mapping[str, int]) -> float:
         total = sum(costs[state.get(u, 0)] for u, costs in self.unit.items())
@@ -84,6 +88,30 @@ class CostTable:
 
     def relative(self, state: Mapping[str, int]) -> float:
         return self.absolute(state) / self.total_int8 if self.total_int8 > 0 else 1.0
+
+    def change(
+        self, before: Mapping[str, int], after: Mapping[str, int], changed: Sequence[str]
+    ) -> float:
+        """absolute(after) - absolute(before) where only the `changed` units differ: their
+        own costs and the boundaries that touch them."""
+        moved = set(changed)
+        total = sum(self.unit[u][after.get(u, 0)] - self.unit[u][before.get(u, 0)] for u in moved)
+        for a, b, price in self._touching(moved):
+            now = _level(after, a) != _level(after, b)
+            was = _level(before, a) != _level(before, b)
+            total += price * (int(now) - int(was))
+        return total
+
+    def _touching(self, units: set[str]) -> list[tuple[str, str, float]]:
+        if not self.boundaries:
+            return []
+        if self._by_unit is None:
+            self._by_unit = {}
+            for edge in self.boundaries:
+                for unit in set(edge[:2]):
+                    self._by_unit.setdefault(unit, []).append(edge)
+        edges = {id(e): e for u in units for e in self._by_unit.get(u, [])}
+        return list(edges.values())
 
 
 def _level(state: Mapping[str, int], unit: str) -> int:

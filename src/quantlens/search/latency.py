@@ -19,6 +19,12 @@ float one, left float) gets a negative cost, and the strategies may take it for 
 moves keep the analytic estimate, as do units left unmeasured, scaled by what the measured moves
 that agree in sign with their estimate showed (a scale is never negative: timing one unit does
 not flip the estimates of the others).
+
+Moves do not add up where neighbours meet: one layer left float between int8 layers pays a Q/DQ
+on each side, two float neighbours pay none between them (pplcnet: the stem alone 0.92x
+all-int8, the first depthwise conv alone ~0.97x, both 0.84x). With the budget left, neighbours
+are timed together and the difference becomes a boundary cost (`CostTable.boundaries`, charged
+where their precisions differ, as QNN's converts are), so the table reproduces all three timings.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -191,38 +197,82 @@ class MeasuredTable:
     scale: float  # measured / analytic delta, applied to the others
     noise_floor: float
     faster: list[str]  # units with a move that measured faster than all-int8
+    # (producer, consumer, cost): the precision boundaries found by timing both units together
+    boundaries: list[tuple[str, str, float]] = field(default_factory=list)
 
 
 def measured_costs(
     rules: Rules, analytic: CostTable, meter: LatencyMeter, budget_s: float
 ) -> MeasuredTable:
     """Per-unit costs relative to all-int8 (total 1.0): each unit's move timed alone, largest
-    units first, until `budget_s` is spent."""
-    start = time.monotonic()
+    units first, then (with the budget left) neighbouring units promoted together, largest
+    tensors between them first, until `budget_s` is spent."""
+    deadline = time.monotonic() + budget_s
     floor = meter.noise_floor()
     share = {u: c[0] / analytic.total_int8 for u, c in analytic.unit.items()}
     delta: dict[str, dict[int, float]] = {}
+    raw: dict[str, float] = {}  # unit -> its top level's ratio - 1, robust or not
     ratios = []
     for unit in sorted(rules.units, key=lambda u: -analytic.unit[u][0]):
-        if time.monotonic() - start > budget_s:
+        if time.monotonic() > deadline:
             break
         delta[unit] = {}
         for level in rules.levels[unit]:
             state: State = {unit: LOWER} if level == LOWER else rules.closure([(unit, level)])
-            measured = meter.measure(rules.node_modes(state)).robust_delta(floor)
+            found = meter.measure(rules.node_modes(state))
+            if level == max(rules.levels[unit]):
+                raw[unit] = found.ratio - 1.0
+            measured = found.robust_delta(floor)
             if measured is None:
                 continue  # the rounds disagree, or within the floor: the estimate stands
             delta[unit][level] = measured
             modeled = analytic.relative(state) - 1.0
             if measured * modeled > 0:  # the estimate had the sign right: how far off was it
                 ratios.append(measured / modeled)
+    boundaries = _boundaries(rules, meter, raw, floor, deadline)
+    for a, b, _ in boundaries:  # a pair timed robustly: both units' own times count
+        for unit in (a, b):
+            delta[unit][max(rules.levels[unit])] = raw[unit]
     scale = statistics.median(ratios) if ratios else 1.0
-    table = CostTable("measured", {}, [], 1.0)
+    table = CostTable("measured", {}, [*analytic.boundaries, *boundaries], 1.0)
     for unit, costs in analytic.unit.items():
         table.unit[unit] = {0: share[unit]}
         for level in rules.levels[unit]:
             modeled = (costs[level] - costs[0]) / analytic.total_int8
             table.unit[unit][level] = share[unit] + delta.get(unit, {}).get(level, modeled * scale)
+    # A unit's single move was timed with all its boundaries paid: its own cost is the rest.
+    for a, b, price in boundaries:
+        for unit in (a, b):
+            table.unit[unit][max(rules.levels[unit])] -= price
     measured_units = [u for u, levels in delta.items() if levels]
     faster = [u for u, levels in delta.items() if any(d < 0 for d in levels.values())]
-    return MeasuredTable(table, measured_units, scale, floor, faster)
+    return MeasuredTable(table, measured_units, scale, floor, faster, boundaries)
+
+
+def _boundaries(
+    rules: Rules, meter: LatencyMeter, raw: Mapping[str, float], floor: float, deadline: float
+) -> list[tuple[str, str, float]]:
+    """Precision boundaries priced by timing: promoting neighbours A and B together removes the
+    Q/DQ between them (on ONNX Runtime, a float layer next to an int8 one pays a DequantizeLinear
+    or QuantizeLinear, and two float layers side by side may fuse), so one unit's move alone pays
+    a boundary that the pair does not: price = (dA + dB - dAB) / 2. Kept where the pair's timing
+    is robust and the price beyond the noise floor. Only where each unit has one level above
+    int8, so that "the precisions differ" means one thing."""
+    if any(len(rules.up_levels(u)) > 1 for u in rules.units):
+        return []
+    sizes: dict[tuple[str, str], int] = {}
+    for a, b, elements in rules.edges:
+        if a in raw and b in raw:
+            sizes[(a, b)] = sizes.get((a, b), 0) + elements
+    found = []
+    for (a, b), _ in sorted(sizes.items(), key=lambda kv: -kv[1]):
+        if time.monotonic() > deadline:
+            break
+        state = rules.closure([(a, max(rules.levels[a])), (b, max(rules.levels[b]))])
+        if state == rules.group(a) or state == rules.group(b):
+            continue  # the rules promote them together anyway: no boundary between them
+        pair = meter.measure(rules.node_modes(state))
+        price = (raw[a] + raw[b] - (pair.ratio - 1.0)) / 2
+        if pair.robust_delta(floor) is not None and price > floor:
+            found.append((a, b, price))
+    return found

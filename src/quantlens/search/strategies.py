@@ -167,7 +167,7 @@ def _best_step(rules: Rules, costs: CostTable, model: NoiseModel, state: State) 
         )
         if gain <= 0:
             continue
-        added = sum(costs.unit[u][after[u]] - costs.unit[u][state.get(u, 0)] for u in changed)
+        added = costs.change(state, after, changed)
         score = gain / max(added / costs.total_int8, 1e-9)
         if score > best_score:
             best, best_score = after, score
