@@ -33,6 +33,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -86,10 +87,14 @@ def score_outputs(scorer: TaskScorer, request: dict[str, Any]) -> float:
     return float(evaluator.result()[scorer.primary])
 
 
-def run_peer(command: list[str], log_path: Path, scorer: TaskScorer) -> dict[str, Any]:
-    """Run a peer's helper, scoring each evaluation it asks for; return its report."""
+def run_peer(
+    command: list[str], log_path: Path, scorer: TaskScorer, timeout_s: float | None = None
+) -> dict[str, Any]:
+    """Run a peer's helper, scoring each evaluation it asks for; return its report. A helper
+    still running after `timeout_s` is stopped, and that is its result (TimeoutError)."""
     start = time.perf_counter()
     scoring = 0.0
+    seen: list[float] = []
     with (
         log_path.open("w") as log,
         subprocess.Popen(
@@ -97,20 +102,32 @@ def run_peer(command: list[str], log_path: Path, scorer: TaskScorer) -> dict[str
         ) as helper,
     ):
         assert helper.stdin is not None and helper.stdout is not None
-        for line in helper.stdout:
-            message = json.loads(line)
-            if "report" in message:
-                report = message["report"]
-                break
-            tick = time.perf_counter()
-            metric = score_outputs(scorer, message)
-            scoring += time.perf_counter() - tick
-            helper.stdin.write(json.dumps({"metric": metric}) + "\n")
-            helper.stdin.flush()
-        else:
-            helper.wait()
-            tail = log_path.read_text().strip().splitlines()[-3:]
-            raise RuntimeError(f"helper exited {helper.returncode}: {' | '.join(tail)}")
+        timer = threading.Timer(timeout_s, helper.kill) if timeout_s else None
+        if timer is not None:
+            timer.start()
+        try:
+            for line in helper.stdout:
+                message = json.loads(line)
+                if "report" in message:
+                    report = message["report"]
+                    break
+                tick = time.perf_counter()
+                seen.append(score_outputs(scorer, message))
+                scoring += time.perf_counter() - tick
+                helper.stdin.write(json.dumps({"metric": seen[-1]}) + "\n")
+                helper.stdin.flush()
+            else:
+                helper.wait()
+                if timer is not None and timer.finished.is_set():
+                    raise TimeoutError(
+                        f"stopped unfinished after {timeout_s:.0f} s, {len(seen)} evaluations "
+                        f"(last scored {seen[-1] if seen else float('nan'):.4f})"
+                    )
+                tail = log_path.read_text().strip().splitlines()[-3:]
+                raise RuntimeError(f"helper exited {helper.returncode}: {' | '.join(tail)}")
+        finally:
+            if timer is not None:
+                timer.cancel()
     report["total_seconds"] = time.perf_counter() - start
     report["scoring_seconds_here"] = scoring
     report["log"] = str(log_path)
@@ -122,7 +139,7 @@ def nncf_row(python: str, files: list[str], work: Path, scorer: TaskScorer, args
     command += [f"--fraction={args.fraction}", f"--threads={args.threads}"]
     if args.max_drop is not None:
         command.append(f"--max-drop={args.max_drop}")
-    report = run_peer(command, work / "nncf.log", scorer)
+    report = run_peer(command, work / "nncf.log", scorer, args.peer_timeout)
     calls, per_eval = report["validation"], report["samples_per_full_evaluation"]
     row = {
         "float": report["float"],
@@ -139,7 +156,7 @@ def nncf_row(python: str, files: list[str], work: Path, scorer: TaskScorer, args
 
 def aimet_row(python: str, files: list[str], work: Path, scorer: TaskScorer, args: Any) -> Any:
     command = [python, str(HERE / "_aimet_amp.py"), *files, f"--fraction={args.fraction}"]
-    report = run_peer(command, work / "aimet.log", scorer)
+    report = run_peer(command, work / "aimet.log", scorer, args.peer_timeout)
     per_eval = report["samples_per_full_evaluation"]
     samples = sum(report["samples"][k] for k in ("phase1", "phase2"))
     calls = sum(report["calls"][k] for k in ("phase1", "phase2"))
@@ -227,6 +244,9 @@ def main() -> None:
     parser.add_argument("--run-search", action="store_true", help="run quantlens search here")
     parser.add_argument("--work", type=Path, default=None, help="keep files here")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--peer-timeout", type=float, default=None, help="stop a peer after this many seconds"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
