@@ -215,3 +215,16 @@ def test_a_pair_timed_together_prices_the_boundary_between_them() -> None:
     assert chain[0].promoted == ["u1"]  # both free; u1 removes more noise
     assert [c.cost for c in chain[:2]] == pytest.approx([0.97, 0.84])
     assert set(chain[1].promoted) == {"u0", "u1"}
+
+
+def test_measured_table_leaves_analytic_boundaries_out() -> None:
+    """On QNN the analytic table charges a convert per precision boundary (in MAC units); a
+    unit's timing already paid it, so the measured table (relative to int8) holds only timed
+    boundaries."""
+    profile = get_profile("qnn-htp")
+    rules = build_rules(_chain_units(4, [100] * 4), profile, sizes={f"t{i}": 50 for i in range(4)})
+    analytic = analytic_costs(rules, profile)
+    assert analytic.boundaries  # converts priced by the profile
+    found = measured_costs(rules, analytic, _FasterMeter(), budget_s=60.0)
+    assert found.table.boundaries == []
+    assert found.table.relative({"u1": 2}) == pytest.approx(0.9)
