@@ -332,3 +332,17 @@ def test_replay_feeds_a_float_dump_through_our_quantizer(tmp_path: Path) -> None
     found = replayer.stats("c2")
     assert found is not None and found[0] == ["r1"]
     assert found[1].samples == 3 and found[1].agreement.noise == 0.0
+
+
+def test_replay_names_a_layout_when_only_the_order_differs(run: Path, tmp_path: Path) -> None:
+    """A runtime that dumps the second Conv's output in another layout (its rows reversed):
+    from the same inputs our op gives the same values in another order."""
+    inputs = _inputs(tmp_path / "in.npz")
+    _emulator_dump(run, inputs, tmp_path / "ours.npz")
+    data = dict(np.load(tmp_path / "ours.npz"))
+    data["c2"] = np.ascontiguousarray(data["c2"][:, :, ::-1])
+    np.savez(tmp_path / "layout.npz", **data)
+    report = compare_dumps(run, tmp_path / "layout.npz", "npz", output=tmp_path / "out")
+    first = report.first_divergence
+    assert first is not None and first.tensor == "c2" and first.replay is not None
+    assert first.replay.cause == "layout" and "another order" in first.cause

@@ -52,6 +52,7 @@ class ReplayStats:
     max_code_diff: int = 0
     ties: int = 0
     boundary: float = 0.0  # the farthest a differing code's value sat from a boundary
+    permuted: int = 0  # samples whose values differ only in order (a layout)
 
     @property
     def differing(self) -> int:
@@ -182,6 +183,8 @@ class Replayer:
         their = theirs.detach().float().cpu().numpy().ravel()
         stats.samples += 1
         stats.agreement.add(their, mine)
+        if _same_values_elsewhere(mine, their):
+            stats.permuted += 1
         if quant is None or not isinstance(quant.format, IntFormat) or len(quant.scale) != 1:
             return
         scale, zero, fmt = quant.scale[0], quant.zero_point[0], quant.format
@@ -214,6 +217,13 @@ class Replayer:
         stats.ties += int(np.count_nonzero(fraction == 0.5))
         distance = np.abs(fraction - 0.5)
         stats.boundary = max(stats.boundary, float(distance.max(initial=0.0)))
+
+
+def _same_values_elsewhere(mine: np.ndarray, theirs: np.ndarray) -> bool:
+    """The same values in another order: the op moved data another way (a layout)."""
+    if np.allclose(mine, theirs, rtol=1e-5, atol=0.0):
+        return False
+    return bool(np.allclose(np.sort(mine), np.sort(theirs), rtol=1e-5, atol=0.0))
 
 
 def describe(
@@ -275,6 +285,12 @@ def _inherited(
 def _local(stats: ReplayStats, snr: float, grid: str | None) -> tuple[ReplayCause, str]:
     if grid is not None:
         return "grid", grid
+    if stats.samples and stats.permuted == stats.samples:
+        return "layout", (
+            f"given the runtime's own inputs our op's output holds the same values in another "
+            f"order ({_db(snr)} dB): the runtime moves the data another way, or dumps this "
+            "tensor in another layout"
+        )
     total, differing = stats.codes_total, stats.differing
     if not total:
         return "op-differs", (
