@@ -132,3 +132,24 @@ def test_measured_table_keeps_estimates_within_the_noise_floor() -> None:
     modeled = analytic.relative({"u0": 2}) - 1.0
     assert found.table.relative({"u0": 2}) - 1.0 == pytest.approx(modeled * found.scale)
     assert found.scale > 0
+
+
+def test_a_cheaper_point_below_int8_snr_is_still_a_choice(tmp_path: Path) -> None:
+    """All-int8 meets a low SNR goal; a point with 4-bit weights is cheaper at a lower output
+    SNR and still meets it: it is chosen (only dearer points must beat int8's SNR)."""
+    model = tmp_path / "outlier.onnx"
+    onnx.save(outlier_model(), model)
+    opts = SearchOptions(
+        calib=npz_folder(tmp_path / "calib", 6),
+        target="hailo8",
+        run_dir=tmp_path / "run",
+        cost_model="weight-bytes",
+        min_snr=3.0,
+        samples=2,
+        export=False,
+    )
+    report = search_model(model, opts)
+    base, chosen = report.point(report.baseline), report.point(report.chosen)
+    assert base is not None and chosen is not None and (base.snr_db or 0) >= 3.0
+    assert chosen.cost < 1.0 and chosen.lowered and (chosen.snr_db or 0) >= 3.0
+    assert (chosen.snr_db or 0) < (base.snr_db or 0)

@@ -206,7 +206,11 @@ def _print_search(report: Any, output: Path) -> None:
         table.add_column(column, justify="left" if column == "point" else "right")
     if report.float_metric is not None:
         table.add_row("float", f"{report.float_metric:.4f}", "-", "-", "-")
-    rows = [("all-int8", report.baseline), ("chosen", report.chosen), ("all-16-bit", report.all16)]
+    rows = [
+        ("all-int8", report.baseline),
+        ("chosen", report.chosen),
+        ("all promoted", report.all16),
+    ]
     for name, key in rows:
         point = report.point(key)
         if point is None:

@@ -123,7 +123,7 @@ def _search_rows(search: SearchReport) -> list[tuple[str, dict[str, float]]]:
     for key, name in (
         (search.baseline, "all-int8"),
         (search.chosen, "chosen"),
-        (search.all16, "all-16-bit"),
+        (search.all16, "all promoted"),
     ):
         point = search.point(key)
         if point is None:
