@@ -346,3 +346,24 @@ def test_replay_names_a_layout_when_only_the_order_differs(run: Path, tmp_path: 
     first = report.first_divergence
     assert first is not None and first.tensor == "c2" and first.replay is not None
     assert first.replay.cause == "layout" and "another order" in first.cause
+
+
+def test_a_replay_that_fails_is_a_note_not_an_error(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel refusing the dump's values costs the replay, not the comparison."""
+    from quantlens.analysis import replay
+
+    def refuse(*args: object) -> None:
+        raise RuntimeError("a kernel refused\nmore")
+
+    inputs = _inputs(tmp_path / "in.npz")
+    plan = RunFolder(run).require(QuantPlan)
+    _emulator_dump(run, inputs, tmp_path / "local.npz", _OneStepUp(plan, "c2", 3))
+    monkeypatch.setattr(replay.Replayer, "_replayed", refuse)
+    report = compare_dumps(run, tmp_path / "local.npz", "npz", output=tmp_path / "out")
+    first = report.first_divergence
+    assert first is not None and first.tensor == "c2" and first.kind is None
+    assert report.replays == [] and "op of c2 not replayed: RuntimeError: a kernel refused" in (
+        report.notes
+    )

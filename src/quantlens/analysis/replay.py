@@ -94,6 +94,9 @@ class Replayer:
         self.executor, self.hooks, self.grids = executor, hooks, grids
         self.arrays, self.feeds, self.shapes = arrays, feeds, shapes
         self.order = {name: i for i, name in enumerate(executor.activation_names())}
+        # Ops whose replay failed (a kernel refusing the dump's values), with why: compare
+        # still reports, and says so.
+        self.failures: dict[str, str] = {}
 
     def sources(self, tensor: str) -> list[str] | None:
         """The dumped tensors and graph inputs `tensor`'s node reads, walking back through
@@ -140,9 +143,18 @@ class Replayer:
         counts = [self._samples(n) for n in [*dumped, tensor]]
         if min(counts) == 0:
             return None
+        try:
+            return sources, self._replayed(tensor, sources, dumped, min(counts))
+        except (RuntimeError, ValueError) as exc:
+            self.failures[tensor] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            return None
+
+    def _replayed(
+        self, tensor: str, sources: list[str], dumped: list[str], count: int
+    ) -> ReplayStats:
         stats = ReplayStats(Sums())
         quant = self.grids.get(tensor)
-        for index in range(min(min(counts), len(self.feeds))):
+        for index in range(min(count, len(self.feeds))):
             # Each input as our emulation's consumer reads it: through its quantizer (no-op
             # on a value already on our grid; a float dump where we quantize, e.g. before the
             # runtime's own cast, is put on our grid as we would).
@@ -154,7 +166,7 @@ class Replayer:
                     value = self._value(name, index)
                 start[name] = self.hooks.activation(name, value)
             self._add(stats, tensor, start, self._value(tensor, index), quant)
-        return sources, stats
+        return stats
 
     def _samples(self, name: str) -> int:
         shape, _ = self.shapes[name]

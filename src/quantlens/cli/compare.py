@@ -76,6 +76,8 @@ def compare(
         print_json(report.to_json())
         return
     out.print(_table(report, top))
+    for note in report.notes:
+        out.print(f"note: {note}", markup=False)
     out.print(_summary(report))
 
 

@@ -132,11 +132,12 @@ def _compare(
         compared(n, dump.names[n], types.get(n, "input"), sums[n], grids.get(n)) for n in order
     ]
     first = first_divergence(tensors, sums, threshold_db)
-    replays = []
+    replays, notes = [], []
     if first is not None:
         # The vendor's own inputs of the diverging ops through our emulation of each op.
         replayer = Replayer(executor, hooks, grids, dump.arrays, feeds, shapes)
         replays = explain(first, tensors, sums, replayer, threshold_db)
+        notes = [f"op of {t} not replayed: {why}" for t, why in replayer.failures.items()]
     return CompareReport(
         dumps="",
         format="",
@@ -147,6 +148,7 @@ def _compare(
         first_divergence=first,
         replays=replays,
         skipped=dump.skipped,
+        notes=notes,
     )
 
 
