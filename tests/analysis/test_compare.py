@@ -220,6 +220,13 @@ def test_replay_finds_the_op_that_differs(run: Path, tmp_path: Path) -> None:
     done = quantlens("compare", str(run), "--dumps", str(tmp_path / "local.npz"), "--top", "1")
     assert done.returncode == 0, done.stderr
     assert "op-differs" in done.stdout and "inherited" in done.stdout  # the replayed rows
+    # A dump without the Relu's output: the Conv is replayed through our Relu, and says so.
+    data = {k: v for k, v in np.load(tmp_path / "local.npz").items() if k != "r1"}
+    np.savez(tmp_path / "fused.npz", **data)
+    fused = compare_dumps(run, tmp_path / "fused.npz", "npz").first_divergence
+    assert fused is not None and fused.replay is not None
+    assert fused.replay.inputs == ["bn1"] and fused.replay.fused == ["Relu"]
+    assert "through 1 ops the dump lacks: Relu" in fused.cause
 
 
 def test_replay_calls_an_inherited_divergence_inherited(run: Path, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import torch
 from quantlens.analysis.compare import Sums, TensorSums, codes_on, grid_cause
 from quantlens.artifacts.compare import ComparedTensor, Divergence, OpReplay, ReplayCause
 from quantlens.emulate import Executor
+from quantlens.emulate.executor import Step
 from quantlens.emulate.fakequant import QuantHooks
 from quantlens.schemes.formats import IntFormat
 from quantlens.schemes.qparams import TensorQuant
@@ -101,10 +102,21 @@ class Replayer:
     def sources(self, tensor: str) -> list[str] | None:
         """The dumped tensors and graph inputs `tensor`'s node reads, walking back through
         tensors the dump lacks; None when `tensor` is a graph input or not computed."""
+        walked = self._walk(tensor)
+        return None if walked is None else walked[0]
+
+    def fused(self, tensor: str) -> list[str]:
+        """The op types, in graph order, of the nodes the dump lacks that the replay of
+        `tensor` runs besides its own (what the runtime fused into it, or names otherwise)."""
+        walked = self._walk(tensor)
+        return [] if walked is None else walked[1]
+
+    def _walk(self, tensor: str) -> tuple[list[str], list[str]] | None:
         step = self.executor.producer.get(tensor)
         if step is None:
             return None
         found: set[str] = set()
+        expanded: list[Step] = []
         stack = [n for n in step.inputs if n is not None]
         seen: set[str] = set()
         while stack:
@@ -116,8 +128,11 @@ class Replayer:
             if name in self.arrays or producer is None:
                 found.add(name)
             else:
+                expanded.append(producer)
                 stack.extend(n for n in producer.inputs if n is not None)
-        return sorted(found, key=lambda n: self.order.get(n, -1))
+        steps = sorted({s.index: s for s in expanded}.values(), key=lambda s: s.index)
+        ordered = sorted(found, key=lambda n: self.order.get(n, -1))
+        return ordered, [s.ctx.op_type for s in steps]
 
     def upstream(self, tensor: str) -> list[str]:
         """Every dumped tensor `tensor` depends on, in graph order."""
@@ -382,9 +397,15 @@ def _replay(
         return None
     sources, stats = found
     grid = grid_cause(entry, sums)
-    return describe(
+    replay = describe(
         entry.tensor, entry.op_type, sources, stats, threshold_db, grid, snrs, local_only
     )
+    replay.fused = replayer.fused(entry.tensor)
+    if replay.fused and replay.cause != "inherited":
+        replay.detail += (
+            f" (replayed through {len(replay.fused)} ops the dump lacks: {', '.join(replay.fused)})"
+        )
+    return replay
 
 
 def _find_origin(

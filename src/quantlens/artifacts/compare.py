@@ -46,6 +46,10 @@ class OpReplay(BaseModel):
     tensor: str
     op_type: str
     inputs: list[str] = Field(description="the dumped tensors fed (graph inputs: ours)")
+    fused: list[str] = Field(
+        default_factory=list,
+        description="op types of the nodes the dump lacks, replayed with this one",
+    )
     samples: int
     agreement: Agreement = Field(description="our op's output against the dump's")
     codes_equal: float | None = None
