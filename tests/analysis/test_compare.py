@@ -374,3 +374,19 @@ def test_a_replay_that_fails_is_a_note_not_an_error(
     assert report.replays == [] and "op of c2 not replayed: RuntimeError: a kernel refused" in (
         report.notes
     )
+
+
+def test_a_float16_dump_where_we_quantize_is_named(run: Path, tmp_path: Path) -> None:
+    """A runtime that runs the Relu in F16 (TPU-MLIR's F16 LayerNorm): said so, not a fusion."""
+    inputs = _inputs(tmp_path / "in.npz")
+    _emulator_dump(run, inputs, tmp_path / "ours.npz")
+    data = dict(np.load(tmp_path / "ours.npz"))
+    model = ir.load(RunFolder(run).canonical_model)
+    with torch.inference_mode():
+        floats = [Executor(model).run({"x": x[None]}, outputs=["r1"])["r1"] for x in inputs["x"]]
+    data["r1"] = np.concatenate([f.numpy() for f in floats]).astype(np.float16).astype(np.float32)
+    np.savez(tmp_path / "f16.npz", **data)
+    report = compare_dumps(run, tmp_path / "f16.npz", "npz", output=tmp_path / "out")
+    first = report.first_divergence
+    assert first is not None and first.tensor == "r1" and first.replay is not None
+    assert first.replay.cause == "grid" and "float16" in first.cause

@@ -171,6 +171,11 @@ def grid_cause(entry: ComparedTensor, sums: TensorSums) -> str | None:
     or both in float."""
     theirs, ours = entry.dump_step, entry.our_step
     if entry.quantized_here and theirs is None:
+        if _half_precision(sums.sample):
+            return (
+                "we quantize this tensor but the dump holds it in float16 (every value exact "
+                "in fp16, on no integer grid): the runtime runs this op in F16"
+            )
         return (
             "we quantize this tensor but the dump is on no integer grid here: the runtime "
             "fuses it into the next op (or runs it in float)"
@@ -196,3 +201,13 @@ def grid_cause(entry: ComparedTensor, sums: TensorSums) -> str | None:
             "threshold it used is not ours, or it derives this scale from another tensor)"
         )
     return None
+
+
+def _half_precision(values: np.ndarray | None) -> bool:
+    """Every value exact in float16 (and not all integers): a tensor the runtime holds in F16."""
+    if values is None or values.size == 0 or not np.isfinite(values).all():
+        return False
+    if np.abs(values).max() > np.finfo(np.float16).max:
+        return False
+    exact = np.array_equal(values.astype(np.float16).astype(np.float64), values)
+    return exact and not np.array_equal(np.round(values), values)
