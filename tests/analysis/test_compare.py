@@ -299,6 +299,7 @@ def test_one_step_codes_at_exact_ties_are_rounding() -> None:
 
     assert verdict(ties=8, boundary=0.0) == "rounding-ties"
     assert verdict(ties=0, boundary=0.004) == "arithmetic"
+    assert verdict(ties=0, boundary=0.05) == "arithmetic"  # F16 or a rounded bias
     assert verdict(ties=0, boundary=0.2) == "op-differs"
     assert verdict(ties=0, boundary=0.004, max_diff=3) == "op-differs"
     agreement = Sums(signal=1.0, noise=1e-6, dot=1.0, candidate=1.0)
@@ -390,3 +391,30 @@ def test_a_float16_dump_where_we_quantize_is_named(run: Path, tmp_path: Path) ->
     first = report.first_divergence
     assert first is not None and first.tensor == "r1" and first.replay is not None
     assert first.replay.cause == "grid" and "float16" in first.cause
+
+
+def test_tpu_mlir_float_op_is_compared_through_its_int8_cast(run: Path, tmp_path: Path) -> None:
+    """TPU-MLIR dumps a float op's output (its F16 LayerNorm) and, as a lowering op, the cast
+    to int8 its consumer reads (`<op><consumer>_si8`): the cast is what is compared."""
+    from quantlens.ir.index import ModelIndex
+    from quantlens.ir.vendors.tpu_mlir_ops import graph_facts, tpu_ops
+
+    inputs = _inputs(tmp_path / "in.npz", count=2)
+    _emulator_dump(run, inputs, tmp_path / "ours.npz")
+    data = dict(np.load(tmp_path / "ours.npz"))
+    model = ir.load(RunFolder(run).canonical_model)
+    ops = tpu_ops(ModelIndex.from_model(model), graph_facts(model))
+    by_tensor = {op.output: op.name for op in ops}
+    renamed = {by_tensor.get(k, k): v for k, v in data.items() if k in by_tensor or k == "x"}
+    relu, conv = by_tensor["r1"], by_tensor["c2"]
+    step = RunFolder(run).require(QuantPlan).activations["r1"].scale[0]
+    jitter = np.random.default_rng(5).uniform(-0.3, 0.3, data["r1"].shape) * step
+    renamed[relu] = (data["r1"] + jitter).astype(np.float32)  # float, before the cast
+    renamed[f"{relu}{conv}_si8"] = data["r1"]  # the cast: our codes
+    renamed["x_Conv_si8"] = data["x"]  # the input's own cast stays skipped
+    np.savez(tmp_path / "tpu.npz", **renamed)
+    report = compare_dumps(run, tmp_path / "tpu.npz", "tpu-mlir", output=tmp_path / "out")
+    entry = next(t for t in report.tensors if t.tensor == "r1")
+    assert entry.dump_name == f"{relu}{conv}_si8" and math.isinf(entry.vs_emulation.snr_db)
+    assert "before TPU-MLIR's cast" in report.skipped[relu] and "x_Conv_si8" in report.skipped
+    assert report.first_divergence is None

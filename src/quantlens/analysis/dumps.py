@@ -5,7 +5,8 @@ Formats:
   no tensor has are skipped and listed with the closest ones, all of them unknown is an error);
 - `tpu-mlir`: `model_runner.py --dump_all_tensors` on TPU-MLIR's model: keys are op names
   (`<output tensor>_<OpType>` after TPU-MLIR's fusions, `quantlens.ir.vendors.tpu_mlir_ops`),
-  lowering's own ops (casts, tables) are skipped;
+  lowering's own ops (casts, tables) are skipped, except that a float op's output read through
+  one int8 cast (`<op><consumer>_si8`) is compared as that cast;
 - `snpe-raw`: a folder of float32 `.raw` files, one per tensor (`snpe-net-run --debug`,
   `qnn-net-run --debug`), named after the tensor (`/` and `:` kept as folders or turned to `_`),
   one `Result_<n>` subfolder per sample when there are several;
@@ -28,6 +29,7 @@ from typing import Literal, get_args
 import numpy as np
 import onnx_ir as ir
 
+from quantlens.analysis.compare import grid_step
 from quantlens.errors import UserError
 from quantlens.ir.index import ModelIndex
 from quantlens.ir.vendors.tpu_mlir_ops import graph_facts, tpu_ops
@@ -158,16 +160,43 @@ def _tpu_mlir(
     by_op.update({name: name for name in index.graph_inputs})
     renamed: dict[str, np.ndarray] = {}
     skipped: dict[str, str] = {}
+    casts = _int8_casts(arrays, by_op, set(index.graph_inputs))
     for key, array in arrays.items():
         tensor = mapping.get(key) or by_op.get(key)
         if tensor is None:
             skipped[key] = "an op TPU-MLIR's lowering adds (cast, table, reshape...)"
             continue
+        cast = casts.get(key) if key not in mapping else None
+        if cast is not None and grid_step(array) is None:
+            # A float op's output (F16/F32 LayerNorm) read by its consumers through one cast
+            # to int8: the cast is what they read, and what our quantizer there gives.
+            skipped[key] = f"the float value before TPU-MLIR's cast to int8 {cast} (compared)"
+            key, array = cast, arrays[cast]
         renamed[key] = array
         mapping = {**mapping, key: tensor}
     dump = _align(renamed, model, mapping, strict=True)
-    dump.skipped.update(skipped)
+    dump.skipped.update({k: why for k, why in skipped.items() if k not in dump.names.values()})
     return dump
+
+
+def _int8_casts(
+    arrays: Mapping[str, np.ndarray], by_op: Mapping[str, str], inputs: set[str]
+) -> dict[str, str]:
+    """Op name -> the one int8 cast TPU-MLIR's lowering adds after it (`<op><consumer>_si8`,
+    `_ui8`) where every cast of that op holds the same values; graph inputs keep their own."""
+    found: dict[str, list[str]] = {}
+    for key in arrays:
+        if not key.endswith(("_si8", "_ui8")):
+            continue
+        owners = [op for op in by_op if key.startswith(op) and len(op) < len(key) - 4]
+        if owners:
+            found.setdefault(max(owners, key=len), []).append(key)
+    return {
+        op: keys[0]
+        for op, keys in found.items()
+        if by_op[op] not in inputs
+        and all(np.array_equal(arrays[keys[0]], arrays[k]) for k in keys[1:])
+    }
 
 
 def _load_raw(path: Path, ours: list[str]) -> dict[str, np.ndarray]:

@@ -35,6 +35,9 @@ REPRODUCED_CODES = 0.99
 # float rounding of the sum (float32 over ~10^3 terms: ~1e-3 steps), not on other arithmetic
 # (AIMET's float bias against an int32 one: up to 0.04 steps).
 SUMMATION_STEPS = 0.01
+# Within this, the op's arithmetic is close to the runtime's but less precise than float32:
+# F16 (TPU-MLIR's LayerNorm: ~0.03 steps), or a rounded bias or multiplier.
+PRECISION_STEPS = 0.1
 # Tensors after the first divergence replayed too, and upstream ops replayed to find where the
 # differences of an inherited divergence enter.
 NEXT_REPLAYS = 3
@@ -346,6 +349,13 @@ def _local(stats: ReplayStats, snr: float, grid: str | None) -> tuple[ReplayCaus
             f"given the runtime's own inputs, {share} are one step off, each within "
             f"{stats.boundary:.2g} steps of a rounding boundary before requantization: float "
             "rounding of the sums (summation order), not other arithmetic"
+        )
+    if stats.boundary <= PRECISION_STEPS:
+        return "arithmetic", (
+            f"given the runtime's own inputs, {share} are one step off, each within "
+            f"{stats.boundary:.2g} steps of a rounding boundary before requantization: close "
+            "arithmetic of lower precision than float32 summation gives (F16, or a rounded "
+            "bias or multiplier)"
         )
     return "op-differs", (
         f"given the runtime's own inputs, {share} are one step off, up to "

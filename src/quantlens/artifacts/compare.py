@@ -34,7 +34,8 @@ class ComparedTensor(BaseModel):
 # What a per-op replay found (`quantlens.analysis.replay`): `inherited`, the op reproduces the
 # dump from the dump's own inputs; else local, by how: `grid` (its grid is not ours),
 # `rounding-ties` (codes one step off at exact ties), `arithmetic` (one step off within a
-# hair of a rounding boundary: float summation order), `layout` (the same values in another
+# tenth of a step of a rounding boundary: float summation order below 0.01, else lower
+# precision such as F16), `layout` (the same values in another
 # order), `op-differs` (other values).
 ReplayCause = Literal["inherited", "grid", "rounding-ties", "arithmetic", "layout", "op-differs"]
 
