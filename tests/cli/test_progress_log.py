@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import onnx
+import pytest
 
+from quantlens.cli import console
 from tests.helpers import npz_folder, quantlens
 from tests.models import conv_bn_model
 
@@ -30,3 +32,20 @@ def test_progress_and_default_run_folder_reach_a_log(tmp_path: Path) -> None:
     assert default.returncode == 0, default.stderr
     assert (tmp_path / "runs" / "eval" / "plan.json").is_file()
     assert "run folder: runs/eval (the default; --run names another)" in default.stderr
+
+
+def test_time_left_follows_the_current_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One label, two loops: the second (824 steps of 0.01 s after a 12 s loop) gets its time
+    left from its own pace, not from the whole command's elapsed time."""
+    lines: list[str] = []
+    monkeypatch.setattr(console, "say", lines.append)
+    now = [0.0]
+    update = console._log_lines("search", clock=lambda: now[0])
+    for done in range(1, 9):  # the first loop: 1.5 s a step
+        now[0] += 1.5
+        update(done, 8)
+    now[0] += 0.01
+    update(1, 824)
+    assert lines[0] == "search: 1/8 after 2s, about 10s left"
+    assert lines[-2] == "search: 8/8 after 12s"
+    assert lines[-1] == "search: 1/824 after 12s, about 8s left"

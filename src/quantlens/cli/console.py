@@ -75,17 +75,27 @@ def progress(label: str) -> Iterator[ProgressFn]:
         yield update
 
 
-def _log_lines(label: str) -> ProgressFn:
-    start = time.monotonic()
+def _log_lines(label: str, clock: Callable[[], float] = time.monotonic) -> ProgressFn:
+    """Log lines for one label. A command may count several loops under it (the search: its
+    calibrations, fixes, noise, evaluations), so the time left is from the current loop's own
+    pace: a loop starts where the count falls back or the total changes, at the previous call
+    (a search once printed "1/824 after 12s, about 10163s left" for a 3 s loop)."""
+    start = clock()
     last = [-LOG_EVERY_S]
+    loop = {"start": start, "previous": start, "done": 0, "total": 0}
 
     def update(done: int, total: int) -> None:
-        now = time.monotonic() - start
-        if done < total and done > 1 and now - last[0] < LOG_EVERY_S:
+        now = clock()
+        if done < loop["done"] or total != loop["total"]:
+            loop.update(start=loop["previous"], total=total)
+        loop.update(previous=now, done=done)
+        elapsed = now - start
+        if done < total and done > 1 and elapsed - last[0] < LOG_EVERY_S:
             return
-        last[0] = now
-        left = f", about {now / done * (total - done):.0f}s left" if 0 < done < total else ""
-        say(f"{label}: {done}/{total} after {now:.0f}s{left}")
+        last[0] = elapsed
+        pace = (now - loop["start"]) / done if done > 0 else 0.0
+        left = f", about {pace * (total - done):.0f}s left" if 0 < done < total else ""
+        say(f"{label}: {done}/{total} after {elapsed:.0f}s{left}")
 
     return update
 
