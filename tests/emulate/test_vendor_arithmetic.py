@@ -235,3 +235,50 @@ def test_qnn_htp_adds_its_bias_in_float_but_exports_it_int32() -> None:
     )  # fmt: skip
     assert not plan.float_bias and plan.quantizer_rounding == "half-to-even"
     assert "b1" in QuantHooks(plan).weights
+
+
+def test_tpu_mlir_sub_tied_to_an_unsigned_concat_stays_signed() -> None:
+    """TPU-MLIR makes a Sub's output signed (SetSubSignPattern) and does not tie a Concat's
+    inputs of mixed sign to its grid (BackwardMutiInSingleOut): the Sub keeps the Concat's
+    threshold on an INT8 grid (threshold/127), and the Concat rescales its codes into its
+    UINT8 grid (doclayout-yolov8n's `/model.22/Sub_1` -> `Concat_2`, tpu.MulShift x2)."""
+    from quantlens.emulate.fakequant import QuantHooks
+
+    onnx_model = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("Sub", ["a", "b"], ["s"], name="sub"),
+                helper.make_node("Relu", ["c"], ["r"], name="relu"),
+                helper.make_node("Concat", ["r", "s"], ["y"], name="concat", axis=1),
+            ],
+            "subcat",
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 64]) for n in "abc"],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 128])],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    model = ir.serde.deserialize_model(onnx_model)
+    points = quantization_points(model, Assignment(target="bm1684x"), get_profile("bm1684x"))
+    assert points.shared.get("s") == "y" and points.shared.get("r") == "y"
+    # Non-negative calibrated ranges throughout: the Concat's grid is UINT8.
+    ranges = {"a": (0.0, 4.0), "b": (0.0, 3.0), "c": (-1.0, 3.5), "y": (0.0, 3.5)}
+    plan = build_plan(points, ranges, {}, "bm1684x")
+    cat, sub, relu = (plan.activations[n] for n in ("y", "s", "r"))
+    assert isinstance(cat.format, IntFormat) and not cat.format.signed
+    assert isinstance(sub.format, IntFormat) and sub.format.signed
+    assert sub.scale[0] == pytest.approx(3.5 / 127, rel=1e-6)
+    assert relu.scale == cat.scale and not relu.format.signed  # type: ignore[union-attr]
+    spec = plan.requant["concat"]
+    assert spec.multipliers[0] == 1 and spec.rshifts[0] == 0
+    factor = spec.multipliers[1] / 2.0 ** spec.rshifts[1]
+    assert factor == pytest.approx(255 / 127, rel=0.01)
+    rng = np.random.default_rng(4)
+    # Inputs on their own grids, so that the Sub's float result is exact.
+    feeds = {
+        n: (rng.integers(0, 200, (1, 64)) * plan.activations[n].scale[0]).astype(np.float32)
+        for n in "abc"
+    }
+    got = Executor(model).run(feeds, hooks=QuantHooks(plan))["y"].numpy()[:, 64:]
+    codes = np.clip(np.round((feeds["a"] - feeds["b"]) / sub.scale[0]), -127, 127)
+    expect = np.clip(np.floor(codes * factor + 0.5), 0, 255)
+    np.testing.assert_array_equal(np.round(got / cat.scale[0]), expect)

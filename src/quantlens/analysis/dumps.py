@@ -32,7 +32,7 @@ import onnx_ir as ir
 from quantlens.analysis.compare import grid_step
 from quantlens.errors import UserError
 from quantlens.ir.index import ModelIndex
-from quantlens.ir.vendors.tpu_mlir_ops import graph_facts, tpu_ops
+from quantlens.ir.vendors.tpu_mlir_ops import TpuOp, graph_facts, tpu_ops
 
 DumpFormat = Literal["npz", "tpu-mlir", "snpe-raw", "onnx-outputs"]
 DUMP_FORMATS: tuple[str, ...] = get_args(DumpFormat)
@@ -156,7 +156,9 @@ def _tpu_mlir(
 ) -> Dump:
     """TPU-MLIR names ops after their output tensor and type, after its fusions."""
     index = ModelIndex.from_model(model)
-    by_op = {op.name: op.output for op in tpu_ops(index, graph_facts(model))}
+    ops = tpu_ops(index, graph_facts(model))
+    by_op = {op.name: op.output for op in ops}
+    layouts = _reordered_layouts(ops, model)
     by_op.update({name: name for name in index.graph_inputs})
     renamed: dict[str, np.ndarray] = {}
     skipped: dict[str, str] = {}
@@ -172,11 +174,35 @@ def _tpu_mlir(
             # to int8: the cast is what they read, and what our quantizer there gives.
             skipped[key] = f"the float value before TPU-MLIR's cast to int8 {cast} (compared)"
             key, array = cast, arrays[cast]
+        if key in layouts and array.ndim == len(layouts[key]):
+            array = np.ascontiguousarray(array.transpose(layouts[key]))
         renamed[key] = array
         mapping = {**mapping, key: tensor}
     dump = _align(renamed, model, mapping, strict=True)
     dump.skipped.update({k: why for k, why in skipped.items() if k not in dump.names.values()})
     return dump
+
+
+def _reordered_layouts(ops: list[TpuOp], model: ir.Model) -> dict[str, tuple[int, ...]]:
+    """Dump name -> the axes that put it in our layout, for a Transpose TPU-MLIR reordered
+    around the Softmax after it (`<op>_r_reordered`, SOFTMAX_REORDER_SOURCE): its one Permute
+    does both Transposes, so the dump holds our tensor permuted by the second one (doclayout's
+    DFL: ours (1, 21504, 4, 16), the dump's (1, 16, 4, 21504)). Samples stack along axis 0,
+    so only a second perm that keeps axis 0 is undone."""
+    values = {v.name: v for node in model.graph for v in node.outputs if v.name}
+    found: dict[str, tuple[int, ...]] = {}
+    for op in ops:
+        if "softmax-reorder" not in op.rules or not op.name.endswith("_r_reordered"):
+            continue
+        value = values.get(op.output)
+        softmax = [u.node for u in value.uses()] if value is not None else []
+        if len(softmax) != 1 or softmax[0].op_type != "Softmax":
+            continue
+        after = [u.node for u in softmax[0].outputs[0].uses()]
+        perm = after[0].attributes.get_ints("perm") if len(after) == 1 else None
+        if after and after[0].op_type == "Transpose" and perm and perm[0] == 0:
+            found[op.name] = tuple(int(i) for i in np.argsort(perm))
+    return found
 
 
 def _int8_casts(

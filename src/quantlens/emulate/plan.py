@@ -57,6 +57,9 @@ class QuantPoints:
     # their input's grid times a constant (tensor -> (input, factor)).
     fused_away: dict[str, str] = field(default_factory=dict)
     unsigned_ok: set[str] = field(default_factory=set)
+    # Outputs the vendor always quantizes signed (TPU-MLIR's Sub): tied to an unsigned
+    # tensor's quantizer, they keep its range on a signed grid of their own.
+    signed_only: set[str] = field(default_factory=set)
     fixed_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     scaled: dict[str, tuple[str, float]] = field(default_factory=dict)
     # Nodes the vendor computes on integer codes (profile `requantized_ops`), by name.
@@ -204,6 +207,7 @@ def _vendor_grids(
                 points.scaled[outputs[0]] = found
     if rules.unsigned_when_non_negative:
         points.unsigned_ok = set(points.activations) - signed_only
+        points.signed_only = signed_only & set(points.activations)
     for value in model.graph.outputs:
         producer = value.producer()
         if producer is None:
@@ -357,7 +361,7 @@ def build_plan(
         _derive_scaled(plan, name, source, factor)
     for name, source in points.shared.items():
         if source in plan.activations:
-            plan.activations[name] = plan.activations[source].model_copy(update={"name": name})
+            plan.activations[name] = _shared_quant(name, source, plan, points, ranges)
     for name, (fmt, axis) in points.weights.items():
         plan.weights[name] = _weight_quant(name, fmt, axis, weights[name])
         if name in points.min_weight_scale:
@@ -376,6 +380,32 @@ def build_plan(
         plan.weights[name] = _bias_quant(name, fmt, act_q, fitted)
     _requantize(plan, points)
     return plan
+
+
+def _shared_quant(
+    name: str,
+    source: str,
+    plan: QuantPlan,
+    points: QuantPoints,
+    ranges: Mapping[str, tuple[float, float]],
+) -> TensorQuant:
+    """`source`'s quantizer for `name`; a signed-only output tied to an unsigned grid keeps
+    `source`'s range (the threshold the table writes for it) on its own signed grid.
+
+    TPU-MLIR makes a Sub's output signed before a Concat spreads its range to its inputs
+    (SetSubSignPattern), and does not spread it over inputs of mixed sign
+    (BackwardMutiInSingleOut<ConcatOp>, lib/Conversion/TopToTpu/TopToTpuPass.cpp): the Sub
+    stays INT8 at threshold/127 and the Concat rescales its codes (doclayout-yolov8n's
+    `/model.22/Sub_1` -> `Concat_2`: i8 at 1.00565, tpu.MulShift x2 into u8 at 0.50085).
+    """
+    owner = plan.activations[source]
+    fmt = points.activations.get(name)
+    owner_fmt = owner.format
+    unsigned_owner = isinstance(owner_fmt, IntFormat) and not owner_fmt.signed
+    if name in points.signed_only and isinstance(fmt, IntFormat) and unsigned_owner:
+        low, high = points.fixed_ranges.get(source) or ranges[source]
+        return _activation_quant(name, fmt, low, high)
+    return owner.model_copy(update={"name": name})
 
 
 def _at_least(quant: TensorQuant, floor: float) -> TensorQuant:
