@@ -282,3 +282,93 @@ def test_tpu_mlir_sub_tied_to_an_unsigned_concat_stays_signed() -> None:
     codes = np.clip(np.round((feeds["a"] - feeds["b"]) / sub.scale[0]), -127, 127)
     expect = np.clip(np.floor(codes * factor + 0.5), 0, 255)
     np.testing.assert_array_equal(np.round(got / cat.scale[0]), expect)
+
+
+def _qkv_model() -> ir.Model:
+    """An attention's fused qkv projection: MatMul (8 -> 12) + bias -> Reshape (1, 4, 3, 2, 2)
+    -> Transpose (2, 0, 3, 1, 4) -> three Slice+Squeeze (q, k, v), each scaled by 1."""
+    rng = np.random.default_rng(2)
+    weight = rng.standard_normal((8, 12)).astype(np.float32)
+    weight[:, 4:8] *= 0.3  # k's columns far smaller than q's: another scale
+    weight[:, 8:] *= 0.1
+    inits = [
+        numpy_helper.from_array(weight, "w"),
+        numpy_helper.from_array(rng.standard_normal(12).astype(np.float32), "b"),
+        numpy_helper.from_array(np.array([1, 4, 3, 2, 2], np.int64), "shape"),
+        numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["mm"], name="matmul"),
+        helper.make_node("Add", ["mm", "b"], ["qkv"], name="bias"),
+        helper.make_node("Reshape", ["qkv", "shape"], ["r"], name="reshape"),
+        helper.make_node("Transpose", ["r"], ["t"], name="transpose", perm=[2, 0, 3, 1, 4]),
+    ]
+    outputs = []
+    for i, part in enumerate("qkv"):
+        inits += [
+            numpy_helper.from_array(np.array([i], np.int64), f"start{i}"),
+            numpy_helper.from_array(np.array([i + 1], np.int64), f"end{i}"),
+        ]
+        nodes += [
+            helper.make_node("Slice", ["t", f"start{i}", f"end{i}", "axis0"], [f"s{part}"]),
+            helper.make_node("Squeeze", [f"s{part}", "axis0"], [f"{part}"]),
+        ]
+        outputs.append(helper.make_tensor_value_info(part, TensorProto.FLOAT, [1, 2, 4, 2]))
+    graph = helper.make_graph(
+        nodes,
+        "qkv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+        outputs,
+        initializer=inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model, _ = canonicalize(ir.serde.deserialize_model(proto), CanonicalizeOptions())
+    return model
+
+
+def test_tpu_mlir_split_qkv_matmul_quantizes_each_block_of_columns() -> None:
+    """TPU-MLIR splits the fused qkv MatMul into three, each weight block per tensor with its
+    own multiplier (ppocr-v6-rec-small's `Add.163_Add_matmul_1/3/5`)."""
+    from quantlens.emulate.fakequant import QuantHooks
+
+    model = _qkv_model()
+    points = quantization_points(model, Assignment(target="bm1684x"), get_profile("bm1684x"))
+    assert points.weight_blocks == {"w": 3}
+    ranges = _ranges_qkv(model, list(points.calibration_targets()))
+    plan = build_plan(points, ranges, Executor(model).weights, "bm1684x")
+    weight = np.asarray(Executor(model).weights["w"].numpy(), np.float64)
+    quant = plan.weights["w"]
+    assert quant.axis == 1 and len(quant.scale) == 12
+    for block in range(3):
+        cols = slice(4 * block, 4 * block + 4)
+        peak = np.abs(weight[:, cols]).max() / 127
+        np.testing.assert_allclose(quant.scale[cols], peak, rtol=1e-6)
+    spec = next(s for s in plan.requant.values() if s.kind == "linear")
+    assert len(set(zip(spec.multipliers, spec.rshifts, strict=True))) == 3
+    # The emulation computes each column on its own block's grid: integer codes, one
+    # multiplier per block, half away from zero.
+    rng = np.random.default_rng(5)
+    x_quant = plan.activations["x"]
+    x = (rng.integers(-100, 100, (1, 4, 8)) * x_quant.scale[0]).astype(np.float32)
+    got = Executor(model).run({"x": x}, hooks=QuantHooks(plan), keep=[spec.output])
+    out_scale = plan.activations[spec.output].scale[0]
+    w_codes = np.clip(np.sign(weight) * np.floor(np.abs(weight) / quant.scale + 0.5), -127, 127)
+    s_in = x_quant.scale[0]
+    bias = Executor(model).weights["b"].numpy().astype(np.float64)
+    acc = np.round(x / s_in) @ w_codes
+    acc += np.sign(bias) * np.floor(np.abs(bias / (s_in * np.asarray(quant.scale))) + 0.5)
+    factor = np.asarray(spec.multipliers, np.float64) / 2.0 ** np.asarray(spec.rshifts)
+    expect = np.clip(np.sign(acc) * np.floor(np.abs(acc * factor) + 0.5), -128, 127)
+    codes = np.round(got[spec.output].numpy() / out_scale)
+    assert np.mean(codes == expect) == 1.0
+
+
+def _ranges_qkv(model: ir.Model, names: list[str]) -> dict[str, tuple[float, float]]:
+    executor = Executor(model)
+    rng = np.random.default_rng(1)
+    seen: dict[str, list[torch.Tensor]] = {}
+    for _ in range(4):
+        feed = {"x": rng.standard_normal((1, 4, 8)).astype(np.float32)}
+        for name, value in executor.run(feed, outputs=[], keep=names).items():
+            seen.setdefault(name, []).append(value)
+    return {n: (float(torch.cat(v).min()), float(torch.cat(v).max())) for n, v in seen.items()}

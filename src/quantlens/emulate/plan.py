@@ -64,6 +64,9 @@ class QuantPoints:
     scaled: dict[str, tuple[str, float]] = field(default_factory=dict)
     # Nodes the vendor computes on integer codes (profile `requantized_ops`), by name.
     requantized: dict[str, Site] = field(default_factory=dict)
+    # Weight -> the blocks of output columns the vendor quantizes each per tensor
+    # (TPU-MLIR's split qkv MatMul, tpu_mlir_ops.SPLIT_MATMUL_SOURCE).
+    weight_blocks: dict[str, int] = field(default_factory=dict)
     # Weight -> the smallest scale the vendor gives it (profile `min_weight_scale`).
     min_weight_scale: dict[str, float] = field(default_factory=dict)
     # Biases emulated in float, kept on their int32 grid for export (profile `float_bias`).
@@ -111,6 +114,7 @@ def quantization_points(
     elif profile.placement == "all-outputs":
         vendor = vendor_placement(model, profile.arithmetic.fusions)
         points.fused_away = dict(vendor.fused_away)
+        points.weight_blocks = dict(vendor.weight_blocks)
         _place_outputs(model, modes, profile, float_tensors, points)
         _share_vendor_quantizers(vendor, points)
         _vendor_grids(model, profile, points, vendor.op_types)
@@ -363,7 +367,11 @@ def build_plan(
         if source in plan.activations:
             plan.activations[name] = _shared_quant(name, source, plan, points, ranges)
     for name, (fmt, axis) in points.weights.items():
-        plan.weights[name] = _weight_quant(name, fmt, axis, weights[name])
+        blocks = points.weight_blocks.get(name, 1)
+        if blocks > 1 and axis is None and isinstance(fmt, IntFormat):
+            plan.weights[name] = _blocked_weight_quant(name, fmt, weights[name], blocks)
+        else:
+            plan.weights[name] = _weight_quant(name, fmt, axis, weights[name])
         if name in points.min_weight_scale:
             plan.weights[name] = _at_least(plan.weights[name], points.min_weight_scale[name])
     for name, (fmt, act, weight) in points.biases.items():
@@ -520,6 +528,27 @@ def _weight_quant(name: str, fmt: Format, axis: int | None, weight: torch.Tensor
         name=name,
         format=fmt,
         axis=axis,
+        scale=scale.tolist(),
+        zero_point=zero.tolist(),
+        range_min=low.tolist(),
+        range_max=high.tolist(),
+    )
+
+
+def _blocked_weight_quant(
+    name: str, fmt: IntFormat, weight: torch.Tensor, blocks: int
+) -> TensorQuant:
+    """A (K, N) MatMul weight whose N columns the vendor splits into `blocks` MatMuls, each
+    quantized per tensor: per output column (axis 1), every column on its block's scale."""
+    data = weight.detach().to(torch.float64).cpu()
+    parts = data.reshape(data.shape[0], blocks, -1)
+    low = parts.amin(dim=(0, 2)).numpy().repeat(parts.shape[2])
+    high = parts.amax(dim=(0, 2)).numpy().repeat(parts.shape[2])
+    scale, zero = int_qparams(low, high, fmt.model_copy(update={"per_channel": True}))
+    return TensorQuant(
+        name=name,
+        format=fmt.model_copy(update={"per_channel": True}),
+        axis=1,
         scale=scale.tolist(),
         zero_point=zero.tolist(),
         range_min=low.tolist(),

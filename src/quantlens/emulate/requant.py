@@ -127,7 +127,12 @@ def vendor_scale(quant: TensorQuant) -> float:
 
 def _vendor_weight_scales(weight: TensorQuant) -> list[float]:
     """TPU-MLIR's weight scales: a Conv's per channel in float32 (max|W| / 127 in float, as
-    ours), a MatMul's one for the tensor in float64 (MatMul.cpp: `double w_max ... / 127.0`)."""
+    ours), a MatMul's one for the tensor in float64 (MatMul.cpp: `double w_max ... / 127.0`),
+    or one per block of columns of a split MatMul (axis 1), each as one MatMul's."""
+    if weight.axis == 1 and isinstance(weight.format, IntFormat):
+        peaks = [max(abs(lo), abs(hi)) for lo, hi in zip(weight.range_min, weight.range_max)]
+        if all(p > 0 for p in peaks):
+            return [p / weight.format.qmax for p in peaks]
     if len(weight.scale) > 1 or not isinstance(weight.format, IntFormat):
         return [float(w) for w in weight.scale]
     peak = max([abs(v) for v in (*weight.range_min, *weight.range_max)], default=0.0)

@@ -16,7 +16,7 @@ import onnx_ir as ir
 from quantlens.ir.index import ModelIndex, NodeInfo
 from quantlens.ir.vendors.hailo_layers import layer_groups
 from quantlens.ir.vendors.qualcomm_rules import find_fusions
-from quantlens.ir.vendors.tpu_mlir_ops import graph_facts, no_ops, reform, tpu_ops
+from quantlens.ir.vendors.tpu_mlir_ops import graph_facts, no_ops, reform, split_matmuls, tpu_ops
 
 
 @dataclass
@@ -31,6 +31,8 @@ class VendorPlacement:
     op_types: dict[str, str] = field(default_factory=dict)
     tied: dict[str, str] = field(default_factory=dict)
     passthrough: dict[str, str] = field(default_factory=dict)
+    # Weight -> the column blocks the vendor quantizes each per tensor (a split MatMul).
+    weight_blocks: dict[str, int] = field(default_factory=dict)
 
 
 def _tpu_mlir(model: ir.Model, index: ModelIndex) -> VendorPlacement:
@@ -64,6 +66,9 @@ def _tpu_mlir(model: ir.Model, index: ModelIndex) -> VendorPlacement:
             (root,) = roots
             if root in producers and root not in placement.tied:
                 placement.tied[node.outputs[0]] = root
+    # A fused qkv MatMul is split in three, each block of weight columns on its own scale.
+    for name, blocks in split_matmuls(index, graph_facts(model)).items():
+        placement.weight_blocks[index.node(name).inputs[1]] = blocks
     # An Add of 0 or a Mul by 1 is gone from TPU-MLIR's graph (tpu_mlir_ops.no_ops): its
     # output is its input (ppocr-v6-rec-small's `q * c + 0` feeds MatMul on q * c's scale).
     constants = {v.name for v in model.graph.initializers.values()}

@@ -625,3 +625,57 @@ def _constants(model: ModelIndex) -> set[str]:
     produced = {out for node in model.nodes for out in node.outputs}
     inputs = {t for node in model.nodes for t in node.inputs if t}
     return inputs - produced - set(model.graph_inputs)
+
+
+SPLIT_MATMUL_SOURCE = (
+    "TPU-MLIR 1.30.2 splits a MatMul (+ bias) whose output is reshaped to (..., n, heads, dim) "
+    "and, transposed, read only by n Slice+Squeeze pairs (an attention's fused qkv "
+    "projection) into n MatMuls (`<bias Add>_matmul_1/3/5`), each with its block of weight "
+    "columns quantized per tensor (ppocr-v6-rec-small's _tpu.mlir: one input and output "
+    "scale, multipliers 4945075>>29, 3611879>>29, 4088515>>30, so three weight scales)"
+)
+
+
+def split_matmuls(model: ModelIndex, facts: GraphFacts | None) -> dict[str, int]:
+    """MatMul node -> the number of MatMuls TPU-MLIR splits it into (SPLIT_MATMUL_SOURCE).
+    Needs shapes: without them nothing is split."""
+    if facts is None:
+        return {}
+    consumers = _consumers(model)
+    constants = _constants(model)
+    found: dict[str, int] = {}
+    for node in model.nodes:
+        weight = node.inputs[1] if node.op_type == "MatMul" and len(node.inputs) == 2 else ""
+        wshape = facts.shapes.get(weight) if weight in constants else None
+        if wshape is None or len(wshape) != 2 or wshape[1] is None:
+            continue
+        out = _only_reader(node.outputs[0], consumers)
+        if out is not None and out.op_type == "Add" and any(t in constants for t in out.inputs):
+            out = _only_reader(out.outputs[0], consumers)
+        blocks = _sliced_blocks(out, consumers, facts) if out is not None else 0
+        if blocks > 1 and wshape[1] % blocks == 0:
+            found[node.name] = blocks
+    return found
+
+
+def _only_reader(tensor: str, consumers: Mapping[str, list[NodeInfo]]) -> NodeInfo | None:
+    users = consumers.get(tensor, [])
+    return users[0] if len(users) == 1 else None
+
+
+def _sliced_blocks(
+    reshape: NodeInfo, consumers: Mapping[str, list[NodeInfo]], facts: GraphFacts
+) -> int:
+    """n where `reshape` makes (..., n, heads, dim) of the MatMul's columns and a Transpose
+    of it is read only by n Slice+Squeeze pairs; 0 otherwise."""
+    shape = facts.shapes.get(reshape.outputs[0]) if reshape.op_type == "Reshape" else None
+    transpose = _only_reader(reshape.outputs[0], consumers)
+    if shape is None or len(shape) < 3 or transpose is None or transpose.op_type != "Transpose":
+        return 0
+    slices = consumers.get(transpose.outputs[0], [])
+    squeezes = [consumers.get(s.outputs[0], []) for s in slices]
+    if any(s.op_type != "Slice" for s in slices) or any(
+        len(q) != 1 or q[0].op_type != "Squeeze" for q in squeezes
+    ):
+        return 0
+    return len(slices) if shape[-3] == len(slices) else 0
