@@ -226,3 +226,30 @@ def test_analyze_measures_the_closed_assignment(model_path: Path, tmp_path: Path
     ]
     plan = json.loads((run / "calibration.json").read_text())
     assert plan["tensors"]["r1"]  # the 16-bit tensor was calibrated for the closed plan
+
+
+def test_a_searched_point_is_exported_under_the_chips_mode_names(tmp_path: Path) -> None:
+    """hailo8 fuses Conv+Relu into one op with one quantizer: a point that gives the Relu a
+    16-bit output realizes the Conv's too, so the export names both (the same quantizers);
+    a point whose closure would change the plan keeps its modes for `quantize` to report."""
+    from quantlens.pipeline.flows import _named_as_the_chip_does
+    from quantlens.pipeline.search import prepare_search
+    from quantlens.search_run import SearchOptions
+    from tests.models import outlier_model
+
+    model = tmp_path / "outlier.onnx"
+    onnx.save(outlier_model(), model)
+    calib = npz_folder(tmp_path / "calib", 2, (1, 3, 8, 8))
+    opts = SearchOptions(calib=calib, target="hailo8", run_dir=tmp_path / "run", samples=2)
+    setup = prepare_search(model, opts)
+    said: list[str] = []
+
+    def point(layers: dict[str, str]) -> Assignment:
+        return Assignment(target="hailo8", default="a8_w8", layers=layers)  # type: ignore[arg-type]
+
+    same = _named_as_the_chip_does(setup, point({"relu2": "a8_w8_a16"}), said.append)
+    assert same.layers == {"relu2": "a8_w8_a16", "conv2": "a8_w8_a16"}
+    assert said == ["1 node modes follow the target's rules (the same quantizers)"]
+    assert close_assignment(setup.session.model, same, setup.profile)[1] == []
+    other = point({"conv2": "a8_w8_a16"})  # closing it quantizes relu2's output at 16 bits
+    assert _named_as_the_chip_does(setup, other, said.append) == other and len(said) == 1

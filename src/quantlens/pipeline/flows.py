@@ -17,6 +17,7 @@ from quantlens.artifacts.journal import stage
 from quantlens.artifacts.quantize import QuantizeReport
 from quantlens.artifacts.search import SearchReport
 from quantlens.pipeline import evaluate
+from quantlens.pipeline.closure import close_assignment
 from quantlens.pipeline.quantize import QuantizeOptions, quantize, quantize_model
 from quantlens.pipeline.search import (
     SearchOptions,
@@ -30,6 +31,7 @@ from quantlens.pipeline.search import (
 from quantlens.pipeline.search_verify import runtime_check
 from quantlens.pipeline.session import OptimizeOptions, open_session
 from quantlens.pipeline.tasks import EvalOptions, QuantizeRequest
+from quantlens.schemes.assignment import Assignment
 from quantlens.search.cost import get_cost_model, latency
 
 Say = Callable[[str], None]
@@ -75,6 +77,7 @@ def _export(
     if say is not None:
         say(f"exporting the chosen assignment ({len(assignment.layers)} nodes promoted)")
     qopts = quantize_options(opts, opts.run_dir)
+    assignment = _named_as_the_chip_does(setup, assignment, say)
     # The plan the search scored, on the weights its fixes left: exported as it is.
     fixes = setup.fix_trial.kept() if setup.fix_trial is not None else []
     planned = (setup.plan_for(assignment.layers), fixes)
@@ -84,6 +87,24 @@ def _export(
     if get_cost_model(opts.cost_model).measured_after_export:
         _measured_costs(setup, opts, report, quantized)
     return quantized
+
+
+def _named_as_the_chip_does(setup: Setup, assignment: Assignment, say: Say | None) -> Assignment:
+    """The chosen assignment closed under the target's rules where that leaves its plan as
+    scored: on hailo8 a fused Conv+Add+Relu has one quantizer, so a point that promotes the
+    Relu's output realizes the Conv's and Add's modes too (the OCR recognizer's export listed
+    dozens of such "not applied" changes). A closure that changes the plan is left to
+    `quantize`, which exports the scored plan and says what the chip would change."""
+    closed, changes = close_assignment(setup.session.model, assignment, setup.profile)
+    if not changes:
+        return assignment
+    scored = setup.plan_for(assignment.layers)
+    realized = setup.plan_for(closed.layers)
+    if (realized.activations, realized.weights) != (scored.activations, scored.weights):
+        return assignment
+    if say is not None:
+        say(f"{len(changes)} node modes follow the target's rules (the same quantizers)")
+    return closed
 
 
 def _measured_costs(
