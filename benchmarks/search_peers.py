@@ -118,13 +118,16 @@ def run_peer(
                 helper.stdin.flush()
             else:
                 helper.wait()
-                if timer is not None and timer.finished.is_set():
-                    raise TimeoutError(
-                        f"stopped unfinished after {timeout_s:.0f} s, {len(seen)} evaluations "
-                        f"(last scored {seen[-1] if seen else float('nan'):.4f})"
-                    )
                 tail = log_path.read_text().strip().splitlines()[-3:]
                 raise RuntimeError(f"helper exited {helper.returncode}: {' | '.join(tail)}")
+        except (OSError, RuntimeError) as exc:  # a stopped helper breaks the pipe or exits
+            if timer is not None and timer.finished.is_set():
+                last = seen[-1] if seen else float("nan")
+                raise TimeoutError(
+                    f"stopped unfinished after {timeout_s:.0f} s, {len(seen)} evaluations "
+                    f"scored here (the last {last:.4f})"
+                ) from exc
+            raise
         finally:
             if timer is not None:
                 timer.cancel()
