@@ -372,3 +372,47 @@ def _ranges_qkv(model: ir.Model, names: list[str]) -> dict[str, tuple[float, flo
         for name, value in executor.run(feed, outputs=[], keep=names).items():
             seen.setdefault(name, []).append(value)
     return {n: (float(torch.cat(v).min()), float(torch.cat(v).max())) for n, v in seen.items()}
+
+
+def test_tpu_mlir_mul_by_a_constant_tensor_multiplies_codes() -> None:
+    """TPU-MLIR quantizes a Mul's constant tensor operand to UINT8 over its max / 255 and
+    multiplies the codes, then an 8-bit multiplier (Mul.cpp; yolov8's stride Mul: 32 is code
+    255, 8 is code 64)."""
+    from quantlens.emulate.fakequant import QuantHooks
+
+    stride = np.array([[[8, 8, 16, 16, 32, 32]]], np.float32)
+    onnx_model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Mul", ["x", "stride"], ["y"], name="mul")],
+            "stride",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 6])],
+            initializer=[numpy_helper.from_array(stride, "stride")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    model = ir.serde.deserialize_model(onnx_model)
+    points = quantization_points(model, Assignment(target="bm1684x"), get_profile("bm1684x"))
+    site = points.requantized["mul"]
+    assert (site.kind, site.inputs, site.weight) == ("product", ("x",), "stride")
+    plan = build_plan(
+        points, {"x": (0.0, 10.0), "y": (0.0, 320.0)}, Executor(model).weights, "bm1684x"
+    )
+    const = plan.weights["stride"]
+    assert not const.format.signed and const.scale[0] == pytest.approx(32 / 255)  # type: ignore[union-attr]
+    spec = plan.requant["mul"]
+    x_step, y_step = plan.activations["x"].scale[0], plan.activations["y"].scale[0]
+    factor = spec.multipliers[0] / 2.0 ** spec.rshifts[0]
+    assert factor == pytest.approx(x_step * 32 / 255 / y_step, rel=0.01)
+    codes_x = np.arange(12, dtype=np.float64).reshape(1, 2, 6) * 21
+    got = (
+        Executor(model)
+        .run({"x": (codes_x * x_step).astype(np.float32)}, hooks=QuantHooks(plan))["y"]
+        .numpy()
+    )
+    # In float32 as Mul.cpp divides: 16 / (32 / 255) is 127.49999, code 127, not 128.
+    quotient = stride / (np.float32(32) / np.float32(255))
+    codes_c = np.floor(quotient.astype(np.float64) + 0.5)
+    assert codes_c.ravel().tolist() == [64, 64, 127, 127, 255, 255]
+    expect = np.clip(np.floor(codes_x * codes_c * factor + 0.5), 0, 255)
+    np.testing.assert_array_equal(np.round(got / y_step), expect)

@@ -112,7 +112,12 @@ def _site(
     if node.op_type in LINEAR_OPS:
         return _linear_site(node, rounding, activations, fused_away)
     carrier = fused_away.get(output, output)
-    if not acts or not _is_int(carrier, activations) or not _only_relus(node, carrier):
+    if not _is_int(carrier, activations) or not _only_relus(node, carrier):
+        return None
+    constant = _constant_operand(node, names, activations, scaled)
+    if constant is not None:
+        return Site("product", names[:1], carrier, rounding, weight=constant)
+    if not acts:
         return None
     if node.op_type == "Add" and len(names) == 2:
         return Site("add", names, carrier, rounding)
@@ -124,6 +129,23 @@ def _site(
         window = _pool_window(node)
         return Site("pool", names[:1], carrier, rounding, window=window) if window >= 0 else None
     return None
+
+
+def _constant_operand(
+    node: ir.Node,
+    names: tuple[str, ...],
+    activations: Mapping[str, Format],
+    scaled: Mapping[str, object],
+) -> str | None:
+    """The constant of a Mul of an integer tensor by a constant tensor (not a scalar, which is
+    a MulShift), second input: TPU-MLIR quantizes it and multiplies the codes (Mul.cpp)."""
+    if node.op_type != "Mul" or len(node.inputs) != 2 or (node.outputs[0].name or "") in scaled:
+        return None
+    value = node.inputs[1]
+    constant = value.const_value if value is not None else None
+    if constant is None or constant.size <= 1 or not _is_int(names[0], activations):
+        return None
+    return names[1]
 
 
 def _linear_site(

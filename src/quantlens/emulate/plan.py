@@ -21,7 +21,7 @@ import torch
 
 from quantlens.emulate.integer_ops import place_integer_ops
 from quantlens.emulate.integer_sites import Site, integer_sites
-from quantlens.emulate.requant import requant_spec
+from quantlens.emulate.requant import constant_scale, requant_spec
 from quantlens.ir.layers import WEIGHTED_OPS, Layer, discover_layers
 from quantlens.ir.vendors.placement import VendorPlacement, vendor_placement
 from quantlens.schemes.assignment import Assignment
@@ -386,8 +386,29 @@ def build_plan(
             plan.weights[weight] = fitted
             plan.notes.append(f"{weight}: weight scale raised so that bias {name} fits int32")
         plan.weights[name] = _bias_quant(name, fmt, act_q, fitted)
+    _quantize_constant_operands(plan, points, weights)
     _requantize(plan, points)
     return plan
+
+
+def _quantize_constant_operands(
+    plan: QuantPlan, points: QuantPoints, weights: Mapping[str, torch.Tensor]
+) -> None:
+    """The constant a requantized Mul multiplies by, on TPU-MLIR's grid for it: UINT8 when it
+    has no negative value, INT8 otherwise, scale `requant.constant_scale` (Mul.cpp)."""
+    for site in points.requantized.values():
+        name = site.weight
+        if site.kind != "product" or name is None or name in plan.weights or name not in weights:
+            continue
+        data = weights[name].detach().to(torch.float64).cpu()
+        low, high = float(data.min()), float(data.max())
+        fmt = IntFormat(bits=8, signed=low < 0, symmetric=True, narrow=False)
+        quant = TensorQuant(
+            name=name, format=fmt, scale=[1.0], zero_point=[0], range_min=[low], range_max=[high]
+        )
+        scale = constant_scale(quant)
+        if scale > 0:
+            plan.weights[name] = quant.model_copy(update={"scale": [scale]})
 
 
 def _shared_quant(

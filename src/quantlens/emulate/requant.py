@@ -93,6 +93,8 @@ def requant_spec(
         spec = _pairs(ratios, WIDE_LIMIT)
     elif kind == "linear":
         spec = _pairs([scales[0] * scales[1] / out], WIDE_LIMIT)
+    elif kind == "product" and weight is not None:  # a tensor times a quantized constant
+        spec = _pairs([scales[0] * constant_scale(weight) / out], MULTIPLIER_LIMIT)
     elif kind == "product":
         spec = _pairs([scales[0] * scales[1] / out], MULTIPLIER_LIMIT)
     elif kind == "pool":
@@ -125,6 +127,15 @@ def vendor_scale(quant: TensorQuant) -> float:
     return float(f"{float(quant.scale[0]) * qmax:.{CALI_TABLE_DECIMALS}f}") / qmax
 
 
+def constant_scale(quant: TensorQuant) -> float:
+    """A Mul's constant operand's scale as TPU-MLIR computes it: its largest value (not the
+    largest magnitude) over 255, or 127 when it has a negative value, in float32
+    (lib/Conversion/TopToTpu/BM1684X/Mul.cpp LoweringINT8: `scale_i = fmax / fqmax`)."""
+    top = np.float32(max(quant.range_max, default=0.0))
+    qmax = np.float32(quant.format.qmax if isinstance(quant.format, IntFormat) else 1)
+    return float(top / qmax)
+
+
 def _vendor_weight_scales(weight: TensorQuant) -> list[float]:
     """TPU-MLIR's weight scales: a Conv's per channel in float32 (max|W| / 127 in float, as
     ours), a MatMul's one for the tensor in float64 (MatMul.cpp: `double w_max ... / 127.0`),
@@ -144,6 +155,8 @@ def vendor_constant_scales(spec: Requant, plan: QuantPlan) -> dict[str, list[flo
     weight's (`_vendor_weight_scales`), and its int32 bias's, s_in x s_w from the vendor's
     scales (Conv.cpp / MatMul.cpp: round(bias / (scale_w * in_scale))). The bias of a fused
     bias Add has no quantizer: it is under the key "bias"."""
+    if spec.kind == "product" and spec.weight is not None and spec.weight in plan.weights:
+        return {spec.weight: [constant_scale(plan.weights[spec.weight])]}
     if spec.kind != "linear" or spec.weight is None or spec.weight not in plan.weights:
         return {}
     weight = plan.weights[spec.weight]
