@@ -228,3 +228,15 @@ def test_measured_table_leaves_analytic_boundaries_out() -> None:
     found = measured_costs(rules, analytic, _FasterMeter(), budget_s=60.0)
     assert found.table.boundaries == []
     assert found.table.relative({"u1": 2}) == pytest.approx(0.9)
+
+
+def test_search_notes_name_the_faster_units() -> None:
+    """search.json says which promotions made the model faster and how costs were timed."""
+    from quantlens.bench.latency import LatencySettings
+    from quantlens.pipeline.search import measured_notes
+
+    _, _, found = _measured()
+    notes = measured_notes(found, LatencySettings(rounds=15), 4)
+    assert "15 interleaved rounds a batch, median of the per-round ratios" in notes[0]
+    assert "measured moves of 3 of 4 units" in notes[1]
+    assert "promoting these units made the model faster: u1" in notes

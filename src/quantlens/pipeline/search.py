@@ -54,7 +54,7 @@ from quantlens.schemes.qparams import QuantPlan
 from quantlens.search.artifact import GroupInfo, SearchGoal, SearchPoint, SearchReport
 from quantlens.search.cost import CostTable, get_cost_model
 from quantlens.search.groups import Rules, State, build_rules
-from quantlens.search.latency import LatencyMeter, measured_costs
+from quantlens.search.latency import LatencyMeter, MeasuredTable, measured_costs
 from quantlens.search.oracle import BudgetExhausted, Evaluators, Oracle, modes_key
 from quantlens.search.sensitivity import UnitNoise, output_noise, unit_noise, weight4_noise
 from quantlens.search.strategies import Candidate, NoiseModel, get_strategy
@@ -634,16 +634,29 @@ def _plan_with_measured_costs(
     _say(say, f"timing each unit's move in ONNX Runtime (up to {opts.measure_budget_s:g} s)")
     found = measured_costs(setup.rules, setup.costs, meter, opts.measure_budget_s)
     setup.costs = found.table
-    notes = [
-        f"cost = ONNX Runtime CPU latency of each export over the all-int8 export's "
-        f"({meter.settings.threads} threads, {meter.settings.rounds} interleaved rounds, median); "
-        f"all-int8 against itself differs by {found.noise_floor:.1%} (the noise floor here)",
-        f"planned with measured moves of {len(found.measured)} of {len(setup.units)} units (moves "
-        f"within the noise floor keep the analytic estimate); the others' analytic estimates "
-        f"scaled by {found.scale:.3f}",
-    ]
+    notes = measured_notes(found, meter.settings, len(setup.units))
     if setup.profile.vendor != "ONNX Runtime":
         notes.append(f"{setup.profile.name} does not run QDQ models: ORT latency is a proxy")
+    return notes
+
+
+def measured_notes(found: MeasuredTable, settings: LatencySettings, units: int) -> list[str]:
+    """What `search.json` says about a measured cost table: method, noise floor, which moves
+    were timed, which made the model faster, and the boundaries priced by pairs."""
+    notes = [
+        f"cost = ONNX Runtime CPU latency of each export over the all-int8 export's "
+        f"({settings.threads} threads, {settings.rounds} interleaved rounds a batch, median of "
+        f"the per-round ratios, more batches where its interval is wide); all-int8 against "
+        f"itself differs by {found.noise_floor:.1%} (the noise floor here)",
+        f"planned with measured moves of {len(found.measured)} of {units} units (moves within "
+        f"the noise floor keep the analytic estimate); the others' analytic estimates scaled by "
+        f"{found.scale:.3f}",
+    ]
+    if found.faster:
+        notes.append(f"promoting these units made the model faster: {', '.join(found.faster)}")
+    if found.boundaries:
+        priced = ", ".join(f"{a}|{b} {cost:+.3f}" for a, b, cost in found.boundaries)
+        notes.append(f"precision boundaries priced by timing neighbours together: {priced}")
     return notes
 
 
