@@ -1003,11 +1003,12 @@ def _meets_goal(run: _Run, plain: SearchPoint, done: _Tried) -> bool:
 
 
 def _allowed_drop(run: _Run, int8_metric: float) -> float:
-    """`--max-drop`, else 10% of the gap between float and all-int8 without fixes."""
+    """`--max-drop`, else 10% of the gap between float and all-int8 without fixes (none when
+    all-int8 scores at or above float: the goal is then float's metric, not above it)."""
     assert run.report.float_metric is not None
     if run.opts.max_drop is not None:
         return run.opts.max_drop
-    return (1 - DEFAULT_RECOVERY) * (run.report.float_metric - int8_metric)
+    return (1 - DEFAULT_RECOVERY) * max(run.report.float_metric - int8_metric, 0.0)
 
 
 def _affords_another_set(run: _Run) -> bool:
@@ -1069,7 +1070,12 @@ def _bisect_metric(
     plain = report.point(WITHOUT_FIXES) or base
     assert plain.metric is not None
     drop = _allowed_drop(run, plain.metric)
-    if run.opts.max_drop is None:
+    if run.opts.max_drop is None and plain.metric >= report.float_metric:
+        report.notes.append(
+            f"all-int8 scores {plain.metric:.4f}, at or above float's {report.float_metric:.4f}: "
+            "no gap to recover, the goal is float's metric"
+        )
+    elif run.opts.max_drop is None:
         report.notes.append(
             f"goal: recover {DEFAULT_RECOVERY:.0%} of the float-int8 gap "
             f"({report.float_metric:.4f} - {plain.metric:.4f}), i.e. a drop of at most {drop:.4f}"
