@@ -247,9 +247,10 @@ def test_a_searched_point_is_exported_under_the_chips_mode_names(tmp_path: Path)
     def point(layers: dict[str, str]) -> Assignment:
         return Assignment(target="hailo8", default="a8_w8", layers=layers)  # type: ignore[arg-type]
 
-    same = _named_as_the_chip_does(setup, point({"relu2": "a8_w8_a16"}), said.append)
+    same, plan = _named_as_the_chip_does(setup, point({"relu2": "a8_w8_a16"}), said.append)
     assert same.layers == {"relu2": "a8_w8_a16", "conv2": "a8_w8_a16"}
+    assert plan == setup.plan_for(same.layers)
     assert said == ["1 node modes follow the target's rules (the same quantizers)"]
     assert close_assignment(setup.session.model, same, setup.profile)[1] == []
     other = point({"conv2": "a8_w8_a16"})  # closing it quantizes relu2's output at 16 bits
-    assert _named_as_the_chip_does(setup, other, said.append) == other and len(said) == 1
+    assert _named_as_the_chip_does(setup, other, said.append)[0] == other and len(said) == 1

@@ -343,7 +343,7 @@ def test_promoted_layers_run_on_their_values_from_before_the_fixes(
 
     def held() -> list[bool]:
         current = setup.executor.weights
-        return [np.array_equal(current[n].numpy(), new) for n, (_, new) in fixed.values.items()]
+        return [np.array_equal(current[n].numpy(), v.after) for n, v in fixed.values.items()]
 
     after = output_noise(setup.executor, setup.plan_for(top), feeds, references).snr_db
     assert not any(held()) and after == pytest.approx(before, abs=1e-6)

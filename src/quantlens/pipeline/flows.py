@@ -32,6 +32,7 @@ from quantlens.pipeline.search_verify import runtime_check
 from quantlens.pipeline.session import OptimizeOptions, open_session
 from quantlens.pipeline.tasks import EvalOptions, QuantizeRequest
 from quantlens.schemes.assignment import Assignment
+from quantlens.schemes.qparams import QuantPlan
 from quantlens.search.cost import get_cost_model, latency
 
 Say = Callable[[str], None]
@@ -77,10 +78,10 @@ def _export(
     if say is not None:
         say(f"exporting the chosen assignment ({len(assignment.layers)} nodes promoted)")
     qopts = quantize_options(opts, opts.run_dir)
-    assignment = _named_as_the_chip_does(setup, assignment, say)
+    assignment, plan = _named_as_the_chip_does(setup, assignment, say)
     # The plan the search scored, on the weights its fixes left: exported as it is.
     fixes = setup.fix_trial.kept() if setup.fix_trial is not None else []
-    planned = (setup.plan_for(assignment.layers), fixes)
+    planned = (plan, fixes)
     quantized = quantize(
         setup.session, qopts, say, progress, assignment=assignment, planned=planned
     )
@@ -89,22 +90,25 @@ def _export(
     return quantized
 
 
-def _named_as_the_chip_does(setup: Setup, assignment: Assignment, say: Say | None) -> Assignment:
+def _named_as_the_chip_does(
+    setup: Setup, assignment: Assignment, say: Say | None
+) -> tuple[Assignment, QuantPlan]:
     """The chosen assignment closed under the target's rules where that leaves its plan as
-    scored: on hailo8 a fused Conv+Add+Relu has one quantizer, so a point that promotes the
-    Relu's output realizes the Conv's and Add's modes too (the OCR recognizer's export listed
-    dozens of such "not applied" changes). A closure that changes the plan is left to
-    `quantize`, which exports the scored plan and says what the chip would change."""
+    scored, and that plan: on hailo8 a fused Conv+Add+Relu has one quantizer, so a point
+    that promotes the Relu's output realizes the Conv's and Add's modes too (the OCR
+    recognizer's export listed dozens of such "not applied" changes). A closure that changes
+    the plan is left to `quantize`, which exports the scored plan and says what the chip
+    would change."""
     closed, changes = close_assignment(setup.session.model, assignment, setup.profile)
     if not changes:
-        return assignment
-    scored = setup.plan_for(assignment.layers)
+        return assignment, setup.plan_for(assignment.layers)
     realized = setup.plan_for(closed.layers)
+    scored = setup.plan_for(assignment.layers)  # built last: its weights stay in the executor
     if (realized.activations, realized.weights) != (scored.activations, scored.weights):
-        return assignment
+        return assignment, scored
     if say is not None:
         say(f"{len(changes)} node modes follow the target's rules (the same quantizers)")
-    return closed
+    return closed, scored
 
 
 def _measured_costs(

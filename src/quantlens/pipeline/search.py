@@ -153,7 +153,7 @@ class Planner:
         # The fixed float values where this plan keeps their layers int8, the original ones
         # elsewhere: every caller runs or exports the plan at once, on these weights. Bias
         # grids depend on the bias values, so the plan is built again when they changed.
-        if self.fixed.place_values(plan, self.model, self.executor):
+        if self.fixed.place_values(plan, self.executor):
             plan = build_plan(points, ranges, self.executor.weights, self.profile.name)
         return self.fixed.overlay(plan)
 

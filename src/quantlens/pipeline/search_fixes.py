@@ -25,6 +25,7 @@ from quantlens.emulate.plan import QuantPoints
 from quantlens.fixes.clip_search import refresh_biases
 from quantlens.fixes.levels import FixSettings, run_fixes
 from quantlens.fixes.result import FixResult, apply_fix
+from quantlens.ir.layers import discover_layers
 from quantlens.ir.passes.optimize import GraphOptions
 from quantlens.schemes.qparams import QuantPlan, TensorQuant
 
@@ -104,12 +105,12 @@ class FixedParams:
     ranges: dict[str, Range] = field(default_factory=dict)  # 8-bit activation clip ranges
     weights: dict[str, TensorQuant] = field(default_factory=dict)  # weight grids (no biases)
     # Float initializers the fixes changed (bias correction's biases, AdaRound's weights):
-    # name -> (value before, value after), and the int8 formats of the layer each one belongs
-    # to. A fix is measured against int8 noise: a layer a candidate promotes gets its value
-    # from before (picodet on ort-cpu: biases corrected for int8 noise held all-16-bit at an
-    # output SNR of 8.6 dB, mAP 0.7397 against float 0.7620).
-    values: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    formats: dict[str, LayerFormats] = field(default_factory=dict)
+    # name -> what it was and is, the (input, weight) names of the layer that reads it, and
+    # that layer's formats in the fixed all-int8 plan. A fix is measured against int8 noise:
+    # a layer a candidate promotes gets its value from before (picodet on ort-cpu: biases
+    # corrected for int8 noise held all-16-bit at an output SNR of 8.6 dB, mAP 0.7397
+    # against float 0.7620).
+    values: dict[str, FixedValue] = field(default_factory=dict)
 
     @classmethod
     def between(cls, before: QuantPlan, after: QuantPlan) -> FixedParams:
@@ -143,24 +144,24 @@ class FixedParams:
     def track_values(
         self, model: ir.Model, int8: QuantPlan, before: Mapping[str, np.ndarray], executor: Executor
     ) -> None:
-        """Record the float initializers that differ from `before` now, with the int8 formats
-        of the layer that reads each (its input and weight grids in the fixed plan `int8`)."""
-        readers = _layer_inputs(model)
-        for name, old in before.items():
-            new = executor.weights[name].detach().cpu().numpy()
-            if name in readers and not np.array_equal(old, new):
-                self.values[name] = (old, new.copy())
-                self.formats[name] = _formats(int8, readers[name])
+        """Record the float initializers of weighted layers that differ from `before` now."""
+        for layer in discover_layers(model).layers:
+            for name in (layer.weight, layer.bias):
+                old = before.get(name) if name else None
+                if name is None or old is None:
+                    continue
+                new = executor.weights[name].detach().cpu().numpy()
+                if not np.array_equal(old, new):
+                    reads = (layer.input, layer.weight)
+                    self.values[name] = FixedValue(old, new.copy(), reads, _formats(int8, reads))
 
-    def place_values(self, plan: QuantPlan, model: ir.Model, executor: Executor) -> bool:
+    def place_values(self, plan: QuantPlan, executor: Executor) -> bool:
         """Put each fixed value into the executor and model where `plan` keeps its layer's int8
         formats, the value from before the fixes elsewhere; returns whether anything changed."""
-        if not self.values:
-            return False
-        readers = _layer_inputs(model)
         wanted: dict[str, np.ndarray] = {}
-        for name, (old, new) in self.values.items():
-            value = new if _formats(plan, readers[name]) == self.formats[name] else old
+        for name, fixed in self.values.items():
+            keeps = _formats(plan, fixed.layer) == fixed.formats
+            value = fixed.after if keeps else fixed.before
             if not np.array_equal(executor.weights[name].detach().cpu().numpy(), value):
                 wanted[name] = value
         if wanted:
@@ -172,17 +173,12 @@ class FixedParams:
 LayerFormats = tuple[object, object]
 
 
-def _layer_inputs(model: ir.Model) -> dict[str, tuple[str, str]]:
-    """Each weighted layer's weight and bias initializer -> the layer's (input, weight) names."""
-    readers: dict[str, tuple[str, str]] = {}
-    for node in model.graph:
-        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.inputs) < 2:
-            continue
-        names = [(v.name or "") if v is not None else "" for v in node.inputs]
-        for name in names[1:3]:
-            if name:
-                readers[name] = (names[0], names[1])
-    return readers
+@dataclass
+class FixedValue:
+    before: np.ndarray
+    after: np.ndarray
+    layer: tuple[str, str]  # the (input, weight) names of the layer that reads it
+    formats: LayerFormats  # that layer's formats in the fixed all-int8 plan
 
 
 def _formats(plan: QuantPlan, layer: tuple[str, str]) -> LayerFormats:
