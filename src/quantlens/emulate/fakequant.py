@@ -11,6 +11,7 @@ from collections.abc import Collection
 
 import torch
 
+from quantlens.emulate.float_islands import float_node_kernel, to_f16
 from quantlens.emulate.registry import KernelFn
 from quantlens.emulate.requant import (
     bias_add_kernel,
@@ -19,7 +20,7 @@ from quantlens.emulate.requant import (
     vendor_scale,
 )
 from quantlens.schemes.formats import FloatFormat, IntFormat
-from quantlens.schemes.qparams import QuantPlan, Requant, TensorQuant
+from quantlens.schemes.qparams import FloatNode, QuantPlan, Requant, TensorQuant
 
 Tensor = torch.Tensor
 
@@ -193,6 +194,28 @@ class VendorCodesQuantizer(TensorQuantizer):
         return y if out is None else out.copy_(y)
 
 
+class F16CastQuantizer(VendorCodesQuantizer):
+    """The cast of an F16 op's output to its integer grid: round(F16(v x F16(1 / s))), half
+    away from zero, s the vendor's scale (TPU-MLIR's Cast.cpp `requant` for a grid expressed
+    in f16; `quantlens.emulate.float_islands`), dequantized on the plan's grid. Under
+    autograd it is the plan's quantizer."""
+
+    def __init__(self, spec: TensorQuant, device: torch.device, vendor: float) -> None:
+        super().__init__(spec, device, [vendor])
+        self.inverse16 = float(torch.tensor(1.0 / vendor, dtype=torch.float64).half())
+
+    def __call__(
+        self, x: Tensor, overwrite: bool = False, finite: bool = False, out: Tensor | None = None
+    ) -> Tensor:
+        if x.requires_grad or not x.is_floating_point() or not self.is_int:
+            return super().__call__(x, overwrite, finite, out)
+        quotient = to_f16(x.float() * self.inverse16)
+        codes = torch.sign(quotient) * torch.floor(quotient.abs() + 0.5)
+        codes = codes.clamp(self.qmin, self.qmax)
+        y = (codes * _along(self.scale, x.dim(), self.axis)).to(x.dtype)
+        return y if out is None else out.copy_(y)
+
+
 class OffsetHalfAwayQuantizer(TensorQuantizer):
     """A quantizer that rounds as AIMET's simulator does (plan `quantizer_rounding`
     "offset-half-away"): the zero point of the unsigned grid is added to x / scale in float32,
@@ -265,6 +288,8 @@ class QuantHooks:
         self.kernels: dict[str, KernelFn] = {}
         for node, spec in plan.requant.items():
             self._add_kernels(node, spec, plan)
+        for node, fspec in plan.float_nodes.items():
+            self._add_float_node(node, fspec, plan)
         self._weight_cache: dict[str, Tensor] = {}
         # Integer grids map NaN and Inf onto the grid: what follows them is finite again.
         self.cleans = frozenset(n for n, q in self.activations.items() if q.is_int)
@@ -282,8 +307,11 @@ class QuantHooks:
             return
         if spec.kind == "cast":  # the vendor's float -> integer cast of this tensor
             quant = plan.activations[spec.output]
-            self.activations[spec.output] = VendorCodesQuantizer(
-                quant, self._device, [vendor_scale(quant)]
+            step = vendor_scale(quant)
+            self.activations[spec.output] = (
+                F16CastQuantizer(quant, self._device, step)
+                if spec.precision == "f16"
+                else VendorCodesQuantizer(quant, self._device, [step])
             )
             return
         if spec.weight is not None and spec.weight not in self.weights:
@@ -304,6 +332,20 @@ class QuantHooks:
             constant = plan.weights.get(name)
             if constant is not None and name in self.weights:
                 self.weights[name] = VendorCodesQuantizer(constant, self._device, values)
+
+    def _add_float_node(self, node: str, spec: FloatNode, plan: QuantPlan) -> None:
+        """`node` at the vendor's float precision, where every integer grid its op reads and
+        writes is quantized in this run (else it stays float32, as the plan's own arithmetic)."""
+        output_quantized = spec.output not in plan.activations or spec.output in self.activations
+        if not output_quantized or not all(n in self.activations for n in spec.reads.values()):
+            return
+        scales: dict[int, tuple[float, float]] = {}
+        for index, name in spec.reads.items():
+            quant = plan.activations[name]
+            if not quant.is_int or len(quant.scale) != 1:
+                return
+            scales[index] = (float(quant.scale[0]), vendor_scale(quant))
+        self.kernels[node] = float_node_kernel(spec, scales, self.kernels.get(node))
 
     def _build(
         self, specs: dict[str, TensorQuant], device: torch.device, keep: set[str] | None

@@ -19,6 +19,7 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
+from quantlens.emulate.float_islands import float_nodes
 from quantlens.emulate.integer_ops import place_integer_ops
 from quantlens.emulate.integer_sites import Site, integer_sites
 from quantlens.emulate.requant import constant_scale, requant_spec
@@ -27,8 +28,9 @@ from quantlens.ir.vendors.placement import VendorPlacement, vendor_placement
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.formats import FloatFormat, Format, IntFormat
 from quantlens.schemes.modes import PrecisionMode
-from quantlens.schemes.profiles import TargetProfile
+from quantlens.schemes.profiles import Arithmetic, TargetProfile
 from quantlens.schemes.qparams import (
+    FloatNode,
     QuantizerRounding,
     QuantPlan,
     Requant,
@@ -67,6 +69,8 @@ class QuantPoints:
     # Weight -> the blocks of output columns the vendor quantizes each per tensor
     # (TPU-MLIR's split qkv MatMul, tpu_mlir_ops.SPLIT_MATMUL_SOURCE).
     weight_blocks: dict[str, int] = field(default_factory=dict)
+    # Nodes the vendor computes in a lower float precision (profile `float_precision`).
+    float_nodes: dict[str, FloatNode] = field(default_factory=dict)
     # Weight -> the smallest scale the vendor gives it (profile `min_weight_scale`).
     min_weight_scale: dict[str, float] = field(default_factory=dict)
     # Biases emulated in float, kept on their int32 grid for export (profile `float_bias`).
@@ -216,9 +220,9 @@ def _vendor_grids(
         producer = value.producer()
         if producer is None:
             continue
-        rule = rules.float_ops.get(op_types.get(value.name or "", producer.op_type))
-        if rule == "always" or (rule == "axis-not-1" and _off_axis_1(producer)):
+        if _runs_float(rules.float_ops, producer, op_types.get(value.name or "", producer.op_type)):
             points.activations.pop(value.name or "", None)  # the vendor writes it in float
+    points.float_nodes = _placed_float_nodes(model, rules, points, op_types)
     points.requantized = integer_sites(
         model,
         points.activations,
@@ -228,6 +232,40 @@ def _vendor_grids(
         profile.shared_scale_ops,
         casts=_cast_to_integer(model, rules.float_ops, op_types),
     )
+
+
+def _runs_float(float_ops: Mapping[str, str], node: ir.Node, kind: str) -> bool:
+    """Whether the vendor runs `node`'s op (of vendor type `kind`) in float."""
+    rule = float_ops.get(kind)
+    return rule == "always" or (rule == "axis-not-1" and _off_axis_1(node))
+
+
+def _placed_float_nodes(
+    model: ir.Model, rules: Arithmetic, points: QuantPoints, op_types: Mapping[str, str]
+) -> dict[str, FloatNode]:
+    """The nodes of float ops at the vendor's precision, for the ops whose every input from
+    outside is on an integer grid and whose output is cast to one or is a float graph output
+    (an op the assignment keeps float or promotes is the plan's float arithmetic)."""
+    found = float_nodes(
+        model,
+        op_types,
+        points.fused_away,
+        rules.float_precision,
+        rules.float32_axis_above,
+        lambda node, kind: _runs_float(rules.float_ops, node, kind),
+    )
+    graph_outputs = {v.name for v in model.graph.outputs}
+    ops: dict[str, list[str]] = {}
+    for name, spec in found.items():
+        ops.setdefault(spec.output, []).append(name)
+    kept: dict[str, FloatNode] = {}
+    for output, names in ops.items():
+        reads = [n for name in names for n in found[name].reads.values()]
+        out = points.activations.get(output)
+        cast = isinstance(out, IntFormat) or (out is None and output in graph_outputs)
+        if cast and all(isinstance(points.activations.get(n), IntFormat) for n in reads):
+            kept.update((name, found[name]) for name in names)
+    return kept
 
 
 def _cast_to_integer(
@@ -388,6 +426,7 @@ def build_plan(
         plan.weights[name] = _bias_quant(name, fmt, act_q, fitted)
     _quantize_constant_operands(plan, points, weights)
     _requantize(plan, points)
+    plan.float_nodes = dict(points.float_nodes)
     return plan
 
 
@@ -471,13 +510,14 @@ def _fit_weight_to_bias(
 def _requantize(plan: QuantPlan, points: QuantPoints) -> None:
     """The integer arithmetic of the ops the vendor requantizes, on the plan's grids (the
     output grid is the fused op's where the node's output is inside one: Conv + Relu)."""
+    f16_casts = {spec.output: "f16" for spec in points.float_nodes.values()}
     for node, site in points.requantized.items():
         if site.kind == "cast":
             out = plan.activations.get(site.output)
             if out is not None and out.is_int and len(out.scale) == 1:
                 plan.requant[node] = Requant(
                     inputs=[], output=site.output, multipliers=[], rshifts=[], kind="cast",
-                    rounding=site.rounding,
+                    rounding=site.rounding, precision=f16_casts.get(site.output, "f32"),
                 )  # fmt: skip
             continue
         quants = [plan.activations.get(name) for name in site.inputs]

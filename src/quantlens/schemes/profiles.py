@@ -51,6 +51,12 @@ Rounding = Literal["half-to-even", "half-away-from-zero"]
 # RightShiftRound modes: floor(v + 1/2), or half away from zero.
 RequantRounding = Literal["half-up", "half-away-from-zero"]
 FloatOpRule = Literal["always", "axis-not-1"]
+# How the vendor computes a float op inside an integer deploy: "f16" reads its integer inputs
+# as F16(F16(scale) x code), holds its weights in f16, computes in float32 and rounds its output
+# to f16; "f16-inputs" the same but leaves the output float32 (TPU-MLIR's interpreter does not
+# round a LayerNorm's output); either way the cast to an integer grid is round(F16(v x
+# F16(1 / scale))), half away from zero.
+FloatPrecision = Literal["f16", "f16-inputs"]
 
 
 class Arithmetic(BaseModel):
@@ -78,6 +84,11 @@ class Arithmetic(BaseModel):
     # "axis-not-1": unless it works along axis 1 of a tensor of rank <= 4): their inputs and
     # what integer ops read of their outputs are quantized, but a graph output they write is not.
     float_ops: dict[str, FloatOpRule] = Field(default_factory=dict)
+    # The precision of those float ops (op type -> `FloatPrecision`); absent: float32.
+    float_precision: dict[str, FloatPrecision] = Field(default_factory=dict)
+    # Op type -> the longest axis its `float_precision` applies to: beyond it the vendor runs
+    # the op in float32 (TPU-MLIR's Softmax along an axis longer than half an LMEM bank).
+    float32_axis_above: dict[str, int] = Field(default_factory=dict)
     # Ops the vendor computes on integer codes with its own multipliers and shifts, emulated as
     # it does (TPU-MLIR's INT8 Add: each input's code rescaled by an 8-bit multiplier and a
     # shift, then summed; its Conv: the integer accumulator times a 32-bit multiplier per

@@ -69,6 +69,27 @@ class Requant(BaseModel):
     bias_add: str | None = None
     # The output's channel axis, along which a linear op's multipliers and bias lie.
     axis: int = -1
+    # A cast's arithmetic: "f32" the quotient by the scale; "f16" round(F16(v x F16(1 / s)))
+    # (TPU-MLIR's tpu.Cast from an F16 op to a grid expressed in f16).
+    precision: str = "f32"
+
+
+class FloatNode(BaseModel):
+    """A node of an op the vendor runs in a lower float precision inside an integer deploy
+    (profile `arithmetic.float_precision`), as the vendor computes it: the inputs it reads
+    from integer grids outside the op (input index -> activation), read as
+    F16(F16(scale) x code); its constant tensors (input indexes) held in f16; float32
+    arithmetic; its output rounded to f16 when `round_output`."""
+
+    precision: str
+    reads: dict[int, str] = Field(default_factory=dict)
+    constants: list[int] = Field(default_factory=list)
+    round_output: bool = False
+    # The op's output (the tensor the vendor casts to its integer grid, if it is quantized).
+    output: str = ""
+    # Longer than this along its axis (known at run time only), the node runs in float32
+    # (profile `float32_axis_above`); 0: no such limit.
+    float32_axis_above: int = 0
 
 
 class QuantPlan(Artifact):
@@ -87,6 +108,8 @@ class QuantPlan(Artifact):
     float_bias: bool = False
     # How every quantizer rounds (profile `arithmetic.quantizer_rounding`).
     quantizer_rounding: QuantizerRounding = "half-to-even"
+    # Node name -> how the vendor computes it in a lower float precision (`FloatNode`).
+    float_nodes: dict[str, FloatNode] = Field(default_factory=dict)
 
 
 def int_qparams(low: np.ndarray, high: np.ndarray, fmt: IntFormat) -> tuple[np.ndarray, np.ndarray]:

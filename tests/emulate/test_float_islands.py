@@ -1,0 +1,192 @@
+"""bm1684x's float ops at TPU-MLIR's F16 precision (profile `arithmetic.float_precision`):
+a decomposed LayerNorm and an attention Softmax computed as TPU-MLIR's interpreter computes
+them (Cast.cpp, LayerNorm.cpp, Softmax.cpp), checked against a numpy transcription of those
+rules, and a Softmax along an axis longer than 8192 left float32 (Softmax.cpp
+axis_dim_too_large)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from quantlens.emulate import Executor
+from quantlens.emulate.fakequant import QuantHooks
+from quantlens.emulate.plan import build_plan, quantization_points
+from quantlens.emulate.requant import vendor_scale
+from quantlens.ir import CanonicalizeOptions, canonicalize
+from quantlens.schemes.assignment import Assignment
+from quantlens.schemes.profiles import get_profile
+from quantlens.schemes.qparams import QuantPlan
+
+RNG = np.random.default_rng(11)
+F16 = np.float16
+
+
+def _model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], shape: list) -> ir.Model:
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model, _ = canonicalize(ir.serde.deserialize_model(proto), CanonicalizeOptions())
+    return model
+
+
+def _plan(model: ir.Model, feed: np.ndarray, target: str = "bm1684x") -> QuantPlan:
+    points = quantization_points(model, Assignment(target=target), get_profile(target))
+    executor = Executor(model)
+    seen = executor.run({"x": feed}, outputs=[], keep=list(points.calibration_targets()))
+    ranges = {n: (float(v.min()), float(v.max())) for n, v in seen.items()}
+    return build_plan(points, ranges, executor.weights, target)
+
+
+def _run(model: ir.Model, plan: QuantPlan, feed: np.ndarray, keep: list[str]) -> dict:
+    with torch.inference_mode():
+        out = Executor(model).run({"x": feed}, hooks=QuantHooks(plan), keep=keep)
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def _f16(a: np.ndarray | float) -> np.ndarray:
+    return np.asarray(a, np.float32).astype(F16).astype(np.float32)
+
+
+def _away(v: np.ndarray) -> np.ndarray:
+    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+
+
+def _cast_in(plan: QuantPlan, name: str, value: np.ndarray) -> np.ndarray:
+    """TPU-MLIR's cast of int8 codes to f16: F16(F16(scale) x code)."""
+    codes = np.round(value / np.float32(plan.activations[name].scale[0]))
+    return _f16(_f16(vendor_scale(plan.activations[name])) * codes)
+
+
+def _cast_out_codes(plan: QuantPlan, name: str, value: np.ndarray) -> np.ndarray:
+    """TPU-MLIR's cast of an F16 op's output to its grid: round(F16(v x F16(1 / s)))."""
+    fmt = plan.activations[name].format
+    inverse = _f16(1.0 / vendor_scale(plan.activations[name]))
+    codes = _away(_f16(value.astype(np.float32) * inverse))
+    return np.clip(codes, fmt.qmin, fmt.qmax)  # type: ignore[union-attr]
+
+
+def _layernorm_model(rows: int, width: int) -> tuple[ir.Model, np.ndarray, np.ndarray]:
+    """x -> LayerNorm decomposed as paddle2onnx writes it -> MatMul -> y."""
+    gamma = (1 + 0.3 * RNG.standard_normal(width)).astype(np.float32)
+    beta = (0.1 * RNG.standard_normal(width)).astype(np.float32)
+    w = RNG.standard_normal((width, 8)).astype(np.float32)
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["mean"], name="mean", axes=[-1]),
+        helper.make_node("Sub", ["x", "mean"], ["centred"], name="sub"),
+        helper.make_node("Pow", ["centred", "two"], ["squared"], name="pow"),
+        helper.make_node("ReduceMean", ["squared"], ["var"], name="var", axes=[-1]),
+        helper.make_node("Add", ["var", "eps"], ["var_eps"], name="add_eps"),
+        helper.make_node("Sqrt", ["var_eps"], ["std"], name="sqrt"),
+        helper.make_node("Div", ["centred", "std"], ["normed"], name="div"),
+        helper.make_node("Mul", ["normed", "gamma"], ["scaled"], name="mul_gamma"),
+        helper.make_node("Add", ["scaled", "beta"], ["ln"], name="add_beta"),
+        helper.make_node("MatMul", ["ln", "w"], ["y"], name="proj"),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+        numpy_helper.from_array(np.array(1e-5, np.float32), "eps"),
+        numpy_helper.from_array(gamma, "gamma"),
+        numpy_helper.from_array(beta, "beta"),
+        numpy_helper.from_array(w, "w"),
+    ]
+    return _model(nodes, inits, [1, rows, width]), gamma, beta
+
+
+def _tpu_mlir_layernorm(x16: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """LayerNorm.cpp normlize_f32 on the f16 input with the f16 weights, float32."""
+    mean = x16.mean(-1, keepdims=True, dtype=np.float32)
+    centred = x16 - mean
+    var = (centred * centred).mean(-1, keepdims=True, dtype=np.float32) + np.float32(1e-5)
+    rstd = np.float32(1) / np.sqrt(var)
+    return (centred * rstd) * _f16(gamma) + _f16(beta)
+
+
+def test_layernorm_is_tpu_mlirs_f16_op() -> None:
+    model, gamma, beta = _layernorm_model(64, 120)
+    feed = (RNG.standard_normal((1, 64, 120)) * 3).astype(np.float32)
+    plan = _plan(model, feed)
+    names = {"mean", "sub", "pow", "var", "add_eps", "sqrt", "div", "mul_gamma", "add_beta"}
+    assert set(plan.float_nodes) == names
+    assert plan.float_nodes["mean"].reads == {0: "x"} and plan.float_nodes["sub"].reads == {0: "x"}
+    assert plan.float_nodes["mul_gamma"].constants == [1]
+    assert not plan.float_nodes["add_beta"].round_output  # a LayerNorm's output stays f32
+    assert plan.requant["cast:ln"].precision == "f16"
+    got = _run(model, plan, feed, ["x", "ln"])
+    expect = _tpu_mlir_layernorm(_cast_in(plan, "x", got["x"]), gamma, beta)
+    ours = np.round(got["ln"] / np.float32(plan.activations["ln"].scale[0]))
+    # Float32 summation order (torch's against numpy's) may move a value across an f16
+    # rounding boundary: allow one code in 10^3, the F16 arithmetic moves ~1 in 10^2.
+    assert np.mean(ours == _cast_out_codes(plan, "ln", expect)) >= 0.999
+    # Float32 on the int8 input, rounded once, as before: other codes.
+    x = got["x"]
+    plain = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    plain_codes = np.round((plain * gamma + beta) / plan.activations["ln"].scale[0])
+    assert np.mean(ours != plain_codes) > 0.002
+
+
+def _softmax_model(shape: list) -> ir.Model:
+    """x -> Softmax(axis -1) -> Mul by a constant (so its output is cast to int8) -> y."""
+    nodes = [
+        helper.make_node("Softmax", ["x"], ["p"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["p", "w"], ["y"], name="proj"),
+    ]
+    w = RNG.standard_normal((shape[-1] if isinstance(shape[-1], int) else 40, 4))
+    return _model(nodes, [numpy_helper.from_array(w.astype(np.float32), "w")], shape)
+
+
+def test_softmax_is_f16_up_to_tpu_mlirs_axis_limit() -> None:
+    feed = (RNG.standard_normal((1, 8, 40)) * 2).astype(np.float32)
+    model = _softmax_model([1, 8, 40])
+    plan = _plan(model, feed)
+    spec = plan.float_nodes["softmax"]
+    assert spec.round_output and spec.reads == {0: "x"} and spec.float32_axis_above == 0
+    assert plan.requant["cast:p"].precision == "f16"
+    got = _run(model, plan, feed, ["x", "p"])
+    x16 = _cast_in(plan, "x", got["x"])
+    e = np.exp(x16 - x16.max(-1, keepdims=True))
+    expect = _cast_out_codes(plan, "p", _f16(e / e.sum(-1, keepdims=True)))
+    ours = np.round(got["p"] / np.float32(plan.activations["p"].scale[0]))
+    assert np.mean(ours == expect) >= 0.999
+    # Longer than 8192 along its axis, TPU-MLIR runs the Softmax in float32.
+    long = _softmax_model([1, 1, 8200])
+    assert not _plan(long, RNG.standard_normal((1, 1, 8200)).astype(np.float32)).float_nodes
+
+
+def test_softmax_axis_known_at_run_time_decides_there() -> None:
+    """ppocr's attention Softmax has a symbolic axis in the graph: the kernel checks it."""
+    model = _softmax_model([1, 8, "w"])
+    short = (RNG.standard_normal((1, 8, 40)) * 2).astype(np.float32)
+    plan = _plan(model, short)
+    assert plan.float_nodes["softmax"].float32_axis_above == 8192
+    got = _run(model, plan, short, ["p"])["p"]
+    hooks = QuantHooks(plan)
+    kernel = hooks.kernels["softmax"]
+    ctx = Executor(model).producer["p"].ctx
+    x = hooks.activation("x", torch.from_numpy(short))
+    assert np.array_equal(_f16(kernel(ctx, [x]).numpy()), kernel(ctx, [x]).numpy())
+    assert np.array_equal(hooks.activation("p", kernel(ctx, [x])).numpy(), got)
+    wide = torch.from_numpy((RNG.standard_normal((1, 8, 8200)) * 2).astype(np.float32))
+    wide = hooks.activation("x", wide)
+    plain = torch.softmax(wide, -1)
+    assert torch.equal(kernel(ctx, [wide]), plain)  # float32, not rounded to f16
+    assert not torch.equal(_as_f16(plain), plain)
+
+
+def _as_f16(x: torch.Tensor) -> torch.Tensor:
+    return x.half().float()
+
+
+def test_other_profiles_have_no_float_nodes() -> None:
+    model, _, _ = _layernorm_model(4, 16)
+    feed = RNG.standard_normal((1, 4, 16)).astype(np.float32)
+    for target in ("ort-cpu", "qnn-htp", "hailo8"):
+        assert not _plan(model, feed, target).float_nodes
