@@ -6,7 +6,8 @@ Formats:
 - `tpu-mlir`: `model_runner.py --dump_all_tensors` on TPU-MLIR's model: keys are op names
   (`<output tensor>_<OpType>` after TPU-MLIR's fusions, `quantlens.ir.vendors.tpu_mlir_ops`),
   lowering's own ops (casts, tables) are skipped, except that a float op's output read through
-  one int8 cast (`<op><consumer>_si8`) is compared as that cast;
+  one int8 cast (`<op><consumer>_si8`, or the cast after a reshape that alone reads it) is
+  compared as that cast;
 - `snpe-raw`: a folder of float32 `.raw` files, one per tensor (`snpe-net-run --debug`,
   `qnn-net-run --debug`), named after the tensor (`/` and `:` kept as folders or turned to `_`),
   one `Result_<n>` subfolder per sample when there are several;
@@ -31,7 +32,7 @@ import onnx_ir as ir
 
 from quantlens.analysis.compare import grid_step
 from quantlens.errors import UserError
-from quantlens.ir.index import ModelIndex
+from quantlens.ir.index import ModelIndex, NodeInfo
 from quantlens.ir.vendors.tpu_mlir_ops import TpuOp, graph_facts, tpu_ops
 
 DumpFormat = Literal["npz", "tpu-mlir", "snpe-raw", "onnx-outputs"]
@@ -163,17 +164,19 @@ def _tpu_mlir(
     renamed: dict[str, np.ndarray] = {}
     skipped: dict[str, str] = {}
     casts = _int8_casts(arrays, by_op, set(index.graph_inputs))
+    reshaped = _casts_after_reshapes(casts, by_op, index)
     for key, array in arrays.items():
         tensor = mapping.get(key) or by_op.get(key)
         if tensor is None:
             skipped[key] = "an op TPU-MLIR's lowering adds (cast, table, reshape...)"
             continue
-        cast = casts.get(key) if key not in mapping else None
+        cast = casts.get(key, reshaped.get(key)) if key not in mapping else None
         if cast is not None and grid_step(array) is None:
             # A float op's output (F16/F32 LayerNorm) read by its consumers through one cast
             # to int8: the cast is what they read, and what our quantizer there gives.
             skipped[key] = f"the float value before TPU-MLIR's cast to int8 {cast} (compared)"
-            key, array = cast, arrays[cast]
+            # A cast after a reshape is the reshape's too: named apart for the op before it.
+            key, array = (cast if key in casts else f"{cast} (as {key})"), arrays[cast]
         if key in layouts and array.ndim == len(layouts[key]):
             array = np.ascontiguousarray(array.transpose(layouts[key]))
         renamed[key] = array
@@ -223,6 +226,34 @@ def _int8_casts(
         if by_op[op] not in inputs
         and all(np.array_equal(arrays[keys[0]], arrays[k]) for k in keys[1:])
     }
+
+
+# Data movement that keeps the order of the elements: a reshaped tensor's values are its input's.
+RESHAPES = ("Reshape", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def _casts_after_reshapes(
+    casts: Mapping[str, str], by_op: Mapping[str, str], index: ModelIndex
+) -> dict[str, str]:
+    """Op name -> the int8 cast TPU-MLIR puts after the reshape that alone reads the op's
+    output, for an op without a cast of its own: the reshape moves the float values as they
+    are and the cast after it is what our quantizer on the op's output gives (ppocr's last
+    F16 LayerNorm `Add.205_LayerNormalization` -> `p2o.pd_op.reshape.58.0_Reshape` in f16 ->
+    `p2o.pd_op.reshape.58.0_Reshapep2o.pd_op.transpose.7.0_Transpose_si8`)."""
+    op_of = {tensor: op for op, tensor in by_op.items()}
+    readers: dict[str, list[NodeInfo]] = {}
+    for node in index.nodes:
+        for name in node.inputs:
+            readers.setdefault(name, []).append(node)
+    found: dict[str, str] = {}
+    for op, tensor in by_op.items():
+        reads = readers.get(tensor, [])
+        if op in casts or len(reads) != 1 or reads[0].op_type not in RESHAPES:
+            continue
+        cast = casts.get(op_of.get(reads[0].outputs[0], ""))
+        if cast is not None and tensor not in index.graph_outputs:
+            found[op] = cast
+    return found
 
 
 def _load_raw(path: Path, ours: list[str]) -> dict[str, np.ndarray]:
