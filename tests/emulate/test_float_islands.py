@@ -190,3 +190,78 @@ def test_other_profiles_have_no_float_nodes() -> None:
     feed = RNG.standard_normal((1, 4, 16)).astype(np.float32)
     for target in ("ort-cpu", "qnn-htp", "hailo8"):
         assert not _plan(model, feed, target).float_nodes
+
+
+def _box_model(anchor: np.ndarray) -> ir.Model:
+    """yolov8's box decoding as doclayout-yolov8n has it: s = anchor - x, t = x + anchor,
+    s1 = t - s, a2 = (s + t) / 2, y = Concat(a2, s1)."""
+    nodes = [
+        helper.make_node("Sub", ["anchor", "x"], ["s"], name="sub"),
+        helper.make_node("Add", ["x", "anchor"], ["t"], name="add"),
+        helper.make_node("Sub", ["t", "s"], ["s1"], name="sub1"),
+        helper.make_node("Add", ["s", "t"], ["sum"], name="add2"),
+        helper.make_node("Mul", ["sum", "half"], ["a2"], name="half"),
+        helper.make_node("Concat", ["a2", "s1"], ["y"], name="concat", axis=1),
+    ]
+    inits = [
+        numpy_helper.from_array(anchor, "anchor"),
+        numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+    ]
+    return _model(nodes, inits, [1, 2, 64])
+
+
+def test_sub_is_f16_where_an_input_spans_more_than_its_output() -> None:
+    """TPU-MLIR 1.30.2 lowers doclayout's box Subs F16 (an input's range above the Sub's
+    threshold); the second Sub reads the first's f16 value while the Add reads its int8 cast."""
+    anchor = (np.arange(128, dtype=np.float32).reshape(1, 2, 64) % 64 + 0.5) * 2
+    model = _box_model(anchor)
+    feed = RNG.uniform(0, 8, (1, 2, 64)).astype(np.float32)
+    plan = _plan(model, feed)
+    assert set(plan.float_nodes) == {"sub", "sub1"}
+    assert plan.float_nodes["sub"].constants == [0] and plan.float_nodes["sub"].reads == {1: "x"}
+    assert plan.float_nodes["sub1"].raw == {1: "s"} and plan.float_nodes["sub1"].reads == {0: "t"}
+    got = _run(model, plan, feed, ["x", "s", "t", "s1"])
+    s16 = _f16(_f16(anchor) - _cast_in(plan, "x", got["x"]))
+    s_codes = np.round(got["s"] / np.float32(plan.activations["s"].scale[0]))
+    np.testing.assert_array_equal(s_codes, _cast_out_codes(plan, "s", s16))
+    s1 = _f16(_cast_in(plan, "t", got["t"]) - s16)
+    s1_codes = np.round(got["s1"] / np.float32(plan.activations["s1"].scale[0]))
+    np.testing.assert_array_equal(s1_codes, _cast_out_codes(plan, "s1", s1))
+    # Read through s's int8 cast instead, s1 would differ.
+    through_cast = _f16(_cast_in(plan, "t", got["t"]) - _cast_in(plan, "s", got["s"]))
+    assert np.any(_cast_out_codes(plan, "s1", through_cast) != s1_codes)
+
+
+def test_sub_within_its_outputs_range_stays_integer() -> None:
+    anchor = np.full((1, 2, 64), 0.5, np.float32)
+    model = _box_model(anchor)
+    plan = _plan(model, RNG.uniform(-4, 4, (1, 2, 64)).astype(np.float32))
+    assert "sub" not in plan.float_nodes  # 0.5 - x reaches 4.5, beyond x and the anchor
+
+
+class _RoundHooks:
+    """Rounds tensor `a` to integers; node `add` reads input 1 before the rounding."""
+
+    def __init__(self) -> None:
+        self.raw_reads = {"add": {1: "a"}}
+
+    def weight(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def activation(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        return torch.round(tensor) if name == "a" else tensor
+
+
+def test_executor_gives_a_raw_read_the_value_before_the_hook() -> None:
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], name="relu"),
+        helper.make_node("Add", ["a", "a"], ["y"], name="add"),
+    ]
+    model = _model(nodes, [], [1, 8])
+    x = np.linspace(0.1, 3.9, 8, dtype=np.float32).reshape(1, 8)
+    y = Executor(model).run({"x": x}, hooks=_RoundHooks())["y"].numpy()
+    np.testing.assert_allclose(y, np.round(x) + x)
+    # A tensor fed at a cut has no value before the hook: the read falls back to it.
+    cut = {"a": torch.from_numpy(np.round(x))}
+    y = Executor(model).run(None, start=cut, hooks=_RoundHooks())["y"].numpy()
+    np.testing.assert_array_equal(y, 2 * np.round(x))

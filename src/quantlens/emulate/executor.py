@@ -206,21 +206,33 @@ class Executor:
         finite = self.finite_given(getattr(hooks, "cleans", frozenset())) if owning else None
         # Hooks may replace a node's kernel (a vendor's integer arithmetic), not under autograd.
         kernels: Mapping[str, KernelFn] = getattr(hooks, "kernels", None) or {}
+        # Hooks may have a node read an input as its producer computed it, before the hook
+        # quantized it (`QuantHooks.raw_reads`: a vendor's float op read by another float op,
+        # while integer readers get its cast); tensors fed at a cut have no such value.
+        raw_reads: Mapping[str, Mapping[int, str]] = getattr(hooks, "raw_reads", None) or {}
         if torch.is_grad_enabled():
-            kernels = {}
+            kernels, raw_reads = {}, {}
+        kept_raw = {name for reads in raw_reads.values() for name in reads.values()}
+        raw: dict[str, Tensor] = {}
         for step, release in zip(plan.steps, plan.release):
             args = [self._fetch(name, env, hooks) for name in step.inputs]
+            for index, name in raw_reads.get(step.ctx.name, {}).items():
+                args[index] = raw.get(name, args[index])
             produced = kernels.get(step.ctx.name, step.fn)(step.ctx, args)
             values = [produced] if isinstance(produced, Tensor) else list(produced)
             if len(values) < len(step.outputs):
                 raise InvariantError(f"{step.ctx.name}: kernel returned {len(values)} outputs")
             for name, value in zip(step.outputs, values):
-                if owning is not None and finite is not None and _owned(value, args, values):
+                if name in kept_raw and hooks is not None:
+                    raw[name] = value  # the hook returns a new tensor: this one stays as is
+                    env[name] = hooks.activation(name, value)
+                elif owning is not None and finite is not None and _owned(value, args, values):
                     env[name] = owning(name, value, name in finite)
                 else:
                     env[name] = hooks.activation(name, value) if hooks else value
             for name in release:
                 env.pop(name, None)
+                raw.pop(name, None)
 
     def _fetch(
         self, name: str | None, env: dict[str, Tensor], hooks: Hooks | None

@@ -286,6 +286,8 @@ class QuantHooks:
         # Ops the vendor computes on integer codes (`QuantPlan.requant`), by node name: only
         # where every grid they read and write is quantized in this run.
         self.kernels: dict[str, KernelFn] = {}
+        # Node -> {input index: tensor} it reads before that tensor's quantizer (`FloatNode.raw`).
+        self.raw_reads: dict[str, dict[int, str]] = {}
         for node, spec in plan.requant.items():
             self._add_kernels(node, spec, plan)
         for node, fspec in plan.float_nodes.items():
@@ -337,7 +339,8 @@ class QuantHooks:
         """`node` at the vendor's float precision, where every integer grid its op reads and
         writes is quantized in this run (else it stays float32, as the plan's own arithmetic)."""
         output_quantized = spec.output not in plan.activations or spec.output in self.activations
-        if not output_quantized or not all(n in self.activations for n in spec.reads.values()):
+        read = [*spec.reads.values(), *spec.raw.values()]
+        if not output_quantized or not all(n in self.activations for n in read):
             return
         scales: dict[int, tuple[float, float]] = {}
         for index, name in spec.reads.items():
@@ -346,6 +349,11 @@ class QuantHooks:
                 return
             scales[index] = (float(quant.scale[0]), vendor_scale(quant))
         self.kernels[node] = float_node_kernel(spec, scales, self.kernels.get(node))
+        if spec.raw:
+            self.raw_reads[node] = dict(spec.raw)
+        out = plan.activations.get(spec.output)
+        if out is not None and out.is_int and len(out.scale) == 1:  # its cast, through f16
+            self.activations[spec.output] = F16CastQuantizer(out, self._device, vendor_scale(out))
 
     def _build(
         self, specs: dict[str, TensorQuant], device: torch.device, keep: set[str] | None

@@ -20,6 +20,7 @@ dumps of ppocr-v6-rec-small, 4 samples).
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 
 import onnx_ir as ir
 import torch
@@ -68,6 +69,40 @@ def float_nodes(
             if member is node and limit and length is None:
                 spec.float32_axis_above = limit  # the kernel decides on the shape it gets
             found[member.name or ""] = spec
+    return found
+
+
+@dataclass(frozen=True)
+class RangeCandidate:
+    """A node the vendor runs in float when an input spans more than its output (profile
+    `float_when_input_exceeds_output`), decided once the ranges are known: its activation
+    inputs and constant inputs (input index -> tensor)."""
+
+    node: str
+    precision: str
+    output: str
+    inputs: dict[int, str]
+    constants: dict[int, str]
+
+
+def range_candidates(model: ir.Model, ops: Mapping[str, str]) -> list[RangeCandidate]:
+    """The nodes of the op types in `ops` (op type -> precision), in graph order."""
+    found = []
+    for node in model.graph:
+        level = ops.get(node.op_type)
+        if level is None or not node.outputs:
+            continue
+        inputs: dict[int, str] = {}
+        constants: dict[int, str] = {}
+        for index, value in enumerate(node.inputs):
+            if value is None:
+                continue
+            target = constants if value.const_value is not None else inputs
+            target[index] = value.name or ""
+        if any(node.inputs[i].const_value.size <= 1 for i in constants):  # type: ignore[union-attr]
+            continue  # by a scalar: another op to the vendor (TPU-MLIR's AddConst)
+        output = node.outputs[0].name or ""
+        found.append(RangeCandidate(node.name or "", level, output, inputs, constants))
     return found
 
 

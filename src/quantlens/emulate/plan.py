@@ -19,7 +19,7 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from quantlens.emulate.float_islands import float_nodes
+from quantlens.emulate.float_islands import RangeCandidate, float_nodes, range_candidates
 from quantlens.emulate.integer_ops import place_integer_ops
 from quantlens.emulate.integer_sites import Site, integer_sites
 from quantlens.emulate.requant import constant_scale, requant_spec
@@ -71,6 +71,9 @@ class QuantPoints:
     weight_blocks: dict[str, int] = field(default_factory=dict)
     # Nodes the vendor computes in a lower float precision (profile `float_precision`).
     float_nodes: dict[str, FloatNode] = field(default_factory=dict)
+    # Nodes the vendor runs in float when an input spans more than the output (decided on the
+    # ranges: profile `float_when_input_exceeds_output`).
+    range_candidates: list[RangeCandidate] = field(default_factory=list)
     # Weight -> the smallest scale the vendor gives it (profile `min_weight_scale`).
     min_weight_scale: dict[str, float] = field(default_factory=dict)
     # Biases emulated in float, kept on their int32 grid for export (profile `float_bias`).
@@ -223,6 +226,7 @@ def _vendor_grids(
         if _runs_float(rules.float_ops, producer, op_types.get(value.name or "", producer.op_type)):
             points.activations.pop(value.name or "", None)  # the vendor writes it in float
     points.float_nodes = _placed_float_nodes(model, rules, points, op_types)
+    points.range_candidates = range_candidates(model, rules.float_when_input_exceeds_output)
     points.requantized = integer_sites(
         model,
         points.activations,
@@ -427,7 +431,47 @@ def build_plan(
     _quantize_constant_operands(plan, points, weights)
     _requantize(plan, points)
     plan.float_nodes = dict(points.float_nodes)
+    plan.float_nodes.update(_range_float_nodes(plan, points, weights))
     return plan
+
+
+def _range_float_nodes(
+    plan: QuantPlan, points: QuantPoints, weights: Mapping[str, torch.Tensor]
+) -> dict[str, FloatNode]:
+    """The candidates one of whose inputs spans more than the output's grid (an integer
+    input's threshold, or a constant's largest magnitude, above the output's threshold),
+    which TPU-MLIR 1.30.2 lowers F16 (profile `float_when_input_exceeds_output`). An input
+    written by another float op is read as that op computed it (`FloatNode.raw`)."""
+    made_float = {spec.output for spec in plan.float_nodes.values()}
+    found: dict[str, FloatNode] = {}
+    for candidate in points.range_candidates:
+        out = plan.activations.get(candidate.output)
+        ins = [plan.activations.get(name) for name in candidate.inputs.values()]
+        grids = [out, *ins]
+        if not all(q is not None and q.is_int and len(q.scale) == 1 for q in grids):
+            continue
+        limit = _threshold(out)  # type: ignore[arg-type]
+        spans = [_threshold(q) for q in ins]  # type: ignore[arg-type]
+        spans += [float(weights[name].abs().max()) for name in candidate.constants.values()]
+        if not any(span > limit for span in spans):
+            continue
+        raw = {i: n for i, n in candidate.inputs.items() if n in made_float}
+        found[candidate.node] = FloatNode(
+            precision=candidate.precision,
+            reads={i: n for i, n in candidate.inputs.items() if i not in raw},
+            raw=raw,
+            constants=sorted(candidate.constants),
+            round_output=candidate.precision == "f16",
+            output=candidate.output,
+        )
+        made_float.add(candidate.output)
+    return found
+
+
+def _threshold(quant: TensorQuant) -> float:
+    """The threshold the calibration table gives a tensor: its scale times qmax."""
+    fmt = quant.format
+    return float(quant.scale[0]) * (fmt.qmax if isinstance(fmt, IntFormat) else 1)
 
 
 def _quantize_constant_operands(

@@ -89,6 +89,10 @@ class Arithmetic(BaseModel):
     # Op type -> the longest axis its `float_precision` applies to: beyond it the vendor runs
     # the op in float32 (TPU-MLIR's Softmax along an axis longer than half an LMEM bank).
     float32_axis_above: dict[str, int] = Field(default_factory=dict)
+    # Op type -> the float precision the vendor runs it in when one of its inputs spans more
+    # than its output's range (an activation's threshold, or a constant's largest magnitude,
+    # above the output's threshold): TPU-MLIR's Sub, lowered F16 then, INT8 otherwise.
+    float_when_input_exceeds_output: dict[str, FloatPrecision] = Field(default_factory=dict)
     # Ops the vendor computes on integer codes with its own multipliers and shifts, emulated as
     # it does (TPU-MLIR's INT8 Add: each input's code rescaled by an 8-bit multiplier and a
     # shift, then summed; its Conv: the integer accumulator times a 32-bit multiplier per
