@@ -265,3 +265,27 @@ def test_executor_gives_a_raw_read_the_value_before_the_hook() -> None:
     cut = {"a": torch.from_numpy(np.round(x))}
     y = Executor(model).run(None, start=cut, hooks=_RoundHooks())["y"].numpy()
     np.testing.assert_array_equal(y, 2 * np.round(x))
+
+
+def _conv_model(w: np.ndarray) -> ir.Model:
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w"], ["y"], name="conv"),
+    ]
+    return _model(nodes, [numpy_helper.from_array(w, "w")], [1, 4, 8, 8])
+
+
+def test_power_of_two_conv_weights_stay_exact() -> None:
+    """TPU-MLIR 1.30.2 keeps a Conv's weights of 0..7 as codes 0..7 at scale 1 (the DFL Conv
+    of yolov8: 0..15), x 0.25 at scale 0.25; other weights get max / qmax per channel."""
+    feed = RNG.standard_normal((1, 4, 8, 8)).astype(np.float32)
+    integers = np.arange(8, dtype=np.float32).reshape(2, 4, 1, 1)
+    for w, scale in ((integers, 1.0), (integers * 0.25, 0.25), (integers + 0.5, 0.5)):
+        model = _conv_model(w)
+        plan = _plan(model, feed)
+        assert plan.weights["w"].scale == [scale, scale]
+        hooks = QuantHooks(plan)
+        np.testing.assert_array_equal(hooks.weight("w", torch.from_numpy(w)).numpy(), w)
+    plan = _plan(_conv_model(integers * 0.3), feed)
+    peaks = np.abs(integers * 0.3).reshape(2, -1).max(1) / 127
+    np.testing.assert_allclose(plan.weights["w"].scale, peaks, rtol=1e-6)

@@ -74,6 +74,9 @@ class QuantPoints:
     # Nodes the vendor runs in float when an input spans more than the output (decided on the
     # ranges: profile `float_when_input_exceeds_output`).
     range_candidates: list[RangeCandidate] = field(default_factory=list)
+    # Weights the vendor keeps exact on a power-of-two scale where they allow it (profile
+    # `power_of_two_weight_ops`).
+    power_of_two_weights: set[str] = field(default_factory=set)
     # Weight -> the smallest scale the vendor gives it (profile `min_weight_scale`).
     min_weight_scale: dict[str, float] = field(default_factory=dict)
     # Biases emulated in float, kept on their int32 grid for export (profile `float_bias`).
@@ -372,6 +375,8 @@ def _place_weights(
     floor = profile.arithmetic.min_weight_scale.get(layer.op_type)
     if floor is not None:
         points.min_weight_scale[layer.weight] = floor
+    if layer.op_type in profile.arithmetic.power_of_two_weight_ops:
+        points.power_of_two_weights.add(layer.weight)
     bias_fmt = profile.bias_format()
     if layer.bias and bias_fmt is not None:
         if isinstance(points.activations.get(layer.input), IntFormat):
@@ -416,6 +421,8 @@ def build_plan(
             plan.weights[name] = _weight_quant(name, fmt, axis, weights[name])
         if name in points.min_weight_scale:
             plan.weights[name] = _at_least(plan.weights[name], points.min_weight_scale[name])
+        if name in points.power_of_two_weights:
+            plan.weights[name] = _power_of_two(plan.weights[name], weights[name])
     for name, (fmt, act, weight) in points.biases.items():
         act_q, weight_q = plan.activations.get(act), plan.weights.get(weight)
         if act_q is None or weight_q is None or not act_q.is_int or not weight_q.is_int:
@@ -518,6 +525,25 @@ def _shared_quant(
         low, high = points.fixed_ranges.get(source) or ranges[source]
         return _activation_quant(name, fmt, low, high)
     return owner.model_copy(update={"name": name})
+
+
+def _power_of_two(quant: TensorQuant, weight: torch.Tensor) -> TensorQuant:
+    """The weight on the largest power-of-two scale 2^-k (k >= 0, every channel) on which
+    every value is a code inside the grid, as TPU-MLIR 1.30.2 quantizes such a Conv weight
+    (measured: weights 0..7 -> codes 0..7, x 0.25 -> codes 0..7 at 0.25, + 0.5 -> codes
+    1..15 at 0.5; x 0.3 -> the usual max / qmax per channel); else `quant` unchanged."""
+    fmt = quant.format
+    if not isinstance(fmt, IntFormat):
+        return quant
+    data = weight.detach().to(torch.float64).cpu().numpy()
+    peak = float(np.abs(data).max(initial=0.0))
+    for k in range(24):
+        scaled = data * 2.0**k
+        if peak * 2.0**k > fmt.qmax:
+            break
+        if np.array_equal(scaled, np.round(scaled)):
+            return quant.model_copy(update={"scale": [2.0**-k] * len(quant.scale)})
+    return quant
 
 
 def _at_least(quant: TensorQuant, floor: float) -> TensorQuant:

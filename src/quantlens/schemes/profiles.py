@@ -104,6 +104,11 @@ class Arithmetic(BaseModel):
     # Op type -> the smallest weight scale the vendor uses (TPU-MLIR's Conv: 1e-5, so a channel
     # of tiny weights gets fewer than 127 codes).
     min_weight_scale: dict[str, float] = Field(default_factory=dict)
+    # Weighted ops whose weight, when every value is a multiple of one power of two 2^-k
+    # (k >= 0) with codes inside the grid, the vendor keeps exact: the largest such power of
+    # two is the scale of every channel (TPU-MLIR's yolov8 DFL Conv: weights 0..15, codes
+    # 0..15 at scale 1, where max / qmax per channel would round them).
+    power_of_two_weight_ops: list[str] = Field(default_factory=list)
     # Biases added in float by the emulation, as the vendor's simulator adds them, though the
     # plan and the exported files keep their int32 grid (input scale x weight scale), which the
     # vendor's converter reads (AIMET-ONNX's sim does not simulate a loaded int32 bias).
