@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
+import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
@@ -289,3 +290,8 @@ def test_power_of_two_conv_weights_stay_exact() -> None:
     plan = _plan(_conv_model(integers * 0.3), feed)
     peaks = np.abs(integers * 0.3).reshape(2, -1).max(1) / 127
     np.testing.assert_allclose(plan.weights["w"].scale, peaks, rtol=1e-6)
+    # One output channel (the DFL Conv's 1x16x1x1): the multiplier is s_in x 1 / s_out.
+    plan = _plan(_conv_model(np.arange(4, dtype=np.float32).reshape(1, 4, 1, 1)), feed)
+    spec = plan.requant["conv"]
+    ratio = vendor_scale(plan.activations["r"]) / vendor_scale(plan.activations["y"])
+    assert spec.multipliers[0] * 2.0 ** -spec.rshifts[0] == pytest.approx(ratio, rel=1e-6)

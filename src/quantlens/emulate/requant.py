@@ -144,8 +144,8 @@ def _vendor_weight_scales(weight: TensorQuant) -> list[float]:
         peaks = [max(abs(lo), abs(hi)) for lo, hi in zip(weight.range_min, weight.range_max)]
         if all(p > 0 for p in peaks):
             return [p / weight.format.qmax for p in peaks]
-    if len(weight.scale) > 1 or not isinstance(weight.format, IntFormat):
-        return [float(w) for w in weight.scale]
+    if len(weight.scale) > 1 or weight.axis is not None or not isinstance(weight.format, IntFormat):
+        return [float(w) for w in weight.scale]  # per channel: a Conv's, one channel or more
     peak = max([abs(v) for v in (*weight.range_min, *weight.range_max)], default=0.0)
     return [peak / weight.format.qmax] if peak > 0 else [float(weight.scale[0])]
 
