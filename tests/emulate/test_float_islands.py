@@ -221,6 +221,7 @@ def test_sub_is_f16_where_an_input_spans_more_than_its_output() -> None:
     assert set(plan.float_nodes) == {"sub", "sub1"}
     assert plan.float_nodes["sub"].constants == [0] and plan.float_nodes["sub"].reads == {1: "x"}
     assert plan.float_nodes["sub1"].raw == {1: "s"} and plan.float_nodes["sub1"].reads == {0: "t"}
+    assert plan.float_nodes["sub"].raw == {0: "anchor"}  # not as the Add quantizes it
     got = _run(model, plan, feed, ["x", "s", "t", "s1"])
     s16 = _f16(_f16(anchor) - _cast_in(plan, "x", got["x"]))
     s_codes = np.round(got["s"] / np.float32(plan.activations["s"].scale[0]))
@@ -295,3 +296,26 @@ def test_power_of_two_conv_weights_stay_exact() -> None:
     spec = plan.requant["conv"]
     ratio = vendor_scale(plan.activations["r"]) / vendor_scale(plan.activations["y"])
     assert spec.multipliers[0] * 2.0 ** -spec.rshifts[0] == pytest.approx(ratio, rel=1e-6)
+
+
+def test_add_of_a_constant_tensor_adds_its_codes() -> None:
+    """TPU-MLIR's Add of a tensor and a constant tensor (doclayout's anchors): the constant on
+    UINT8 at max / 255, each input's code rescaled by its 8-bit multiplier, half up, summed."""
+    anchor = (np.arange(64, dtype=np.float32).reshape(1, 1, 64) % 32 + 0.5) * 2
+    nodes = [helper.make_node("Add", ["x", "anchor"], ["y"], name="add")]
+    model = _model(nodes, [numpy_helper.from_array(anchor, "anchor")], [1, 1, 64])
+    feed = RNG.uniform(0, 8, (1, 1, 64)).astype(np.float32)
+    plan = _plan(model, feed)
+    spec = plan.requant["add"]
+    assert spec.kind == "add" and spec.weight == "anchor" and spec.inputs == ["x", "anchor"]
+    assert plan.weights["anchor"].scale == [pytest.approx(anchor.max() / 255, rel=1e-6)]
+    got = _run(model, plan, feed, ["x", "y"])
+    codes_x = np.round(got["x"] / np.float32(plan.activations["x"].scale[0]))
+    codes_c = np.round(anchor / np.float32(anchor.max() / 255))
+    terms = [
+        np.floor(c * m / 2.0**n + 0.5)
+        for c, m, n in zip((codes_x, codes_c), spec.multipliers, spec.rshifts, strict=True)
+    ]
+    fmt = plan.activations["y"].format
+    expect = np.clip(terms[0] + terms[1], fmt.qmin, fmt.qmax)  # type: ignore[union-attr]
+    np.testing.assert_array_equal(np.round(got["y"] / plan.activations["y"].scale[0]), expect)

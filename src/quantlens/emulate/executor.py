@@ -208,7 +208,8 @@ class Executor:
         kernels: Mapping[str, KernelFn] = getattr(hooks, "kernels", None) or {}
         # Hooks may have a node read an input as its producer computed it, before the hook
         # quantized it (`QuantHooks.raw_reads`: a vendor's float op read by another float op,
-        # while integer readers get its cast); tensors fed at a cut have no such value.
+        # while integer readers get its cast; a constant an integer op quantizes as well);
+        # tensors fed at a cut have no such value.
         raw_reads: Mapping[str, Mapping[int, str]] = getattr(hooks, "raw_reads", None) or {}
         if torch.is_grad_enabled():
             kernels, raw_reads = {}, {}
@@ -217,7 +218,8 @@ class Executor:
         for step, release in zip(plan.steps, plan.release):
             args = [self._fetch(name, env, hooks) for name in step.inputs]
             for index, name in raw_reads.get(step.ctx.name, {}).items():
-                args[index] = raw.get(name, args[index])
+                # A constant read raw is the constant itself, not what `hooks.weight` makes it.
+                args[index] = self.weights.get(name, raw.get(name, args[index]))
             produced = kernels.get(step.ctx.name, step.fn)(step.ctx, args)
             values = [produced] if isinstance(produced, Tensor) else list(produced)
             if len(values) < len(step.outputs):

@@ -304,7 +304,7 @@ class QuantHooks:
     def _add_kernels(self, node: str, spec: Requant, plan: QuantPlan) -> None:
         """The integer kernel of `node` (and of the bias Add fused into it), where every grid
         it reads and writes is quantized in this run."""
-        grids = [*spec.inputs, spec.output]
+        grids = [n for n in (*spec.inputs, spec.output) if n != spec.weight]
         if not all(name in self.activations for name in grids):
             return
         if spec.kind == "cast":  # the vendor's float -> integer cast of this tensor
@@ -318,10 +318,12 @@ class QuantHooks:
             return
         if spec.weight is not None and spec.weight not in self.weights:
             return
-        scales = [
-            torch.tensor(plan.activations[n].scale[:1], dtype=torch.float64) for n in spec.inputs
-        ]
-        if spec.weight is not None:
+        grid = {
+            **plan.activations,
+            **({spec.weight: plan.weights[spec.weight]} if spec.weight else {}),
+        }
+        scales = [torch.tensor(grid[n].scale[:1], dtype=torch.float64) for n in spec.inputs]
+        if spec.weight is not None and spec.weight not in spec.inputs:  # a linear op's weight
             scales.append(torch.tensor(plan.weights[spec.weight].scale, dtype=torch.float64))
         out = float(plan.activations[spec.output].scale[0])
         self.kernels[node] = requant_kernel(spec, scales, out)
@@ -339,7 +341,7 @@ class QuantHooks:
         """`node` at the vendor's float precision, where every integer grid its op reads and
         writes is quantized in this run (else it stays float32, as the plan's own arithmetic)."""
         output_quantized = spec.output not in plan.activations or spec.output in self.activations
-        read = [*spec.reads.values(), *spec.raw.values()]
+        read = [*spec.reads.values(), *(n for n in spec.raw.values() if n in plan.activations)]
         if not output_quantized or not all(n in self.activations for n in read):
             return
         scales: dict[int, tuple[float, float]] = {}

@@ -117,6 +117,9 @@ def _site(
     constant = _constant_operand(node, names, activations, scaled)
     if constant is not None:
         return Site("product", names[:1], carrier, rounding, weight=constant)
+    added = _added_constant(node, names, activations)
+    if added is not None:
+        return Site("add", names, carrier, rounding, weight=added)
     if not acts:
         return None
     if node.op_type == "Add" and len(names) == 2:
@@ -146,6 +149,23 @@ def _constant_operand(
     if constant is None or constant.size <= 1 or not _is_int(names[0], activations):
         return None
     return names[1]
+
+
+def _added_constant(
+    node: ir.Node, names: tuple[str, ...], activations: Mapping[str, Format]
+) -> str | None:
+    """The constant tensor (not a scalar: TPU-MLIR's AddConst) an Add adds to an integer
+    tensor: TPU-MLIR quantizes it as a Mul's constant and adds the codes, each input rescaled
+    by its 8-bit multiplier (BM1684X Add; doclayout-yolov8n's /model.22/Add_1, the anchors on
+    UINT8 at 127.5 / 255, multipliers [59, 125] >> [9, 7])."""
+    if node.op_type != "Add" or len(node.inputs) != 2 or len(names) != 2:
+        return None
+    values = [v for v in node.inputs if v is not None]
+    constants = [v for v in values if v.const_value is not None]
+    tensors = [v for v in values if v.const_value is None]
+    if len(constants) != 1 or len(tensors) != 1 or constants[0].const_value.size <= 1:  # type: ignore[union-attr]
+        return None
+    return constants[0].name if _is_int(tensors[0].name or "", activations) else None
 
 
 def _linear_site(

@@ -466,7 +466,7 @@ def _range_float_nodes(
         found[candidate.node] = FloatNode(
             precision=candidate.precision,
             reads={i: n for i, n in candidate.inputs.items() if i not in raw},
-            raw=raw,
+            raw={**raw, **candidate.constants},  # constants as they are, not as a weight
             constants=sorted(candidate.constants),
             round_output=candidate.precision == "f16",
             output=candidate.output,
@@ -484,11 +484,15 @@ def _threshold(quant: TensorQuant) -> float:
 def _quantize_constant_operands(
     plan: QuantPlan, points: QuantPoints, weights: Mapping[str, torch.Tensor]
 ) -> None:
-    """The constant a requantized Mul multiplies by, on TPU-MLIR's grid for it: UINT8 when it
-    has no negative value, INT8 otherwise, scale `requant.constant_scale` (Mul.cpp)."""
+    """The constant a requantized Mul multiplies by, or an Add adds, on TPU-MLIR's grid for it:
+    UINT8 when it has no negative value, INT8 otherwise, scale `requant.constant_scale`
+    (Mul.cpp; doclayout's anchor Add). A constant a float op also reads is quantized there too
+    (TPU-MLIR keeps an f16 copy for it: exact for doclayout's anchors, halves on that grid)."""
     for site in points.requantized.values():
         name = site.weight
-        if site.kind != "product" or name is None or name in plan.weights or name not in weights:
+        if site.kind not in ("product", "add") or name is None or name in plan.weights:
+            continue
+        if name not in weights:
             continue
         data = weights[name].detach().to(torch.float64).cpu()
         low, high = float(data.min()), float(data.max())
@@ -590,9 +594,11 @@ def _requantize(plan: QuantPlan, points: QuantPoints) -> None:
                     rounding=site.rounding, precision=f16_casts.get(site.output, "f32"),
                 )  # fmt: skip
             continue
-        quants = [plan.activations.get(name) for name in site.inputs]
-        out = plan.activations.get(site.output)
         weight = plan.weights.get(site.weight) if site.weight is not None else None
+        quants = [
+            weight if name == site.weight else plan.activations.get(name) for name in site.inputs
+        ]
+        out = plan.activations.get(site.output)
         grids = [*quants, out, *([weight] if site.weight is not None else [])]
         if not all(q is not None and q.is_int for q in grids):
             continue

@@ -86,8 +86,12 @@ def requant_spec(
     the scales as TPU-MLIR holds them (`vendor_scale`, `_vendor_weight_scales`)."""
     out = vendor_scale(output)
     scales = [vendor_scale(q) for q in inputs]
-    if kind == "add":
-        spec = _pairs([s / out for s in scales], MULTIPLIER_LIMIT)
+    if kind == "add":  # a constant operand (`weight`) on its grid for a Mul's constant
+        added = [
+            constant_scale(q) if weight is not None and q.name == weight.name else s
+            for q, s in zip(inputs, scales, strict=True)
+        ]
+        spec = _pairs([s / out for s in added], MULTIPLIER_LIMIT)
     elif kind == "linear" and weight is not None:
         ratios = [w * scales[0] / out for w in _vendor_weight_scales(weight)]
         spec = _pairs(ratios, WIDE_LIMIT)
@@ -155,7 +159,7 @@ def vendor_constant_scales(spec: Requant, plan: QuantPlan) -> dict[str, list[flo
     weight's (`_vendor_weight_scales`), and its int32 bias's, s_in x s_w from the vendor's
     scales (Conv.cpp / MatMul.cpp: round(bias / (scale_w * in_scale))). The bias of a fused
     bias Add has no quantizer: it is under the key "bias"."""
-    if spec.kind == "product" and spec.weight is not None and spec.weight in plan.weights:
+    if spec.kind in ("product", "add") and spec.weight is not None and spec.weight in plan.weights:
         return {spec.weight: [constant_scale(plan.weights[spec.weight])]}
     if spec.kind != "linear" or spec.weight is None or spec.weight not in plan.weights:
         return {}

@@ -84,7 +84,8 @@ class FloatNode(BaseModel):
     precision: str
     reads: dict[int, str] = Field(default_factory=dict)
     # Inputs written by another such op, read as that op computed them (its f16 value, not its
-    # cast to an integer grid, which its other readers get): input index -> tensor.
+    # cast to an integer grid, which its other readers get), and constants read as they are
+    # (not as an integer op quantizes them): input index -> tensor.
     raw: dict[int, str] = Field(default_factory=dict)
     constants: list[int] = Field(default_factory=list)
     round_output: bool = False
