@@ -15,7 +15,8 @@ a hash of the inputs (benchmarks/tpu_mlir_deploy.py) never deploys the same file
 "outputs_name": the outputs file's name in the workdir (default outputs.npz); "runner":
 "bmodel" (default) or "tpu-mlir" (the `_tpu.mlir` in TPU-MLIR's interpreter, 20-30x faster on
 doclayout, whose INT8 outputs equal the bmodel's) with "bmodel_samples": k (the bmodel on the
-first k samples too, "bmodel_outputs" in the reply, to check that they agree).
+first k samples too, "bmodel_outputs" in the reply, to check that they agree); "deploy_args":
+extra model_deploy.py arguments (e.g. ["--disable_layer_group"]).
 
 Steps: model_transform.py, model_deploy.py --quantize INT8 --chip bm1684x with both tables
 (--debug keeps the `_tpu.mlir`), counts from the `_tpu.mlir` of what was honoured, then the
@@ -441,6 +442,7 @@ def compile_model(job: dict[str, Any], work: Path, notes: list[str]) -> Path:
             "--model",
             "m.bmodel",
             "--debug",
+            *[str(a) for a in job.get("deploy_args", [])],
         ],
         work,
         "model_deploy",

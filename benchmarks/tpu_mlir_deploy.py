@@ -175,15 +175,29 @@ def digest(parts: list[bytes]) -> str:
     return hasher.hexdigest()[:16]
 
 
-def deploy_key(files: dict[str, str], shapes: dict[str, list[int]], python: str) -> str:
+def deploy_key(
+    files: dict[str, str],
+    shapes: dict[str, list[int]],
+    python: str,
+    deploy_args: list[str] | None = None,
+) -> str:
     """What a deploy depends on: the float model and tables TPU-MLIR reads, the input shapes,
-    the worker's code and the TPU-MLIR interpreter."""
+    the worker's code, the TPU-MLIR interpreter and extra model_deploy arguments."""
     parts = [
         Path(files[s]).read_bytes() for s in (".float.onnx", ".cali_table", ".qtable") if s in files
     ]
     parts += [json.dumps(shapes, sort_keys=True).encode(), WORKER.read_bytes(), python.encode()]
+    if deploy_args:  # keys of deploys without extra arguments stay as they were
+        parts.append(json.dumps(deploy_args).encode())
     parts.append(b"qtable" if ".qtable" in files else b"no-qtable")
     return digest(parts)
+
+
+def deploy_args(args: argparse.Namespace) -> list[str]:
+    """Extra model_deploy arguments. TPU-MLIR 1.30.2's layer groups broke doclayout's mixed
+    (INT8 + float) bmodel: on its CPU model the class scores were 0.1-1.5 dB from the
+    interpreter's on the same _tpu.mlir, and equal with --disable_layer_group (BENCHMARKS.md)."""
+    return [] if args.layer_groups else ["--disable_layer_group"]
 
 
 def inputs_key(inputs: dict[str, np.ndarray]) -> str:
@@ -200,7 +214,8 @@ def deploy(
     """Build and run one model through the worker, in a folder named by its inputs' hash."""
     python = args.tpu_mlir_python
     shapes = {n: [1, *a.shape[1:]] for n, a in inputs.items()}
-    key = deploy_key(files, shapes, python)
+    extra = deploy_args(args)
+    key = deploy_key(files, shapes, python, extra)
     work = root / "deploys" / f"{name}-{key}"
     work.mkdir(parents=True, exist_ok=True)
     feed = work / f"inputs-{inputs_key(inputs)}.npz"
@@ -219,6 +234,7 @@ def deploy(
         "outputs_name": f"outputs-{args.runner}-{inputs_key(inputs)}.npz",
         "runner": args.runner,
         "bmodel_samples": args.bmodel_pages,
+        "deploy_args": extra,
     }
     job_path = work / "job.json"
     job_path.write_text(json.dumps(job, indent=1))
@@ -356,6 +372,14 @@ def main() -> None:
         "modes) as the mixed build instead of the search's chosen point; its prediction is "
         "its emulation scored here, and the search need not have finished",
     )
+    parser.add_argument(
+        "--layer-groups",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="let model_deploy form layer groups (its default); by default the script deploys "
+        "with --disable_layer_group, without which TPU-MLIR 1.30.2's bmodel of a mixed build "
+        "did not give its interpreter's outputs",
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/tpu-mlir-deploy"))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -486,6 +510,7 @@ def assemble(
         "builds": builds,
         "seconds": seconds,
         "tpu_mlir_python": args.tpu_mlir_python,
+        "deploy_args": deploy_args(args),
     }
 
 

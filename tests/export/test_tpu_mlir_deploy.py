@@ -4,6 +4,7 @@ all-INT8 build passes no qtable, a finished build is reused and an unfinished on
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -140,3 +141,36 @@ def test_interpreter_scores_every_sample_and_the_bmodel_the_first(
         worker.run_outputs({**job, "runner": "gpu"}, tmp_path, mlir, ["out"], [])
     agree = bench.agreement(found["outputs"], found["bmodel_outputs"])
     assert agree["equal_share"] == 1.0 and agree["pages"] == 1
+
+
+def test_deploys_disable_layer_groups_unless_asked_and_key_them(tmp_path: Path) -> None:
+    # TPU-MLIR 1.30.2's layer groups broke doclayout's mixed bmodel (BENCHMARKS.md).
+    assert bench.deploy_args(argparse.Namespace(layer_groups=False)) == ["--disable_layer_group"]
+    assert bench.deploy_args(argparse.Namespace(layer_groups=True)) == []
+    shapes = {"images": [1, 3, 8, 8]}
+    plain = bench.deploy_key(_files(tmp_path, "a F32\n"), shapes, "py")
+    assert plain == bench.deploy_key(_files(tmp_path, "a F32\n"), shapes, "py", [])
+    assert plain != bench.deploy_key(
+        _files(tmp_path, "a F32\n"), shapes, "py", ["--disable_layer_group"]
+    )
+
+
+def test_worker_passes_deploy_args_to_model_deploy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, list[str]] = {}
+
+    def record(args: list[str], cwd: Path, name: str) -> float:
+        seen[name] = args
+        return 0.0
+
+    monkeypatch.setattr(worker, "run_tool", record)
+    monkeypatch.setattr(worker, "graph_names", lambda path: (["images"], ["out"]))
+    job: dict[str, Any] = {"files": _files(tmp_path, "a F32\n")}
+    job.update(input_shapes={"images": [1, 3, 8, 8]}, float_model=job["files"][".float.onnx"])
+    job["deploy_args"] = ["--disable_layer_group"]
+    work = tmp_path / "w"
+    _fake_build(work, finished=False)
+    worker.compile_model(job, work, [])
+    assert seen["model_deploy"][-1] == "--disable_layer_group"
+    assert "--disable_layer_group" not in seen["model_transform"]
