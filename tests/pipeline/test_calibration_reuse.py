@@ -107,3 +107,22 @@ def test_search_optimize_exports_with_the_same_fixes(
     assert exported["optimize"]["level"] == 1
     assert exported["optimize"]["enabled"] == alone.optimize.enabled
     assert exported["optimize"]["passes"].keys() == alone.optimize.passes.keys()
+
+
+def test_search_promoting_to_fp32_calibrates_no_16_bit_grid(
+    outlier: tuple[Path, Path], tmp_path: Path, passes: list[int]
+) -> None:
+    model, calib = outlier
+    # ort-cpu-fast promotes to fp32: no plan of its search reads a 16-bit range.
+    opts = SearchOptions(
+        calib=calib,
+        target="ort-cpu-fast",
+        run_dir=tmp_path,
+        min_snr=40.0,
+        samples=2,
+        try_fixes=False,
+    )
+    report = search_model(model, opts)
+    chosen = report.point(report.chosen)
+    assert chosen is not None and "fp32" in chosen.modes.values()
+    assert len(passes) == 1  # the 8-bit grid only, reused by the export

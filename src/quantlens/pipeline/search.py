@@ -27,7 +27,7 @@ from pydantic import BaseModel
 from quantlens.analysis.metrics import nsr_to_db
 from quantlens.artifacts import write_text_atomic
 from quantlens.artifacts.folder import RunFolder
-from quantlens.artifacts.search import FixTrial, FixVariant
+from quantlens.artifacts.search import FixTrial, FixVariant, MetricNoise
 from quantlens.bench.latency import LatencySettings
 from quantlens.emulate import Executor
 from quantlens.emulate.plan import QuantPoints, build_plan, quantization_points
@@ -49,6 +49,7 @@ from quantlens.pipeline.tasks import EvalOptions, TaskScorer
 from quantlens.scale.options import ScaleOptions
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.formats import IntFormat
+from quantlens.schemes.modes import get_mode
 from quantlens.schemes.profiles import TargetProfile, get_profile
 from quantlens.schemes.qparams import QuantPlan
 from quantlens.search.artifact import GroupInfo, SearchGoal, SearchPoint, SearchReport
@@ -73,6 +74,8 @@ WITH_FIXES = "all-int8-with-fixes"
 DEFAULT_MIN_SNR = 30.0
 DEFAULT_RECOVERY = 0.9
 ENGINES = ("emulator", "onnxruntime")
+# Activation grids the search calibrates (a plan on any other bit width reuses 8-bit ranges).
+SEARCH_GRIDS = frozenset({8, 16})
 # Full evaluations a further set of fixes must leave to the candidates: the costliest one, a
 # bisection step and all-16-bit.
 RESERVED_EVALS = 3
@@ -111,6 +114,8 @@ class SearchOptions(OptimizeOptions):
     # Try bias correction and clip search on all-int8 before promoting (`--fixes`); the fixes
     # `--optimize` or a fix flag enables are tried instead when there are any.
     try_fixes: bool = True
+    # Stop with all-int8 when its gap to float is within the evaluation set's noise.
+    noise_stop: bool = True
 
     def searches_down(self) -> bool:
         if self.lower is not None:
@@ -140,10 +145,7 @@ class Planner:
             layers=dict(modes),  # type: ignore[arg-type]
         )
         points = quantization_points(self.model, assignment, self.profile)
-        grids = {
-            name: fmt.bits if fmt.bits in self.ranges else 8
-            for name, fmt in points.calibration_targets().items()
-        }
+        grids = {name: self._grid(fmt.bits) for name, fmt in points.calibration_targets().items()}
         self._fill(grids)
         ranges = {name: self.ranges[bits][name] for name, bits in grids.items()}
         if self.fixed is None:
@@ -156,6 +158,13 @@ class Planner:
         if self.fixed.place_values(plan, self.executor):
             plan = build_plan(points, ranges, self.executor.weights, self.profile.name)
         return self.fixed.overlay(plan)
+
+    def _grid(self, bits: int) -> int:
+        """The calibrated grid a format's ranges come from: its own, calibrated when a plan
+        first needs it where the planner can calibrate; else the 8-bit grid's ranges."""
+        if bits not in self.ranges and bits in SEARCH_GRIDS and self.extend is not None:
+            self.ranges[bits] = {}
+        return bits if bits in self.ranges else 8
 
     def _fill(self, grids: Mapping[str, int]) -> None:
         """Tensors the grids were not calibrated for (a mode that un-shares a range)."""
@@ -308,15 +317,22 @@ def _ranges(
     profile = session.profile
     names = list(points.calibration_targets())
     result = {}
-    for bits in sorted(profile.activation_formats):
-        if bits not in (8, 16):
-            continue
+    for bits in sorted(_eager_grids(profile)):
         targets = dict.fromkeys(names, profile.activation_format(bits))
         before = session.calibrations.passes
         result[bits] = session.calibrations.ranges_for(targets, progress)
         if session.calibrations.passes > before:
             _say(say, f"calibrated {len(session.feeds)} samples on the {bits}-bit grid")
     return result
+
+
+def _eager_grids(profile: TargetProfile) -> set[int]:
+    """The grids every search plans on: 8-bit and the promoted mode's (a 16-bit grid is not
+    calibrated up front where promoted layers run in float, as on ort-cpu-fast)."""
+    rules = profile.search
+    modes = [get_mode(m) for m in (profile.default_mode, rules.promote, rules.output_mode) if m]
+    wanted = {b for m in modes for b in (m.act_in_bits, m.act_out_bits) if b is not None}
+    return {8} | (wanted & set(profile.activation_formats) & SEARCH_GRIDS)
 
 
 def _extender(
@@ -738,14 +754,82 @@ def _metric(
 ) -> Callable[[Mapping[str, str]], float] | None:
     if scorer is None:
         return None
+    scored: Callable[[Mapping[str, str]], float]
     if metric_engine(opts) == "onnxruntime":
-        return partial(_onnxruntime_metric, setup, scorer, cache / "qdq", progress)
+        scored = partial(_onnxruntime_metric, setup, scorer, cache / "qdq", progress)
+    else:
+
+        def scored(modes: Mapping[str, str]) -> float:
+            plan = None if dict(modes) == FLOAT else setup.plan_for(modes)
+            return scorer.score(plan, progress)[scorer.primary]
 
     def metric(modes: Mapping[str, str]) -> float:
-        plan = None if dict(modes) == FLOAT else setup.plan_for(modes)
-        return scorer.score(plan, progress)[scorer.primary]
+        value = scored(modes)
+        samples = json.dumps(scorer.last_sample_scores)
+        write_text_atomic(cache / f"samples-{modes_key(modes)}.json", samples)
+        return value
 
     return metric
+
+
+def _sample_scores(cache: Path, modes: Mapping[str, str]) -> dict[str, float]:
+    """The per-sample scores a full evaluation of `modes` left in the cache ({}: none)."""
+    try:
+        found = json.loads((cache / f"samples-{modes_key(modes)}.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): float(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def metric_noise(
+    float_scores: Mapping[str, float], int8_scores: Mapping[str, float], gap: float
+) -> MetricNoise | None:
+    """All-int8's gap to float against the sampling noise of the pair's per-sample scores
+    (None: fewer than two samples scored in both)."""
+    common = sorted(set(float_scores) & set(int8_scores))
+    if len(common) < 2:
+        return None
+    diffs = np.array([int8_scores[n] - float_scores[n] for n in common], dtype=np.float64)
+    half = 2.0 * float(diffs.std(ddof=1)) / math.sqrt(len(common))
+    return MetricNoise(
+        samples=len(common),
+        gap=round(gap, 6),
+        half_width=round(half, 6),
+        within_noise=0.0 < gap <= half,
+    )
+
+
+def _stops_at_noise(run: _Run, base: SearchPoint) -> bool:
+    """Whether all-int8's gap to float is too small for this evaluation set to tell any point
+    from it (recorded in the report either way). Only under the default goal (recover most of
+    the gap): an explicit --max-drop is searched, with a warning; never when a point below
+    int8's cost is asked for."""
+    report, opts = run.report, run.opts
+    if report.float_metric is None or base.metric is None:
+        return False
+    cache = run.oracle.folder
+    gap = report.float_metric - base.metric
+    noise = metric_noise(_sample_scores(cache, FLOAT), _sample_scores(cache, {}), gap)
+    report.metric_noise = noise
+    if noise is None or not noise.within_noise or not opts.noise_stop:
+        return False
+    if opts.searches_down() or (opts.max_cost is not None and opts.max_cost < 1.0):
+        return False
+    if opts.max_drop is not None:  # the user's own goal on this set: searched, with a warning
+        if gap > opts.max_drop:
+            report.notes.append(
+                f"all-int8's gap to float ({gap:.4f}) is within the evaluation set's noise "
+                f"(+/-{noise.half_width:.4f}): a point that meets --max-drop here may not on "
+                "other data"
+            )
+        return False
+    report.notes.append(
+        f"stopped early: all-int8's gap to float ({gap:.4f}) is within the evaluation set's "
+        f"noise (+/-{noise.half_width:.4f}, 2 standard errors of {noise.samples} paired "
+        "per-sample scores): no point can be shown to recover it on this set; all-int8 is "
+        "kept (more evaluation samples narrow the noise; --no-noise-stop searches anyway)"
+    )
+    return True
 
 
 def _search(run: _Run, say: Say | None, progress: Progress | None) -> None:
@@ -758,6 +842,8 @@ def _search(run: _Run, say: Say | None, progress: Progress | None) -> None:
     int8 = Candidate({}, "all-int8", "baseline", [], math.nan, 1.0)
     base = run.point(int8, full=full)
     report.chosen = base.key
+    if full and _stops_at_noise(run, base):
+        return
     variants = trial_variants(opts.fix_settings(), opts.fixes, opts.try_fixes)
     if variants:
         base = _try_fixes(run, variants, base, say, progress)
