@@ -164,6 +164,7 @@ class _Scorer:
 
     def __init__(self, setup: Any, plain: float, fixed: float, float_: float = 1.0) -> None:
         self.setup, self.plain, self.fixed, self.float = setup, plain, fixed, float_
+        self.last_sample_scores: dict[str, float] = {}  # no per-sample scores: no noise check
 
     def score(self, plan: Any, progress: Any = None) -> dict[str, float]:
         if plan is None:

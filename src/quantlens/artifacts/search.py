@@ -115,6 +115,20 @@ class RuntimeCheck(BaseModel):
     note: str = ""
 
 
+class MetricNoise(BaseModel):
+    """How far the evaluation set can tell all-int8 from float: the paired per-sample scores'
+    spread (the evaluator's `sample_scores`, e.g. top-1 per sample, character accuracy per
+    line, F1 per page)."""
+
+    samples: int
+    gap: float = Field(description="float's primary metric minus all-int8's")
+    half_width: float = Field(
+        description="about 95% of the paired mean difference's sampling spread: 2 standard "
+        "errors of int8 - float per-sample scores"
+    )
+    within_noise: bool = Field(description="0 < gap <= half_width: the set cannot show a gap")
+
+
 class SearchReport(Artifact):
     kind = "search"
     model: str
@@ -137,6 +151,9 @@ class SearchReport(Artifact):
     groups: list[GroupInfo] = Field(default_factory=list)
     full_evaluations: int = 0
     fix_trial: FixTrial | None = Field(default=None, description="fixes tried before promoting")
+    metric_noise: MetricNoise | None = Field(
+        default=None, description="all-int8's gap against the evaluation set's noise"
+    )
     runtime_check: RuntimeCheck | None = Field(
         default=None, description="the chosen point's export scored in the target runtime"
     )

@@ -125,6 +125,14 @@ def search(
             "or a fix flag enables are tried instead, when there are any).",
         ),
     ] = True,
+    noise_stop: Annotated[
+        bool,
+        typer.Option(
+            "--noise-stop/--no-noise-stop",
+            help="Keep all-int8 and stop when its gap to float is within the evaluation set's "
+            "noise (2 standard errors of the paired per-sample scores).",
+        ),
+    ] = True,
     json: JsonOpt = False,
     workers: WorkersOpt = None,
     ray_address: RayAddressOpt = None,
@@ -168,6 +176,7 @@ def search(
         optimize=optimize,
         fixes=fix_overrides(equalize, fuse, bias_correction, clip_search, adaround, finetune),
         try_fixes=fixes,
+        noise_stop=noise_stop,
     )
     check_options(options)  # before any model is loaded or data read
     path = resolve_model(model, say=say)

@@ -35,6 +35,7 @@ def score_in_onnxruntime(
         evaluator.update(runner.run(feed), sample)
         if progress is not None:
             progress(done, len(scorer.files))
+    scorer.last_sample_scores = evaluator.sample_scores()
     return evaluator.result()
 
 

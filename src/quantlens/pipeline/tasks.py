@@ -221,6 +221,8 @@ class TaskScorer:
         self.task, self.executor, self.files = task, executor, files
         self._samples: list[tuple[Sample, Feed]] | None = None
         self.primary = make_evaluator(task, self.context).primary
+        # Per-sample scores of the last plan scored (the evaluator's `sample_scores`).
+        self.last_sample_scores: dict[str, float] = {}
         # Every sample's outputs under a plan, computed elsewhere (Ray workers reading `files`)
         # and handed back in sample order; None: computed here.
         self.remote: Callable[[QuantPlan | None], Iterator[dict[str, np.ndarray]]] | None = None
@@ -239,6 +241,7 @@ class TaskScorer:
             evaluator.update(outputs, sample)
             if progress is not None:
                 progress(done, len(self.files))
+        self.last_sample_scores = evaluator.sample_scores()
         return evaluator.result()
 
     def _outputs(self, plan: QuantPlan | None) -> Iterator[tuple[Sample, dict[str, np.ndarray]]]:
