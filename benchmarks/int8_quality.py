@@ -112,8 +112,9 @@ def nncf_quantize(python: str, model: Path, calib: Path, out: Path) -> Path:
     return out
 
 
-def ours(model: Path, calib: Path, run_dir: Path) -> Path:
-    report = quantize_model(model, QuantizeOptions(calib=calib, target="ort-cpu", run_dir=run_dir))
+def ours(model: Path, calib: Path, run_dir: Path, method: str = "percentile") -> Path:
+    options = QuantizeOptions(calib=calib, target="ort-cpu", run_dir=run_dir, method=method)
+    report = quantize_model(model, options)
     return Path(report.files["qdq_model"])
 
 
@@ -172,7 +173,7 @@ def bench_model(name: str, args: argparse.Namespace, root: Path) -> dict[str, ob
     _, eval_feeds, images = make_set(name, args.eval, 2, root)
     reference = run(model, eval_feeds)
     makers: dict[str, Callable[[], Path]] = {
-        "quantlens": lambda: ours(model, calib, root / "ours"),
+        "quantlens": lambda: ours(model, calib, root / "ours", args.method),
         "onnxruntime": lambda: ort_static(model, calib, root / "ort.qdq.onnx"),
     }
     if args.nncf_python:
@@ -200,13 +201,19 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(SAMPLES))
     parser.add_argument("--tools", nargs="*", default=list(TOOLS), choices=TOOLS)
     parser.add_argument("--nncf-python", default=None, help="python of a venv with nncf==3.4.0")
+    parser.add_argument(
+        "--method", default="percentile", help="quantlens' activation calibration (--method)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     rows = []
     for name in args.models:
         with tempfile.TemporaryDirectory() as tmp:
             rows.append(bench_model(name, args, Path(tmp)))
-    print(f"calibration {args.calib} samples, evaluation {args.eval} samples (other seed)")
+    print(
+        f"calibration {args.calib} samples, evaluation {args.eval} samples (other seed);"
+        f" quantlens --method {args.method}"
+    )
     print(
         f"{'model':<22} {'tool':<12} {'mean SNR dB':>12} {'worst SNR dB':>13} {'task (float)':>14}"
         f" {'ORT ms (float)':>15}"
