@@ -16,9 +16,10 @@ demo` renders them) this script:
    ONNX Runtime scored the same way. By default (`--runner bmodel`) every page runs the bmodel
    on TPU-MLIR's CPU model (3-6 minutes a 1024x1024 page on this shared machine). `--runner
    tpu-mlir` runs the deploy's `_tpu.mlir` in TPU-MLIR's interpreter instead (10-20 s a page)
-   and the first `--bmodel-pages` pages also as the bmodel, compared: on doclayout the two are
-   identical for the all-INT8 build but not for a build with F16 ops (BENCHMARKS.md), so the
-   interpreter's metric is a quick look, not the chip's.
+   and the first `--bmodel-pages` pages also as the bmodel, compared. Deploys run without
+   layer groups (`--disable_layer_group`; `--layer-groups` keeps them): with them TPU-MLIR
+   1.30.2's bmodel of doclayout's mixed build was far from its interpreter (F16 or F32 islands),
+   without them the two agree (BENCHMARKS.md).
 
 It prints float mAP, TPU-MLIR's all-int8 and chosen-point mAP, the share of TPU-MLIR's
 float-int8 gap the chosen point recovers, quantlens' predictions and the differences, and
@@ -340,8 +341,8 @@ def main() -> None:
         choices=("tpu-mlir", "bmodel"),
         default="bmodel",
         help="what scores every page: the bmodel on TPU-MLIR's CPU model, or the deploy's "
-        "_tpu.mlir in TPU-MLIR's interpreter (15x faster; equal to the bmodel on all-INT8 "
-        "builds here, not with F16 ops)",
+        "_tpu.mlir in TPU-MLIR's interpreter (10x faster; equal to the bmodel here without "
+        "layer groups)",
     )
     parser.add_argument(
         "--bmodel-pages",
@@ -361,8 +362,8 @@ def main() -> None:
         type=Path,
         default=None,
         help="a `quantlens quantize --target bm1684x` run whose calibration table TPU-MLIR's "
-        "all-INT8 build uses (default: the chosen point's); with --builds int8 the search "
-        "need not have finished",
+        "all-INT8 build uses (default: the chosen point's, which lacks thresholds for its float "
+        "nodes: then this is required); with --builds int8 the search need not have finished",
     )
     parser.add_argument(
         "--point-run",
@@ -412,6 +413,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         predicted.chosen = emulated_metric(args.point_run, data, predicted.metric)
         predicted.chosen_label, predicted.chosen_cost = f"run {args.point_run}", None
         seconds["point_emulated"] = round(time.perf_counter() - tick, 1)
+    missing = int8_table_problem(args, predicted.chosen_modes)
+    if missing is not None:
+        raise SystemExit(missing)
     scorer = Scorer(data)
     inputs = scorer.inputs()
     float_metrics = scorer.score(scorer.float_outputs())
@@ -442,6 +446,22 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{name}: {summary(report, primary)}", file=sys.stderr, flush=True)
     seconds["total"] = round(time.perf_counter() - started, 1)
     return assemble(predicted, float_metrics, builds, seconds, args, calib, data, search_dir)
+
+
+def int8_table_problem(args: argparse.Namespace, modes: dict[str, str]) -> str | None:
+    """Why TPU-MLIR's all-INT8 build cannot use the chosen point's calibration table, if so: a
+    mixed run calibrates only what it quantizes, and model_deploy wants a threshold for every op
+    ("can't get scale and zeropoint (at /model.22/Mul_2...)" on doclayout)."""
+    if "int8" not in args.builds or args.int8_run is not None:
+        return None
+    floats = sorted(node for node, mode in modes.items() if mode != "a8_w8")
+    if not floats:
+        return None
+    return (
+        f"the chosen point keeps {len(floats)} node(s) float (e.g. {floats[0]}), so its table "
+        "has no thresholds for them and TPU-MLIR's all-INT8 build fails: pass --int8-run RUN, "
+        f"RUN = `quantlens quantize {MODEL} --target {TARGET} --calib CALIB -o RUN`"
+    )
 
 
 def summary(report: dict[str, Any], primary: str) -> str:

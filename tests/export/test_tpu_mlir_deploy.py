@@ -174,3 +174,15 @@ def test_worker_passes_deploy_args_to_model_deploy(
     worker.compile_model(job, work, [])
     assert seen["model_deploy"][-1] == "--disable_layer_group"
     assert "--disable_layer_group" not in seen["model_transform"]
+
+
+def test_all_int8_build_needs_a_full_table_when_the_point_has_float_nodes() -> None:
+    def args(**kw: Any) -> argparse.Namespace:
+        return argparse.Namespace(**{"builds": ["chosen", "int8"], "int8_run": None, **kw})
+
+    mixed = {"/model.22/Mul_2": "fp32", "/model.0/conv/Conv": "a8_w8"}
+    problem = bench.int8_table_problem(args(), mixed)
+    assert problem is not None and "--int8-run" in problem and "/model.22/Mul_2" in problem
+    assert bench.int8_table_problem(args(int8_run=Path("r")), mixed) is None
+    assert bench.int8_table_problem(args(builds=["chosen"]), mixed) is None
+    assert bench.int8_table_problem(args(), {"/model.0/conv/Conv": "a8_w8"}) is None
