@@ -201,6 +201,7 @@ def check_one(
         "inputs": str(inputs),
         "input_shapes": shapes,
         "workdir": str(work),
+        "deploy_args": _deploy_args(fmt, exported.usage),
     }
     job_path = work / "job.json"
     job_path.write_text(json.dumps(job, indent=1))
@@ -223,6 +224,14 @@ def check_one(
     result["export_warnings"] = exported.warnings
     result["dropped"] = [d.model_dump() for d in exported.dropped]
     return result
+
+
+def _deploy_args(fmt: str, usage: str) -> list[str]:
+    """model_deploy arguments the export's own usage line adds: a mixed INT8 + float table
+    deploys without layer groups (they broke such bmodels on TPU-MLIR 1.30.2)."""
+    from quantlens.export.vendors.tpu_mlir import NO_LAYER_GROUP
+
+    return [NO_LAYER_GROUP] if fmt == "tpu-mlir" and NO_LAYER_GROUP in usage else []
 
 
 def _main_suffix(fmt: str) -> str:

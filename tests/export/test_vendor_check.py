@@ -65,6 +65,17 @@ def test_grammar_rejects_bad_overrides() -> None:
         grammar.check_qnn({"activation_encodings": {}}, None)
 
 
+def test_mixed_tpu_mlir_tables_deploy_as_the_export_says() -> None:
+    """The check deploys with the arguments the export's usage line adds (a mixed table:
+    no layer groups), so its bmodel is the one a user following the usage line builds."""
+    import vendor_check
+
+    mixed = "model_deploy.py --mlir m.mlir --quantize INT8 --model m.bmodel --disable_layer_group"
+    assert vendor_check._deploy_args("tpu-mlir", mixed) == ["--disable_layer_group"]
+    assert vendor_check._deploy_args("tpu-mlir", mixed.rsplit(" ", 1)[0]) == []
+    assert vendor_check._deploy_args("qnn", mixed) == []
+
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("vendor-check")

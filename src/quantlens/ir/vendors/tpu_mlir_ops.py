@@ -212,9 +212,9 @@ CHAINS = (
 )
 
 
-# Non-negative outputs are quantized UINT8 (scale threshold/255), not INT8 (threshold/127):
-# a known difference from quantlens's symmetric int8 emulation (issue 17), measured with
-# `_tpu.mlir` types in BENCHMARKS.md. The table still carries the symmetric threshold.
+# Non-negative outputs are quantized UINT8 (scale threshold/255), not INT8 (threshold/127), as
+# the bm1684x emulation does too (profile unsigned_when_non_negative; `_tpu.mlir` types in
+# BENCHMARKS.md). The table still carries the symmetric threshold, so the export says so.
 UNSIGNED_NOTE = (
     "TPU-MLIR quantizes non-negative outputs (Relu, HardSigmoid, ...) as UINT8 with scale "
     "threshold/255, not the table's threshold/127 (the bm1684x emulation does the same)"
