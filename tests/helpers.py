@@ -9,8 +9,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 
+from quantlens.emulate import Executor
 from quantlens.emulate.ort import OrtRunner
+from quantlens.emulate.plan import build_plan, quantization_points
+from quantlens.schemes.assignment import Assignment
+from quantlens.schemes.profiles import get_profile
+from quantlens.schemes.qparams import QuantPlan
 
 
 def npz_folder(
@@ -60,3 +66,12 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     assert len(errors) == 1, result.stderr
     assert "Traceback" not in result.stderr
     return errors[0]
+
+
+def minmax_plan(model: ir.Model, feed: np.ndarray, target: str = "bm1684x") -> QuantPlan:
+    """The all-int8 plan of `model` (one input, "x") on `target`, ranges from `feed`'s min/max."""
+    points = quantization_points(model, Assignment(target=target), get_profile(target))
+    executor = Executor(model)
+    seen = executor.run({"x": feed}, outputs=[], keep=list(points.calibration_targets()))
+    ranges = {n: (float(v.min()), float(v.max())) for n, v in seen.items()}
+    return build_plan(points, ranges, executor.weights, target)

@@ -15,12 +15,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantlens.emulate import Executor
 from quantlens.emulate.fakequant import QuantHooks
-from quantlens.emulate.plan import build_plan, quantization_points
 from quantlens.emulate.requant import vendor_scale
 from quantlens.ir import CanonicalizeOptions, canonicalize
-from quantlens.schemes.assignment import Assignment
-from quantlens.schemes.profiles import get_profile
 from quantlens.schemes.qparams import QuantPlan
+from tests.helpers import minmax_plan
 
 RNG = np.random.default_rng(11)
 F16 = np.float16
@@ -37,14 +35,6 @@ def _model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], shape: li
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model, _ = canonicalize(ir.serde.deserialize_model(proto), CanonicalizeOptions())
     return model
-
-
-def _plan(model: ir.Model, feed: np.ndarray, target: str = "bm1684x") -> QuantPlan:
-    points = quantization_points(model, Assignment(target=target), get_profile(target))
-    executor = Executor(model)
-    seen = executor.run({"x": feed}, outputs=[], keep=list(points.calibration_targets()))
-    ranges = {n: (float(v.min()), float(v.max())) for n, v in seen.items()}
-    return build_plan(points, ranges, executor.weights, target)
 
 
 def _run(model: ir.Model, plan: QuantPlan, feed: np.ndarray, keep: list[str]) -> dict:
@@ -114,7 +104,7 @@ def _tpu_mlir_layernorm(x16: np.ndarray, gamma: np.ndarray, beta: np.ndarray) ->
 def test_layernorm_is_tpu_mlirs_f16_op() -> None:
     model, gamma, beta = _layernorm_model(64, 120)
     feed = (RNG.standard_normal((1, 64, 120)) * 3).astype(np.float32)
-    plan = _plan(model, feed)
+    plan = minmax_plan(model, feed)
     names = {"mean", "sub", "pow", "var", "add_eps", "sqrt", "div", "mul_gamma", "add_beta"}
     assert set(plan.float_nodes) == names
     assert plan.float_nodes["mean"].reads == {0: "x"} and plan.float_nodes["sub"].reads == {0: "x"}
@@ -147,7 +137,7 @@ def _softmax_model(shape: list) -> ir.Model:
 def test_softmax_is_f16_up_to_tpu_mlirs_axis_limit() -> None:
     feed = (RNG.standard_normal((1, 8, 40)) * 2).astype(np.float32)
     model = _softmax_model([1, 8, 40])
-    plan = _plan(model, feed)
+    plan = minmax_plan(model, feed)
     spec = plan.float_nodes["softmax"]
     assert spec.round_output and spec.reads == {0: "x"} and spec.float32_axis_above == 0
     assert plan.requant["cast:p"].precision == "f16"
@@ -159,14 +149,14 @@ def test_softmax_is_f16_up_to_tpu_mlirs_axis_limit() -> None:
     assert np.mean(ours == expect) >= 0.999
     # Longer than 8192 along its axis, TPU-MLIR runs the Softmax in float32.
     long = _softmax_model([1, 1, 8200])
-    assert not _plan(long, RNG.standard_normal((1, 1, 8200)).astype(np.float32)).float_nodes
+    assert not minmax_plan(long, RNG.standard_normal((1, 1, 8200)).astype(np.float32)).float_nodes
 
 
 def test_softmax_axis_known_at_run_time_decides_there() -> None:
     """ppocr's attention Softmax has a symbolic axis in the graph: the kernel checks it."""
     model = _softmax_model([1, 8, "w"])
     short = (RNG.standard_normal((1, 8, 40)) * 2).astype(np.float32)
-    plan = _plan(model, short)
+    plan = minmax_plan(model, short)
     assert plan.float_nodes["softmax"].float32_axis_above == 8192
     got = _run(model, plan, short, ["p"])["p"]
     hooks = QuantHooks(plan)
@@ -190,7 +180,7 @@ def test_other_profiles_have_no_float_nodes() -> None:
     model, _, _ = _layernorm_model(4, 16)
     feed = RNG.standard_normal((1, 4, 16)).astype(np.float32)
     for target in ("ort-cpu", "qnn-htp", "hailo8"):
-        assert not _plan(model, feed, target).float_nodes
+        assert not minmax_plan(model, feed, target).float_nodes
 
 
 def _box_model(anchor: np.ndarray) -> ir.Model:
@@ -217,7 +207,7 @@ def test_sub_is_f16_where_an_input_spans_more_than_its_output() -> None:
     anchor = (np.arange(128, dtype=np.float32).reshape(1, 2, 64) % 64 + 0.5) * 2
     model = _box_model(anchor)
     feed = RNG.uniform(0, 8, (1, 2, 64)).astype(np.float32)
-    plan = _plan(model, feed)
+    plan = minmax_plan(model, feed)
     assert set(plan.float_nodes) == {"sub", "sub1"}
     assert plan.float_nodes["sub"].constants == [0] and plan.float_nodes["sub"].reads == {1: "x"}
     assert plan.float_nodes["sub1"].raw == {1: "s"} and plan.float_nodes["sub1"].reads == {0: "t"}
@@ -237,7 +227,7 @@ def test_sub_is_f16_where_an_input_spans_more_than_its_output() -> None:
 def test_sub_within_its_outputs_range_stays_integer() -> None:
     anchor = np.full((1, 2, 64), 0.5, np.float32)
     model = _box_model(anchor)
-    plan = _plan(model, RNG.uniform(-4, 4, (1, 2, 64)).astype(np.float32))
+    plan = minmax_plan(model, RNG.uniform(-4, 4, (1, 2, 64)).astype(np.float32))
     assert "sub" not in plan.float_nodes  # 0.5 - x reaches 4.5, beyond x and the anchor
 
 
@@ -284,15 +274,15 @@ def test_power_of_two_conv_weights_stay_exact() -> None:
     integers = np.arange(8, dtype=np.float32).reshape(2, 4, 1, 1)
     for w, scale in ((integers, 1.0), (integers * 0.25, 0.25), (integers + 0.5, 0.5)):
         model = _conv_model(w)
-        plan = _plan(model, feed)
+        plan = minmax_plan(model, feed)
         assert plan.weights["w"].scale == [scale, scale]
         hooks = QuantHooks(plan)
         np.testing.assert_array_equal(hooks.weight("w", torch.from_numpy(w)).numpy(), w)
-    plan = _plan(_conv_model(integers * 0.3), feed)
+    plan = minmax_plan(_conv_model(integers * 0.3), feed)
     peaks = np.abs(integers * 0.3).reshape(2, -1).max(1) / 127
     np.testing.assert_allclose(plan.weights["w"].scale, peaks, rtol=1e-6)
     # One output channel (the DFL Conv's 1x16x1x1): the multiplier is s_in x 1 / s_out.
-    plan = _plan(_conv_model(np.arange(4, dtype=np.float32).reshape(1, 4, 1, 1)), feed)
+    plan = minmax_plan(_conv_model(np.arange(4, dtype=np.float32).reshape(1, 4, 1, 1)), feed)
     spec = plan.requant["conv"]
     ratio = vendor_scale(plan.activations["r"]) / vendor_scale(plan.activations["y"])
     assert spec.multipliers[0] * 2.0 ** -spec.rshifts[0] == pytest.approx(ratio, rel=1e-6)
@@ -305,7 +295,7 @@ def test_add_of_a_constant_tensor_adds_its_codes() -> None:
     nodes = [helper.make_node("Add", ["x", "anchor"], ["y"], name="add")]
     model = _model(nodes, [numpy_helper.from_array(anchor, "anchor")], [1, 1, 64])
     feed = RNG.uniform(0, 8, (1, 1, 64)).astype(np.float32)
-    plan = _plan(model, feed)
+    plan = minmax_plan(model, feed)
     spec = plan.requant["add"]
     assert spec.kind == "add" and spec.weight == "anchor" and spec.inputs == ["x", "anchor"]
     assert plan.weights["anchor"].scale == [pytest.approx(anchor.max() / 255, rel=1e-6)]

@@ -13,13 +13,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantlens.emulate import Executor
 from quantlens.emulate.fakequant import QuantHooks
-from quantlens.emulate.plan import build_plan, quantization_points
+from quantlens.emulate.plan import quantization_points
 from quantlens.emulate.requant import multiplier_and_shift, requant_spec, vendor_scale
 from quantlens.ir import CanonicalizeOptions, canonicalize
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.formats import int_format
 from quantlens.schemes.profiles import get_profile
 from quantlens.schemes.qparams import QuantPlan, TensorQuant
+from tests.helpers import minmax_plan
 
 RNG = np.random.default_rng(7)
 
@@ -40,14 +41,6 @@ def _model(
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model, _ = canonicalize(ir.serde.deserialize_model(proto), CanonicalizeOptions())
     return model
-
-
-def _plan(model: ir.Model, feed: np.ndarray, target: str = "bm1684x") -> QuantPlan:
-    points = quantization_points(model, Assignment(target=target), get_profile(target))
-    executor = Executor(model)
-    seen = executor.run({"x": feed}, outputs=[], keep=list(points.calibration_targets()))
-    ranges = {n: (float(v.min()), float(v.max())) for n, v in seen.items()}
-    return build_plan(points, ranges, executor.weights, target)
 
 
 def _run(model: ir.Model, plan: QuantPlan, feed: np.ndarray) -> dict[str, np.ndarray]:
@@ -140,7 +133,7 @@ def test_conv_relu_requantizes_per_channel_half_up() -> None:
         [1, 3, 8, 8],
     )
     feed = RNG.integers(-3, 4, (1, 3, 8, 8)).astype(np.float32)
-    plan = _plan(model, feed)
+    plan = minmax_plan(model, feed)
     spec = plan.requant["conv"]
     assert spec.kind == "linear" and spec.output == "r" and len(spec.multipliers) == 6
     # Scales 1 (input, weight, bias) and 2 (output): every odd accumulator is a tie.
@@ -157,7 +150,7 @@ def test_conv_relu_requantizes_per_channel_half_up() -> None:
     assert np.any(np.floor(acc / 2 + 0.5) != np.round(acc / 2))  # ties are there
     np.testing.assert_array_equal(_codes(plan, "r", got["r"]), expect)
     # ONNX Runtime's profile keeps float arithmetic.
-    assert _plan(model, feed, "ort-cpu").requant == {}
+    assert minmax_plan(model, feed, "ort-cpu").requant == {}
 
 
 def test_matmul_bias_add_is_one_op_with_a_per_tensor_weight() -> None:
@@ -173,7 +166,7 @@ def test_matmul_bias_add_is_one_op_with_a_per_tensor_weight() -> None:
         [1, 5, 16],
     )
     feed = RNG.integers(-3, 4, (1, 5, 16)).astype(np.float32)
-    plan = _plan(model, feed)
+    plan = minmax_plan(model, feed)
     assert len(plan.weights["w"].scale) == 1  # TPU-MLIR's MatMul: one weight scale
     spec = plan.requant["matmul"]
     assert spec.bias_add == "bias_add" and spec.rounding == "half-away-from-zero"
@@ -199,7 +192,7 @@ def test_mul_pool_and_concat_use_8_bit_multipliers() -> None:
         outputs=("y", "avg"),
     )
     feed = (RNG.standard_normal((1, 3, 6, 6)) * 2).astype(np.float32)
-    plan = _plan(model, feed)
+    plan = minmax_plan(model, feed)
     assert {plan.requant[n].kind for n in ("mul", "pool", "concat")} == {
         "product",
         "pool",
@@ -249,7 +242,7 @@ def test_data_movement_inputs_are_read_on_their_owners_grid() -> None:
         [1, 3, 4, 4],
     )
     feed = RNG.standard_normal((1, 3, 4, 4)).astype(np.float32)
-    plan = _plan(model, feed)
+    plan = minmax_plan(model, feed)
     assert plan.requant["add"].inputs == ["c", "c"]
     points = quantization_points(model, Assignment(target="bm1684x"), get_profile("bm1684x"))
     assert points.shared.get("y") == "scaled"  # no quantizer of its own
@@ -275,7 +268,7 @@ def test_inputs_and_weights_take_the_vendors_codes() -> None:
         [numpy_helper.from_array(w, "w")],
         [1, 4, 2, 2],
     )
-    plan = _plan(model, RNG.uniform(-2, 2, (1, 4, 2, 2)).astype(np.float32))
+    plan = minmax_plan(model, RNG.uniform(-2, 2, (1, 4, 2, 2)).astype(np.float32))
     assert plan.requant["cast:x"].kind == "cast"
     # A binary step (its threshold 31.75 prints exactly) makes the halves exact ties.
     plan.activations["x"] = plan.activations["x"].model_copy(update={"scale": [0.25]})
@@ -338,6 +331,6 @@ def test_tiny_conv_weights_keep_tpu_mlirs_smallest_scale() -> None:
         [1, 3, 2, 2],
     )
     feed = RNG.standard_normal((1, 3, 2, 2)).astype(np.float32)
-    scales = _plan(model, feed).weights["w"].scale
+    scales = minmax_plan(model, feed).weights["w"].scale
     assert scales[1] == float(np.float32(1e-5)) and scales[0] > 1e-3
-    assert _plan(model, feed, "ort-cpu").weights["w"].scale[1] < 1e-5
+    assert minmax_plan(model, feed, "ort-cpu").weights["w"].scale[1] < 1e-5
