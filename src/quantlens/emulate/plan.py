@@ -22,7 +22,7 @@ import torch
 from quantlens.emulate.float_islands import RangeCandidate, float_nodes, range_candidates
 from quantlens.emulate.integer_ops import place_integer_ops
 from quantlens.emulate.integer_sites import Site, integer_sites
-from quantlens.emulate.requant import constant_scale, requant_spec
+from quantlens.emulate.requant import constant_scale, requant_spec, table_threshold
 from quantlens.ir.layers import WEIGHTED_OPS, Layer, discover_layers
 from quantlens.ir.vendors.placement import VendorPlacement, vendor_placement
 from quantlens.schemes.assignment import Assignment
@@ -457,8 +457,8 @@ def _range_float_nodes(
         grids = [out, *ins]
         if not all(q is not None and q.is_int and len(q.scale) == 1 for q in grids):
             continue
-        limit = _threshold(out)  # type: ignore[arg-type]
-        spans = [_threshold(q) for q in ins]  # type: ignore[arg-type]
+        limit = table_threshold(out)  # type: ignore[arg-type]
+        spans = [table_threshold(q) for q in ins]  # type: ignore[arg-type]
         spans += [float(weights[name].abs().max()) for name in candidate.constants.values()]
         if not any(span > limit for span in spans):
             continue
@@ -473,12 +473,6 @@ def _range_float_nodes(
         )
         made_float.add(candidate.output)
     return found
-
-
-def _threshold(quant: TensorQuant) -> float:
-    """The threshold the calibration table gives a tensor: its scale times qmax."""
-    fmt = quant.format
-    return float(quant.scale[0]) * (fmt.qmax if isinstance(fmt, IntFormat) else 1)
 
 
 def _quantize_constant_operands(

@@ -128,7 +128,13 @@ def vendor_scale(quant: TensorQuant) -> float:
     float64. It differs from the float32 scale in the last bits, and the 32-bit multipliers
     see that (pplcnet: 1 channel in 20 got another multiplier from the float32 scales)."""
     qmax = quant.format.qmax if isinstance(quant.format, IntFormat) else 1
-    return float(f"{float(quant.scale[0]) * qmax:.{CALI_TABLE_DECIMALS}f}") / qmax
+    return float(f"{table_threshold(quant):.{CALI_TABLE_DECIMALS}f}") / qmax
+
+
+def table_threshold(quant: TensorQuant) -> float:
+    """The threshold a calibration table gives a tensor: its scale times qmax."""
+    qmax = quant.format.qmax if isinstance(quant.format, IntFormat) else 1
+    return float(quant.scale[0]) * qmax
 
 
 def constant_scale(quant: TensorQuant) -> float:

@@ -16,7 +16,6 @@ import torch
 
 from quantlens.artifacts.search import RuntimeCheck, SearchReport
 from quantlens.emulate.ort import OrtRunner
-from quantlens.evaluate import make_evaluator
 from quantlens.pipeline.tasks import TaskScorer
 from quantlens.schemes.profiles import TargetProfile
 
@@ -30,13 +29,8 @@ def score_in_onnxruntime(
     """Every metric of the scorer's task on `model` run by ONNX Runtime over the same samples
     and with the same evaluator as the emulator's scores."""
     runner = OrtRunner(model, threads=torch.get_num_threads())
-    evaluator = make_evaluator(scorer.task, scorer.context)
-    for done, (sample, feed) in enumerate(scorer.samples, start=1):
-        evaluator.update(runner.run(feed), sample)
-        if progress is not None:
-            progress(done, len(scorer.files))
-    scorer.last_sample_scores = evaluator.sample_scores()
-    return evaluator.result()
+    outputs = ((sample, runner.run(feed)) for sample, feed in scorer.samples)
+    return scorer.evaluate(outputs, progress)
 
 
 def runtime_check(

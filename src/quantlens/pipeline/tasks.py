@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,9 +236,18 @@ class TaskScorer:
 
     def score(self, plan: QuantPlan | None, progress: Progress | None = None) -> dict[str, float]:
         """Every metric of the task; `plan` None scores the float model."""
+        return self.evaluate(self._outputs(plan), progress)
+
+    def evaluate(
+        self,
+        outputs: Iterable[tuple[Sample, dict[str, np.ndarray]]],
+        progress: Progress | None = None,
+    ) -> dict[str, float]:
+        """Every metric of the task over each sample's outputs, however they were computed
+        (the emulator, ONNX Runtime); keeps the per-sample scores in `last_sample_scores`."""
         evaluator = make_evaluator(self.task, self.context)
-        for done, (sample, outputs) in enumerate(self._outputs(plan), start=1):
-            evaluator.update(outputs, sample)
+        for done, (sample, found) in enumerate(outputs, start=1):
+            evaluator.update(found, sample)
             if progress is not None:
                 progress(done, len(self.files))
         self.last_sample_scores = evaluator.sample_scores()
