@@ -24,7 +24,7 @@ def test_progress_and_default_run_folder_reach_a_log(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if re.match(r"calibrate: \d+/\d+", line)]
     assert lines and lines[-1].startswith("calibrate: 4/4 after"), result.stderr
-    assert "left" in lines[0] or len(lines) == 1
+    assert lines[0].startswith("calibrate: 1/4 after"), result.stderr  # the first step
     # Run where the default folder may be written: the test's own folder.
     command = [sys.executable, "-m", "quantlens", "eval", str(model), "--data", str(calib)]
     command += ["--task", "distance", "--target", "ort-cpu"]
@@ -46,6 +46,27 @@ def test_time_left_follows_the_current_loop(monkeypatch: pytest.MonkeyPatch) -> 
         update(done, 8)
     now[0] += 0.01
     update(1, 824)
-    assert lines[0] == "search: 1/8 after 2s, about 10s left"
-    assert lines[-2] == "search: 8/8 after 12s"
-    assert lines[-1] == "search: 1/824 after 12s, about 8s left"
+    now[0] += 30.0
+    update(30, 824)
+    assert lines[0] == "search: 1/8 after 2s"
+    assert lines[-3] == "search: 8/8 after 12s"
+    assert lines[-2] == "search: 1/824 after 12s"
+    assert lines[-1] == "search: 30/824 after 42s, about 821s left"
+
+
+def test_time_left_leaves_out_the_first_steps_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full evaluation's first sample waits for the export and the session (280 s), the
+    other 63 take 1 s each: the time left follows the 1 s steps."""
+    lines: list[str] = []
+    monkeypatch.setattr(console, "say", lines.append)
+    now = [0.0]
+    update = console._log_lines("search", clock=lambda: now[0])
+    update(0, 64)
+    now[0] += 280.0
+    update(1, 64)
+    for done in range(2, 65):
+        now[0] += 1.0
+        update(done, 64)
+    assert lines[:2] == ["search: 0/64 after 0s", "search: 1/64 after 280s"]
+    assert lines[2] == "search: 31/64 after 310s, about 33s left"
+    assert lines[-1] == "search: 64/64 after 343s"

@@ -78,23 +78,26 @@ def progress(label: str) -> Iterator[ProgressFn]:
 def _log_lines(label: str, clock: Callable[[], float] = time.monotonic) -> ProgressFn:
     """Log lines for one label. A command may count several loops under it (the search: its
     calibrations, fixes, noise, evaluations), so the time left is from the current loop's own
-    pace: a loop starts where the count falls back or the total changes, at the previous call
-    (a search once printed "1/824 after 12s, about 10163s left" for a 3 s loop)."""
+    pace: a loop starts where the count falls back or the total changes (a search once printed
+    "1/824 after 12s, about 10163s left" for a 3 s loop). The pace is measured from the loop's
+    first reported step on, because that step may carry the loop's setup (an export and a
+    session: "1/64 after 280s, about 4978s left" for a loop of 1 s steps)."""
     start = clock()
     last = [-LOG_EVERY_S]
-    loop = {"start": start, "previous": start, "done": 0, "total": 0}
+    loop = {"first_at": start, "first_done": 0.0, "done": 0, "total": 0}
 
     def update(done: int, total: int) -> None:
         now = clock()
-        if done < loop["done"] or total != loop["total"]:
-            loop.update(start=loop["previous"], total=total)
-        loop.update(previous=now, done=done)
+        if done < loop["done"] or total != loop["total"] or loop["done"] == 0:
+            loop.update(first_at=now, first_done=done, total=total)
+        loop.update(done=done)
         elapsed = now - start
         if done < total and done > 1 and elapsed - last[0] < LOG_EVERY_S:
             return
         last[0] = elapsed
-        pace = (now - loop["start"]) / done if done > 0 else 0.0
-        left = f", about {pace * (total - done):.0f}s left" if 0 < done < total else ""
+        stepped = done - loop["first_done"]
+        pace = (now - loop["first_at"]) / stepped if stepped > 0 else 0.0
+        left = f", about {pace * (total - done):.0f}s left" if pace > 0 and done < total else ""
         say(f"{label}: {done}/{total} after {elapsed:.0f}s{left}")
 
     return update
