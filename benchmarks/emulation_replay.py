@@ -10,19 +10,28 @@ optimize level 0), and reports the vendor's output SNR against our emulation and
 and `quantlens compare`'s per-layer code agreement on the dumps. Run it once with the old code
 on PYTHONPATH (e.g. a `git archive` of the old commit's src) and once with the new.
 
+With --noise-floor it also re-runs the emulation with other float32 arithmetic for Conv (exact
+float64 sums cast to float32, as an integer accumulator would give; and torch's non-oneDNN Conv,
+another summation order) and reports each against the vendor and against our default: how far
+apart two runs of the same quantized model land when only Conv rounding differs. Where that is
+no closer than our distance from the vendor, the vendor's own float32 noise is the floor.
+
     python benchmarks/emulation_replay.py WORK/MODEL --model MODEL [--format tpu-mlir]
-        [--variant int8] [--label after] [--json results.jsonl]
+        [--variant int8] [--label after] [--noise-floor] [--json results.jsonl]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import hashlib
 import json
 import shutil
 import statistics
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +91,45 @@ def code_agreement(run: Path, dumps: Path, inputs: Path, fmt: str, out: Path) ->
     }
 
 
+@contextlib.contextmanager
+def exact_conv_sums() -> Iterator[None]:
+    """Conv computed in float64 and cast to float32: the sum an integer accumulator gives, with
+    no float32 summation order of its own."""
+    from quantlens.emulate import registry
+
+    registry.find_kernel("Conv", 13)  # loads the built-in kernels
+    specs = registry._REGISTRY[("", "Conv")]
+
+    def exact(fn: Any) -> Any:
+        return lambda ctx, inputs: fn(ctx, [x if x is None else x.double() for x in inputs]).float()
+
+    registry._REGISTRY[("", "Conv")] = [dataclasses.replace(s, fn=exact(s.fn)) for s in specs]
+    try:
+        yield
+    finally:
+        registry._REGISTRY[("", "Conv")] = specs
+
+
+def noise_floor(
+    run: Path, feeds: list[dict[str, np.ndarray]], ours: dict[str, np.ndarray],
+    theirs: dict[str, np.ndarray],
+) -> dict[str, float | None]:  # fmt: skip
+    """Our emulation under other float32 Conv arithmetic, against the vendor and against ours."""
+    import torch
+
+    variants = {
+        "exact_conv_sums": exact_conv_sums(),
+        "torch_conv_without_onednn": torch.backends.mkldnn.flags(enabled=False),
+    }
+    result: dict[str, float | None] = {}
+    for label, arithmetic in variants.items():
+        with arithmetic:
+            other = vc.emulate(run, feeds)[1]
+        result[f"{label}_vs_vendor_db"] = vc.pooled_snr(other, theirs)
+        result[f"{label}_vs_emulation_db"] = vc.pooled_snr(ours, other)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", type=Path, help="a model's folder under vendor_check's --work")
@@ -89,6 +137,7 @@ def main() -> None:
     parser.add_argument("--format", default="tpu-mlir", choices=list(vc.VENDORS))
     parser.add_argument("--variant", default="int8", choices=vc.VARIANTS)
     parser.add_argument("--label", default="replay")
+    parser.add_argument("--noise-floor", action="store_true", help="other Conv arithmetic too")
     parser.add_argument("--json", type=Path, default=None, help="append the result line here")
     args = parser.parse_args()
     vendor = vc.VENDORS[args.format]
@@ -105,6 +154,8 @@ def main() -> None:
     theirs = dict(np.load(vendor_dir / "outputs.npz"))
     result["vs_emulation_db"] = vc.pooled_snr(ours, theirs)
     result["vs_float_db"] = vc.pooled_snr(floats, theirs)
+    if args.noise_floor:
+        result.update(noise_floor(run, vc.feeds_of(args.model, samples), ours, theirs))
     if (vendor_dir / "layers.npz").exists():
         result.update(
             code_agreement(
