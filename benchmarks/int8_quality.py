@@ -49,6 +49,7 @@ SAMPLES = {
     "picodet-layout-cdla": "cdla-pages",
     "ppocr-v6-det-small": "text-pages",
     "ppocr-textline-cls": "rotated-lines",
+    "mobilenetv2-imagenet": "imagenet-samples",
 }
 # The evaluator of each zoo task (`quantlens eval --task`).
 TASKS = {"ocr-recognition": "ocr"}

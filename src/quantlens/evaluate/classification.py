@@ -1,4 +1,8 @@
-"""Top-1 / top-5 accuracy against a labels file or a folder per class."""
+"""Top-1 / top-5 accuracy against a labels file or a folder per class.
+
+A label may list acceptable classes separated by `|` (`281|282|285`: any of them is right), as
+ImageNet-ReaL labels images that show more than one class.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ class ClassificationEvaluator:
     name = "classification"
     primary = "top1"
 
-    def __init__(self, targets: dict[str, int], output: str | None = None) -> None:
+    def __init__(self, targets: dict[str, tuple[int, ...]], output: str | None = None) -> None:
         self.targets = targets
         self.output = output
         self._top1: dict[str, float] = {}
@@ -34,15 +38,16 @@ class ClassificationEvaluator:
 
     def update(self, outputs: Outputs, sample: Sample) -> None:
         scores = _class_scores(single_output(outputs, self.name, self.output))
-        target = self.targets[sample.name]
-        if target >= scores.size:
+        targets = self.targets[sample.name]
+        if max(targets) >= scores.size:
             raise UserError(
-                f"label of {sample.name} is class {target}, the model has {scores.size} classes",
+                f"label of {sample.name} is class {max(targets)}, the model has {scores.size} "
+                "classes",
                 "check the labels against the model's classes",
             )
         order = np.argsort(-scores, kind="stable")
-        self._top1[sample.name] = float(order[0] == target)
-        self._top5[sample.name] = float(target in order[:5])
+        self._top1[sample.name] = float(int(order[0]) in targets)
+        self._top5[sample.name] = float(any(int(i) in targets for i in order[:5]))
 
     def result(self) -> dict[str, float]:
         count = len(self._top1)
@@ -89,14 +94,16 @@ def make_classification(context: EvalContext) -> ClassificationEvaluator:
                 "class, or pass --gt",
             )
     check_match(labels, context.sample_names, source)
-    targets: dict[str, int] = {}
+    targets: dict[str, tuple[int, ...]] = {}
     for name, label in labels.items():
-        index = label_index(label, context.labels)
-        if index is None:
+        # A class whose name holds '|' stays one class; otherwise '|' separates alternatives.
+        parts = [label] if label in context.labels else label.split("|")
+        indices = [label_index(part, context.labels) for part in parts]
+        if any(index is None for index in indices):
             known = ", ".join(context.labels) if context.labels else "class indices 0, 1, ..."
             raise UserError(
                 f"{source}: label {label!r} of {name} is not a class of the model",
-                f"use one of: {known}",
+                f"use one of: {known} (alternatives separated by '|')",
             )
-        targets[name] = index
+        targets[name] = tuple(index for index in indices if index is not None)
     return ClassificationEvaluator(targets, context.options.get("output"))
