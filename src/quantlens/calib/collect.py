@@ -289,14 +289,9 @@ def calibrate(
         )
         for name in observed
     }
-    settings: dict[str, float | int | str] = {"passes": passes}
-    if observer.needs_histogram:
-        settings["bins"] = bins
-    if method == "percentile":
-        settings["percentile"] = percentile
     return CalibrationStats(
         method=method,
-        settings=settings,
+        settings=_settings(method, passes, observer.needs_histogram, bins, percentile),
         samples=samples,
         device=str(executor.device),
         tensors=tensors,
@@ -305,6 +300,18 @@ def calibrate(
 
 # What a run observed: samples, (min, max) and value count per target, histograms by target.
 Observed = tuple[int, dict[str, tuple[float, float]], dict[str, int], dict[str, Histogram]]
+
+
+def _settings(
+    method: str, passes: int, histogram: bool, bins: int, percentile: float
+) -> dict[str, float | int | str]:
+    """What a calibration's result depends on besides its samples (recorded with it)."""
+    settings: dict[str, float | int | str] = {"passes": passes}
+    if histogram:
+        settings["bins"] = bins
+    if method == "percentile":
+        settings["percentile"] = percentile
+    return settings
 
 
 def _observe_ranges(
@@ -484,14 +491,9 @@ def stats_from_observation(
         )
         for name in observed
     }
-    settings: dict[str, float | int | str] = {"passes": 1}
-    if observer.needs_histogram:
-        settings["bins"] = bins
-    if method == "percentile":
-        settings["percentile"] = percentile
     return CalibrationStats(
         method=method,
-        settings=settings,
+        settings=_settings(method, 1, observer.needs_histogram, bins, percentile),
         samples=observation.samples,
         device=device,
         tensors=tensors,
