@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from quantlens.artifacts import journal
+from quantlens.artifacts import lock as run_lock
 from quantlens.artifacts.folder import ARTIFACT_FILES, RunFolder
 from quantlens.artifacts.provenance import CommandLog
 from quantlens.errors import UserError
@@ -55,3 +58,29 @@ def test_report_imports_no_pipeline_and_no_torch() -> None:
     )
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert found.stdout.strip() == "[]"
+
+
+def test_a_folder_copied_mid_write_is_undone_and_said_so(tmp_path: Path) -> None:
+    """A run folder copied while its writer was inside its unit holds a journal with an empty
+    snapshot: the next command undoes the half-written files (they cannot be vouched for) and
+    says which command and how many files, instead of failing later on a missing plan."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    heard: list[str] = []
+    with pytest.raises(RuntimeError), journal.writing(folder, "quantize"):
+        (folder / "plan.json").write_text("{}")
+        (folder / "graph.json").write_text("{}")
+        copy = tmp_path / "copy"
+        shutil.copytree(folder, copy)  # mid-write: journal, lock and both files
+        raise RuntimeError("the original goes on; only the copy matters here")
+    (copy / run_lock.LOCK_FILE).unlink()  # the copy's lock names a writer that is not there
+    with journal.writing(copy, "compare", notify=heard.append):
+        pass
+    assert not (copy / "plan.json").exists() and not (copy / "graph.json").exists()
+    assert len(heard) == 1
+    assert "`quantize` stopped before it finished" in heard[0]
+    assert "2 files removed, 0 restored" in heard[0]
+    # Nothing left to undo: the next command hears nothing.
+    with journal.writing(copy, "compare", notify=heard.append):
+        pass
+    assert len(heard) == 1

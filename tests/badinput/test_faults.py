@@ -126,8 +126,12 @@ def test_a_real_kill_between_calibration_and_its_key_loses_nothing(
     )
     assert killed.returncode == 137
     assert (folder / "calibration.key").read_bytes() == (quantized / "calibration.key").read_bytes()
-    assert invoke(capsys, "report", str(folder), "-o", str(workdir / "r.html")).code == 0
+    report = invoke(capsys, "report", str(folder), "-o", str(workdir / "r.html"))
+    assert report.code == 0
     assert _runs_files(folder) == old  # rolled back to the old run
+    # ... and said so: which command stopped, and what the undo did.
+    assert "warning: run folder" in report.err and "`quantize` stopped before" in report.err
+    assert "files removed" in report.err.replace("\n", " ")
 
     assert invoke(capsys, *argv).code == 0
     again = json.loads((folder / "quantize.json").read_text())["outputs"]

@@ -12,11 +12,12 @@ A command that writes into a run folder does it inside `writing(folder, command)
    written last, carrying the transaction's id, and the journal is removed.
 
 A kill before step 5's manifest reaches its name leaves the journal without a matching manifest:
-the next command that opens the folder rolls back to the snapshot (the old run). A kill after it
-leaves the new run, and the journal is just removed. A failure inside the command (an error,
-Ctrl-C) rolls back at once. Caches (`calibration-cache`, `search-cache`) are outside the unit:
-their entries are atomic, keyed by content and validated on read, and a killed search resumes
-from them.
+the next command that opens the folder rolls back to the snapshot (the old run) and says so
+(`notify`: the half-written files of a folder copied mid-write go too, never silently). A kill
+after it leaves the new run, and the journal is just removed. A failure inside the command (an
+error, Ctrl-C) rolls back at once. Caches (`calibration-cache`, `search-cache`) are outside
+the unit: their entries are atomic, keyed by content and validated on read, and a killed search
+resumes from them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import hashlib
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -94,15 +96,19 @@ def read_manifest(folder: Path) -> RunManifest | None:
     return RunManifest.load(path) if path.is_file() else None
 
 
+Notify = Callable[[str], None]
+
+
 @contextmanager
-def writing(folder: Path, command: str) -> Iterator[Path]:
+def writing(folder: Path, command: str, notify: Notify | None = None) -> Iterator[Path]:
     """Run the body as one unit of writes into `folder` (see the module's docstring). A run
-    that fails in a folder it created leaves no folder behind."""
+    that fails in a folder it created leaves no folder behind. `notify` hears of a killed
+    writer's leftovers undone on the way in (default: a warning)."""
     created = _make_folder(folder)
     # Not ours to remove if another writer locked it first (it found the folder we made).
     run_lock.acquire(folder, command)
     try:
-        with _unit(folder, command):
+        with _unit(folder, command, notify):
             yield folder
     except (Exception, KeyboardInterrupt):
         if created:  # removed while still held, so no writer can be inside
@@ -113,12 +119,12 @@ def writing(folder: Path, command: str) -> Iterator[Path]:
 
 
 @contextmanager
-def reading(folder: Path, command: str) -> Iterator[Path]:
+def reading(folder: Path, command: str, notify: Notify | None = None) -> Iterator[Path]:
     """`writing` for a command that mostly reads (`report`). A read-only folder (archived,
     shared) cannot be locked, but nobody can be writing it either: it is read as it is,
     unless a killed writer left it unfinished."""
     if os.access(folder, os.W_OK):
-        with writing(folder, command):
+        with writing(folder, command, notify):
             yield folder
         return
     if _journal(folder).exists():
@@ -130,12 +136,14 @@ def reading(folder: Path, command: str) -> Iterator[Path]:
 
 
 @contextmanager
-def _unit(folder: Path, command: str) -> Iterator[None]:
+def _unit(folder: Path, command: str, notify: Notify | None) -> Iterator[None]:
     if _nested(folder):  # a flow's inner stage: the outer command owns the unit
         yield
         return
-    recover(folder)
-    txn = _begin(folder)
+    undone = recover(folder)
+    if undone is not None:
+        (notify or _warn)(undone)
+    txn = _begin(folder, command)
     _ACTIVE[folder.resolve()] = txn
     try:
         yield
@@ -201,7 +209,11 @@ def _make_folder(folder: Path) -> bool:
     return True
 
 
-def _begin(folder: Path) -> str:
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=4)
+
+
+def _begin(folder: Path, command: str) -> str:
     """Snapshot the folder into the journal; the journal appears (renamed) only when whole."""
     txn = uuid.uuid4().hex
     staging = folder / f"{JOURNAL}.new"
@@ -213,6 +225,7 @@ def _begin(folder: Path) -> str:
         copy.parent.mkdir(parents=True, exist_ok=True)
         _link_or_copy(path, copy)
     (staging / "id").write_text(txn)
+    (staging / "command").write_text(command)  # named when a recovery undoes this write
     os.replace(staging, _journal(folder))
     return txn
 
@@ -235,9 +248,10 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def recover(folder: Path) -> None:
+def recover(folder: Path) -> str | None:
     """Finish what a killed writer left: its new run when its manifest landed, else the old
-    run. Every step can be repeated, so a kill during recovery is recovered next time."""
+    run. Every step can be repeated, so a kill during recovery is recovered next time. Says
+    (one line) what was undone when it put the old run back; None otherwise."""
     journal = _journal(folder)
     shutil.rmtree(folder / f"{JOURNAL}.new", ignore_errors=True)
     shutil.rmtree(folder / f"{JOURNAL}.old", ignore_errors=True)
@@ -245,16 +259,27 @@ def recover(folder: Path) -> None:
         if JOURNAL not in stray.parts:
             stray.unlink(missing_ok=True)
     if not journal.is_dir():
-        return
-    try:
-        txn = (journal / "id").read_text().strip()
-    except OSError:
-        txn = ""
+        return None
+    txn, command = _journal_text(journal, "id"), _journal_text(journal, "command")
     manifest = folder / MANIFEST
     committed = manifest.is_file() and txn and _manifest_txn(manifest) == txn
+    undone = None
     if not committed:
-        _rollback(folder)
+        removed, restored = _rollback(folder)
+        undone = (
+            f"run folder {folder}: {f'`{command}`' if command else 'a command'} stopped before "
+            f"it finished writing it (killed, or the folder was copied mid-write); undone to the "
+            f"folder's last whole run ({removed} files removed, {restored} restored)"
+        )
     _drop_journal(folder)
+    return undone
+
+
+def _journal_text(journal: Path, name: str) -> str:
+    try:
+        return (journal / name).read_text().strip()
+    except OSError:  # a journal written before the file existed, or damaged
+        return ""
 
 
 def _manifest_txn(path: Path) -> str:
@@ -264,17 +289,21 @@ def _manifest_txn(path: Path) -> str:
         return ""
 
 
-def _rollback(folder: Path) -> None:
-    """Put the snapshot back: files the run added go, files it replaced or removed return."""
+def _rollback(folder: Path) -> tuple[int, int]:
+    """Put the snapshot back: files the run added go, files it replaced or removed return.
+    Returns how many files went and how many came back."""
     undo = _journal(folder) / "undo"
     old = {p.relative_to(undo).as_posix(): p for p in undo.rglob("*") if not p.is_dir()}
+    removed = restored = 0
     for rel, path in tracked_files(folder).items():
         if rel not in old:
             path.unlink(missing_ok=True)
+            removed += 1
     for rel, saved in old.items():
         target = folder / rel
         if target.exists() and os.path.samefile(saved, target):
             continue
+        restored += 1
         target.parent.mkdir(parents=True, exist_ok=True)
         # Linked, not moved: the snapshot stays whole until the end, so a kill in the middle
         # of a rollback leaves a journal the next recovery replays in full.
@@ -282,6 +311,7 @@ def _rollback(folder: Path) -> None:
         os.replace(target.with_name(f".{target.name}.restore.tmp"), target)
     _drop_new_dirs(folder, undo)
     _drop_journal(folder)
+    return removed, restored
 
 
 def _drop_new_dirs(folder: Path, undo: Path) -> None:

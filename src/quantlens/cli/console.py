@@ -40,6 +40,11 @@ def say(message: str) -> None:
     err.print(Text(message, style="dim"))
 
 
+def warn(message: str) -> None:
+    """A `warning:` line on stderr: something the user should know, the command goes on."""
+    err.print(styled(("warning:", "yellow"), " ", message))
+
+
 def error_line(message: str) -> None:
     """The one `error:` line of a failed command."""
     err.print(styled(("error:", "red"), " ", message))
@@ -133,7 +138,9 @@ def records(
             from quantlens.cli.options import existing_run_dir
 
             reading = _flag(reads, params)
-            with writing(existing_run_dir(run_dir) if reading else run_dir, name):
+            if reading:
+                existing_run_dir(run_dir)
+            with writing(run_dir, name, notify=warn):
                 if reading:
                     RunFolder(run_dir).check_whole()
                 result = command(**params)

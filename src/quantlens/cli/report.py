@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from quantlens.cli.app import app
-from quantlens.cli.console import out
+from quantlens.cli.console import out, warn
 from quantlens.cli.options import OutputOpt, RunDirArg, existing_run_dir, output_file
 
 
@@ -19,7 +19,7 @@ def report(
 
     # Under the folder's lock: a killed writer's leftovers are rolled back first, a writer at
     # work is named, and a folder mixing runs is refused rather than rendered.
-    with reading(existing_run_dir(run_dir), "report"):
+    with reading(existing_run_dir(run_dir), "report", notify=warn):
         RunFolder(run_dir).check_whole()
         target = None if output is None else output_file(output, "report.html")
         result = render_report(run_dir, target)
