@@ -269,10 +269,17 @@ def test_float_ops_get_thresholds_where_they_feed_int8_ops(tmp_path: Path) -> No
     run_dir, _ = make_run(tmp_path, "bm1684x", Assignment(layers={"conv2": "fp32"}))
     ctx = load_run(run_dir)
     assert ctx.calibration is not None and "c2" in ctx.calibration.tensors
-    assert "c2" not in QuantPlan.load(run_dir / "plan.json").activations  # fp32: no rounding
+    # The F32 Conv's output is cast to its INT8 readers' grid (TPU-MLIR's tpu.Cast) on the
+    # tensor's own calibrated range, which the table carries.
+    cast = QuantPlan.load(run_dir / "plan.json").activations["c2"]
+    assert cast.is_int
     rendered = TPU.export(ctx)
     assert rows(rendered.texts[".qtable"]) == ["c2_Conv F32"]
-    assert any(row.startswith("c2_Conv ") for row in rows(rendered.texts[".cali_table"]))
+    row = next(r for r in rows(rendered.texts[".cali_table"]) if r.startswith("c2_Conv "))
+    entry = ctx.calibration.tensors["c2"]
+    threshold = max(abs(entry.clip_min), abs(entry.clip_max))
+    assert float(row.split()[1]) == pytest.approx(threshold, rel=1e-6)
+    assert float(cast.scale[0]) * cast.format.qmax == pytest.approx(threshold, rel=1e-6)
 
 
 def test_a_float_fused_member_floats_the_whole_op_and_warns(tmp_path: Path) -> None:

@@ -286,8 +286,11 @@ class QuantHooks:
         # Ops the vendor computes on integer codes (`QuantPlan.requant`), by node name: only
         # where every grid they read and write is quantized in this run.
         self.kernels: dict[str, KernelFn] = {}
-        # Node -> {input index: tensor} it reads before that tensor's quantizer (`FloatNode.raw`).
-        self.raw_reads: dict[str, dict[int, str]] = {}
+        # Node -> {input index: tensor} it reads before that tensor's quantizer (`FloatNode.raw`,
+        # `QuantPlan.raw_reads`).
+        self.raw_reads: dict[str, dict[int, str]] = {
+            node: dict(reads) for node, reads in plan.raw_reads.items()
+        }
         for node, spec in plan.requant.items():
             self._add_kernels(node, spec, plan)
         for node, fspec in plan.float_nodes.items():
@@ -352,7 +355,7 @@ class QuantHooks:
             scales[index] = (float(quant.scale[0]), vendor_scale(quant))
         self.kernels[node] = float_node_kernel(spec, scales, self.kernels.get(node))
         if spec.raw:
-            self.raw_reads[node] = dict(spec.raw)
+            self.raw_reads.setdefault(node, {}).update(spec.raw)
         out = plan.activations.get(spec.output)
         if out is not None and out.is_int and len(out.scale) == 1:  # its cast, through f16
             self.activations[spec.output] = F16CastQuantizer(out, self._device, vendor_scale(out))

@@ -53,6 +53,11 @@ class QuantPoints:
     # Float outputs read by integer layers: not quantized here, but a vendor that runs layers
     # one by one (TPU-MLIR) casts them to the integer grid and needs their calibrated range.
     boundaries: dict[str, IntFormat] = field(default_factory=dict)
+    # Those the vendor casts to the grid for its integer readers (profile
+    # `cast_float_boundaries`): tensor -> the cast's precision ("f32" or "f16"); and the float
+    # readers that read such a tensor before the cast: node -> {input index: tensor}.
+    boundary_casts: dict[str, str] = field(default_factory=dict)
+    raw_reads: dict[str, dict[int, str]] = field(default_factory=dict)
     # The vendor's arithmetic (profile `arithmetic`): tensors it never quantizes because they
     # are inside one fused op (tensor -> the op's output), tensors whose symmetric grid turns
     # unsigned when their range is non-negative, ranges it fixes, and outputs it derives from
@@ -162,6 +167,10 @@ def _place_outputs(
             fmt = _act_format(mode, mode.act_out_bits, profile)
             if not isinstance(fmt, IntFormat):
                 _observe_boundary(value, modes, profile, points)
+                cast = profile.arithmetic.cast_float_boundaries and name not in points.fused_away
+                if cast and name in points.boundaries:
+                    _cast_boundary(value, mode, modes, points)
+                    continue
             if fmt is None:
                 continue
             if name in points.fused_away and isinstance(fmt, IntFormat):
@@ -179,6 +188,10 @@ def _share_vendor_quantizers(vendor: VendorPlacement, points: QuantPoints) -> No
         fmt = points.activations.get(tensor)
         if tensor in points.shared and tensor not in vendor.passthrough:
             continue  # data movement keeps its input's grid (TPU-MLIR's MaxPool before a Concat)
+        if tensor in points.boundary_casts or (
+            owner in points.boundary_casts and tensor in vendor.tied
+        ):
+            continue  # a float op's cast has its own range, which a float Concat does not hand on
         if fmt is not None and isinstance(fmt, IntFormat) and points.activations.get(owner) == fmt:
             points.shared[tensor] = owner
     # A tie may point at a tensor that shares in turn: follow to the one that is calibrated.
@@ -230,15 +243,21 @@ def _vendor_grids(
             points.activations.pop(value.name or "", None)  # the vendor writes it in float
     points.float_nodes = _placed_float_nodes(model, rules, points, op_types)
     points.range_candidates = range_candidates(model, rules.float_when_input_exceeds_output)
-    points.requantized = integer_sites(
+    sites = integer_sites(
         model,
         points.activations,
         points.fused_away,
         points.scaled,
         rules.requantized_ops,
         profile.shared_scale_ops,
-        casts=_cast_to_integer(model, rules.float_ops, op_types),
+        casts=[*_cast_to_integer(model, rules.float_ops, op_types), *points.boundary_casts],
     )
+    # An op the assignment keeps float computes in float; only the cast after it is integer.
+    points.requantized = {
+        node: site
+        for node, site in sites.items()
+        if site.kind == "cast" or site.output not in points.boundary_casts
+    }
 
 
 def _runs_float(float_ops: Mapping[str, str], node: ir.Node, kind: str) -> bool:
@@ -319,6 +338,20 @@ def _observe_boundary(
     int_bits = [b for b in bits if b]
     if int_bits:
         points.boundaries[value.name or ""] = profile.activation_format(max(int_bits))
+
+
+def _cast_boundary(
+    value: ir.Value, mode: PrecisionMode, modes: Mapping[str, PrecisionMode], points: QuantPoints
+) -> None:
+    """A float op's output that integer ops read, cast to their grid as the vendor does; its
+    float readers read it before the cast."""
+    name = value.name or ""
+    points.activations[name] = points.boundaries[name]
+    points.boundary_casts[name] = "f16" if mode.float_type == "fp16" else "f32"
+    for use in value.uses():
+        reader = use.node.name or ""
+        if not modes[reader].act_in_bits:
+            points.raw_reads.setdefault(reader, {})[use.idx] = name
 
 
 def _place_graph_input(
@@ -439,6 +472,7 @@ def build_plan(
     _requantize(plan, points)
     plan.float_nodes = dict(points.float_nodes)
     plan.float_nodes.update(_range_float_nodes(plan, points, weights))
+    plan.raw_reads = {node: dict(reads) for node, reads in points.raw_reads.items()}
     return plan
 
 
@@ -579,6 +613,7 @@ def _requantize(plan: QuantPlan, points: QuantPoints) -> None:
     """The integer arithmetic of the ops the vendor requantizes, on the plan's grids (the
     output grid is the fused op's where the node's output is inside one: Conv + Relu)."""
     f16_casts = {spec.output: "f16" for spec in points.float_nodes.values()}
+    f16_casts.update((t, "f16") for t, p in points.boundary_casts.items() if p == "f16")
     for node, site in points.requantized.items():
         if site.kind == "cast":
             out = plan.activations.get(site.output)

@@ -115,8 +115,14 @@ class _Rewriter:
         self.opset = opset_of(model)
         self.fresh = Fresh(_all_names(model.graph))  # a new, unused name from a base name
         self.values = {v.name: v for v in _graph_values(model.graph) if v.name}
+        self.raw_reads: set[tuple[str | None, int]] = set()
 
     def apply(self, plan: QuantPlan) -> None:
+        # Float readers of a tensor the vendor casts for its integer readers read it before
+        # the cast (`QuantPlan.raw_reads`), as the emulator does.
+        self.raw_reads = {
+            (node, index) for node, reads in plan.raw_reads.items() for index in reads
+        }
         for name, spec in plan.weights.items():
             self._weight(self._initializer(name), spec)
         for name, spec in plan.activations.items():
@@ -186,7 +192,8 @@ class _Rewriter:
             rounded = self._cast(low, ir.DataType.FLOAT, public)
         rounded.name, rounded.shape, rounded.type = target, value.shape, value.type
         for node, index in uses:
-            node.replace_input_with(index, rounded)
+            if (node.name, index) not in self.raw_reads:
+                node.replace_input_with(index, rounded)
         for index in outputs:
             self.graph.outputs[index] = rounded
 

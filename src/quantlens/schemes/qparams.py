@@ -114,6 +114,9 @@ class QuantPlan(Artifact):
     quantizer_rounding: QuantizerRounding = "half-to-even"
     # Node name -> how the vendor computes it in a lower float precision (`FloatNode`).
     float_nodes: dict[str, FloatNode] = Field(default_factory=dict)
+    # Float-mode nodes reading a float tensor the vendor casts for its integer readers (profile
+    # `cast_float_boundaries`): node -> {input index: tensor}, read before that cast.
+    raw_reads: dict[str, dict[int, str]] = Field(default_factory=dict)
 
 
 def int_qparams(low: np.ndarray, high: np.ndarray, fmt: IntFormat) -> tuple[np.ndarray, np.ndarray]:
