@@ -32,11 +32,6 @@ from quantlens.schemes.qparams import QuantPlan, TensorQuant
 
 Feeds = list[dict[str, np.ndarray]]
 MIN_SNR_DB = 40.0
-# bm1684x's float islands: the emulator casts a float op's output to its integer readers' grid
-# as TPU-MLIR does (profile `cast_float_boundaries`); in the QDQ export that cast is a Q/DQ pair
-# which ONNX Runtime's optimizer fuses into its own integer kernels around it. Measured: 35.5 dB
-# on y (38.6 on gate) against inf before the cast; ORT without its optimizations stays >= 40.
-FUSED_FLOOR_DB = {"bm1684x-3": 35.0}
 
 # (target, layer -> mode): int8 defaults, then mixed plans with 16-bit, 4-bit and float layers.
 CASES = [
@@ -167,7 +162,7 @@ def test_small_cnn_export_agrees_with_emulator(
     plan = min_max_plan(model, executor, feeds, target, layers)
     exact, fused = _check_export(model, executor, feeds, plan, tmp_path / "q.onnx")
     assert min(exact.values()) >= MIN_SNR_DB, exact
-    assert min(fused.values()) >= FUSED_FLOOR_DB.get(f"{target}-{len(layers)}", MIN_SNR_DB), fused
+    assert min(fused.values()) >= MIN_SNR_DB, fused
 
 
 def _initializer_types(path: Path) -> dict[str, int]:

@@ -53,10 +53,10 @@ class QuantPoints:
     # Float outputs read by integer layers: not quantized here, but a vendor that runs layers
     # one by one (TPU-MLIR) casts them to the integer grid and needs their calibrated range.
     boundaries: dict[str, IntFormat] = field(default_factory=dict)
-    # Those the vendor casts to the grid for its integer readers (profile
-    # `cast_float_boundaries`): tensor -> the cast's precision ("f32" or "f16"); and the float
-    # readers that read such a tensor before the cast: node -> {input index: tensor}.
-    boundary_casts: dict[str, str] = field(default_factory=dict)
+    # Those of fp32 ops the vendor casts to the grid for its integer readers (profile
+    # `cast_float_boundaries`), and the float readers that read such a tensor before the cast:
+    # node -> {input index: tensor}.
+    boundary_casts: set[str] = field(default_factory=set)
     raw_reads: dict[str, dict[int, str]] = field(default_factory=dict)
     # The vendor's arithmetic (profile `arithmetic`): tensors it never quantizes because they
     # are inside one fused op (tensor -> the op's output), tensors whose symmetric grid turns
@@ -167,9 +167,11 @@ def _place_outputs(
             fmt = _act_format(mode, mode.act_out_bits, profile)
             if not isinstance(fmt, IntFormat):
                 _observe_boundary(value, modes, profile, points)
-                cast = profile.arithmetic.cast_float_boundaries and name not in points.fused_away
-                if cast and name in points.boundaries:
-                    _cast_boundary(value, mode, modes, points)
+                # fp32 only: measured on an F16 build, the cast alone leaves the f16 arithmetic
+                # around it unemulated and moved the output further from TPU-MLIR.
+                cast = profile.arithmetic.cast_float_boundaries and fmt is None
+                if cast and name in points.boundaries and name not in points.fused_away:
+                    _cast_boundary(value, modes, points)
                     continue
             if fmt is None:
                 continue
@@ -341,13 +343,13 @@ def _observe_boundary(
 
 
 def _cast_boundary(
-    value: ir.Value, mode: PrecisionMode, modes: Mapping[str, PrecisionMode], points: QuantPoints
+    value: ir.Value, modes: Mapping[str, PrecisionMode], points: QuantPoints
 ) -> None:
-    """A float op's output that integer ops read, cast to their grid as the vendor does; its
+    """An fp32 op's output that integer ops read, cast to their grid as the vendor does; its
     float readers read it before the cast."""
     name = value.name or ""
     points.activations[name] = points.boundaries[name]
-    points.boundary_casts[name] = "f16" if mode.float_type == "fp16" else "f32"
+    points.boundary_casts.add(name)
     for use in value.uses():
         reader = use.node.name or ""
         if not modes[reader].act_in_bits:
@@ -613,7 +615,6 @@ def _requantize(plan: QuantPlan, points: QuantPoints) -> None:
     """The integer arithmetic of the ops the vendor requantizes, on the plan's grids (the
     output grid is the fused op's where the node's output is inside one: Conv + Relu)."""
     f16_casts = {spec.output: "f16" for spec in points.float_nodes.values()}
-    f16_casts.update((t, "f16") for t, p in points.boundary_casts.items() if p == "f16")
     for node, site in points.requantized.items():
         if site.kind == "cast":
             out = plan.activations.get(site.output)

@@ -118,10 +118,10 @@ class Arithmetic(BaseModel):
     # or Gemm its QDQ selectors leave unfused, which 16-bit ones always are), instead of the
     # weight grid being coarsened until it fits (what a chip's int32 accumulator forces).
     float_bias_on_overflow: bool = False
-    # A float op's output (an op the assignment keeps in float) that an integer op reads is
+    # An fp32 op's output (an op the assignment keeps in float32) that an integer op reads is
     # cast to that reader's integer grid by the vendor, with the tensor's calibrated range,
-    # while float readers read the float value (TPU-MLIR's tpu.Cast between an F32/F16 op and
-    # an INT8 user). Off: the integer reader reads the float value (ONNX QDQ's view).
+    # while float readers read the float value (TPU-MLIR's tpu.Cast between an F32 op and an
+    # INT8 user). Off: the integer reader reads the float value (ONNX QDQ's view).
     cast_float_boundaries: bool = False
     # How the vendor's quantizers round a value to its code (`QuantizerRounding`).
     quantizer_rounding: QuantizerRounding = "half-to-even"
