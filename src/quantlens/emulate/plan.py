@@ -50,8 +50,9 @@ class QuantPoints:
     # bias name -> (format, activation input, weight)
     biases: dict[str, tuple[IntFormat, str, str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    # Float outputs read by integer layers: not quantized here, but a vendor that runs layers
-    # one by one (TPU-MLIR) casts them to the integer grid and needs their calibrated range.
+    # Float outputs read by integer layers: a vendor that runs layers one by one (TPU-MLIR)
+    # casts them to the integer grid and needs their calibrated range; quantized here only
+    # where the profile emulates that cast (below).
     boundaries: dict[str, IntFormat] = field(default_factory=dict)
     # Those of fp32 ops the vendor casts to the grid for its integer readers (profile
     # `cast_float_boundaries`), and the float readers that read such a tensor before the cast:
