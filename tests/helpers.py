@@ -46,6 +46,19 @@ def labelled_npy(folder: Path, model: Path, count: int, seed: int = 7) -> Path:
     return folder
 
 
+def outlier_set(root: Path, calib_seed: int) -> tuple[Path, Path, Path]:
+    """The outlier classifier (`tests.models.outlier_model`) saved under `root`, 6 calibration
+    inputs seeded `calib_seed` and 12 labelled samples (`labelled_npy`)."""
+    import onnx
+
+    from tests.models import outlier_model
+
+    model = root / "outlier.onnx"
+    onnx.save(outlier_model(), model)
+    data = labelled_npy(root / "data", model, 12)
+    return model, npz_folder(root / "calib", 6, seed=calib_seed), data
+
+
 def quantlens(*args: str) -> subprocess.CompletedProcess[str]:
     # A private working folder: default outputs (runs/<command>) of tests that run at the same
     # time must not meet in the checkout (a run folder takes one writer at a time).

