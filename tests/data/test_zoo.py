@@ -226,6 +226,25 @@ def test_fetch_exports_a_state_dict_that_runs_as_torch_does(
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * float(np.abs(want).max()))
 
 
+def test_batchnorm_is_folded_in_float64_bit_for_bit(state_dict_wheel: dict[str, Any]) -> None:
+    """The folded weights are float64 arithmetic rounded once to float32, the same bytes on
+    every CPU (torch's own folding gave other bytes on an AMD CPU than on an Intel one)."""
+    import onnx
+    from onnx import numpy_helper
+
+    stem, norm = state_dict_wheel["model"].features[0][0], state_dict_wheel["model"].features[0][1]
+    scale = norm.weight.detach().double().numpy() / np.sqrt(
+        norm.running_var.double().numpy() + norm.eps
+    )
+    want_w = (stem.weight.detach().double().numpy() * scale[:, None, None, None]).astype(np.float32)
+    want_b = norm.bias.detach().double().numpy() - norm.running_mean.double().numpy() * scale
+    graph = onnx.load(str(zoo.fetch("fake-export"))).graph
+    first = next(n for n in graph.node if n.op_type == "Conv")
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    np.testing.assert_array_equal(values[first.input[1]], want_w)
+    np.testing.assert_allclose(values[first.input[2]], want_b.astype(np.float32), rtol=0, atol=1e-6)
+
+
 def test_an_export_with_other_bytes_names_the_torch_version(
     state_dict_wheel: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

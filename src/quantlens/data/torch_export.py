@@ -3,7 +3,9 @@
 Only architectures written out below can be exported, and only from a state_dict (loaded with
 `weights_only=True`, so no pickled code runs). The export is deterministic for a given torch
 version (the project pins torch), so the zoo pins the sha256 of the ONNX bytes it produces as
-it does for models that ship as ONNX.
+it does for models that ship as ONNX. BatchNorm is folded here in float64 NumPy, not by the
+exporter: torch's folding rounded differently on an AMD and an Intel CPU (other bytes, so the pin
+failed), while IEEE multiply, divide and square root round the same on every CPU.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -97,11 +100,51 @@ def export_state_dict(architecture: str, state_dict_bytes: bytes, image_size: in
             "the pinned file differs from the expected state_dict; report it to quantlens",
         ) from exc
     model.eval()
+    fold_batchnorms(model)
     dummy = torch.zeros(1, 3, image_size, image_size)
     with tempfile.TemporaryDirectory(prefix="quantlens-export-") as tmp:
         path = Path(tmp) / "model.onnx"
         _export(model, dummy, path)
         return path.read_bytes()
+
+
+def fold_batchnorms(model: nn.Module) -> None:
+    """Fold every BatchNorm2d that follows a Conv2d in the same Sequential into that conv (a
+    new conv with a bias; the BatchNorm becomes Identity), computed in float64 NumPy."""
+    for module in model.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        children = list(module)
+        for index in range(len(children) - 1):
+            conv, norm = children[index], children[index + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                module[index] = _folded_conv(conv, norm)
+                module[index + 1] = nn.Identity()
+
+
+def _folded_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
+    def f64(tensor: torch.Tensor | None) -> np.ndarray:
+        assert tensor is not None
+        return tensor.detach().cpu().numpy().astype(np.float64)
+
+    scale = f64(norm.weight) / np.sqrt(f64(norm.running_var) + norm.eps)
+    weight = f64(conv.weight) * scale[:, None, None, None]
+    bias = f64(conv.bias) if conv.bias is not None else np.zeros(scale.shape)
+    bias = (bias - f64(norm.running_mean)) * scale + f64(norm.bias)
+    folded = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,  # type: ignore[arg-type]
+        conv.stride,  # type: ignore[arg-type]
+        conv.padding,  # type: ignore[arg-type]
+        groups=conv.groups,
+        bias=True,
+    )
+    with torch.no_grad():
+        folded.weight.copy_(torch.from_numpy(weight.astype(np.float32)))
+        assert folded.bias is not None
+        folded.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
+    return folded.eval()
 
 
 def _export(model: nn.Module, dummy: torch.Tensor, path: Path) -> None:

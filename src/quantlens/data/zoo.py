@@ -62,7 +62,7 @@ TEXTLINE_LABELS = ["0", "180"]
 # model's sha256 and provenance (Apache-2.0, Baidu / PaddleOCR authors).
 _RAPIDOCR_WHEEL = "2fc34e26cd0f48514804a94f8832283039c7334076bff60768b1fed9ad068050"
 # The ONNX bytes torch 2.13.0's exporter writes for the MobileNetV2 state_dict (torch_export).
-MOBILENET_V2_ONNX_SHA256 = "0906faa3c8aea9774ae841db612aa8186e9860ff99482e05b4230dd1a401632d"
+MOBILENET_V2_ONNX_SHA256 = "be3547ed56b45e7b3b9e85f129404f8bfc914928fad59ababffac1e8d6189b16"
 
 
 class ZooEntry(BaseModel):
