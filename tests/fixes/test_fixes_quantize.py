@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -203,6 +204,10 @@ def test_quantize_records_fixes_and_writes_the_float_model(
     )
     assert report.optimize.enabled == ["fuse", "equalize", "bias_correction"]
     assert report.optimize.passes["equalize"] and report.optimize.fixes[0]["changes"]
+    guard = report.optimize.passes_guard  # equalization balances conv1's wide channels
+    assert guard is not None and guard.kept and guard.samples == 8
+    assert guard.passes == ["div_to_mul", "fuse_affine", "equalize"]
+    assert guard.snr_with_db >= guard.snr_without_db
     assert "fix:bias-correction" in report.seconds
     float_model = run / "model.float.onnx"
     assert report.files["float_model"] == str(float_model)
@@ -210,6 +215,37 @@ def test_quantize_records_fixes_and_writes_the_float_model(
     assert "Div" not in ops and "Sub" in ops  # the shift before a padded conv stays
     quantize_model(model_path, QuantizeOptions(calib=calib, target="hailo8", run_dir=run))
     assert not float_model.exists()  # level 0 leaves no stale optimized model
+
+
+def test_graph_passes_that_add_output_noise_are_undone(
+    model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the quantized model is noisier with the passes than without (the OCR recognizer on
+    hailo8), `quantize` plans the graph as it was: its export keeps the Div the passes fold."""
+    from quantlens.pipeline import graph_guard
+
+    measured = graph_guard._output_snr
+
+    def passes_lose(session: Any, *args: Any) -> float:
+        snr = measured(session, *args)
+        return snr - 100.0 if session.graph.equalize else snr
+
+    monkeypatch.setattr(graph_guard, "_output_snr", passes_lose)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, feed in enumerate(_feeds(4)):
+        np.savez(calib / f"{i:03d}.npz", **feed)
+    messages: list[str] = []
+    options = QuantizeOptions(calib=calib, target="hailo8", run_dir=tmp_path / "run", optimize=1)
+    report = quantize_model(model_path, options, say=messages.append)
+    guard = report.optimize.passes_guard
+    assert guard is not None and not guard.kept and guard.samples == 4
+    assert guard.snr_with_db < guard.snr_without_db
+    assert not {"equalize", "fuse-affine", "div-to-mul"} & set(report.optimize.passes)
+    assert any(m.startswith("graph passes undone (output SNR") for m in messages)
+    ops = [n.op_type for n in onnx.load(report.files["qdq_model"]).graph.node]
+    assert "Div" in ops
+    assert report.optimize.fixes[0]["name"] == "bias-correction"  # the fixes still run
 
 
 @pytest.mark.parametrize("level", [0, 1, 2, pytest.param(3, marks=pytest.mark.slow)])
@@ -230,6 +266,8 @@ def test_cli_optimize_levels_export_runs_in_onnxruntime(
     data = json.loads((run / "quantize.json").read_text())
     assert data["optimize"]["level"] == level
     assert ("equalize" in data["optimize"]["enabled"]) == (level >= 2)
+    assert ("graph passes div_to_mul, fuse_affine" in result.output) == (level >= 1)
+    assert (data["optimize"]["passes_guard"] is None) == (level == 0)
     session = ort.InferenceSession(str(run / "model.qdq.onnx"), providers=["CPUExecutionProvider"])
     assert session.run(None, _feeds(1)[0])[0].shape == (1, 4)
 

@@ -16,12 +16,26 @@ class OutputQuality(BaseModel):
     emulator_vs_onnxruntime: AgreementStats | None = None
 
 
+class PassesGuard(BaseModel):
+    """What the graph passes' guard measured: the quantized model's output SNR (dB, against
+    the float model) without and with the passes, on `samples` calibration samples."""
+
+    passes: list[str]
+    snr_without_db: float
+    snr_with_db: float
+    kept: bool
+    samples: int
+
+
 class OptimizeRecord(BaseModel):
     """What `--optimize` did: graph passes before calibration, fixes after the plan."""
 
     level: int = 0
     enabled: list[str] = Field(default_factory=list)
     passes: dict[str, list[str]] = Field(default_factory=dict)
+    # The graph passes' guard (pipeline.graph_guard): output SNR without and with them; None
+    # where no guarded pass changed the graph. Undone passes are absent from `passes`.
+    passes_guard: PassesGuard | None = None
     fixes: list[dict[str, object]] = Field(default_factory=list)
 
 

@@ -121,6 +121,13 @@ def _print_quantize(report: QuantizeReport) -> None:
     modes = ", ".join(f"{m} x{n}" for m, n in report.modes.items())
     for change in report.mode_changes:
         out.print(change.line(), markup=False)
+    guard = report.optimize.passes_guard
+    if guard is not None:
+        verdict = "kept" if guard.kept else "undone: the outputs got noisier"
+        out.print(
+            f"graph passes {', '.join(guard.passes)}: output SNR {guard.snr_without_db:.2f} -> "
+            f"{guard.snr_with_db:.2f} dB on {guard.samples} samples ({verdict})"
+        )
     for fix in report.optimize.fixes:
         out.print(_fix_line(fix))
     if report.latency is not None:

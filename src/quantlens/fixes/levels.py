@@ -8,7 +8,9 @@
 
 Individual flags override the level either way.
 
-Every fix is checked on up to `GUARD_SAMPLES` calibration samples: the whole quantized model's
+The graph passes are guarded as a whole (`quantlens.pipeline.graph_guard`: the model planned
+with and without them). Every fix after the plan is checked on up to `GUARD_SAMPLES` calibration
+samples: the whole quantized model's
 output noise (per output channel, as the analysis measures it) against the float outputs of the
 model before any fix. A fix that lowers that SNR is undone and recorded as not kept: each fix
 scores its own small goal (a tensor's readers, a layer's mean output, a layer's weights), which
@@ -139,26 +141,12 @@ class FixGuard:
         self.undo_worse = undo_worse
         self.original = Executor(executor.model, device=executor.device)
         self.feeds = list(feeds)
-        self.pooled = pooled_outputs(executor.model.graph.outputs)
         self.current: tuple[float, dict[str, float]] | None = None
 
     def measure(self, plan: QuantPlan) -> tuple[float, dict[str, float]]:
         """Output SNR (dB) and per-layer output SNR of the quantized model under `plan`."""
         layers = _layer_outputs(self.executor, plan)
-        noise = OutputNoise(pooled=self.pooled)
-        sums = {name: ErrorSums() for name in layers}
-        hooks = QuantHooks(plan, self.executor.device)
-        with torch.inference_mode():
-            for feed in self.feeds:
-                # Re-run, not cached: every layer output of every guard sample would be
-                # gigabytes on a 1024 px detector, and the layers follow the plan.
-                reference = self.original.run(feed, keep=layers)
-                quantized = self.executor.run(feed, keep=layers, hooks=hooks)
-                outputs = self.executor.output_names
-                noise.add({o: reference[o] for o in outputs}, {o: quantized[o] for o in outputs})
-                for name, acc in sums.items():
-                    acc.add(reference[name], quantized[name])
-        return noise.snr_db, {name: acc.snr_db for name, acc in sums.items()}
+        return quantized_noise(self.original, self.executor, plan, self.feeds, layers)
 
     def apply(self, plan: QuantPlan, result: FixResult) -> QuantPlan:
         if not result.weights and result.plan is None:
@@ -178,6 +166,33 @@ class FixGuard:
             return plan
         self.current = after
         return new_plan
+
+
+def quantized_noise(
+    reference: Executor,
+    executor: Executor,
+    plan: QuantPlan,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    layers: Sequence[str] = (),
+) -> tuple[float, dict[str, float]]:
+    """The output SNR (dB, per output channel as the analysis measures it) of `executor`'s model
+    quantized by `plan` against `reference`'s float model on `feeds`, and the SNR of each of
+    `layers` (tensors both graphs have). Both graphs must have the same outputs."""
+    noise = OutputNoise(pooled=pooled_outputs(executor.model.graph.outputs))
+    sums = {name: ErrorSums() for name in layers}
+    hooks = QuantHooks(plan, executor.device)
+    keep = list(layers)
+    with torch.inference_mode():
+        for feed in feeds:
+            # Re-run, not cached: every layer output of every guard sample would be
+            # gigabytes on a 1024 px detector, and the layers follow the plan.
+            floats = reference.run(feed, keep=keep)
+            quantized = executor.run(feed, keep=keep, hooks=hooks)
+            outputs = executor.output_names
+            noise.add({o: floats[o] for o in outputs}, {o: quantized[o] for o in outputs})
+            for name, acc in sums.items():
+                acc.add(floats[name], quantized[name])
+    return noise.snr_db, {name: acc.snr_db for name, acc in sums.items()}
 
 
 def _layer_outputs(executor: Executor, plan: QuantPlan) -> list[str]:

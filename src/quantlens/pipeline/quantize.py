@@ -24,6 +24,7 @@ from quantlens.artifacts.quantize import (
     ModeChange,
     OptimizeRecord,
     OutputQuality,
+    PassesGuard,
     QuantizeReport,
 )
 from quantlens.bench.latency import LatencySettings, export_latency
@@ -36,6 +37,7 @@ from quantlens.export.verify import agreement_stats
 from quantlens.fixes.levels import run_fixes
 from quantlens.fixes.result import FixResult
 from quantlens.pipeline.closure import close_assignment
+from quantlens.pipeline.graph_guard import guard_passes
 from quantlens.pipeline.session import (
     OptimizeOptions,
     Session,
@@ -88,7 +90,9 @@ def quantize_model(
     start = time.perf_counter()
     graph = opts.fix_settings().graph_options()
     session = open_session(path, opts, opts.run_dir, assignment=opts.assignment, graph=graph)
-    return quantize(session, opts, say, progress, prepared_in=time.perf_counter() - start)
+    session, guard = guard_passes(session, path, opts, opts.assignment, say, progress)
+    prepared_in = time.perf_counter() - start
+    return quantize(session, opts, say, progress, prepared_in=prepared_in, passes_guard=guard)
 
 
 def quantize(
@@ -99,10 +103,12 @@ def quantize(
     assignment: Assignment | None = None,
     prepared_in: float = 0.0,
     planned: tuple[QuantPlan, list[FixResult]] | None = None,
+    passes_guard: PassesGuard | None = None,
 ) -> QuantizeReport:
     """Quantize `session`'s model with `assignment` (default: the session's) into its folder;
     `planned`: the plan and the fixes already applied to the session (the search's), which
-    are exported as they are instead of fixing again."""
+    are exported as they are instead of fixing again; `passes_guard`: what the graph passes'
+    guard measured, for the report."""
     clock: dict[str, float] = {"prepare": prepared_in}
     model, executor, feeds, folder = session.model, session.executor, session.feeds, session.folder
     # What the chip realizes: an explicit assignment closed under the target's rules.
@@ -177,6 +183,7 @@ def quantize(
             level=opts.optimize,
             enabled=settings.enabled(),
             passes={r.name: r.details for r in session.graph_reports},
+            passes_guard=passes_guard,
             fixes=[f.as_record() for f in fixes],
         ),
         latency=latency,
