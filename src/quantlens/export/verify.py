@@ -23,6 +23,7 @@ from quantlens.analysis.metrics import ErrorSums
 from quantlens.artifacts.measures import AgreementStats
 from quantlens.emulate.executor import Executor
 from quantlens.emulate.fakequant import QuantHooks
+from quantlens.emulate.ort import session_options
 from quantlens.errors import UserError
 from quantlens.evaluate.distance import snr_db
 from quantlens.schemes.qparams import QuantPlan
@@ -31,9 +32,9 @@ Feed = Mapping[str, np.ndarray | torch.Tensor]
 
 
 def qdq_session(path: str | Path, optimize: bool = True) -> ort.InferenceSession:
-    """A CPU session over an exported model, with or without ORT's graph optimizations."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    """A CPU session over an exported model, with or without ORT's graph optimizations, its
+    integer kernels exact on every CPU (`session_options`)."""
+    options = session_options()
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:

@@ -25,17 +25,26 @@ class IntFormat(BaseModel):
     per_channel: bool = False
     # Narrow grids drop the most negative code (-127..127), as TPU-MLIR and QNN weights do.
     narrow: bool = False
+    # ONNX Runtime's reduce_range: one bit less of range in the same container, a signed grid
+    # -64..64 (quant_utils.get_qmin_qmax_for_qType). On x86 without VNNI, MLAS multiplies
+    # uint8 x int8 with VPMADDUBSW, which adds two products into an int16 that saturates:
+    # 255 x 127 x 2 overflows it, 255 x 64 x 2 does not.
+    reduced: bool = False
 
     @property
     def qmin(self) -> int:
         if not self.signed:
             return 0
+        if self.reduced:
+            return -(1 << (self.bits - 2))
         low = -(1 << (self.bits - 1))
         return low + 1 if self.narrow else low
 
     @property
     def qmax(self) -> int:
-        return (1 << self.bits) - 1 if not self.signed else (1 << (self.bits - 1)) - 1
+        if not self.signed:
+            return (1 << (self.bits - 1 if self.reduced else self.bits)) - 1
+        return 1 << (self.bits - 2) if self.reduced else (1 << (self.bits - 1)) - 1
 
     @property
     def onnx_type(self) -> str:
@@ -45,7 +54,8 @@ class IntFormat(BaseModel):
     def describe(self) -> str:
         sym = "sym" if self.symmetric else "asym"
         granularity = "per-channel" if self.per_channel else "per-tensor"
-        return f"{self.onnx_type} {sym} {granularity}"
+        reduced = f" reduced to {self.qmin}..{self.qmax}" if self.reduced else ""
+        return f"{self.onnx_type} {sym} {granularity}{reduced}"
 
 
 class FloatFormat(BaseModel):
@@ -62,7 +72,9 @@ class FloatFormat(BaseModel):
 Format = IntFormat | FloatFormat
 
 
-def int_format(spec: str, per_channel: bool = False, narrow: bool = False) -> IntFormat:
+def int_format(
+    spec: str, per_channel: bool = False, narrow: bool = False, reduced: bool = False
+) -> IntFormat:
     """Parse `uint8-asym`, `int8-sym`, `int16-sym`, ... into an IntFormat."""
     kind, _, mode = spec.partition("-")
     signed = not kind.startswith("u")
@@ -73,4 +85,5 @@ def int_format(spec: str, per_channel: bool = False, narrow: bool = False) -> In
         symmetric=mode == "sym",
         per_channel=per_channel,
         narrow=narrow,
+        reduced=reduced,
     )

@@ -155,6 +155,9 @@ class TargetProfile(BaseModel):
     weight_formats: dict[int, str]
     weight_per_channel: bool
     weight_narrow: bool = True
+    # 8-bit weights on ONNX Runtime's reduced range (IntFormat.reduced), for x86 CPUs without
+    # VNNI, where full-range uint8 x int8 products saturate in MLAS's kernels.
+    weight_reduce_range: bool = False
     bias_bits: int | None = 32
     modes: list[ModeName]
     default_mode: ModeName = "a8_w8"
@@ -184,7 +187,10 @@ class TargetProfile(BaseModel):
 
     def weight_format(self, bits: int) -> IntFormat:
         spec = self._pick(self.weight_formats, bits, "weights")
-        return int_format(spec, per_channel=self.weight_per_channel, narrow=self.weight_narrow)
+        reduced = self.weight_reduce_range and bits == 8
+        return int_format(
+            spec, per_channel=self.weight_per_channel, narrow=self.weight_narrow, reduced=reduced
+        )
 
     def bias_format(self) -> IntFormat | None:
         if self.bias_bits is None:
