@@ -248,6 +248,35 @@ def test_graph_passes_that_add_output_noise_are_undone(
     assert report.optimize.fixes[0]["name"] == "bias-correction"  # the fixes still run
 
 
+@pytest.mark.parametrize("passes_lose", [False, True])
+def test_the_search_session_keeps_the_passes_the_guard_keeps(
+    model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, passes_lose: bool
+) -> None:
+    """`search --optimize` opens its session through the same guard: the passes it keeps are
+    the graph every candidate is planned on."""
+    from quantlens.pipeline import graph_guard
+    from quantlens.pipeline.search import prepare_search
+    from quantlens.search_run import SearchOptions
+
+    if passes_lose:
+        measured = graph_guard._output_snr
+        monkeypatch.setattr(
+            graph_guard,
+            "_output_snr",
+            lambda s, *a: measured(s, *a) - (100.0 if s.graph.equalize else 0.0),
+        )
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, feed in enumerate(_feeds(4)):
+        np.savez(calib / f"{i:03d}.npz", **feed)
+    opts = SearchOptions(calib=calib, target="hailo8", run_dir=tmp_path / "s", optimize=1)
+    session = prepare_search(model_path, opts).session
+    guard = session.passes_guard
+    assert guard is not None and guard.kept is not passes_lose
+    assert session.graph.equalize is not passes_lose
+    assert ("Div" in {n.op_type for n in session.model.graph}) is passes_lose
+
+
 @pytest.mark.parametrize("level", [0, 1, 2, pytest.param(3, marks=pytest.mark.slow)])
 def test_cli_optimize_levels_export_runs_in_onnxruntime(
     model_path: Path, tmp_path: Path, level: int

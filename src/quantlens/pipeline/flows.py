@@ -120,8 +120,8 @@ def _measured_costs(
     int8_dir = RunFolder(opts.run_dir).search_cache / "int8"
     # A fresh session: fixes may have changed the search session's weights; its calibrations
     # carry over, so the int8 export calibrates nothing.
-    graph = opts.fix_settings().graph_options()
-    fresh = open_session(setup.path, opts, int8_dir, graph=graph)
+    # The search session's graph: its passes as the guard left them.
+    fresh = open_session(setup.path, opts, int8_dir, graph=setup.session.graph)
     fresh.calibrations.adopt(setup.session.calibrations)
     quantize(fresh, quantize_options(opts, int8_dir))
     base = latency(RunFolder(int8_dir).qdq_model, feeds)

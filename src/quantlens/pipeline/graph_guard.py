@@ -73,7 +73,9 @@ def guard_passes(
             f"graph passes undone (output SNR {with_passes:.2f} dB with them, {without:.2f} dB "
             "without): quantizing the graph as it was"
         )
-    return (session if kept else plain), verdict
+    chosen = session if kept else plain
+    chosen.passes_guard = verdict
+    return chosen, verdict
 
 
 def _report_name(option: str) -> str:

@@ -24,7 +24,6 @@ from quantlens.artifacts.quantize import (
     ModeChange,
     OptimizeRecord,
     OutputQuality,
-    PassesGuard,
     QuantizeReport,
 )
 from quantlens.bench.latency import LatencySettings, export_latency
@@ -90,9 +89,8 @@ def quantize_model(
     start = time.perf_counter()
     graph = opts.fix_settings().graph_options()
     session = open_session(path, opts, opts.run_dir, assignment=opts.assignment, graph=graph)
-    session, guard = guard_passes(session, path, opts, opts.assignment, say, progress)
-    prepared_in = time.perf_counter() - start
-    return quantize(session, opts, say, progress, prepared_in=prepared_in, passes_guard=guard)
+    session, _ = guard_passes(session, path, opts, opts.assignment, say, progress)
+    return quantize(session, opts, say, progress, prepared_in=time.perf_counter() - start)
 
 
 def quantize(
@@ -103,12 +101,10 @@ def quantize(
     assignment: Assignment | None = None,
     prepared_in: float = 0.0,
     planned: tuple[QuantPlan, list[FixResult]] | None = None,
-    passes_guard: PassesGuard | None = None,
 ) -> QuantizeReport:
     """Quantize `session`'s model with `assignment` (default: the session's) into its folder;
     `planned`: the plan and the fixes already applied to the session (the search's), which
-    are exported as they are instead of fixing again; `passes_guard`: what the graph passes'
-    guard measured, for the report."""
+    are exported as they are instead of fixing again."""
     clock: dict[str, float] = {"prepare": prepared_in}
     model, executor, feeds, folder = session.model, session.executor, session.feeds, session.folder
     # What the chip realizes: an explicit assignment closed under the target's rules.
@@ -183,7 +179,7 @@ def quantize(
             level=opts.optimize,
             enabled=settings.enabled(),
             passes={r.name: r.details for r in session.graph_reports},
-            passes_guard=passes_guard,
+            passes_guard=session.passes_guard,
             fixes=[f.as_record() for f in fixes],
         ),
         latency=latency,

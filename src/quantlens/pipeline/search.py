@@ -35,6 +35,7 @@ from quantlens.errors import UserError
 from quantlens.export.qdq import export_qdq
 from quantlens.fixes.levels import FixSettings
 from quantlens.fixes.result import FixResult, apply_fix
+from quantlens.pipeline.graph_guard import guard_passes
 from quantlens.pipeline.search_fixes import (
     POST_PLAN,
     FixedParams,
@@ -247,6 +248,8 @@ def prepare_search(
     started = time.perf_counter()
     graph = search_graph(opts.fix_settings(), opts.fixes, opts.try_fixes, path)
     session = open_session(path, opts, opts.run_dir, graph=graph, read_calibration_set=calibrated)
+    if calibrated:  # `--optimize`'s graph passes, kept only where they add no output noise
+        session, _ = guard_passes(session, path, opts, None, say, progress)
     setup = search_setup(session, opts, say, progress, calibrated)
     setup.started = started
     return setup

@@ -19,6 +19,7 @@ import torch
 
 from quantlens.artifacts.calibration import CalibrationStats
 from quantlens.artifacts.folder import RunFolder
+from quantlens.artifacts.quantize import PassesGuard
 from quantlens.data import zoo
 from quantlens.data.preprocess import FeedSet, InputSpec, load_inputs, load_spec_file
 from quantlens.emulate import Executor
@@ -277,6 +278,8 @@ class Session:
     spec: InputSpec
     feeds: Sequence[dict[str, np.ndarray]]
     calibrations: Calibrations
+    # What the graph passes' guard measured (pipeline.graph_guard), once it has run.
+    passes_guard: PassesGuard | None = None
 
     def points(self, assignment: Assignment | None = None) -> QuantPoints:
         return quantization_points(self.model, assignment or self.assignment, self.profile)
