@@ -4,8 +4,9 @@ Only architectures written out below can be exported, and only from a state_dict
 `weights_only=True`, so no pickled code runs). The export is deterministic for a given torch
 version (the project pins torch), so the zoo pins the sha256 of the ONNX bytes it produces as
 it does for models that ship as ONNX. BatchNorm is folded here in float64 NumPy, not by the
-exporter: torch's folding rounded differently on an AMD and an Intel CPU (other bytes, so the pin
-failed), while IEEE multiply, divide and square root round the same on every CPU.
+exporter: with the exporter's folding (its only float arithmetic) an AMD CPU wrote other bytes
+than the Intel one that pinned them, while IEEE multiply, divide and square root round the same
+on every CPU.
 """
 
 from __future__ import annotations

@@ -10,12 +10,12 @@ Individual flags override the level either way.
 
 The graph passes are guarded as a whole (`quantlens.pipeline.graph_guard`: the model planned
 with and without them). Every fix after the plan is checked on up to `GUARD_SAMPLES` calibration
-samples: the whole quantized model's
-output noise (per output channel, as the analysis measures it) against the float outputs of the
-model before any fix. A fix that lowers that SNR is undone and recorded as not kept: each fix
-scores its own small goal (a tensor's readers, a layer's mean output, a layer's weights), which
-can win while the outputs lose (weight clipping halved the OCR recognizer's output SNR on hailo8).
-The output SNR is itself only a proxy for the task metric (see BENCHMARKS.md, "Fixes").
+samples: the whole quantized model's output noise (per output channel, as the analysis measures
+it) against the float outputs of the model before any fix. A fix that lowers that SNR is undone
+and recorded as not kept: each fix scores its own small goal (a tensor's readers, a layer's mean
+output, a layer's weights), which can win while the outputs lose (weight clipping halved the OCR
+recognizer's output SNR on hailo8). The output SNR is itself only a proxy for the task metric
+(see BENCHMARKS.md, "Fixes").
 """
 
 from __future__ import annotations
