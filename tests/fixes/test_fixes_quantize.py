@@ -184,8 +184,14 @@ def test_clip_search_candidates_in_one_pass_and_its_time_budget(model_path: Path
             tolerance = 0.0 if method == "minmax" else 0.01 * width  # finer histograms
             assert abs(low - own[name].clip_min) <= tolerance
             assert abs(high - own[name].clip_max) <= tolerance
+    late = activation_candidates(executor, calib, targets, options, deadline=0.0)  # passed
+    ratios = {f"minmax x{r:g}" for r in options.ratios}
+    assert all(set(found) == {"minmax", *ratios} for found in late.values())
     bounded = clip_search(executor, plan, calib, points, ClipSearchOptions(time_budget_s=0.0))
-    note = f"time budget 0 s: 0 of {len(targets)} tensors scored, 0 of 4 samples complete"
+    note = (
+        f"time budget 0 s: 1 of 4 range methods, 0 of {len(targets)} tensors scored, 0 of 4 "
+        "samples complete"
+    )
     assert bounded.changes == [note] and bounded.plan is not None
     for name in targets:  # nothing scored: every range stays as it was
         assert bounded.plan.activations[name].scale == plan.activations[name].scale
