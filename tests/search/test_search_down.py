@@ -106,6 +106,27 @@ def test_budget_below_int8_picks_a_cheaper_point(tmp_path: Path) -> None:
     assert noise.is_file()
 
 
+def test_a_budget_below_the_cheapest_state_says_what_the_cheapest_costs(tmp_path: Path) -> None:
+    model = tmp_path / "outlier.onnx"
+    onnx.save(outlier_model(), model)
+    opts = SearchOptions(
+        calib=npz_folder(tmp_path / "calib", 6),
+        target="hailo8",
+        run_dir=tmp_path / "run",
+        max_cost=0.3,
+        cost_model="weight-bytes",
+        min_snr=10.0,
+        samples=2,
+        export=False,
+    )
+    report = search_model(model, opts)
+    notes = [n for n in report.notes if n.startswith("no state fits the budget")]
+    assert len(notes) == 1, report.notes
+    cheapest = float(notes[0].rsplit(" ", 1)[1].rstrip("x"))
+    assert 0.3 < cheapest < 1.0
+    assert all(p.cost >= cheapest - 1e-9 for p in report.points)
+
+
 class _FakeMeter(LatencyMeter):
     """Timings by modes: u3's promotion measurably slower, everything else within noise."""
 

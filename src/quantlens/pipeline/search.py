@@ -882,6 +882,12 @@ def _search(run: _Run, say: Say | None, progress: Progress | None) -> None:
         ]
     else:
         report.notes.append(f"the budget {max_cost:g}x is below all-int8's: int8 is not a choice")
+        cheapest = setup.costs.relative(setup.rules.lowest())
+        if cheapest > max_cost:  # says why no candidate exists, in the search's own numbers
+            report.notes.append(
+                f"no state fits the budget: the cheapest the target's rules allow (every unit "
+                f"that can go below int8 there) costs {cheapest:.4f}x"
+            )
     if full:
         _bisect_metric(run, admissible, base, base_ok)
     else:
