@@ -11,6 +11,7 @@ from pathlib import Path
 import onnx
 import pytest
 
+from quantlens.artifacts.search import SearchReport
 from quantlens.pipeline.flows import search_model
 from quantlens.pipeline.search import SearchOptions
 from quantlens.schemes.profiles import get_profile
@@ -82,21 +83,25 @@ def test_greedy_climbs_from_the_cheapest_state() -> None:
     assert costs_along == sorted(costs_along) and costs_along[-1] > 1.0
 
 
-def test_budget_below_int8_picks_a_cheaper_point(tmp_path: Path) -> None:
+def _search_below_int8(tmp_path: Path, max_cost: float) -> SearchReport:
+    """The outlier model on hailo8 with weight-bytes costs, a budget below all-int8's."""
     model = tmp_path / "outlier.onnx"
     onnx.save(outlier_model(), model)
-    calib = npz_folder(tmp_path / "calib", 6)
     opts = SearchOptions(
-        calib=calib,
+        calib=npz_folder(tmp_path / "calib", 6),
         target="hailo8",
         run_dir=tmp_path / "run",
-        max_cost=0.8,
+        max_cost=max_cost,
         cost_model="weight-bytes",
         min_snr=10.0,
         samples=2,
         export=False,
     )
-    report = search_model(model, opts)
+    return search_model(model, opts)
+
+
+def test_budget_below_int8_picks_a_cheaper_point(tmp_path: Path) -> None:
+    report = _search_below_int8(tmp_path, 0.8)
     chosen = report.point(report.chosen)
     assert chosen is not None and chosen.cost <= 0.8 and chosen.lowered
     assert chosen.key != report.baseline
@@ -107,19 +112,7 @@ def test_budget_below_int8_picks_a_cheaper_point(tmp_path: Path) -> None:
 
 
 def test_a_budget_below_the_cheapest_state_says_what_the_cheapest_costs(tmp_path: Path) -> None:
-    model = tmp_path / "outlier.onnx"
-    onnx.save(outlier_model(), model)
-    opts = SearchOptions(
-        calib=npz_folder(tmp_path / "calib", 6),
-        target="hailo8",
-        run_dir=tmp_path / "run",
-        max_cost=0.3,
-        cost_model="weight-bytes",
-        min_snr=10.0,
-        samples=2,
-        export=False,
-    )
-    report = search_model(model, opts)
+    report = _search_below_int8(tmp_path, 0.3)
     notes = [n for n in report.notes if n.startswith("no state fits the budget")]
     assert len(notes) == 1, report.notes
     cheapest = float(notes[0].rsplit(" ", 1)[1].rstrip("x"))
