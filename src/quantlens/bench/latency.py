@@ -25,6 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from quantlens.artifacts.quantize import LatencyRecord
+from quantlens.emulate.ort import session_options
 from quantlens.errors import UserError
 
 Feed = Mapping[str, np.ndarray]
@@ -42,11 +43,9 @@ class LatencySettings:
 
 
 def cpu_session(model: str | Path | bytes, threads: int = DEFAULT_THREADS) -> ort.InferenceSession:
-    """A CPU session with ORT's default graph optimizations (the QDQ fusions included)."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
+    """A CPU session with ORT's default graph optimizations (the QDQ fusions included) and
+    default integer kernels: what a user's deployment runs."""
+    options = session_options(threads, exact_integers=False)
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # Idle threads of one session would spin on the cores the next timed session needs.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -180,8 +180,7 @@ def _ort_tensors(path: str | Path, names: list[str], feed: Feed) -> dict[str, np
     model = onnx.load(str(path))
     public = {o.name for o in model.graph.output}
     model.graph.output.extend(make_empty_tensor_value_info(n) for n in names if n not in public)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options = session_options()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(
         model.SerializeToString(), options, providers=["CPUExecutionProvider"]

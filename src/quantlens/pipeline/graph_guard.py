@@ -45,14 +45,15 @@ def guard_passes(
     assignment: Path | None,
     say: Say | None = None,
     progress: Progress | None = None,
-) -> tuple[Session, PassesGuard | None]:
+) -> Session:
     """`session` (opened with the passes) when they do not lower the quantized model's output
-    SNR, else a session on the same folder without them; None when no guarded pass changed the
-    graph. Both calibrations stay in the folder's cache, so the chosen one is not redone."""
+    SNR, else a session on the same folder without them, with the verdict as `passes_guard`
+    (left None when no guarded pass changed the graph). Both calibrations stay in the folder's
+    cache, so the chosen one is not redone."""
     changed = {r.name for r in session.graph_reports if r.changed}
     passes = [name for name in guarded(session.graph) if _report_name(name) in changed]
     if not passes:
-        return session, None
+        return session
     plain_graph = session.graph.model_copy(update=dict.fromkeys(GUARDED, False))
     plain = open_session(path, opts, session.folder.path, assignment=assignment, graph=plain_graph)
     feeds = list(plain.feeds[:GUARD_SAMPLES])
@@ -75,7 +76,7 @@ def guard_passes(
         )
     chosen = session if kept else plain
     chosen.passes_guard = verdict
-    return chosen, verdict
+    return chosen
 
 
 def _report_name(option: str) -> str:

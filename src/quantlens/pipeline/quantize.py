@@ -89,7 +89,7 @@ def quantize_model(
     start = time.perf_counter()
     graph = opts.fix_settings().graph_options()
     session = open_session(path, opts, opts.run_dir, assignment=opts.assignment, graph=graph)
-    session, _ = guard_passes(session, path, opts, opts.assignment, say, progress)
+    session = guard_passes(session, path, opts, opts.assignment, say, progress)
     return quantize(session, opts, say, progress, prepared_in=time.perf_counter() - start)
 
 

@@ -249,7 +249,7 @@ def prepare_search(
     graph = search_graph(opts.fix_settings(), opts.fixes, opts.try_fixes, path)
     session = open_session(path, opts, opts.run_dir, graph=graph, read_calibration_set=calibrated)
     if calibrated:  # `--optimize`'s graph passes, kept only where they add no output noise
-        session, _ = guard_passes(session, path, opts, None, say, progress)
+        session = guard_passes(session, path, opts, None, say, progress)
     setup = search_setup(session, opts, say, progress, calibrated)
     setup.started = started
     return setup
