@@ -65,14 +65,23 @@ def run_isolated(
     evaluator: Evaluator | None = None,
     tick: Tick | None = None,
     floats: FloatRun | None = None,
+    values: Mapping[str, Mapping[str, Tensor]] | None = None,
 ) -> IsolatedResult:
     """`tick` is called once per batch; the evaluator's score is averaged over batches.
     `floats(index, batch, keep)`: the float tensors of a batch, at least `keep` and the outputs
-    (a scale-out worker keeps them between its shards of layers); default: computed here."""
+    (a scale-out worker keeps them between its shards of layers); default: computed here.
+    `values`: layer id -> initializers its runs that quantize its weights read instead of the
+    executor's (its fixed biases, measured against the float model's own)."""
     outputs = executor.output_names
     keep = list(dict.fromkeys(name for lt in layers for name in lt.cut))
+    values = values or {}
     hooks = {
-        (lt.id, v): QuantHooks(plan, executor.device, only=lt.quantizers(v))
+        (lt.id, v): QuantHooks(
+            plan,
+            executor.device,
+            only=lt.quantizers(v),
+            values=values.get(lt.id) if v != "activation" else None,
+        )
         for lt in layers
         for v in variants
     }

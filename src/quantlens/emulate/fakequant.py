@@ -7,7 +7,7 @@ When the input needs a gradient, rounding passes it straight through (STE).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import torch
 
@@ -271,8 +271,12 @@ class QuantHooks:
         plan: QuantPlan,
         device: torch.device | str = "cpu",
         only: Collection[str] | None = None,
+        values: Mapping[str, Tensor] | None = None,
     ) -> None:
         dev = self._device = torch.device(device)
+        # Initializers this run reads in place of the executor's (a unit measured alone on its
+        # fixed values while the float run around it keeps the original ones).
+        self._values = dict(values or {})
         keep = set(only) if only is not None else None
         self._quantizer = QUANTIZERS[plan.quantizer_rounding]
         self.activations = self._build(plan.activations, dev, keep)
@@ -382,6 +386,7 @@ class QuantHooks:
         return quantizer(tensor, overwrite=True, finite=finite and not self._overflows)
 
     def weight(self, name: str, tensor: Tensor) -> Tensor:
+        tensor = self._values.get(name, tensor)
         quantizer = self.weights.get(name)
         if quantizer is None:
             return tensor
