@@ -401,7 +401,16 @@ def _place_weights(
             points.weights[layer.weight] = (FloatFormat(name=mode.float_type), None)
         return
     assert mode.weight_bits is not None
-    fmt = profile.weight_format(mode.weight_bits)
+    # The grid the layer's input has in the plan (a tensor several layers read takes the
+    # widest of their modes), which decides whether the runtime fuses an 8-bit kernel.
+    read = points.activations.get(layer.input)
+    fmt = profile.weight_format(
+        mode.weight_bits, input_bits=read.bits if isinstance(read, IntFormat) else None
+    )
+    previous = points.weights.get(layer.weight)
+    if previous is not None and isinstance(previous[0], IntFormat) and previous[0].reduced:
+        # A weight shared with a layer fused as an 8-bit kernel keeps that layer's grid.
+        fmt = fmt.model_copy(update={"reduced": fmt.bits == 8})
     if layer.op_type in profile.arithmetic.per_tensor_weight_ops:
         fmt = fmt.model_copy(update={"per_channel": False})
     axis = layer.weight_axis if fmt.per_channel else None

@@ -156,7 +156,9 @@ class TargetProfile(BaseModel):
     weight_per_channel: bool
     weight_narrow: bool = True
     # 8-bit weights on ONNX Runtime's reduced range (IntFormat.reduced), for x86 CPUs without
-    # VNNI, where full-range uint8 x int8 products saturate in MLAS's kernels.
+    # VNNI, where full-range uint8 x int8 products saturate in MLAS's kernels: only the weights
+    # of layers that read 8-bit integers (`weight_format`'s `input_bits`), the only ones ORT
+    # fuses into such a kernel.
     weight_reduce_range: bool = False
     bias_bits: int | None = 32
     modes: list[ModeName]
@@ -185,9 +187,15 @@ class TargetProfile(BaseModel):
     def activation_format(self, bits: int) -> IntFormat:
         return int_format(self._pick(self.activation_formats, bits, "activations"))
 
-    def weight_format(self, bits: int) -> IntFormat:
+    def weight_format(self, bits: int, input_bits: int | None = 8) -> IntFormat:
+        """The grid of a `bits`-bit weight whose layer reads `input_bits`-bit integers (None:
+        floats). `weight_reduce_range` narrows an 8-bit weight only under 8-bit inputs: ORT's
+        CPU QDQ selectors fuse a Conv/MatMul/Gemm into an integer kernel (QLinearConv,
+        QLinearMatMul, QGemm, MatMulIntegerToFloat: MLAS's uint8 x int8 products) only when its
+        input and weight are both 8-bit; with a 16-bit or float input the layer runs as a float
+        kernel on dequantized values, which nothing saturates, and keeps the full grid."""
         spec = self._pick(self.weight_formats, bits, "weights")
-        reduced = self.weight_reduce_range and bits == 8
+        reduced = self.weight_reduce_range and bits == 8 and input_bits == 8
         return int_format(
             spec, per_channel=self.weight_per_channel, narrow=self.weight_narrow, reduced=reduced
         )
