@@ -27,11 +27,17 @@ fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --quiet)
 
 # Every later step resolves against these pins, so nothing can swap the CPU torch for a
-# CUDA one (pip would, to satisfy a loose `torch` requirement) or bring torchvision in.
+# CUDA one (pip would, to satisfy a loose `torch` requirement) or bring torchvision in. The
+# numeric stack is pinned to the versions BENCHMARKS' AIMET numbers were measured with: a
+# newer ONNX Runtime sums its float Convs in another order, which moves the sim's outputs.
 CONSTRAINTS="$VENV/quantlens-constraints.txt"
 cat > "$CONSTRAINTS" <<'PINS'
 torch==2.13.0
 torchvision==0.0.0
+onnxruntime==1.32.0
+onnx==1.23.2
+numpy==2.4.6
+onnxscript==0.7.2
 PINS
 
 "${PIP[@]}" install -c "$CONSTRAINTS" "${TORCH_SOURCE[@]}" "$TORCH"

@@ -80,7 +80,9 @@ fi
 # the Python binding. Debian's package provides the binary.
 if ! command -v dot >/dev/null; then
     if command -v apt-get >/dev/null && [[ $(id -u) -eq 0 ]]; then
-        apt-get install -y --no-install-recommends graphviz >/dev/null
+        # A fresh container has no package lists yet: fetch them only when the install needs it.
+        apt-get install -y --no-install-recommends graphviz >/dev/null 2>&1 \
+            || { apt-get update -qq && apt-get install -y --no-install-recommends graphviz >/dev/null; }
     else
         echo "install Debian's graphviz (dot) as root: apt-get install graphviz" >&2
         exit 1
