@@ -39,7 +39,7 @@ import torch
 from quantlens.analysis import OutputNoise, batches, choose_batch_size, run_gradient, spearman
 from quantlens.analysis.gradient import ESTIMATORS
 from quantlens.analysis.isolated import run_isolated
-from quantlens.analysis.metrics import pooled_outputs
+from quantlens.analysis.metrics import channel_axes
 from quantlens.analysis.ownership import LayerTensors
 from quantlens.analyze import AnalyzeOptions, Setup, prepare_analysis
 from quantlens.api import resolve_model
@@ -78,13 +78,13 @@ def best_of(runs: int, fn: Callable[[], T]) -> tuple[T, float]:
 def naive_isolated(setup: Setup, layers: Sequence[LayerTensors], size: int) -> dict[str, float]:
     ex = setup.executor
     snr: dict[str, float] = {}
-    pooled = pooled_outputs(ex.model.graph.outputs)
+    axes = channel_axes(ex.model.graph.outputs)
     with torch.inference_mode():
         feeds = list(batches(setup.feeds, size))
         reference = [ex.run(feed) for feed in feeds]
         for lt in layers:
             hooks = QuantHooks(setup.plan, ex.device, only=lt.quantizers("both"))
-            noise = OutputNoise(pooled=pooled)
+            noise = OutputNoise(axes=axes)
             for feed, ref in zip(feeds, reference):
                 noise.add(ref, ex.run(feed, hooks=hooks))
             snr[lt.id] = noise.snr_db

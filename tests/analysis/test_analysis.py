@@ -13,7 +13,7 @@ import torch
 from rich.console import Console
 
 from quantlens.analysis import ErrorSums, OutputNoise, batches, spearman
-from quantlens.analysis.metrics import HistogramPair, pooled_outputs, rankdata
+from quantlens.analysis.metrics import HistogramPair, channel_axes, rankdata
 from quantlens.analyze import AnalyzeOptions, analyze_model
 from quantlens.cli.analyze import render_table
 from quantlens.errors import UserError
@@ -162,15 +162,32 @@ def test_outputs_with_a_variable_axis_1_are_pooled() -> None:
 
     seq = ir.Value(name="seq", shape=ir.Shape(["N", "T", 5]))
     logits = ir.Value(name="logits", shape=ir.Shape(["N", 4]))
-    pooled = pooled_outputs([seq, logits])
-    assert pooled == {"seq"}
-    noise = OutputNoise(pooled=pooled)
+    axes = channel_axes([seq, logits])
+    assert axes == {"seq": None}
+    noise = OutputNoise(axes=axes)
     for steps in (3, 7):  # per-channel sums over axis 1 would not add up across these
         y = torch.ones(1, steps, 5)
         noise.add(
             {"seq": y, "logits": torch.ones(1, 4)}, {"seq": y * 1.1, "logits": torch.ones(1, 4)}
         )
     assert noise.snr_db == pytest.approx(-10 * math.log10(0.01 / 2))
+
+
+def test_a_head_listing_anchors_before_classes_is_compared_per_class() -> None:
+    """[N, anchors, classes] (PicoDet's heads): per anchor, the background anchors' near-zero
+    scores would make the mean; per class, the noise on the scores that count shows."""
+    import onnx_ir as ir
+
+    head = ir.Value(name="scores", shape=ir.Shape(["N", 600, 10]))
+    yolo = ir.Value(name="yolo", shape=ir.Shape([1, 14, 8400]))
+    assert channel_axes([head, yolo]) == {"scores": 2}
+    scores = torch.full((1, 600, 10), 1e-4)
+    scores[0, :6] = 0.9  # six detections, every class
+    noisy = scores + 1e-3  # one small offset everywhere: background scores grow tenfold
+    per_class, per_anchor = OutputNoise(axes=channel_axes([head])), OutputNoise()
+    for noise in (per_class, per_anchor):
+        noise.add({"scores": scores}, {"scores": noisy})
+    assert per_class.snr_db > 25 > 0 > per_anchor.snr_db
 
 
 def test_gradient_terms_only_for_the_layers_asked_for(
@@ -198,7 +215,7 @@ def test_channel_powers_match_float64_sums_in_any_layout() -> None:
     x = torch.randn(2, 3, 5, 7).contiguous(memory_format=torch.channels_last) * 1e3
     exact = (x.double() ** 2).sum(dim=(0, 2, 3))
     torch.testing.assert_close(channel_powers(x), exact, rtol=1e-12, atol=0)
-    torch.testing.assert_close(channel_powers(x, pooled=True), exact.sum().reshape(1))
+    torch.testing.assert_close(channel_powers(x, None), exact.sum().reshape(1))
     labels = torch.tensor([[1, 2], [3, 4]])  # integer outputs (argmax indices) count too
     assert channel_powers(labels).tolist() == pytest.approx([10.0, 20.0], rel=1e-12)
 
@@ -208,9 +225,9 @@ def test_output_noise_with_a_given_signal_equals_computing_it() -> None:
 
     ref = {"y": torch.randn(4, 6, 3), "seq": torch.randn(4, 9, 5)}
     cand = {name: value + 0.01 * torch.randn_like(value) for name, value in ref.items()}
-    pooled = frozenset({"seq"})
-    plain, given = OutputNoise(pooled=pooled), OutputNoise(pooled=pooled)
+    axes = {"seq": None}
+    plain, given = OutputNoise(axes=axes), OutputNoise(axes=axes)
     plain.add(ref, cand)
-    given.add(ref, cand, output_powers(ref, pooled))
+    given.add(ref, cand, output_powers(ref, axes))
     assert given.snr_db == plain.snr_db
     assert plain.signal["seq"].shape == (1,) and plain.signal["y"].shape == (6,)

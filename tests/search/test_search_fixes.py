@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from quantlens.analysis.metrics import OutputNoise, nsr_to_db, pooled_outputs
+from quantlens.analysis.metrics import OutputNoise, channel_axes, nsr_to_db
 from quantlens.emulate.fakequant import QuantHooks
 from quantlens.emulate.ort import OrtRunner
 from quantlens.errors import UserError
@@ -443,7 +443,7 @@ def test_units_noise_is_measured_on_their_fixed_values_against_the_float_model(
     with fixed.unfixed(setup.executor):
         references = [setup.executor.run(feed) for feed in feeds]
         hooks = QuantHooks(setup.int8, only=unit.quantizers("weight"), values=values[unit.id])
-        noise = OutputNoise(pooled=pooled_outputs(setup.executor.model.graph.outputs))
+        noise = OutputNoise(axes=channel_axes(setup.executor.model.graph.outputs))
         for feed, reference in zip(feeds, references):
             noise.add(reference, setup.executor.run(feed, hooks=hooks))
     assert found[unit.id]["weight"] == pytest.approx(noise.nsr, rel=1e-5)

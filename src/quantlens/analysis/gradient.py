@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from quantlens.analysis.metrics import channel_powers, pooled_outputs
+from quantlens.analysis.metrics import channel_axes, channel_powers
 from quantlens.analysis.ownership import LayerTensors
 from quantlens.emulate.executor import Executor
 from quantlens.emulate.fakequant import QuantHooks
@@ -121,24 +121,25 @@ class GradientResult:
 
 
 def _probe_loss(
-    outputs: Mapping[str, Tensor], seed: int, pooled: frozenset[str] = frozenset()
+    outputs: Mapping[str, Tensor], seed: int, axes: Mapping[str, int | None] | None = None
 ) -> Tensor | None:
-    """Σ over outputs of ⟨probe, y⟩ with a ±1 probe scaled by 1/√(C·P_c) per channel c (axis 1,
-    one channel for the `pooled` outputs): the squared first-order change then estimates the
-    mean per-channel noise-to-signal ratio, the quantity `OutputNoise` measures."""
+    """Σ over outputs of ⟨probe, y⟩ with a ±1 probe scaled by 1/√(C·P_c) per channel c (along
+    each output's axis in `axes`): the squared first-order change then estimates the mean
+    per-channel noise-to-signal ratio, the quantity `OutputNoise` measures."""
     generator = torch.Generator().manual_seed(seed)
     terms = []
     for name, y in outputs.items():
         if not y.requires_grad or not y.is_floating_point():
             continue
-        powers = channel_powers(y, name in pooled)
+        axis = (axes or {}).get(name, 1)
+        powers = channel_powers(y, axis)
         live = powers > 0
         if not bool(live.any()):
             continue
         scale = torch.where(live, 1.0 / (powers * int(live.sum())).clamp_min(1e-300).sqrt(), 0.0)
         shape = [1] * y.dim()
-        if y.dim() >= 2 and name not in pooled:
-            shape[1] = -1
+        if y.dim() >= 2 and axis is not None:
+            shape[axis] = -1
         probe = torch.randint(0, 2, y.shape, generator=generator).to(y.device, y.dtype) * 2 - 1
         weights = scale.to(y.device, y.dtype).reshape(shape)
         terms.append((probe * weights * y).sum())
@@ -191,14 +192,14 @@ def run_gradient(
     if unknown:
         raise ValueError(f"unknown estimators {sorted(unknown)}; known: {', '.join(ESTIMATORS)}")
     result = GradientResult(outputs=len(executor.output_names), estimators=tuple(estimators))
-    pooled = pooled_outputs(executor.model.graph.outputs)
+    axes = channel_axes(executor.model.graph.outputs)
     wanted = frozenset().union(*(lt.quantizers(v) for lt in layers for v in variants))
     quant, scratch = QuantHooks(plan, executor.device, only=wanted), _Scratch()
     with torch.inference_mode(False):
         for index, feed in enumerate(batches):
             hooks = _GradHooks(quant, scratch)
             outputs = executor.run(feed, hooks=hooks, grad=True)
-            loss = _probe_loss(outputs, seed + index, pooled)
+            loss = _probe_loss(outputs, seed + index, axes)
             terms = {} if loss is None else _tensor_terms(hooks, executor, loss, estimators)
             del outputs, loss, hooks
             for lt in layers:

@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from quantlens.analysis.metrics import OutputNoise, output_powers, pooled_outputs
+from quantlens.analysis.metrics import OutputNoise, channel_axes, output_powers
 from quantlens.emulate.executor import Executor
 from quantlens.emulate.fakequant import QuantHooks
 from quantlens.schemes.qparams import QuantPlan
@@ -85,7 +85,7 @@ def run_isolated(
         for lt in layers
         for v in variants
     }
-    pooled = pooled_outputs(executor.model.graph.outputs)
+    axes = channel_axes(executor.model.graph.outputs)
     result = IsolatedResult()
     metric_sums: dict[str, float] = {}
     count = 0
@@ -94,12 +94,12 @@ def run_isolated(
             count += 1
             cache = floats(index, feed, keep) if floats else executor.run(feed, keep=keep)
             reference = {name: cache[name] for name in outputs}
-            signal = output_powers(reference, pooled)
+            signal = output_powers(reference, axes)
             for lt in layers:
                 for variant in variants:
                     quantized = _run_one(executor, lt, hooks[(lt.id, variant)], cache)
                     slots = result.noise.setdefault(lt.id, {})
-                    noise = slots.setdefault(variant, OutputNoise(pooled=pooled))
+                    noise = slots.setdefault(variant, OutputNoise(axes=axes))
                     noise.add(reference, quantized, signal)
                     if evaluator is not None and variant == "both":
                         score = evaluator(reference, quantized)

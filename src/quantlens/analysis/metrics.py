@@ -107,18 +107,19 @@ class ErrorSums:
 
 @dataclass
 class OutputNoise:
-    """Noise at every model output, compared per channel (axis 1): the noise-to-signal ratios of
-    the channels are averaged within an output, then over outputs, so a channel or an output of
+    """Noise at every model output, compared per channel: the noise-to-signal ratios of the
+    channels are averaged within an output, then over outputs, so a channel or an output of
     small values is not hidden by a large one. A YOLO head writes box coordinates in pixels next
     to class scores in 0..1; one 8-bit grid over both rounds every score to zero while a pooled
     SNR stays near 30 dB. Independent noise adds per channel, so these ratios add across layers.
 
-    Outputs named in `pooled` (see `pooled_outputs`: axis 1 is a sequence whose length changes
-    with the input, as an OCR line's time steps) are compared as one channel."""
+    `axes` (see `channel_axes`): each output's channel axis, 1 where it is not named; None
+    compares the output as one channel (axis 1 is a sequence whose length changes with the
+    input, as an OCR line's time steps)."""
 
     signal: dict[str, Tensor] = field(default_factory=dict)
     noise: dict[str, Tensor] = field(default_factory=dict)
-    pooled: frozenset[str] = frozenset()
+    axes: Mapping[str, int | None] = field(default_factory=dict)
 
     def add(
         self,
@@ -126,15 +127,15 @@ class OutputNoise:
         candidate: Mapping[str, Tensor],
         signal: Mapping[str, Tensor] | None = None,
     ) -> None:
-        """`signal`: `output_powers(reference, self.pooled)`, when the caller compares many
+        """`signal`: `output_powers(reference, self.axes)`, when the caller compares many
         candidates with one reference (isolated mode: every layer against one float run)."""
-        powers = signal if signal is not None else output_powers(reference, self.pooled)
+        powers = signal if signal is not None else output_powers(reference, self.axes)
         for name, ref in reference.items():
             ref, cand = ref.detach(), candidate[name].detach().to(ref.device)
             if not (ref.is_floating_point() and cand.is_floating_point()):
                 ref, cand = ref.to(torch.float64), cand.to(torch.float64)
             diff = cand - ref  # float32 when both are: exact to 2⁻²⁴ of the noise itself
-            s, n = powers[name], channel_powers(diff, name in self.pooled).cpu()
+            s, n = powers[name], channel_powers(diff, self.axes.get(name, 1)).cpu()
             self.signal[name] = self.signal[name] + s if name in self.signal else s
             self.noise[name] = self.noise[name] + n if name in self.noise else n
 
@@ -158,33 +159,46 @@ def nsr_to_db(nsr: float) -> float:
     return _db(1.0, nsr)
 
 
-def output_powers(outputs: Mapping[str, Tensor], pooled: frozenset[str]) -> dict[str, Tensor]:
+def output_powers(
+    outputs: Mapping[str, Tensor], axes: Mapping[str, int | None]
+) -> dict[str, Tensor]:
     """`channel_powers` of every output, on the CPU (what `OutputNoise.add` accumulates)."""
-    return {name: channel_powers(value, name in pooled).cpu() for name, value in outputs.items()}
+    return {name: channel_powers(value, axes.get(name, 1)).cpu() for name, value in outputs.items()}
 
 
-def channel_powers(value: Tensor, pooled: bool = False) -> Tensor:
-    """Σ value² per channel (axis 1; the whole tensor is one channel below rank 2 or pooled),
-    accumulated in float64 over the tensor as it is: no float64, transposed or flat copy (on an
-    OCR head's 40 x 18710 logits per sample those copies were most of isolated mode's time)."""
+def channel_powers(value: Tensor, axis: int | None = 1) -> Tensor:
+    """Σ value² per channel along `axis` (the whole tensor is one channel below rank 2 or for
+    None), accumulated in float64 over the tensor as it is: no float64, transposed or flat copy
+    (on an OCR head's 40 x 18710 logits per sample those copies were most of isolated mode's
+    time)."""
     data = value.detach()
     if not data.is_floating_point():
         data = data.to(torch.float64)
-    if data.dim() < 2 or pooled:
+    if data.dim() < 2 or axis is None:
         return (torch.linalg.vector_norm(data, dtype=torch.float64) ** 2).reshape(1)
-    others = [d for d in range(data.dim()) if d != 1]
+    others = [d for d in range(data.dim()) if d != axis]
     return torch.linalg.vector_norm(data, dim=others, dtype=torch.float64) ** 2
 
 
-def pooled_outputs(outputs: Sequence[ir.Value]) -> frozenset[str]:
-    """The graph outputs whose axis 1 has no fixed size: their channel count would change from
-    sample to sample, so `OutputNoise` pools them."""
-    pooled = set()
+def channel_axes(outputs: Sequence[ir.Value]) -> dict[str, int | None]:
+    """Each graph output's channel axis for `OutputNoise`: axis 1 (NCHW maps, logits, a YOLO
+    head's [N, 4 + classes, anchors]); the last axis of a rank-3 output whose last size is fixed
+    and smaller than axis 1's, a head that lists anchors before classes ([N, anchors, classes],
+    PicoDet's): compared per anchor, thousands of background anchors whose scores sit near zero
+    made the mean ratio, and the search ranked candidates on noise the task metric never sees.
+    None (one channel) where axis 1 has no fixed size: its channel count would change from
+    sample to sample."""
+    axes: dict[str, int | None] = {}
     for value in outputs:
         shape = value.shape
-        if shape is not None and len(shape) >= 2 and not isinstance(shape[1], int):
-            pooled.add(value.name or "")
-    return frozenset(pooled)
+        if shape is None or len(shape) < 2:
+            continue
+        dims = list(shape)
+        if not isinstance(dims[1], int):
+            axes[value.name or ""] = None
+        elif len(dims) == 3 and isinstance(dims[2], int) and dims[2] < dims[1]:
+            axes[value.name or ""] = 2
+    return axes
 
 
 class HistogramPair:

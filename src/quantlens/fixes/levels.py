@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from quantlens.analysis.metrics import ErrorSums, OutputNoise, pooled_outputs
+from quantlens.analysis.metrics import ErrorSums, OutputNoise, channel_axes
 from quantlens.emulate.executor import Executor
 from quantlens.emulate.fakequant import QuantHooks
 from quantlens.emulate.plan import QuantPoints
@@ -178,7 +178,7 @@ def quantized_noise(
     """The output SNR (dB, per output channel as the analysis measures it) of `executor`'s model
     quantized by `plan` against `reference`'s float model on `feeds`, and the SNR of each of
     `layers` (tensors both graphs have). Both graphs must have the same outputs."""
-    noise = OutputNoise(pooled=pooled_outputs(executor.model.graph.outputs))
+    noise = OutputNoise(axes=channel_axes(executor.model.graph.outputs))
     sums = {name: ErrorSums() for name in layers}
     hooks = QuantHooks(plan, executor.device)
     keep = list(layers)

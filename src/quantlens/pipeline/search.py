@@ -24,7 +24,7 @@ import onnx_ir as ir
 import torch
 from pydantic import BaseModel
 
-from quantlens.analysis.metrics import nsr_to_db
+from quantlens.analysis.metrics import channel_axes, nsr_to_db
 from quantlens.artifacts import write_text_atomic
 from quantlens.artifacts.folder import RunFolder
 from quantlens.artifacts.search import FixTrial, FixVariant, MetricNoise
@@ -267,7 +267,7 @@ def search_setup(
     base = Assignment(target=profile.name, default=profile.default_mode)
     points = quantization_points(model, base, profile)
     feeds: Sequence[Feed] = session.feeds if calibrated else []
-    context = _context_key(session.path, feeds, opts) if calibrated else "uncalibrated"
+    context = _context_key(session.path, feeds, opts, model) if calibrated else "uncalibrated"
     if calibrated:
         ranges = _ranges(session, points, say, progress)
         planner = Planner(profile, model, executor, ranges, _extender(session, progress))
@@ -295,7 +295,7 @@ def _sized(path: Path, model: ir.Model, feeds: Sequence[Feed], opts: SearchOptio
     return prepare(path, {**shapes, **(opts.input_shapes or {})}, batch=1).model
 
 
-def _context_key(path: Path, feeds: Sequence[Feed], opts: SearchOptions) -> str:
+def _context_key(path: Path, feeds: Sequence[Feed], opts: SearchOptions, model: ir.Model) -> str:
     digest = hashlib.sha256(hashlib.sha256(path.read_bytes()).digest())
     for feed in feeds:
         for name in sorted(feed):
@@ -308,6 +308,11 @@ def _context_key(path: Path, feeds: Sequence[Feed], opts: SearchOptions) -> str:
         settings.append(sorted(name for name, on in enabled.items() if on))
     if metric_engine(opts) != "emulator":  # the emulator's searches keep their keys
         settings.append(f"engine={metric_engine(opts)}")
+    # Outputs compared along an axis other than 1 measure every SNR anew (other models keep
+    # their keys, and the noise and SNRs cached under them).
+    moved = {name: axis for name, axis in channel_axes(model.graph.outputs).items() if axis}
+    if any(axis != 1 for axis in moved.values()):
+        settings.append(f"channel-axes={sorted(moved.items())}")
     digest.update(json.dumps(settings, default=str).encode())
     return digest.hexdigest()[:16]
 

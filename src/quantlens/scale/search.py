@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from quantlens.analysis.metrics import OutputNoise, pooled_outputs
+from quantlens.analysis.metrics import OutputNoise, channel_axes
 from quantlens.data.preprocess import InputSpec, load_feed
 from quantlens.emulate.executor import Executor
 from quantlens.emulate.fakequant import QuantHooks
@@ -55,7 +55,7 @@ class SearchWorker:
     def snr(self, plan: QuantPlan) -> float:
         """The candidate's balanced output SNR over the proxy samples (`output_noise`)."""
         hooks = QuantHooks(plan, self.device)
-        noise = OutputNoise(pooled=pooled_outputs(self.executor.model.graph.outputs))
+        noise = OutputNoise(axes=channel_axes(self.executor.model.graph.outputs))
         with torch.inference_mode():
             for feed, reference in zip(self.proxy_feeds, self.references()):
                 noise.add(reference, self.executor.run(feed, hooks=hooks))

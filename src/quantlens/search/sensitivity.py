@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from quantlens.analysis.isolated import run_isolated
-from quantlens.analysis.metrics import OutputNoise, pooled_outputs
+from quantlens.analysis.metrics import OutputNoise, channel_axes
 from quantlens.emulate.executor import Executor
 from quantlens.emulate.fakequant import QuantHooks
 from quantlens.schemes.qparams import QuantPlan
@@ -86,7 +86,7 @@ def output_noise(
 ) -> OutputNoise:
     """The whole quantized model against cached float outputs."""
     hooks = QuantHooks(plan, executor.device)
-    noise = OutputNoise(pooled=pooled_outputs(executor.model.graph.outputs))
+    noise = OutputNoise(axes=channel_axes(executor.model.graph.outputs))
     with torch.inference_mode():
         for feed, reference in zip(feeds, references):
             noise.add(reference, executor.run(feed, hooks=hooks))
