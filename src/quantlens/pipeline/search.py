@@ -310,9 +310,9 @@ def _context_key(path: Path, feeds: Sequence[Feed], opts: SearchOptions, model: 
         settings.append(f"engine={metric_engine(opts)}")
     # Outputs compared along an axis other than 1 measure every SNR anew (other models keep
     # their keys, and the noise and SNRs cached under them).
-    moved = {name: axis for name, axis in channel_axes(model.graph.outputs).items() if axis}
-    if any(axis != 1 for axis in moved.values()):
-        settings.append(f"channel-axes={sorted(moved.items())}")
+    moved = sorted((n, a) for n, a in channel_axes(model.graph.outputs).items() if a is not None)
+    if moved:  # channel_axes names an axis only where it is not 1
+        settings.append(f"channel-axes={moved}")
     digest.update(json.dumps(settings, default=str).encode())
     return digest.hexdigest()[:16]
 
