@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx_ir as ir
 import pytest
@@ -263,3 +265,19 @@ def test_squares_and_cubes_match_onnx_runtime_bit_for_bit(exponent: float) -> No
     (want,) = session.run(None, {"x": x})
     got = Executor(ir.serde.deserialize_model(proto)).run({"x": x})["y"]
     np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_exact_fp32_on_cuda_turns_tf32_off() -> None:
+    """cuDNN convolutions default to TF32 on CUDA; the emulator asks for IEEE float32."""
+    from quantlens.emulate.executor import exact_fp32_on_cuda
+
+    cudnn: Any = torch.backends.cudnn  # torch's stubs lack cudnn.conv
+    conv = cudnn.conv
+    before = (conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+    try:
+        exact_fp32_on_cuda("tf32")
+        assert conv.fp32_precision == "tf32"
+        exact_fp32_on_cuda()
+        assert (conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == ("ieee",) * 2
+    finally:
+        conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = before

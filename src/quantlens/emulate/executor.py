@@ -75,12 +75,29 @@ def _opset_of(model: ir.Model, domain: str) -> int:
     return int(model.opset_imports.get(key, model.opset_imports.get("ai.onnx", 1)))
 
 
+def exact_fp32_on_cuda(precision: str = "ieee") -> None:
+    """Float32 convolutions and matrix products in IEEE float32 on CUDA. cuDNN's default is
+    TF32 (a 10-bit mantissa) on Ampere and later: ~1e-3 relative error per layer, which moves
+    values across quantizer boundaries, so a quantized model emulated on a GPU drifts from the
+    same model on the CPU (benchmarks/gpu_speed.py measures it, passing "tf32"). Process-wide:
+    torch has no per-call switch."""
+    backends: Any = torch.backends
+    if hasattr(backends.cudnn, "conv") and hasattr(backends.cudnn.conv, "fp32_precision"):
+        backends.cudnn.conv.fp32_precision = precision
+        backends.cuda.matmul.fp32_precision = precision
+    else:  # torch before 2.9
+        backends.cudnn.allow_tf32 = precision == "tf32"
+        backends.cuda.matmul.allow_tf32 = precision == "tf32"
+
+
 class Executor:
     """Runs `model` (canonicalized, topologically sorted) on `device` with torch kernels."""
 
     def __init__(self, model: ir.Model, device: str | torch.device = "cpu") -> None:
         self.model = model
         self.device = torch.device(device)
+        if self.device.type == "cuda":
+            exact_fp32_on_cuda()
         graph = model.graph
         self.input_names = [v.name or "" for v in graph.inputs]
         self.input_kinds = {v.name or "": _dtype_kinds(v.dtype) for v in graph.inputs}
