@@ -44,6 +44,7 @@ from quantlens.pipeline.search_fixes import (
     search_graph,
     trial_variants,
 )
+from quantlens.pipeline.search_promotion import promotion_noise
 from quantlens.pipeline.search_verify import ORT, score_in_onnxruntime
 from quantlens.pipeline.session import OptimizeOptions, Session, open_session, prepare
 from quantlens.pipeline.tasks import EvalOptions, TaskScorer
@@ -568,17 +569,24 @@ def _new_report(setup: Setup, opts: SearchOptions) -> SearchReport:
 def _noise_model(
     setup: Setup, opts: SearchOptions, cache: Path, say: Say | None, progress: Progress | None
 ) -> NoiseModel:
-    found = _unit_noise(setup, opts, cache, say, progress)
-    return NoiseModel(_lower_noise(setup, opts, cache, found, say, progress), setup.rules)
+    fixed = setup.planner.fixed
+    if fixed is not None and fixed.values and opts.scale is None:
+        # Fixed values (corrected biases) make isolated noise mislead: measure each unit's
+        # promotion on the fixed point instead (`search.promotion`).
+        feeds = setup.feeds[: opts.sensitivity_samples]
+        variants = sum(len(setup.rules.up_levels(u.id)) for u in setup.units)
+        _say(say, f"measuring what each of {variants} promotions removes from the fixed int8")
+        found, residual = promotion_noise(setup, feeds, cache, progress)
+    else:
+        found, residual = _unit_noise(setup, opts, cache, say, progress), 0.0
+    lowered = _lower_noise(setup, opts, cache, found, say, progress)
+    return NoiseModel(lowered, setup.rules, residual)
 
 
 def _unit_noise(
     setup: Setup, opts: SearchOptions, cache: Path, say: Say | None, progress: Progress | None
 ) -> dict[str, UnitNoise]:
-    fixed = setup.planner.fixed
-    values = fixed.unit_values(setup.units, setup.executor) if fixed is not None else {}
-    # Measured on the fixed values: a cache from before that rule would be read as this one.
-    path = cache / ("noise-fixed-values.json" if values else "noise.json")
+    path = cache / "noise.json"
     cached = _cached_noise(path)
     if cached is not None and set(cached) == {unit.id for unit in setup.units}:
         return cached
@@ -586,14 +594,6 @@ def _unit_noise(
     _say(say, f"measuring the isolated noise of {len(setup.units)} units on {len(feeds)} samples")
     if opts.scale is not None:
         found = _unit_noise_on_workers(setup, opts.scale, feeds)
-    elif fixed is not None and values:
-        # The float run on the float model's values and each unit's weight-only run on its fixed
-        # ones, so a unit's noise is what it leaves after its fix (picodet on hailo8: bias
-        # correction took all-int8 from -6.04 to 2.54 dB, while the units' noise, measured with
-        # the corrected biases on both sides, still predicted -5.96 dB and the search bought
-        # 16-bit layers for a mean shift the fix had already removed).
-        with fixed.unfixed(setup.executor):
-            found = unit_noise(setup.executor, setup.int8, setup.units, feeds, progress, values)
     else:
         found = unit_noise(setup.executor, setup.int8, setup.units, feeds, progress)
     write_text_atomic(path, json.dumps({k: vars(v) for k, v in found.items()}))

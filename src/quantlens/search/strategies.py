@@ -51,6 +51,9 @@ class Candidate:
 class NoiseModel:
     noise: Mapping[str, UnitNoise]
     rules: Rules
+    # Noise of all-int8 that no unit's promotion removes (promotion-measured noise, where the
+    # units' noise does not add up to the point's): in every state's prediction.
+    residual: float = 0.0
 
     def activation_level(self, unit: str) -> int:
         return min(self.rules.up_levels(unit))
@@ -67,7 +70,7 @@ class NoiseModel:
         return weight + activation
 
     def nsr(self, state: Mapping[str, int]) -> float:
-        return sum(self.unit_nsr(u, state.get(u, 0)) for u in self.rules.units)
+        return self.residual + sum(self.unit_nsr(u, state.get(u, 0)) for u in self.rules.units)
 
 
 # A strategy: (rules, costs, noise model, cost budget) -> candidates, cheapest first.
