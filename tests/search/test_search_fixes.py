@@ -344,10 +344,14 @@ def test_promoted_layers_run_on_their_values_from_before_the_fixes(
         current = setup.executor.weights
         return [np.array_equal(current[n].numpy(), v.after) for n, v in fixed.values.items()]
 
-    after = output_noise(setup.executor, setup.plan_for(top), feeds, references).snr_db
-    assert not any(held()) and after == pytest.approx(before, abs=1e-6)
+    stale = output_noise(setup.executor, setup.plan_for(top, refit=False), feeds, references)
+    assert not any(held()) and stale.snr_db == pytest.approx(before, abs=1e-6)
+    # By default a candidate runs on its own bias correction (here all-16-bit's, for its 16-bit
+    # noise: 53.2 -> 57.9 dB), not on the int8 point's.
+    own = output_noise(setup.executor, setup.plan_for(top), feeds, references).snr_db
+    assert not any(held()) and own > before
     int8 = output_noise(setup.executor, setup.plan_for({}), feeds, references).snr_db
-    assert all(held()) and int8 < after
+    assert all(held()) and int8 < min(own, stale.snr_db)
 
 
 def test_bias_correction_in_the_search_has_biases_to_correct(
@@ -431,7 +435,8 @@ def test_units_noise_on_a_fixed_point_is_what_their_promotion_removes_there(
     axes = channel_axes(setup.executor.model.graph.outputs)
 
     def measured(modes: dict[str, str]) -> float:
-        plan = setup.plan_for(modes)  # puts the values this plan runs on into the executor
+        # The fixed all-int8's values, as the measurement uses (candidates get their own).
+        plan = setup.plan_for(modes, refit=False)
         with fixed.unfixed(setup.executor):
             references = [setup.executor.run(feed) for feed in feeds]
         noise = OutputNoise(axes=axes)

@@ -162,12 +162,8 @@ class FixedParams:
         wanted: dict[str, np.ndarray] = {}
         for name, fixed in self.values.items():
             keeps = _formats(plan, fixed.layer) == fixed.formats
-            value = fixed.after if keeps else fixed.before
-            if not np.array_equal(executor.weights[name].detach().cpu().numpy(), value):
-                wanted[name] = value
-        if wanted:
-            apply_fix(executor, FixResult("fixes where the layer stays int8", wanted))
-        return bool(wanted)
+            wanted[name] = fixed.after if keeps else fixed.before
+        return place(executor, wanted)
 
     @contextmanager
     def unfixed(self, executor: Executor) -> Iterator[None]:
@@ -182,6 +178,19 @@ class FixedParams:
             yield
         finally:
             apply_fix(executor, FixResult("values the plan runs on", held))
+
+
+def place(executor: Executor, values: Mapping[str, np.ndarray]) -> bool:
+    """Put `values` into the executor and model where they differ from what it holds; returns
+    whether anything changed."""
+    wanted = {
+        name: value
+        for name, value in values.items()
+        if not np.array_equal(executor.weights[name].detach().cpu().numpy(), value)
+    }
+    if wanted:
+        apply_fix(executor, FixResult("fixes where the layer stays int8", wanted))
+    return bool(wanted)
 
 
 # A layer's (input activation, weight) formats, as the plan quantizes them (None: float).

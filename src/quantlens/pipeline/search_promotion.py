@@ -62,7 +62,10 @@ def _measure(setup: Setup, feeds: Sequence[Feed], progress: Tick | None) -> Gain
     try:
         for unit in setup.units:
             for level in rules.up_levels(unit.id):
-                plan = planner.plan_for(rules.node_modes(rules.closure([(unit.id, level)])))
+                # On the fixed all-int8's values: a bias correction per variant would cost
+                # one sweep each (candidates get theirs, `Planner._refit_values`).
+                modes = rules.node_modes(rules.closure([(unit.id, level)]))
+                plan = planner.plan_for(modes, refit=False)
                 values = {
                     name: executor.weights[name].clone()
                     for name, before in held.items()
