@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir as ir
+import torch
 
 from quantlens.artifacts.search import FixRecord
 from quantlens.emulate.executor import Executor
@@ -29,6 +30,7 @@ from quantlens.fixes.result import FixResult, apply_fix
 from quantlens.ir.layers import discover_layers
 from quantlens.ir.passes.optimize import GraphOptions
 from quantlens.schemes.qparams import QuantPlan, TensorQuant
+from quantlens.search.units import Unit
 
 Say = Callable[[str], None]
 Progress = Callable[[int, int], None]
@@ -164,6 +166,20 @@ class FixedParams:
             keeps = _formats(plan, fixed.layer) == fixed.formats
             wanted[name] = fixed.after if keeps else fixed.before
         return place(executor, wanted)
+
+    def unit_values(
+        self, units: Sequence[Unit], executor: Executor
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        """unit id -> the fixed float values of the layer the unit owns, as the executor holds
+        its weights: what the unit's weights run on while it stays int8."""
+        found: dict[str, dict[str, torch.Tensor]] = {}
+        for unit in units:
+            for name, fixed in self.values.items():
+                if fixed.layer[1] in unit.weights:
+                    old = executor.weights[name]
+                    value = torch.as_tensor(fixed.after, dtype=old.dtype).to(old.device)
+                    found.setdefault(unit.id, {})[name] = value
+        return found
 
     @contextmanager
     def unfixed(self, executor: Executor) -> Iterator[None]:

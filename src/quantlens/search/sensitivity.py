@@ -37,9 +37,11 @@ def unit_noise(
     units: Sequence[Unit],
     feeds: Sequence[Feed],
     progress: Tick | None = None,
+    values: Mapping[str, Mapping[str, Tensor]] | None = None,
 ) -> dict[str, UnitNoise]:
     """Each unit's weight-only and activation-only noise at the outputs: the analysis' isolated
-    runs (one float pass per sample, then only the unit and what follows it re-runs)."""
+    runs (one float pass per sample, then only the unit and what follows it re-runs). `values`:
+    unit id -> the fixed float values its weight-only run reads (`run_isolated`)."""
     done = [0]
 
     def tick() -> None:
@@ -47,7 +49,9 @@ def unit_noise(
         if progress is not None:
             progress(done[0], len(feeds))
 
-    found = run_isolated(executor, plan, units, feeds, ("weight", "activation"), tick=tick)
+    found = run_isolated(
+        executor, plan, units, feeds, ("weight", "activation"), tick=tick, values=values
+    )
     return {
         u.id: UnitNoise(found.noise[u.id]["weight"].nsr, found.noise[u.id]["activation"].nsr)
         for u in units
