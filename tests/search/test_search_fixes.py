@@ -519,3 +519,19 @@ def test_units_noise_on_a_fixed_point_is_what_their_promotion_removes_there(
     predicted = report.point(report.baseline)
     assert predicted is not None and predicted.predicted_snr_db is not None
     assert predicted.predicted_snr_db == pytest.approx(nsr_to_db(max(total, base)), abs=0.01)
+
+
+def test_two_models_candidates_reach_the_bisection_only_while_their_snr_rises() -> None:
+    """Two noise models' lists interleave by cost; the metric bisection assumes quality rises
+    along its list, so from all-int8's cost up a point must measure above every cheaper one
+    (cheaper-than-int8 points are left to the goal)."""
+    from quantlens.artifacts.search import SearchPoint
+    from quantlens.pipeline.search import _rising_snr
+
+    def point(cost: float, snr: float | None) -> SearchPoint:
+        return SearchPoint(key=f"{cost}", label="milp", strategy="milp", cost=cost, snr_db=snr)
+
+    points = [point(2.0, 15.2), point(1.3, 7.5), point(0.9, 1.0), point(3.0, 5.3), point(1.1, 7.0)]
+    points += [point(1.2, None), point(5.0, 27.0)]
+    kept = [p.cost for p in _rising_snr(points, 1.0)]
+    assert kept == [0.9, 1.1, 1.3, 2.0, 5.0]
