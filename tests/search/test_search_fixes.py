@@ -19,9 +19,22 @@ from quantlens.errors import UserError
 from quantlens.fixes.levels import FixGuard, FixSettings, settings_for
 from quantlens.pipeline import search as search_module
 from quantlens.pipeline import search_verify
-from quantlens.pipeline.search import WITH_FIXES, WITHOUT_FIXES, prepare_search, run_search
-from quantlens.pipeline.search_fixes import POST_PLAN, fix_int8, search_graph, trial_variants
+from quantlens.pipeline.search import (
+    WITH_FIXES,
+    WITHOUT_FIXES,
+    Setup,
+    prepare_search,
+    run_search,
+)
+from quantlens.pipeline.search_fixes import (
+    POST_PLAN,
+    FixedParams,
+    fix_int8,
+    search_graph,
+    trial_variants,
+)
 from quantlens.schemes.formats import IntFormat
+from quantlens.search.artifact import SearchReport
 from quantlens.search.sensitivity import output_noise, unit_noise
 from quantlens.search_run import SearchOptions, search_model
 from tests.helpers import npz_folder, outlier_set
@@ -412,14 +425,10 @@ def test_with_a_task_metric_the_fixes_are_judged_by_it_not_by_the_output_snr(
     assert trial.tried and all(not f.kept for v in trial.tried for f in v.fixes)
 
 
-def test_units_noise_is_measured_on_their_fixed_values_against_the_float_model(
+def _fixed_search(
     labelled: tuple[Path, Path, Path], tmp_path: Path
-) -> None:
-    """A unit's weight noise on a fixed point is its int8 weights with its corrected bias
-    against the float model's own values: measured with the corrected biases on both sides, the
-    fix cancelled out and the noise model predicted the unfixed all-int8 (picodet on hailo8:
-    -5.96 dB predicted, 2.54 dB measured), so the search bought promotions for a mean shift the
-    fix had removed."""
+) -> tuple[SearchOptions, Setup, SearchReport, FixedParams]:
+    """A hailo8 search on the labelled model whose fix trial keeps bias correction."""
     model, calib, _ = labelled
     opts = SearchOptions(
         calib=calib, target="hailo8", run_dir=tmp_path, min_snr=99.0, samples=2, export=False
@@ -428,6 +437,18 @@ def test_units_noise_is_measured_on_their_fixed_values_against_the_float_model(
     report = run_search(setup, opts)
     fixed = setup.planner.fixed
     assert report.fix_trial is not None and report.fix_trial.kept and fixed and fixed.values
+    return opts, setup, report, fixed
+
+
+def test_units_noise_is_measured_on_their_fixed_values_against_the_float_model(
+    labelled: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """A unit's weight noise on a fixed point is its int8 weights with its corrected bias
+    against the float model's own values: measured with the corrected biases on both sides, the
+    fix cancelled out and the noise model predicted the unfixed all-int8 (picodet on hailo8:
+    -5.96 dB predicted, 2.54 dB measured), so the search bought promotions for a mean shift the
+    fix had removed."""
+    opts, setup, report, fixed = _fixed_search(labelled, tmp_path)
     base = report.point(report.baseline)
     assert base is not None and base.snr_db is not None and base.predicted_snr_db is not None
     feeds = setup.feeds[: opts.sensitivity_samples]
@@ -469,14 +490,7 @@ def test_units_noise_on_a_fixed_point_is_what_their_promotion_removes_there(
     bias as noise (picodet on hailo8: every promotion bought up to 1.15x measured below the
     fixed point). Each variant re-runs from its first changed step on the base run's cached
     tensors; here one unit is checked against a whole quantized pass of its plan."""
-    model, calib, _ = labelled
-    opts = SearchOptions(
-        calib=calib, target="hailo8", run_dir=tmp_path, min_snr=99.0, samples=2, export=False
-    )
-    setup = prepare_search(model, opts)
-    report = run_search(setup, opts)
-    fixed = setup.planner.fixed
-    assert report.fix_trial is not None and report.fix_trial.kept and fixed and fixed.values
+    opts, setup, report, fixed = _fixed_search(labelled, tmp_path)
     cached = list(tmp_path.rglob("noise-promotion.json"))
     assert len(cached) == 1 and not list(tmp_path.rglob("noise.json"))
     # The strategy ran on both models: each proposed candidates, all verified.
