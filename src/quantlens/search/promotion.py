@@ -71,11 +71,32 @@ class _Recording:
         return self.inner.weight(name, tensor)
 
 
-def first_changed_step(executor: Executor, base: QuantPlan, variant: Variant) -> int:
+@dataclass
+class _StepIndex:
+    """Where each constant or fed tensor is first read, and each node's step (one pass over
+    the graph for all the variants)."""
+
+    first_read: dict[str, int]
+    node_step: dict[str, int]
+
+    @classmethod
+    def of(cls, executor: Executor) -> _StepIndex:
+        first_read: dict[str, int] = {}
+        for step in executor.steps:
+            for name in step.inputs:
+                if name is not None and name not in first_read:
+                    first_read[name] = step.index
+        return cls(first_read, {step.ctx.name: step.index for step in executor.steps})
+
+
+def first_changed_step(
+    executor: Executor, base: QuantPlan, variant: Variant, index: _StepIndex | None = None
+) -> int:
     """The earliest step whose computation differs under `variant`: a tensor it quantizes
     otherwise (at its producer), a constant it reads otherwise or a node computed otherwise."""
     steps: list[int] = []
-    consumers = _first_consumers(executor)
+    index = index or _StepIndex.of(executor)
+    consumers = index.first_read
     for name in set(base.activations) | set(variant.plan.activations):
         if base.activations.get(name) != variant.plan.activations.get(name):
             step = executor.producer.get(name)
@@ -87,30 +108,19 @@ def first_changed_step(executor: Executor, base: QuantPlan, variant: Variant) ->
     }
     for name in changed_constants | set(variant.values):
         steps.append(consumers.get(name, 0))
-    by_name = {step.ctx.name: step.index for step in executor.steps}
     for table_a, table_b in (
         (base.requant, variant.plan.requant),
         (base.float_nodes, variant.plan.float_nodes),
     ):
         for node in set(table_a) | set(table_b):
             if table_a.get(node) != table_b.get(node):
-                steps.append(by_name.get(node, 0))
+                steps.append(index.node_step.get(node, 0))
     return min(steps, default=len(executor.steps))
-
-
-def _first_consumers(executor: Executor) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for step in executor.steps:
-        for name in step.inputs:
-            if name is not None and name not in found:
-                found[name] = step.index
-    return found
 
 
 def _frontier(executor: Executor, start: int, cached: Mapping[str, Tensor]) -> list[str]:
     """Tensors made before step `start` (or fed) that a step from `start` on, or the graph's
     outputs, read: what a re-run from `start` begins with."""
-    made = {out: step.index for step in executor.steps for out in step.outputs}
     read_later = {
         name
         for step in executor.steps[start:]
@@ -118,7 +128,8 @@ def _frontier(executor: Executor, start: int, cached: Mapping[str, Tensor]) -> l
         if name is not None and name not in executor.weights
     }
     wanted = read_later | set(executor.output_names)
-    return [n for n in wanted if n in cached and made.get(n, -1) < start]
+    made = executor.producer
+    return [n for n in wanted if n in cached and (n not in made or made[n].index < start)]
 
 
 def promotion_gains(
@@ -148,8 +159,9 @@ def promotion_gains(
             samples.append((ref, signal, recording.before, quantized))
         nsr: dict[str, float] = {}
         fronts: dict[int, list[str]] = {}
+        index = _StepIndex.of(executor)
         for done, variant in enumerate(variants):
-            start = first_changed_step(executor, base, variant)
+            start = first_changed_step(executor, base, variant, index)
             noise = OutputNoise(axes=axes)
             hook = QuantHooks(variant.plan, executor.device, values=variant.values)
             for ref, signal, cached, quantized in samples:
