@@ -549,3 +549,73 @@ def test_two_models_candidates_reach_the_bisection_only_while_their_snr_rises() 
     points += [point(1.2, None), point(5.0, 27.0)]
     kept = [p.cost for p in _rising_snr(points, 1.0)]
     assert kept == [0.9, 1.1, 1.3, 2.0, 5.0]
+
+
+def test_cheapest_gain_is_the_cheapest_point_above_every_free_fix() -> None:
+    """The cheapest scored point whose metric beats every all-int8 point (plain and fixed),
+    when the chosen point is dearer; none when the chosen point is itself that cheap."""
+    from quantlens.artifacts.search import SearchGoal, SearchPoint
+    from quantlens.pipeline.search import cheapest_gain
+
+    def point(key: str, cost: float, metric: float | None) -> SearchPoint:
+        return SearchPoint(key=key, label=key, strategy="milp", cost=cost, metric=metric)
+
+    int8 = [point(WITHOUT_FIXES, 1.0, 0.01), point("int8", 1.0, 0.45)]
+    int8.append(point(f"{WITH_FIXES}:clip-search", 1.0, 0.46))  # the best free fix
+    points = [point("a", 1.02, 0.44), point("b", 1.05, None), point("c", 1.10, 0.56)]
+    points += [point("d", 1.3, 0.58), point("e", 2.0, 0.70)]
+    report = SearchReport(
+        model="m", target="hailo8", cost_model="analytic", strategy="milp",
+        goal=SearchGoal(), baseline="int8", chosen="e", points=[*int8, *points],
+    )  # fmt: skip
+    found = cheapest_gain(report)
+    assert found is not None and found.key == "c"
+    report.chosen = "c"
+    assert cheapest_gain(report) is None
+    report.chosen = "e"
+    report.points[2].metric = 0.59  # a fix that beats every promotion below the chosen point
+    assert cheapest_gain(report) is None
+
+
+def test_cheapest_gain_is_exported_and_scored_beside_the_chosen_point(
+    labelled: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cheapest gain goes to `cheapest-gain/` as the search scored it (its modes, the kept
+    fixes' values, its own bias correction), is scored there in ONNX Runtime, and the chosen
+    point's export, made after it, is still the chosen one. The 12 labelled samples cannot
+    score a point between int8 and float, so the cheapest verified promotion stands in for a
+    gain, with a metric set for it (the export's own score is measured)."""
+    model, calib, data = labelled
+    real = search_module.cheapest_gain
+
+    def stand_in(report: SearchReport) -> Any:
+        assert real(report) is None
+        chosen = report.point(report.chosen)
+        assert chosen is not None
+        below = [p for p in report.points if 1.0 < p.cost < chosen.cost and p.snr_db is not None]
+        pick = min(below, key=lambda p: p.cost)
+        pick.metric = 0.0
+        return pick
+
+    monkeypatch.setattr(search_module, "cheapest_gain", stand_in)
+    opts = SearchOptions(
+        calib=calib,
+        target="hailo8",
+        run_dir=tmp_path,
+        data=data,
+        task="classification",
+        max_drop=0.0,
+        samples=2,
+    )
+    report = search_model(model, opts)
+    gain = report.point(report.cheapest_gain)
+    check, chosen_check = report.cheapest_gain_check, report.runtime_check
+    assert gain is not None and check is not None and chosen_check is not None
+    exported = tmp_path / "cheapest-gain"
+    plan = json.loads((exported / "assignment.json").read_text())["layers"]
+    assert {k: v for k, v in plan.items() if v != "a8_w8"} == {
+        k: v for k, v in gain.modes.items() if v != "a8_w8"
+    }
+    assert check.runtime_metric == pytest.approx(_export_top1(exported, data))
+    assert chosen_check.runtime_metric == pytest.approx(_export_top1(tmp_path, data))
+    assert json.loads((tmp_path / "search.json").read_text())["cheapest_gain"] == gain.key

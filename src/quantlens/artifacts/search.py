@@ -94,7 +94,8 @@ class FixTrial(BaseModel):
 
 
 class RuntimeCheck(BaseModel):
-    """The chosen point scored again on its export in the target runtime (or why not)."""
+    """A point (the chosen one, or the cheapest gain) scored again on its export in the target
+    runtime (or why not)."""
 
     runtime: str | None = Field(
         default=None,
@@ -102,10 +103,10 @@ class RuntimeCheck(BaseModel):
         "an ONNX Runtime target)",
     )
     search_metric: float | None = Field(
-        default=None, description="the chosen point's metric as the search scored it (`engine`)"
+        default=None, description="the point's metric as the search scored it (`engine`)"
     )
     runtime_metric: float | None = Field(
-        default=None, description="the metric of the chosen point's export in the runtime"
+        default=None, description="the metric of the point's export in the runtime"
     )
     judged_metric: float | None = Field(
         default=None,
@@ -156,6 +157,15 @@ class SearchReport(Artifact):
     )
     runtime_check: RuntimeCheck | None = Field(
         default=None, description="the chosen point's export scored in the target runtime"
+    )
+    cheapest_gain: str | None = Field(
+        default=None,
+        description="key of the cheapest scored point whose metric beats every all-int8 point "
+        "(plain and each fixed one), when it is cheaper than the chosen point: exported to "
+        "`cheapest-gain/` beside the chosen one",
+    )
+    cheapest_gain_check: RuntimeCheck | None = Field(
+        default=None, description="the cheapest gain's export scored in the target runtime"
     )
     finished: bool = False
     seconds: float = Field(

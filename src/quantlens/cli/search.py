@@ -218,6 +218,7 @@ def _print_search(report: Any, output: Path) -> None:
     rows = [
         ("all-int8", report.baseline),
         ("chosen", report.chosen),
+        ("cheapest gain", report.cheapest_gain),
         ("all promoted", report.all16),
     ]
     for name, key in rows:
@@ -237,6 +238,7 @@ def _print_search(report: Any, output: Path) -> None:
     if check is not None and check.note:
         met = {True: "goal met", False: "goal MISSED", None: "no metric goal"}[check.goal_met]
         out.print(f"runtime check: {check.note} ({met})")
+    _print_cheapest_gain(report, output)
     chosen = report.point(report.chosen)
     what = "-" if chosen is None else f"{chosen.label}, {chosen.cost:.3f}x int8 cost"
     out.print(
@@ -244,3 +246,16 @@ def _print_search(report: Any, output: Path) -> None:
         f"{report.full_evaluations} full evaluations, chosen {what}, {report.seconds:.0f} s; "
         f"{output / 'search.json'}"
     )
+
+
+def _print_cheapest_gain(report: Any, output: Path) -> None:
+    """The cheapest point above every free fix, when the goal chose a dearer one."""
+    point, check = report.point(report.cheapest_gain), report.cheapest_gain_check
+    if point is None:
+        return
+    line = f"cheapest gain over the free fixes: {point.label}, {point.cost:.3f}x int8 cost"
+    if point.metric is not None:
+        line += f", {report.metric_name or 'metric'} {point.metric:.4f}"
+    if check is not None and check.runtime_metric is not None:
+        line += f", its export {check.runtime_metric:.4f} in ONNX Runtime"
+    out.print(f"{line}; {output / 'cheapest-gain'}")

@@ -15,7 +15,7 @@ from pathlib import Path
 from quantlens.artifacts.folder import RunFolder
 from quantlens.artifacts.journal import stage
 from quantlens.artifacts.quantize import QuantizeReport
-from quantlens.artifacts.search import SearchReport
+from quantlens.artifacts.search import RuntimeCheck, SearchReport
 from quantlens.pipeline import evaluate
 from quantlens.pipeline.closure import close_assignment
 from quantlens.pipeline.quantize import QuantizeOptions, quantize, quantize_model
@@ -36,6 +36,8 @@ from quantlens.schemes.qparams import QuantPlan
 from quantlens.search.cost import get_cost_model, latency
 
 Say = Callable[[str], None]
+# The cheapest gain's quantize run, inside the search's folder.
+CHEAPEST_GAIN = "cheapest-gain"
 Progress = Callable[[int, int], None]
 
 
@@ -54,8 +56,13 @@ def search_model(
     check_options(opts)
     setup = prepare_search(path, opts, say, progress)
     report = run_search(setup, opts, say, progress)
+    if opts.export and report.cheapest_gain is not None:
+        # First: the chosen point's plan must be the last one built (its weights stay).
+        report.cheapest_gain_check = _export_cheapest_gain(setup, opts, report, say, progress)
     if opts.export and report.chosen is not None:
         quantized = _export(setup, opts, report, say, progress)
+        if get_cost_model(opts.cost_model).measured_after_export:
+            _measured_costs(setup, opts, report, quantized)
         if say is not None and setup.scorer is not None:
             say("scoring the chosen point's export in the target runtime")
         qdq = Path(quantized.files["qdq_model"])
@@ -72,22 +79,44 @@ def _export(
     report: SearchReport,
     say: Say | None,
     progress: Progress | None,
+    key: str | None = None,
 ) -> QuantizeReport:
-    assignment = chosen_assignment(report, setup.profile)
+    """The chosen point (or point `key`, into the session's folder as it is given) quantized
+    as the search scored it."""
+    assignment = chosen_assignment(report, setup.profile, key)
     assert assignment is not None
     if say is not None:
-        say(f"exporting the chosen assignment ({len(assignment.layers)} nodes promoted)")
-    qopts = quantize_options(opts, opts.run_dir)
+        what = "chosen" if key is None else "cheapest gain's"
+        say(f"exporting the {what} assignment ({len(assignment.layers)} nodes promoted)")
+    qopts = quantize_options(opts, setup.session.folder.path)
     assignment, plan = _named_as_the_chip_does(setup, assignment, say)
     # The plan the search scored, on the weights its fixes left: exported as it is.
     fixes = setup.fix_trial.kept() if setup.fix_trial is not None else []
     planned = (plan, fixes)
-    quantized = quantize(
-        setup.session, qopts, say, progress, assignment=assignment, planned=planned
+    return quantize(setup.session, qopts, say, progress, assignment=assignment, planned=planned)
+
+
+def _export_cheapest_gain(
+    setup: Setup,
+    opts: SearchOptions,
+    report: SearchReport,
+    say: Say | None,
+    progress: Progress | None,
+) -> RuntimeCheck:
+    """The cheapest point that beats every free fix, exported to its own folder and scored in
+    the target runtime: the goal may price the chosen point far above it (issue #22: picodet on
+    hailo8 chose 2x while 1.10x already beat the best fix by 0.1 mAP)."""
+    key = report.cheapest_gain
+    assert key is not None
+    folder = RunFolder(opts.run_dir / CHEAPEST_GAIN)
+    session = dataclasses.replace(setup.session, folder=folder)
+    quantized = _export(
+        dataclasses.replace(setup, session=session), opts, report, say, progress, key
     )
-    if get_cost_model(opts.cost_model).measured_after_export:
-        _measured_costs(setup, opts, report, quantized)
-    return quantized
+    if say is not None and setup.scorer is not None:
+        say("scoring the cheapest gain's export in the target runtime")
+    qdq = Path(quantized.files["qdq_model"])
+    return runtime_check(report, setup.profile, setup.scorer, qdq, progress, key)
 
 
 def _named_as_the_chip_does(

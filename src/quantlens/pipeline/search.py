@@ -540,6 +540,8 @@ def run_search(
             farm.close()
     if run.report.chosen is None:
         run.report.notes.append("no point was evaluated before the stop: nothing is chosen")
+    gain = cheapest_gain(run.report)
+    run.report.cheapest_gain = gain.key if gain is not None else None
     run.report.finished = True
     run.checkpoint()
     return run.report
@@ -556,9 +558,32 @@ def _fresh_cache(opts: SearchOptions, context_key: str) -> Path:
     return cache
 
 
-def chosen_assignment(report: SearchReport, profile: TargetProfile) -> Assignment | None:
-    """The assignment of the report's chosen point (None when nothing was chosen)."""
-    point = report.point(report.chosen)
+def cheapest_gain(report: SearchReport) -> SearchPoint | None:
+    """The cheapest scored point whose metric beats every all-int8 point (plain and each fixed
+    one, i.e. the best free fix), when the chosen point is dearer: the front's first step above
+    what fixes alone give, for a user whose budget is below the goal's price (picodet on hailo8:
+    the goal asked for 2x; a 1.10x point scored mAP 0.559 against 0.458 for the best fix)."""
+    chosen = report.point(report.chosen)
+    int8 = {
+        p.key: p.metric for p in report.points if p.key == report.baseline or _other_int8(p.key)
+    }
+    best = max((m for m in int8.values() if m is not None), default=None)
+    if chosen is None or best is None:
+        return None
+    better = [
+        p
+        for p in report.points
+        if p.metric is not None and p.metric > best and p.cost < chosen.cost and p.key not in int8
+    ]
+    return min(better, key=lambda p: (p.cost, -(p.metric or 0.0)), default=None)
+
+
+def chosen_assignment(
+    report: SearchReport, profile: TargetProfile, key: str | None = None
+) -> Assignment | None:
+    """The assignment of the report's chosen point, or of the point `key` (None when there is
+    no such point)."""
+    point = report.point(key or report.chosen)
     if point is None:
         return None
     return Assignment(target=profile.name, default=profile.default_mode, layers=point.modes)  # type: ignore[arg-type]

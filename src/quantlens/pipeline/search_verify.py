@@ -39,15 +39,16 @@ def runtime_check(
     scorer: TaskScorer | None,
     qdq_model: Path,
     progress: Progress | None = None,
+    key: str | None = None,
 ) -> RuntimeCheck:
-    """The chosen point's metric as the search scored it and of its export in ONNX Runtime; the
-    goal is judged on the export's score on an ONNX Runtime target, on the emulator's where the
-    chip runs no QDQ model (the export is still scored there: a plan the QDQ file does not carry
-    shows up as a gap between the two)."""
-    point = report.point(report.chosen)
+    """The chosen point's (or point `key`'s) metric as the search scored it and of its export
+    in ONNX Runtime; the goal is judged on the export's score on an ONNX Runtime target, on the
+    emulator's where the chip runs no QDQ model (the export is still scored there: a plan the QDQ
+    file does not carry shows up as a gap between the two)."""
+    point = report.point(key or report.chosen)
     scored = point.metric if point is not None else None
     if scorer is None or scored is None:
-        note = "no task metric (no --data): quantize.json compares the chosen point's outputs"
+        note = "no task metric (no --data): quantize.json compares the point's outputs"
         return RuntimeCheck(search_metric=scored, note=note)
     found = score_in_onnxruntime(scorer, qdq_model, progress)[scorer.primary]
     check = RuntimeCheck(runtime="onnxruntime", search_metric=scored, runtime_metric=found)

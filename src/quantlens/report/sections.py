@@ -123,6 +123,7 @@ def _search_rows(search: SearchReport) -> list[tuple[str, dict[str, float]]]:
     for key, name in (
         (search.baseline, "all-int8"),
         (search.chosen, "chosen"),
+        (search.cheapest_gain, "cheapest gain over the free fixes"),
         (search.all16, "all promoted"),
     ):
         point = search.point(key)
