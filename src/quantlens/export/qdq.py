@@ -5,8 +5,9 @@ each quantized weight is stored as its integer codes followed by DequantizeLinea
 from the emulator's own `quantize_to_int` with the plan's float32 scales, so the exported model
 computes what the emulator computed, bit for bit up to float kernel differences.
 
-Where the target runs HardSigmoid as an integer op, its `DQ -> HardSigmoid -> Q` is then
-written as the Add ONNX Runtime fuses into QLinearAdd (`quantlens.export.qdq_lower`).
+Where the target asks for it, ops ONNX Runtime cannot fuse through the Q/DQ are then spelled as
+ops it can (`quantlens.export.qdq_lower`): HardSigmoid as the Add it fuses into QLinearAdd, a
+spatial ReduceMean as GlobalAveragePool, the erf GELU as its Gelu kernel.
 
 Q/DQ domain: 8-bit grids and int32 biases use the standard ops (opset >= 13 has `axis`).
 16-bit and 4-bit grids need opset 21 in the standard domain; below 21 they use ONNX Runtime's
@@ -29,7 +30,7 @@ from onnx_ir.passes.common import TopologicalSortPass
 from quantlens import __version__
 from quantlens.emulate.fakequant import quantize_to_int
 from quantlens.errors import UserError
-from quantlens.export.qdq_lower import Fresh, lower_hardsigmoid, lowers_hardsigmoid
+from quantlens.export.qdq_lower import Fresh, lower, lowerings
 from quantlens.export.verify import agreement
 from quantlens.ir.load import save_model
 from quantlens.ir.passes.opset import opset_of, upgrade_opset
@@ -73,8 +74,9 @@ def export_qdq(
     if opset is not None:
         clone, _ = upgrade_opset(clone, opset)
     _Rewriter(clone).apply(plan)
-    if lowers_hardsigmoid(plan.target):
-        lower_hardsigmoid(clone.graph, Fresh(_all_names(clone.graph)))
+    rewrites = lowerings(plan.target)
+    if rewrites:
+        lower(clone.graph, rewrites, Fresh(_all_names(clone.graph)))
         TopologicalSortPass()(clone)
     clone.metadata_props[TARGET_KEY] = plan.target
     clone.metadata_props[VERSION_KEY] = __version__

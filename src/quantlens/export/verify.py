@@ -149,7 +149,8 @@ def stepwise_code_error(
     integer activations written by a node are checked; graph inputs and float layers are not.
     """
     names = [n for n in executor.activation_names() if _per_tensor_int(plan, n)]
-    inputs = {n: _activation_inputs(executor, n) for n in names}
+    present = _tensor_names(qdq_path)
+    inputs = {n: _ort_inputs(executor, n, present) for n in names}
     needed = {i for group in inputs.values() for i in group} | set(names)
     tensors = _ort_tensors(qdq_path, sorted(needed - set(executor.input_names)), feed)
     hooks = QuantHooks(qdq_view(plan), device=executor.device)
@@ -168,6 +169,28 @@ def stepwise_code_error(
 def _activation_inputs(executor: Executor, name: str) -> list[str]:
     step = executor.producer[name]
     return [i for i in step.inputs if i is not None and i not in executor.weights]
+
+
+def _ort_inputs(executor: Executor, name: str, present: set[str]) -> list[str]:
+    """The activations `name`'s node reads, where ORT's graph has them; one an export rewrite
+    fused away (a GELU's inner tensors in `qdq_lower`) is replaced by what its node reads, so
+    the emulator recomputes the fused op from ORT's own inputs."""
+    found: list[str] = []
+    pending = _activation_inputs(executor, name)
+    while pending:
+        tensor = pending.pop()
+        if tensor in found:
+            continue
+        if tensor in present or tensor not in executor.producer:
+            found.append(tensor)
+        else:
+            pending.extend(_activation_inputs(executor, tensor))
+    return found
+
+
+def _tensor_names(path: str | Path) -> set[str]:
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {v.name for v in graph.input} | {o for node in graph.node for o in node.output}
 
 
 def _per_tensor_int(plan: QuantPlan, name: str) -> bool:

@@ -178,6 +178,10 @@ class TargetProfile(BaseModel):
     # Activations an integer op's output quantizer is moved behind (the runtime deletes them
     # before a Q whose grid already clips as they do).
     absorbed_activations: list[str] = Field(default_factory=list)
+    # Float ops the QDQ export writes as one ONNX Runtime kernel (com.microsoft) where they sit
+    # between a DQ and a Q (`quantlens.export.qdq_lower`): ORT fuses their decomposed form
+    # only in a float graph, since its QDQ pass gives each reader of a DQ its own copy.
+    ort_kernels: list[str] = Field(default_factory=list)
     cost: dict[str, CostFactor] = Field(default_factory=dict)
     search: SearchRules = Field(default_factory=SearchRules)
     arithmetic: Arithmetic = Field(default_factory=Arithmetic)

@@ -19,7 +19,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import TopologicalSortPass
 
 from quantlens.errors import UserError
-from quantlens.export.qdq_lower import Fresh, lower_hardsigmoid, lowers_hardsigmoid
+from quantlens.export.qdq_lower import Fresh, lower, lowerings
 from quantlens.export.vendors.base import (
     Dropped,
     ExportContext,
@@ -105,8 +105,8 @@ class OrtFormat:
             "nodes_to_exclude": excluded,
             "extra_options": extra,
             # quantlens's own key (quantize_static ignores it): `quantize_with_overrides`
-            # rewrites ORT's DQ -> HardSigmoid -> Q as the QLinearAdd our export has.
-            "lower_hardsigmoid": lowers_hardsigmoid(ctx.run_target or ctx.plan.target),
+            # rewrites ORT's model as our export is (`qdq_lower`: HardSigmoid as QLinearAdd...).
+            "lowerings": lowerings(ctx.run_target or ctx.plan.target),
             "TensorQuantOverrides": overrides,
         }
         out.entries = len(overrides) + len(excluded)
@@ -295,19 +295,24 @@ def quantize_with_overrides(
     path = Path(file)
     source = Path(float_model) if float_model else path.with_name(_float_name(path.name))
     quantize_static(source, output, reader or _ZeroReader(source), **quantize_static_kwargs(path))
-    if _load(path.read_text(), str(path)).get("lower_hardsigmoid"):
-        _lower_saved(Path(output))
+    payload = _load(path.read_text(), str(path))
+    # Files written before "lowerings" carry only the HardSigmoid flag.
+    rewrites = payload.get("lowerings") or (
+        ["hardsigmoid"] if payload.get("lower_hardsigmoid") else []
+    )
+    if rewrites:
+        _lower_saved(Path(output), list(rewrites))
 
 
-def _lower_saved(path: Path) -> None:
-    """ORT's quantize_static leaves HardSigmoid in float between a DQ and a Q; the same rewrite
-    as our QDQ export makes it the Add that ORT fuses into QLinearAdd."""
+def _lower_saved(path: Path, rewrites: list[str]) -> None:
+    """ORT's quantize_static leaves HardSigmoid, a spatial ReduceMean and the erf GELU in float
+    between a DQ and a Q; the same rewrites as our QDQ export give the kernels ORT fuses."""
     model = ir.load(str(path))
     names = {n.name for n in model.graph if n.name} | {
         v.name for n in model.graph for v in n.outputs if v.name
     }
     names.update(model.graph.initializers)
-    if lower_hardsigmoid(model.graph, Fresh(names)):
+    if lower(model.graph, rewrites, Fresh(names)):
         TopologicalSortPass()(model)
         ir.save(model, str(path))
 
