@@ -192,3 +192,29 @@ def test_a_gelu_that_is_not_exact_or_is_read_inside_stays() -> None:
     island = _island(True, 0.5, 0.031, 128)
     island.graph.output.append(helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 256]))
     assert _lowered(island)[1] == []
+
+
+def test_export_format_ort_gets_the_same_kernels(tmp_path: Path) -> None:
+    """`export --format ort`: quantize_static's model, after `quantize_with_overrides`' rewrites
+    (it carries no shapes: the ReduceMean's rank comes from shape inference), runs the GELU and
+    the pool as our export does."""
+    from quantlens.export.vendors.ort import quantize_with_overrides
+    from quantlens.pipeline.quantize import QuantizeOptions, quantize_model
+    from quantlens.vendor_io import export_vendor
+
+    model = tmp_path / "gelu.onnx"
+    onnx.save(gelu_se_cnn(), str(model))
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, feed in enumerate(_feeds()):
+        np.savez(calib / f"{i}.npz", **feed)  # type: ignore[arg-type]
+    run = tmp_path / "run"
+    opts = QuantizeOptions(calib=calib, target="ort-cpu-fast", run_dir=run, latency_rounds=0)
+    report = quantize_model(model, opts)
+    result = export_vendor(run, "ort", tmp_path / "out" / "m.ort.json")
+    out = tmp_path / "ort.qdq.onnx"
+    quantize_with_overrides(result.files[0], out)
+    for path in (report.files["qdq_model"], out):
+        runs = Counter(fused_op_counts(path))
+        assert runs["Gelu"] == 1 and runs["QLinearGlobalAveragePool"] == 1, runs
+        assert runs["Erf"] + runs["ReduceMean"] == 0, runs

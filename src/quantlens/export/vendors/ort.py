@@ -32,6 +32,7 @@ from quantlens.export.vendors.base import (
 )
 from quantlens.export.vendors.encodings import attach_float_model, tensor_names
 from quantlens.ir.layers import WEIGHTED_OPS
+from quantlens.ir.passes.infer_shapes import infer_shapes
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.formats import IntFormat
 from quantlens.schemes.modes import get_mode
@@ -308,6 +309,7 @@ def _lower_saved(path: Path, rewrites: list[str]) -> None:
     """ORT's quantize_static leaves HardSigmoid, a spatial ReduceMean and the erf GELU in float
     between a DQ and a Q; the same rewrites as our QDQ export give the kernels ORT fuses."""
     model = ir.load(str(path))
+    infer_shapes(model)  # quantize_static's model has no shapes: a ReduceMean needs its rank
     names = {n.name for n in model.graph if n.name} | {
         v.name for n in model.graph for v in n.outputs if v.name
     }
