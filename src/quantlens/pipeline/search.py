@@ -960,7 +960,11 @@ def _search(run: _Run, say: Say | None, progress: Progress | None) -> None:
     _say(say, f"{opts.strategy}: {len(candidates)} candidates; verifying their output SNR")
     # On workers, every candidate's SNR at once (the cache skips those already known).
     run.oracle.prefetch_snr([setup.rules.node_modes(c.state) for c in candidates])
-    verified = [run.point(c) for c in candidates]
+    verified = []
+    for done, candidate in enumerate(candidates):  # each a full pass (and a bias sweep)
+        verified.append(run.point(candidate))
+        if progress is not None:
+            progress(done + 1, len(candidates))
     if run.meter is not None:
         _say(say, f"timing {len(verified) + 1} candidate exports in ONNX Runtime")
         others = [p for p in report.points if _other_int8(p.key)]
