@@ -619,3 +619,21 @@ def test_cheapest_gain_is_exported_and_scored_beside_the_chosen_point(
     assert check.runtime_metric == pytest.approx(_export_top1(exported, data))
     assert chosen_check.runtime_metric == pytest.approx(_export_top1(tmp_path, data))
     assert json.loads((tmp_path / "search.json").read_text())["cheapest_gain"] == gain.key
+
+
+def test_context_key_reads_the_data_folder_by_its_absolute_path(
+    labelled: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative and an absolute --data naming one folder share the cached noise and scores;
+    another folder does not."""
+    model, calib, data = labelled
+    monkeypatch.chdir(data.parent)
+    feeds = [{"x": np.zeros((1, 3, 8, 8), np.float32)}]
+    proto = search_module.ir.from_proto(onnx.load(model))
+
+    def key(folder: Path) -> str:
+        opts = SearchOptions(calib=calib, target="hailo8", data=folder, task="classification")
+        return search_module._context_key(model, feeds, opts, proto)
+
+    assert key(Path(data.name)) == key(data.resolve())
+    assert key(calib) != key(data)

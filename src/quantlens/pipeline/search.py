@@ -332,7 +332,10 @@ def _context_key(path: Path, feeds: Sequence[Feed], opts: SearchOptions, model: 
     for feed in feeds:
         for name in sorted(feed):
             digest.update(np.ascontiguousarray(feed[name]).tobytes())
-    settings = [opts.target, opts.method, opts.percentile, opts.samples, str(opts.data)]
+    # The evaluation folder by its absolute path: `--data pages` and `--data /abs/pages` are
+    # one set (picodet: a relative and an absolute path measured the units' noise twice).
+    data = str(Path(opts.data).resolve()) if opts.data is not None else None
+    settings = [opts.target, opts.method, opts.percentile, opts.samples, data]
     settings += [opts.task, opts.eval_limit, opts.sensitivity_samples, sorted(opts.task_options)]
     # Graph passes change what every candidate measures (an unoptimized search keeps its key).
     enabled = search_graph(opts.fix_settings(), opts.fixes, opts.try_fixes, path).model_dump()
