@@ -124,7 +124,7 @@ def test_fixes_that_lower_the_metric_are_dropped(
     opts = SearchOptions(
         calib=calib, target="hailo8", run_dir=tmp_path, data=data, task="classification"
     )
-    opts.max_drop = 0.2
+    opts.max_drop = 0.05  # all-int8 (0.9) misses the goal (0.95): the fixes are tried
     report = search_model(model, opts)
     trial = report.fix_trial
     assert trial is not None and not trial.kept and "dropped" in trial.reason
@@ -133,7 +133,8 @@ def test_fixes_that_lower_the_metric_are_dropped(
     dropped = [p for p in report.points if p.key.startswith(WITH_FIXES)]
     assert {p.key for p in dropped} == keys and all(p.metric == 0.5 for p in dropped)
     base = report.point(report.baseline)
-    assert base is not None and base.metric == 0.9 and report.chosen == base.key
+    assert base is not None and base.metric == 0.9
+    assert report.chosen == report.all16  # nothing meets the goal: the best (the dearest) is chosen
     assert report.full_evaluations == 3 + len(keys)  # float, all-int8, each fixed one, all-16
     weights = {name: value for name, value in _exported_weights(tmp_path).items() if name in before}
     assert weights and all(np.array_equal(before[n], w) for n, w in weights.items())
@@ -142,7 +143,28 @@ def test_fixes_that_lower_the_metric_are_dropped(
     check = report.runtime_check  # hailo8: judged on the emulator, the export scored beside it
     assert check is not None and check.runtime == "onnxruntime" and "emulator" in check.note
     assert check.runtime_metric == 0.75 and "misses the goal" in check.note
-    assert check.judged_metric == 0.9 and check.goal_met is True
+    assert check.judged_metric == 0.9 and check.goal_met is False
+
+
+def test_int8_that_meets_the_goal_stops_the_search_before_any_fix(
+    labelled: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All-int8 within --max-drop of float, no point below int8's cost asked for: no fix trial,
+    no units' noise, no candidate; all-int8 is chosen after two full evaluations."""
+    model, calib, data = labelled
+    monkeypatch.setattr(search_module, "_scorer", lambda setup, opts: _Scorer(setup, 0.9, 0.5))
+    monkeypatch.setattr(search_verify, "score_in_onnxruntime", lambda *a: {"top1": 0.9})
+    opts = SearchOptions(
+        calib=calib, target="hailo8", run_dir=tmp_path, data=data, task="classification"
+    )
+    opts.max_drop = 0.2
+    report = search_model(model, opts)
+    assert report.fix_trial is None and report.chosen == report.baseline
+    assert [p.key for p in report.points] == [report.baseline] and report.full_evaluations == 2
+    assert report.goal.max_drop == 0.2
+    assert any("meets the goal at the lowest cost" in note for note in report.notes)
+    below = search_model(model, SearchOptions(**{**vars(opts), "max_cost": 0.9, "export": False}))
+    assert len(below.points) > 1  # a point cheaper than int8 asked for: the search goes on
 
 
 def test_int8_at_or_above_float_leaves_no_gap_to_recover(
