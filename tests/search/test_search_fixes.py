@@ -153,16 +153,20 @@ def test_int8_that_meets_the_goal_stops_the_search_before_any_fix(
     no units' noise, no candidate; all-int8 is chosen after two full evaluations."""
     model, calib, data = labelled
     monkeypatch.setattr(search_module, "_scorer", lambda setup, opts: _Scorer(setup, 0.9, 0.5))
-    monkeypatch.setattr(search_verify, "score_in_onnxruntime", lambda *a: {"top1": 0.9})
+    # A numpy scalar, as the text-detection evaluator returns (search.json failed to save one).
+    scored = {"top1": np.float64(0.9)}
+    monkeypatch.setattr(search_verify, "score_in_onnxruntime", lambda *a: scored)
     opts = SearchOptions(
-        calib=calib, target="hailo8", run_dir=tmp_path, data=data, task="classification"
+        calib=calib, target="ort-cpu", run_dir=tmp_path, data=data, task="classification"
     )
-    opts.max_drop = 0.2
+    opts.max_drop, opts.engine = 0.2, "emulator"  # the goal judged on the export's score
     report = search_model(model, opts)
     assert report.fix_trial is None and report.chosen == report.baseline
     assert [p.key for p in report.points] == [report.baseline] and report.full_evaluations == 2
     assert report.goal.max_drop == 0.2
     assert any("meets the goal at the lowest cost" in note for note in report.notes)
+    saved = json.loads((tmp_path / "search.json").read_text())["runtime_check"]
+    assert saved["runtime_metric"] == 0.9 and saved["goal_met"] is True
     below = search_model(model, SearchOptions(**{**vars(opts), "max_cost": 0.9, "export": False}))
     assert len(below.points) > 1  # a point cheaper than int8 asked for: the search goes on
 

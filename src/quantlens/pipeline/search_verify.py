@@ -50,7 +50,8 @@ def runtime_check(
     if scorer is None or scored is None:
         note = "no task metric (no --data): quantize.json compares the point's outputs"
         return RuntimeCheck(search_metric=scored, note=note)
-    found = score_in_onnxruntime(scorer, qdq_model, progress)[scorer.primary]
+    # A Python float: evaluators may return numpy scalars, which search.json cannot hold.
+    found = float(score_in_onnxruntime(scorer, qdq_model, progress)[scorer.primary])
     check = RuntimeCheck(runtime="onnxruntime", search_metric=scored, runtime_metric=found)
     if profile.vendor != ORT:
         check = _judged(report, check, scored)
@@ -84,4 +85,4 @@ def _judged(report: SearchReport, check: RuntimeCheck, metric: float) -> Runtime
 def _meets(report: SearchReport, metric: float) -> bool | None:
     if report.float_metric is None or report.goal.max_drop is None:
         return None
-    return metric >= report.float_metric - report.goal.max_drop
+    return bool(metric >= report.float_metric - report.goal.max_drop)
