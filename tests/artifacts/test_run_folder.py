@@ -84,3 +84,25 @@ def test_a_folder_copied_mid_write_is_undone_and_said_so(tmp_path: Path) -> None
     with journal.writing(copy, "compare", notify=heard.append):
         pass
     assert len(heard) == 1
+
+
+def test_a_failed_first_run_leaves_only_its_filled_caches(tmp_path: Path) -> None:
+    """A command that fails in a folder it created leaves no run; once a search cached
+    evaluations, the filled caches stay (so `--resume` redoes none of them); before that the
+    folder goes whole, calibrations included."""
+    folder = tmp_path / "run"
+    with pytest.raises(RuntimeError), journal.writing(folder, "search"):
+        (folder / "search.json").write_text("{}")
+        (folder / "search-cache" / "ctx").mkdir(parents=True)
+        (folder / "search-cache" / "ctx" / "abc.json").write_text("{}")
+        (folder / "calibration-cache").mkdir()  # empty: nothing to keep
+        raise RuntimeError("the export failed")
+    left = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    assert left == ["search-cache/ctx/abc.json"]
+    early = tmp_path / "early"
+    with pytest.raises(RuntimeError), journal.writing(early, "search"):
+        (early / "search-cache").mkdir()
+        (early / "calibration-cache").mkdir()
+        (early / "calibration-cache" / "grid8.json").write_text("{}")
+        raise RuntimeError("failed before any evaluation (bad input): no file may stay")
+    assert not early.exists()

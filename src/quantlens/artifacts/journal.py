@@ -16,8 +16,8 @@ the next command that opens the folder rolls back to the snapshot (the old run) 
 (`notify`: the half-written files of a folder copied mid-write go too, never silently). A kill
 after it leaves the new run, and the journal is just removed. A failure inside the command (an
 error, Ctrl-C) rolls back at once. Caches (`calibration-cache`, `search-cache`) are outside
-the unit: their entries are atomic, keyed by content and validated on read, and a killed search
-resumes from them.
+the unit: their entries are atomic, keyed by content and validated on read, and a killed or
+failed search resumes from them (a failed first run in a new folder leaves only them).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from quantlens.errors import UserError
 
 JOURNAL = ".quantlens-txn"
 MANIFEST = "run.json"
-CACHE_DIRS = ("calibration-cache", "search-cache")
+SEARCH_CACHE = "search-cache"
+CACHE_DIRS = ("calibration-cache", SEARCH_CACHE)
 _UNTRACKED = {
     JOURNAL,
     f"{JOURNAL}.new",
@@ -102,7 +103,8 @@ Notify = Callable[[str], None]
 @contextmanager
 def writing(folder: Path, command: str, notify: Notify | None = None) -> Iterator[Path]:
     """Run the body as one unit of writes into `folder` (see the module's docstring). A run
-    that fails in a folder it created leaves no folder behind. `notify` hears of a killed
+    that fails in a folder it created leaves no run behind (only its caches, once a search
+    cached evaluations there). `notify` hears of a killed
     writer's leftovers undone on the way in (default: a warning)."""
     created = _make_folder(folder)
     # Not ours to remove if another writer locked it first (it found the folder we made).
@@ -112,7 +114,7 @@ def writing(folder: Path, command: str, notify: Notify | None = None) -> Iterato
             yield folder
     except (Exception, KeyboardInterrupt):
         if created:  # removed while still held, so no writer can be inside
-            shutil.rmtree(folder, ignore_errors=True)
+            _remove_all_but_caches(folder)
         raise
     finally:
         run_lock.release(folder)
@@ -207,6 +209,23 @@ def _make_folder(folder: Path) -> bool:
             f"cannot create run folder {folder}: {exc.strerror}", "pass a folder you can write"
         ) from exc
     return True
+
+
+def _remove_all_but_caches(folder: Path) -> None:
+    """What a failed first run leaves: no run, but its filled caches once the search cache
+    holds evaluations (a search that failed at its export after half an hour resumes from them
+    with `--resume`); otherwise nothing (bad input fails before that and leaves no file)."""
+    kept = {d for d in CACHE_DIRS if any(p.is_file() for p in (folder / d).rglob("*"))}
+    if not any(p.is_file() for p in (folder / SEARCH_CACHE).rglob("*")):
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for child in folder.iterdir():
+        if child.name in kept or child.name == run_lock.LOCK_FILE:  # the lock: released after
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def _warn(message: str) -> None:
