@@ -76,7 +76,7 @@ def export_qdq(
     _Rewriter(clone).apply(plan)
     rewrites = lowerings(plan.target)
     if rewrites:
-        lower(clone.graph, rewrites, Fresh(_all_names(clone.graph)))
+        lower(clone.graph, rewrites, Fresh.of(clone.graph))
         TopologicalSortPass()(clone)
     clone.metadata_props[TARGET_KEY] = plan.target
     clone.metadata_props[VERSION_KEY] = __version__
@@ -115,7 +115,7 @@ class _Rewriter:
         self.model = model
         self.graph = model.graph
         self.opset = opset_of(model)
-        self.fresh = Fresh(_all_names(model.graph))  # a new, unused name from a base name
+        self.fresh = Fresh.of(model.graph)  # a new, unused name from a base name
         self.values = {v.name: v for v in _graph_values(model.graph) if v.name}
         self.raw_reads: set[tuple[str | None, int]] = set()
 
@@ -318,10 +318,3 @@ def _graph_values(graph: ir.Graph) -> Iterable[ir.Value]:
     yield from graph.inputs
     for node in graph:
         yield from node.outputs
-
-
-def _all_names(graph: ir.Graph) -> set[str]:
-    names = {v.name for v in _graph_values(graph) if v.name}
-    names.update(graph.initializers)
-    names.update(node.name for node in graph if node.name)
-    return names

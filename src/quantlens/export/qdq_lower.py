@@ -107,6 +107,15 @@ class Fresh:
     def __init__(self, taken: set[str]) -> None:
         self.taken = taken
 
+    @classmethod
+    def of(cls, graph: ir.Graph) -> Fresh:
+        """Names free in `graph`: none of its inputs', node outputs', initializers' or nodes'."""
+        taken = {v.name for v in graph.inputs if v.name}
+        taken.update(v.name for node in graph for v in node.outputs if v.name)
+        taken.update(graph.initializers)
+        taken.update(node.name for node in graph if node.name)
+        return cls(taken)
+
     def __call__(self, base: str) -> str:
         name, count = base, 1
         while name in self.taken:

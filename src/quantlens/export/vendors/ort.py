@@ -310,11 +310,7 @@ def _lower_saved(path: Path, rewrites: list[str]) -> None:
     between a DQ and a Q; the same rewrites as our QDQ export give the kernels ORT fuses."""
     model = ir.load(str(path))
     infer_shapes(model)  # quantize_static's model has no shapes: a ReduceMean needs its rank
-    names = {n.name for n in model.graph if n.name} | {
-        v.name for n in model.graph for v in n.outputs if v.name
-    }
-    names.update(model.graph.initializers)
-    if lower(model.graph, rewrites, Fresh(names)):
+    if lower(model.graph, rewrites, Fresh.of(model.graph)):
         TopologicalSortPass()(model)
         ir.save(model, str(path))
 
