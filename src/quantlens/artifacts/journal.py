@@ -216,7 +216,7 @@ def _remove_all_but_caches(folder: Path) -> None:
     holds evaluations (a search that failed at its export after half an hour resumes from them
     with `--resume`); otherwise nothing (bad input fails before that and leaves no file)."""
     kept = {d for d in CACHE_DIRS if any(p.is_file() for p in (folder / d).rglob("*"))}
-    if not any(p.is_file() for p in (folder / SEARCH_CACHE).rglob("*")):
+    if SEARCH_CACHE not in kept:
         shutil.rmtree(folder, ignore_errors=True)
         return
     for child in folder.iterdir():

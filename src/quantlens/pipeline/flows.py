@@ -36,9 +36,9 @@ from quantlens.schemes.qparams import QuantPlan
 from quantlens.search.cost import get_cost_model, latency
 
 Say = Callable[[str], None]
+Progress = Callable[[int, int], None]
 # The cheapest gain's quantize run, inside the search's folder.
 CHEAPEST_GAIN = "cheapest-gain"
-Progress = Callable[[int, int], None]
 
 
 def quantize_options(opts: OptimizeOptions, run_dir: Path) -> QuantizeOptions:
