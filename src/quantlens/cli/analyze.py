@@ -31,6 +31,7 @@ from quantlens.cli.options import (
     scale,
     shapes,
 )
+from quantlens.data.zoo import display_name
 
 if TYPE_CHECKING:
     from quantlens.artifacts.analysis import AnalysisReport
@@ -105,7 +106,7 @@ def analyze(
     worst = report.worst(1)
     flagged = sum(1 for layer in report.layers if layer.flags)
     out.print(
-        f"{Path(report.model).name}: {len(report.layers)} layers on {report.target}, "
+        f"{display_name(report.model)}: {len(report.layers)} layers on {report.target}, "
         f"{flagged} flagged, worst {worst[0].id if worst else '-'} (ranked by {report.ranked_by}); "
         f"{folder / 'analysis.json'}"
     )

@@ -20,6 +20,7 @@ from quantlens.cli.options import (
     output_file,
     shapes,
 )
+from quantlens.data.zoo import display_name
 from quantlens.errors import UserError
 
 if TYPE_CHECKING:
@@ -173,7 +174,7 @@ def _print_check(report: CheckReport) -> None:
     out.print(
         styled(
             ("PASS", "green") if report.passed else ("FAIL", "red"),
-            f": {Path(report.model).name}, {report.samples} samples, worst relative error "
+            f": {display_name(report.model)}, {report.samples} samples, worst relative error "
             f"{worst:.2e} (tolerance {report.tolerance:g}); "
             f"emulator {report.emulator_seconds:.2f}s, "
             f"ONNX Runtime {report.onnxruntime_seconds:.2f}s on {report.threads} threads",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
@@ -38,6 +37,7 @@ from quantlens.cli.options import (
     scale,
     shapes,
 )
+from quantlens.data.zoo import display_name
 
 if TYPE_CHECKING:
     from quantlens.artifacts.quantize import QuantizeReport
@@ -136,7 +136,7 @@ def _print_quantize(report: QuantizeReport) -> None:
     pooled = report.pooled_agreement()
     agree = "?" if pooled is None else f"{pooled:.1f}"
     out.print(
-        f"{Path(report.model).name} -> {report.files['qdq_model']}: {report.target}, {modes}; "
+        f"{display_name(report.model)} -> {report.files['qdq_model']}: {report.target}, {modes}; "
         f"worst output SNR {report.worst_snr():.1f} dB, emulator vs ONNX Runtime {agree} dB "
         f"(pooled), {report.samples} samples{reused}"
     )

@@ -39,6 +39,7 @@ from quantlens.cli.options import (
     scale,
     shapes,
 )
+from quantlens.data.zoo import display_name
 
 
 @app.command()
@@ -242,7 +243,7 @@ def _print_search(report: Any, output: Path) -> None:
     chosen = report.point(report.chosen)
     what = "-" if chosen is None else f"{chosen.label}, {chosen.cost:.3f}x int8 cost"
     out.print(
-        f"{Path(report.model).name}: {len(report.points)} points, "
+        f"{display_name(report.model)}: {len(report.points)} points, "
         f"{report.full_evaluations} full evaluations, chosen {what}, {report.seconds:.0f} s; "
         f"{output / 'search.json'}"
     )

@@ -347,6 +347,17 @@ def model_path(name: str) -> Path:
     return cache_dir() / "zoo" / get_entry(name).name / "model.onnx"
 
 
+def display_name(model: str | Path) -> str:
+    """How to name a model file to its user: a zoo model by its entry's name (its cached file
+    is `.../zoo/NAME/model.onnx`, which every zoo model shares), anything else by its file name."""
+    path = Path(model)
+    if path.name == "model.onnx" and path.parent.parent == cache_dir() / "zoo":
+        name = path.parent.name
+        if name in {entry.name for entry in list_entries()}:
+            return name
+    return path.name
+
+
 def cached_path(name: str) -> Path | None:
     """The cached model file when it is present and its sha256 matches, else None."""
     path = model_path(name)

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from quantlens.artifacts.folder import RunFolder
-from quantlens.artifacts.journal import stage
+from quantlens.artifacts.journal import writing
 from quantlens.artifacts.quantize import QuantizeReport
 from quantlens.artifacts.search import RuntimeCheck, SearchReport
+from quantlens.errors import UserError
 from quantlens.pipeline import evaluate
 from quantlens.pipeline.closure import close_assignment
 from quantlens.pipeline.quantize import QuantizeOptions, quantize, quantize_model
@@ -47,30 +48,60 @@ def quantize_options(opts: OptimizeOptions, run_dir: Path) -> QuantizeOptions:
     return QuantizeOptions(**shared, run_dir=run_dir)
 
 
-@stage("search")
 def search_model(
     path: Path, opts: SearchOptions, say: Say | None = None, progress: Progress | None = None
 ) -> SearchReport:
     """Search; search.json, assignment.json and (with `export`) the chosen point's quantize run
-    (same graph passes and fixes as `--optimize` asks) go to run_dir."""
+    (same graph passes and fixes as `--optimize` asks) go to run_dir. The search and the export
+    commit one after the other: an export that fails undoes its own files only, so the search's
+    results stay (a search of half an hour whose export failed used to leave only its caches)."""
     check_options(opts)
-    setup = prepare_search(path, opts, say, progress)
-    report = run_search(setup, opts, say, progress)
-    if opts.export and report.cheapest_gain is not None:
-        # First: the chosen point's plan must be the last one built (its weights stay).
-        report.cheapest_gain_check = _export_cheapest_gain(setup, opts, report, say, progress)
-    if opts.export and report.chosen is not None:
-        quantized = _export(setup, opts, report, say, progress)
-        if get_cost_model(opts.cost_model).measured_after_export:
-            _measured_costs(setup, opts, report, quantized)
-        if say is not None and setup.scorer is not None:
-            say("scoring the chosen point's export in the target runtime")
-        qdq = Path(quantized.files["qdq_model"])
-        report.runtime_check = runtime_check(report, setup.profile, setup.scorer, qdq, progress)
+    with writing(opts.run_dir, "search"):
+        setup = prepare_search(path, opts, say, progress)
+        report = run_search(setup, opts, say, progress)
+        _save(setup, opts, report)
+    if not opts.export or (report.chosen is None and report.cheapest_gain is None):
+        return report
+    try:
+        with writing(opts.run_dir, "search"):
+            _export_points(setup, opts, report, say, progress)
+            _save(setup, opts, report)
+    except UserError as exc:
+        kept = f"the search's results are kept in {opts.run_dir} (search.json, assignment.json)"
+        problem = f"exporting the searched points failed: {exc.problem}; {kept}"
+        raise UserError(problem, exc.fix) from exc
+    except Exception as exc:
+        exc.add_note(f"quantlens: exporting the searched points failed; {opts.run_dir} keeps them")
+        raise
+    return report
+
+
+def _save(setup: Setup, opts: SearchOptions, report: SearchReport) -> None:
     # Wall time of the whole command: loading, calibrating, searching and exporting.
     report.seconds = round(time.perf_counter() - setup.started, 2)
     RunFolder(opts.run_dir).write(report)
-    return report
+
+
+def _export_points(
+    setup: Setup,
+    opts: SearchOptions,
+    report: SearchReport,
+    say: Say | None,
+    progress: Progress | None,
+) -> None:
+    """The cheapest gain and the chosen point exported and scored in the target runtime."""
+    if report.cheapest_gain is not None:
+        # First: the chosen point's plan must be the last one built (its weights stay).
+        report.cheapest_gain_check = _export_cheapest_gain(setup, opts, report, say, progress)
+    if report.chosen is None:
+        return
+    quantized = _export(setup, opts, report, say, progress)
+    if get_cost_model(opts.cost_model).measured_after_export:
+        _measured_costs(setup, opts, report, quantized)
+    if say is not None and setup.scorer is not None:
+        say("scoring the chosen point's export in the target runtime")
+    qdq = Path(quantized.files["qdq_model"])
+    report.runtime_check = runtime_check(report, setup.profile, setup.scorer, qdq, progress)
 
 
 def _export(
