@@ -71,14 +71,16 @@ def conv_bn_model(opset: int = 11, unnamed: bool = True, seed: int = 0) -> onnx.
     return model
 
 
-def single_op_model(op_type: str, domain: str = "", **attrs: object) -> onnx.ModelProto:
-    """x -> op -> y, for unsupported-op tests."""
+def single_op_model(
+    op_type: str, domain: str = "", width: int = 4, **attrs: object
+) -> onnx.ModelProto:
+    """x -> op -> y on [1, width], for unsupported-op tests."""
     node = helper.make_node(op_type, ["x"], ["y"], name="the_node", domain=domain, **attrs)
     graph = helper.make_graph(
         [node],
         "single",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])],
     )
     opsets = [helper.make_opsetid("", 17)]
     if domain:
