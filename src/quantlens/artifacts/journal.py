@@ -213,8 +213,9 @@ def _make_folder(folder: Path) -> bool:
 
 def _remove_all_but_caches(folder: Path) -> None:
     """What a failed first run leaves: no run, but its filled caches once the search cache
-    holds evaluations (a search that failed at its export after half an hour resumes from them
-    with `--resume`); otherwise nothing (bad input fails before that and leaves no file)."""
+    holds evaluations (a search that failed after half an hour resumes from them with
+    `--resume`; one whose export failed keeps more, see `flows.search_model`); otherwise
+    nothing (bad input fails before that and leaves no file)."""
     kept = {d for d in CACHE_DIRS if any(p.is_file() for p in (folder / d).rglob("*"))}
     if SEARCH_CACHE not in kept:
         shutil.rmtree(folder, ignore_errors=True)
