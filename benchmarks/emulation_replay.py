@@ -149,13 +149,15 @@ def main() -> None:
     shutil.copytree(source, run)
     result: dict[str, Any] = {"model": args.model, "label": args.label}
     result["integer_ops"] = rebuild_plan(run)
-    samples = next(args.root.glob(f"{vc.SAMPLES[args.model]}-*-seed1"))
-    floats, ours = vc.emulate(run, vc.feeds_of(args.model, samples))
     theirs = dict(np.load(vendor_dir / "outputs.npz"))
+    # The samples vendor_check fed the vendor: as many as it has outputs, of one shape.
+    count = len(next(iter(theirs.values())))
+    feeds = vc.feeds_of_one_shape(args.model, count, args.root)
+    floats, ours = vc.emulate(run, feeds)
     result["vs_emulation_db"] = vc.pooled_snr(ours, theirs)
     result["vs_float_db"] = vc.pooled_snr(floats, theirs)
     if args.noise_floor:
-        result.update(noise_floor(run, vc.feeds_of(args.model, samples), ours, theirs))
+        result.update(noise_floor(run, feeds, ours, theirs))
     if (vendor_dir / "layers.npz").exists():
         result.update(
             code_agreement(
