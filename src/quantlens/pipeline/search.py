@@ -648,7 +648,7 @@ def _noise_models(
         _say(say, f"measuring what each of {variants} promotions removes from the fixed int8")
         found, residual = promotion_noise(setup, feeds, cache, progress)
         lowered = _lower_noise(setup, opts, cache, found, say, progress)
-        models.append(NoiseModel(lowered, setup.rules, residual))
+        models.append(NoiseModel(lowered, setup.rules, residual, label="promotion noise"))
     isolated = _unit_noise(setup, opts, cache, say, progress)
     models.append(
         NoiseModel(_lower_noise(setup, opts, cache, isolated, say, progress), setup.rules)
@@ -1283,10 +1283,10 @@ def _strategy(run: _Run, max_cost: float) -> list[Candidate]:
     setup = run.setup
     strategy = get_strategy(run.opts.strategy)
     found: list[Candidate] = []
-    for index, model in enumerate(run.noise_models):
+    for model in run.noise_models:
         for candidate in strategy(setup.rules, setup.costs, model, max_cost):
-            if index < len(run.noise_models) - 1:  # the isolated model's labels stay as they were
-                candidate.label += " (promotion noise)"
+            if model.label:
+                candidate.label += f" ({model.label})"
             found.append(candidate)
     return found
 

@@ -54,6 +54,8 @@ class NoiseModel:
     # Noise of all-int8 that no unit's promotion removes (promotion-measured noise, where the
     # units' noise does not add up to the point's): in every state's prediction.
     residual: float = 0.0
+    # Added to the labels of the candidates planned on this model ("" for the isolated noise).
+    label: str = ""
 
     def activation_level(self, unit: str) -> int:
         return min(self.rules.up_levels(unit))
