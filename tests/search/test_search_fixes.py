@@ -603,6 +603,22 @@ def test_cheapest_gain_is_the_cheapest_point_above_every_free_fix() -> None:
     assert cheapest_gain(report) is None
 
 
+def test_gain_probe_bisects_for_the_cheapest_point_above_the_free_fix() -> None:
+    """Along points cheaper than the chosen one, sorted by cost, each probe halves the unscored
+    run between the cheapest scored point above the bar and the dearest cheaper scored one."""
+    from quantlens.pipeline.search import gain_probe
+
+    metrics: list[float | None] = [None, 0.30, None, None, None, 0.60, None]
+    assert gain_probe(metrics, 0.5) == 3
+    metrics[3] = 0.55  # above: the gain moves down to 3
+    assert gain_probe(metrics, 0.5) == 2
+    metrics[2] = 0.40  # below: 3 is the cheapest gain, nothing lies between
+    assert gain_probe(metrics, 0.5) is None
+    assert gain_probe([None, 0.30, None, 0.45], 0.5) is None  # no scored point above the bar
+    assert gain_probe([None, None, None, 0.60], 0.5) == 1  # nothing cheaper scored yet
+    assert gain_probe([0.70, None, 0.80], 0.5) is None  # the cheapest point is the gain
+
+
 def test_cheapest_gain_is_exported_and_scored_beside_the_chosen_point(
     labelled: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

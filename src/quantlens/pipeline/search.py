@@ -567,12 +567,10 @@ def cheapest_gain(report: SearchReport) -> SearchPoint | None:
     what fixes alone give, for a user whose budget is below the goal's price (picodet on hailo8:
     the goal asked for 2x; a 1.10x point scored mAP 0.559 against 0.458 for the best fix)."""
     chosen = report.point(report.chosen)
-    int8 = {
-        p.key: p.metric for p in report.points if p.key == report.baseline or _other_int8(p.key)
-    }
-    best = max((m for m in int8.values() if m is not None), default=None)
+    best = _best_int8_metric(report)
     if chosen is None or best is None:
         return None
+    int8 = {p.key for p in report.points if p.key == report.baseline or _other_int8(p.key)}
     better = [
         p
         for p in report.points
@@ -1325,6 +1323,54 @@ def _bisect_metric(
             report.chosen = points[high].key
         else:
             low = middle + 1
+    _refine_gain(run, points[:high])
+
+
+def _refine_gain(run: _Run, cheaper: list[SearchPoint]) -> None:
+    """Bisect the points cheaper than the chosen one (by cost) for the cheapest that beats every
+    all-int8 point, with the full evaluations the budget has left: the goal's bisection scores
+    only the points it passes on its way to the goal (picodet on hailo8: 1.10x beat the best
+    free fix by 0.1 mAP while the goal chose 2x; 1.075x was never scored)."""
+    bar = _best_int8_metric(run.report)
+    if bar is None:
+        return
+    oracle = run.oracle
+    while oracle.max_full is None or len(oracle.full_done) < oracle.max_full:
+        scored = [_scored_metric(run, p) for p in cheaper]
+        probe = gain_probe(scored, bar)
+        if probe is None:
+            return
+        try:
+            _score(run, cheaper[probe])
+        except BudgetExhausted:  # the time budget: the gain found so far stands
+            return
+
+
+def gain_probe(metrics: Sequence[float | None], bar: float) -> int | None:
+    """The next point to score in a bisection, along points sorted by cost (`metrics`: a scored
+    point's metric, None for the others), for the cheapest whose metric is above `bar`: the
+    middle of the unscored points between the cheapest scored one above the bar and the
+    dearest cheaper scored one. None when nothing lies between them, or when no scored point
+    is above the bar: the goal's bisection scores the point just below the chosen one, so if
+    the metric rises with cost, nothing cheaper is above the bar either."""
+    above = [i for i, m in enumerate(metrics) if m is not None and m > bar]
+    if not above:
+        return None
+    gain = above[0]
+    below = [i for i, m in enumerate(metrics[:gain]) if m is not None]
+    low = below[-1] if below else -1
+    return None if gain - low <= 1 else (low + gain) // 2
+
+
+def _scored_metric(run: _Run, point: SearchPoint) -> float | None:
+    done = run.report.point(point.key)
+    return None if done is None else done.metric
+
+
+def _best_int8_metric(report: SearchReport) -> float | None:
+    """The best metric of the all-int8 points (plain and each fixed one): the best free fix."""
+    int8 = [p.metric for p in report.points if p.key == report.baseline or _other_int8(p.key)]
+    return max((m for m in int8 if m is not None), default=None)
 
 
 def _goal(run: _Run, plain: SearchPoint) -> float:
