@@ -1334,15 +1334,10 @@ def _refine_gain(run: _Run, cheaper: list[SearchPoint]) -> None:
     bar = _best_int8_metric(run.report)
     if bar is None:
         return
-    oracle = run.oracle
-    while oracle.max_full is None or len(oracle.full_done) < oracle.max_full:
-        scored = [_scored_metric(run, p) for p in cheaper]
-        probe = gain_probe(scored, bar)
-        if probe is None:
-            return
+    while (probe := gain_probe([_scored_metric(run, p) for p in cheaper], bar)) is not None:
         try:
             _score(run, cheaper[probe])
-        except BudgetExhausted:  # the time budget: the gain found so far stands
+        except BudgetExhausted:  # --max-evals or --time-budget: the gain found so far stands
             return
 
 
