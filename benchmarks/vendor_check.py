@@ -136,7 +136,7 @@ def feeds_of_one_shape(model: str, count: int, root: Path) -> list[dict[str, np.
         first = {name: array.shape for name, array in feeds[0].items()}
         same = [f for f in feeds if {n: a.shape for n, a in f.items()} == first]
         if len(same) >= count:
-            if len(same) < len(feeds[:count]) or rendered > count:
+            if rendered > count:  # some of the first `count` had another shape
                 print(
                     f"{model}: {count} of {rendered} rendered samples have the first one's "
                     f"shape {first}; the others are skipped",
