@@ -10,7 +10,10 @@ three weighted layers in the target's own modes) this script:
 3. hands the files to a worker in the vendor's own venv (`_vendor_<format>.py`, one JSON job
    in, one JSON line out: accepted?, planned vs honoured counts, the vendor model's outputs);
 4. reports the vendor model's output SNR against our emulation of the same run (the torch
-   executor with the run's plan) and against the float model, pooled over the evaluation set.
+   executor with the run's plan) and against the float model, pooled over the evaluation set;
+   where the target's plans allow it (not bm1684x), also against the run's plan written as an
+   ONNX simulation and run by ONNX Runtime (`quantlens.export.simulation`, the engine the
+   search scores qnn-htp candidates on).
 
 Formats whose tool cannot run here (the Hailo DFC, the QNN converter) are checked against their
 published grammar instead (`_vendor_grammar.py`), and the table says so.
@@ -175,6 +178,27 @@ def emulate(
     )
 
 
+def simulate(
+    run_dir: Path, feeds: list[dict[str, np.ndarray]], work: Path
+) -> dict[str, np.ndarray] | None:
+    """The run's plan as an ONNX simulation run by ONNX Runtime, stacked (None: the target
+    computes on integer codes, which the simulation does not write)."""
+    from quantlens.emulate.ort import OrtRunner
+    from quantlens.export.simulation import export_simulation, simulation_refusal
+    from quantlens.schemes.profiles import get_profile
+    from quantlens.vendor_io import load_run
+
+    ctx = load_run(run_dir)
+    if simulation_refusal(get_profile(ctx.plan.target)) is not None:
+        return None
+    runner = OrtRunner(export_simulation(ctx.canonical, ctx.plan, work), optimize=False)
+    outputs: dict[str, list[np.ndarray]] = {}
+    for feed in feeds:
+        for name, value in runner.run(feed).items():
+            outputs.setdefault(name, []).append(value)
+    return {k: np.concatenate(v) for k, v in outputs.items()}
+
+
 def snr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
     reference = reference.astype(np.float64)
     noise = float(np.sum((candidate.astype(np.float64).reshape(reference.shape) - reference) ** 2))
@@ -283,6 +307,10 @@ def bench_model(model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                     result["snr_vs_emulation_db"] = pooled_snr(ours, theirs)
                     result["snr_vs_float_db"] = pooled_snr(floats, theirs)
                     result["emulation_vs_float_db"] = pooled_snr(floats, ours)
+                    simulated = simulate(run_dir, feeds, root / f"{fmt}-{variant}.sim.onnx")
+                    if simulated is not None:
+                        result["snr_vs_simulation_db"] = pooled_snr(simulated, theirs)
+                        result["simulation_vs_float_db"] = pooled_snr(floats, simulated)
                     if args.compare:
                         result["compare"] = compare_layers(fmt, run_dir, inputs, args, root)
                 row.update(result)
@@ -350,6 +378,11 @@ def summary_line(row: dict[str, Any]) -> str:
         snr = (
             f"; vs our emulation {row['snr_vs_emulation_db']} dB, vs float "
             f"{row['snr_vs_float_db']} dB (ours vs float {row['emulation_vs_float_db']} dB)"
+        )
+    if row.get("snr_vs_simulation_db") is not None:
+        snr += (
+            f"; vs our ONNX simulation {row['snr_vs_simulation_db']} dB (it vs float "
+            f"{row['simulation_vs_float_db']} dB)"
         )
     first = (row.get("compare") or {}).get("first_divergence")
     if first:

@@ -295,7 +295,7 @@ def test_full_evaluations_run_the_export_in_onnxruntime_on_ort_targets(
     """On ort-cpu every full evaluation scores the candidate's QDQ export in ONNX Runtime (the
     target itself): the float point is the model file in ONNX Runtime and all-int8 is the
     export of the all-int8 plan, whatever the emulator says; `--engine emulator` keeps the
-    emulator, and a vendor target cannot ask for ONNX Runtime."""
+    emulator, and a chip that computes on integer codes (bm1684x) cannot ask for ONNX Runtime."""
     model, calib, data = labelled
     opts = SearchOptions(
         calib=calib,
@@ -321,10 +321,37 @@ def test_full_evaluations_run_the_export_in_onnxruntime_on_ort_targets(
         model, SearchOptions(**{**vars(opts), "run_dir": tmp_path / "emu", "engine": "emulator"})
     )
     assert emulated.engine == "emulator" and emulated.float_metric == report.float_metric
-    with pytest.raises(UserError, match="does not run QDQ"):
+    with pytest.raises(UserError, match="integer codes"):
         search_model(
-            model, SearchOptions(**{**vars(opts), "target": "hailo8", "engine": "onnxruntime"})
+            model, SearchOptions(**{**vars(opts), "target": "bm1684x", "engine": "onnxruntime"})
         )
+
+
+def test_qnn_htp_candidates_are_scored_on_their_onnx_simulation(
+    labelled: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """qnn-htp's full evaluations run the plan as an ONNX simulation in ONNX Runtime by default
+    (AIMET's HTP sim runs there): the same metrics as the emulator's on this model, the goal
+    judged on them, and `--engine emulator` still available."""
+    model, calib, data = labelled
+    opts = SearchOptions(
+        calib=calib,
+        target="qnn-htp",
+        run_dir=tmp_path / "sim",
+        data=data,
+        task="classification",
+        samples=2,
+        try_fixes=False,
+    )
+    report = search_model(model, opts)
+    assert report.engine == "onnxruntime"
+    check = report.runtime_check
+    assert check is not None and "its ONNX simulation's metric" in check.note
+    emulated = search_model(
+        model, SearchOptions(**{**vars(opts), "run_dir": tmp_path / "emu", "engine": "emulator"})
+    )
+    assert emulated.engine == "emulator"
+    assert [p.metric for p in report.points] == [p.metric for p in emulated.points]
 
 
 def test_export_is_scored_in_onnxruntime_on_a_vendor_target(

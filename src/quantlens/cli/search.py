@@ -88,9 +88,10 @@ def search(
     engine: Annotated[
         str | None,
         typer.Option(
-            help="Where full evaluations run: onnxruntime (each candidate's QDQ export; ONNX "
-            "Runtime targets) or emulator [default: onnxruntime on ort-cpu and ort-cpu-fast, "
-            "else emulator].",
+            help="Where full evaluations run: onnxruntime (each candidate's QDQ export on ONNX "
+            "Runtime targets; on a chip its plan as an ONNX simulation, refused where the chip "
+            "computes on integer codes, as bm1684x) or emulator [default: onnxruntime on "
+            "ort-cpu, ort-cpu-fast and qnn-htp, else emulator].",
         ),
     ] = None,
     time_budget: Annotated[

@@ -34,8 +34,12 @@ def session_options(threads: int | None = None, exact_integers: bool = True) -> 
 class OrtRunner:
     """A CPU inference session over an ONNX file or serialized model."""
 
-    def __init__(self, model: str | Path | bytes, threads: int | None = None) -> None:
+    def __init__(
+        self, model: str | Path | bytes, threads: int | None = None, optimize: bool = True
+    ) -> None:
         options = session_options(threads)
+        if not optimize:  # ORT's fusions change the float kernels (a simulation keeps them)
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         source = model if isinstance(model, bytes) else str(model)
         try:
             self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

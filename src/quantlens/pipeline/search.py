@@ -33,6 +33,7 @@ from quantlens.emulate import Executor
 from quantlens.emulate.plan import QuantPoints, build_plan, quantization_points
 from quantlens.errors import UserError
 from quantlens.export.qdq import export_qdq
+from quantlens.export.simulation import export_simulation, simulation_refusal
 from quantlens.fixes.bias_correction import bias_correction
 from quantlens.fixes.levels import FixSettings
 from quantlens.fixes.result import FixResult, apply_fix
@@ -253,19 +254,24 @@ def check_options(opts: SearchOptions) -> None:
         raise UserError("--max-evals must be at least 2", "the float model and int8 need one each")
     if opts.engine not in (None, *ENGINES):
         raise UserError(f"unknown engine {opts.engine!r}", f"pick one of: {', '.join(ENGINES)}")
-    if opts.engine == "onnxruntime" and get_profile(opts.target).vendor != ORT:
+    profile = get_profile(opts.target)
+    refusal = simulation_refusal(profile) if profile.vendor != ORT else None
+    if opts.engine == "onnxruntime" and refusal is not None:
         raise UserError(
-            f"{opts.target} does not run QDQ models: its candidates cannot be scored in ONNX "
-            "Runtime",
-            "use --engine emulator (the default there), or an ort-cpu target",
+            f"{refusal}: its candidates cannot be scored in ONNX Runtime",
+            "use --engine emulator (the default there)",
         )
 
 
 def metric_engine(opts: SearchOptions) -> str:
-    """Where full evaluations run: the export in ONNX Runtime where that is the target."""
+    """Where full evaluations run: the export in ONNX Runtime where that is the target, the
+    plan's ONNX simulation where the profile says the vendor's simulator is ONNX Runtime."""
     if opts.engine is not None:
         return opts.engine
-    return "onnxruntime" if get_profile(opts.target).vendor == ORT else "emulator"
+    profile = get_profile(opts.target)
+    if profile.metric_engine is not None:
+        return profile.metric_engine
+    return "onnxruntime" if profile.vendor == ORT else "emulator"
 
 
 def prepare_search(
@@ -1032,16 +1038,18 @@ def _onnxruntime_metric(
     progress: Progress | None,
     modes: Mapping[str, str],
 ) -> float:
-    """The task metric of `modes`' QDQ export run by ONNX Runtime: on an ONNX Runtime target the
-    export is what ships, and ONNX Runtime runs graphs of many small ops several times faster
-    than the emulator (issue #22: `check` timed 0.65 s in ORT against 3.56 s in the emulator)."""
+    """The task metric of `modes` run by ONNX Runtime: on an ONNX Runtime target its QDQ export,
+    which is what ships (ONNX Runtime runs graphs of many small ops several times faster than
+    the emulator; issue #22: `check` timed 0.65 s in ORT against 3.56 s in the emulator); on a
+    chip, the plan's ONNX simulation, with the float kernels a simulator on ONNX Runtime uses."""
     if dict(modes) == FLOAT:
         return score_in_onnxruntime(scorer, setup.path, progress)[scorer.primary]
-    path = export_qdq(
-        setup.session.model, setup.plan_for(modes), folder / f"{modes_key(modes)}.onnx"
-    )
+    plan, path = setup.plan_for(modes), folder / f"{modes_key(modes)}.onnx"
+    chip = setup.profile.vendor != ORT
+    write = export_simulation if chip else export_qdq
+    path = write(setup.session.model, plan, path)
     try:
-        return score_in_onnxruntime(scorer, path, progress)[scorer.primary]
+        return score_in_onnxruntime(scorer, path, progress, optimize=not chip)[scorer.primary]
     finally:
         path.unlink(missing_ok=True)  # a candidate's export is as large as the model
 

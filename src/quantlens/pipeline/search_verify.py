@@ -24,11 +24,12 @@ ORT = "ONNX Runtime"
 
 
 def score_in_onnxruntime(
-    scorer: TaskScorer, model: Path, progress: Progress | None = None
+    scorer: TaskScorer, model: Path, progress: Progress | None = None, optimize: bool = True
 ) -> dict[str, float]:
     """Every metric of the scorer's task on `model` run by ONNX Runtime over the same samples
-    and with the same evaluator as the emulator's scores."""
-    runner = OrtRunner(model, threads=torch.get_num_threads())
+    and with the same evaluator as the emulator's scores (`optimize`: ORT's graph fusions on;
+    a simulation, `quantlens.export.simulation`, runs without them)."""
+    runner = OrtRunner(model, threads=torch.get_num_threads(), optimize=optimize)
     outputs = ((sample, runner.run(feed)) for sample, feed in scorer.samples)
     return scorer.evaluate(outputs, progress)
 
@@ -55,8 +56,9 @@ def runtime_check(
     check = RuntimeCheck(runtime="onnxruntime", search_metric=scored, runtime_metric=found)
     if profile.vendor != ORT:
         check = _judged(report, check, scored)
+        judged = "the emulator's" if report.engine == "emulator" else "its ONNX simulation's"
         check.note = (
-            f"{profile.name} does not run QDQ models: the goal is judged on the emulator's "
+            f"{profile.name} does not run QDQ models: the goal is judged on {judged} "
             f"metric {scored:.4f}; the QDQ export scores {found:.4f} in ONNX Runtime"
             f"{_export_verdict(report, found)}; check the vendor's build (`quantlens export`)"
         )

@@ -184,6 +184,11 @@ class TargetProfile(BaseModel):
     ort_kernels: list[str] = Field(default_factory=list)
     cost: dict[str, CostFactor] = Field(default_factory=dict)
     search: SearchRules = Field(default_factory=SearchRules)
+    # Where the search's full evaluations run by default (None: ONNX Runtime on an ONNX Runtime
+    # target, which runs the export itself, else the emulator). "onnxruntime" on a chip: the
+    # plan as an ONNX simulation (`quantlens.export.simulation`), where the vendor's own
+    # simulator is ONNX Runtime with quantize nodes (qnn-htp: AIMET-ONNX's sim).
+    metric_engine: Literal["emulator", "onnxruntime"] | None = None
     arithmetic: Arithmetic = Field(default_factory=Arithmetic)
     sources: list[str] = Field(default_factory=list)
     notes: str = ""
