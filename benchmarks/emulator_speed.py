@@ -6,8 +6,11 @@ count for both. The four ways (ONNX Runtime, float emulation, two quantized) run
 call each per round, `--warmup` rounds then `--repeats` timed ones; each timing is the fastest
 of its rounds (load from other processes only ever adds time, and taking turns exposes every way
 to the same load). Quantized
-emulation uses min-max ranges from the same input under two profiles: `ort-cpu` (quantizers on
-the inputs of weighted layers) and `hailo8` (a quantizer on every tensor, the worst case).
+emulation uses min-max ranges from the same input under three profiles: `ort-cpu` (quantizers
+on the inputs of weighted layers), `hailo8` (a quantizer on every tensor, the worst case) and
+`qnn-htp` (the same, rounded as AIMET's sim rounds). The hailo8 and qnn-htp plans also run as
+their ONNX simulation in ONNX Runtime (`quantlens.export.simulation`, graph optimizations off:
+the engine the search scores qnn-htp candidates on), timed in the same rounds.
 
     python benchmarks/emulator_speed.py [--threads 2] [--repeats 10] [--json out.json]
 """
@@ -33,8 +36,10 @@ from quantlens.emulate import Executor
 from quantlens.emulate.fakequant import QuantHooks
 from quantlens.emulate.ort import OrtRunner
 from quantlens.emulate.plan import build_plan, quantization_points
+from quantlens.export.simulation import export_simulation
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.profiles import get_profile
+from quantlens.schemes.qparams import QuantPlan
 
 SAMPLES = {
     "doclayout-yolov8n": "pages",
@@ -67,7 +72,8 @@ def feeds_for(name: str, workdir: Path) -> dict[str, np.ndarray]:
     return load_inputs(folder, zoo.get_entry(name).input)[0]
 
 
-TARGETS = ("ort-cpu", "hailo8")
+TARGETS = ("ort-cpu", "hailo8", "qnn-htp")
+SIMULATED = ("hailo8", "qnn-htp")
 PAUSE_S = 0.05
 
 
@@ -78,13 +84,18 @@ def bench(name: str, threads: int, warmup: int, repeats: int, workdir: Path) -> 
     executor = Executor(prepare(path, shapes).model)
     reference = OrtRunner(path, threads=threads)
     tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
-    hooks = {target: hooks_for(executor, feeds, target) for target in TARGETS}
+    plans = {target: plan_for(executor, feeds, target) for target in TARGETS}
     ways: dict[str, Callable[[], object]] = {
         "ort": lambda: reference.run(feeds),
         "float": lambda: executor.run(tensors),
     }
-    for target, hook in hooks.items():
-        ways[target] = lambda h=hook: executor.run(tensors, hooks=h)  # type: ignore[misc]
+    for target, plan in plans.items():
+        hooks = QuantHooks(plan)
+        ways[target] = lambda h=hooks: executor.run(tensors, hooks=h)  # type: ignore[misc]
+    for target in SIMULATED:
+        sim = export_simulation(executor.model, plans[target], workdir / f"{name}-{target}.onnx")
+        runner = OrtRunner(sim, threads=threads, optimize=False)
+        ways[f"sim-{target}"] = lambda r=runner: r.run(feeds)  # type: ignore[misc]
     with torch.inference_mode():
         ms = fastest_ms(ways, warmup, repeats)
     ort_ms, emu_ms = ms["ort"], ms["float"]
@@ -97,16 +108,18 @@ def bench(name: str, threads: int, warmup: int, repeats: int, workdir: Path) -> 
         "ratio": round(emu_ms / ort_ms, 2),
         "quantized_ms": {k: round(v, 2) for k, v in quant_ms.items()},
         "quantized_over_float": {k: round(v / emu_ms, 2) for k, v in quant_ms.items()},
+        "simulation_ms": {t: round(ms[f"sim-{t}"], 2) for t in SIMULATED},
+        "simulation_over_emulation": {t: round(ms[f"sim-{t}"] / ms[t], 2) for t in SIMULATED},
     }
 
 
-def hooks_for(executor: Executor, feeds: dict[str, np.ndarray], target: str) -> QuantHooks:
-    """Quantizer hooks for `target` with min-max ranges from `feeds`."""
+def plan_for(executor: Executor, feeds: dict[str, np.ndarray], target: str) -> QuantPlan:
+    """The all-int8 plan for `target` with min-max ranges from `feeds`."""
     profile = get_profile(target)
     points = quantization_points(executor.model, Assignment(target=target), profile)
     stats = calibrate(executor, [feeds], points.calibration_targets(), "minmax")
     ranges = {name: (t.clip_min, t.clip_max) for name, t in stats.tensors.items()}
-    return QuantHooks(build_plan(points, ranges, executor.weights, target))
+    return build_plan(points, ranges, executor.weights, target)
 
 
 def main() -> None:
@@ -133,6 +146,14 @@ def main() -> None:
             f"{row['emulator_ms']:>12} {row['ratio']:>6} {quant['ort-cpu']:>16} "  # type: ignore[index]
             f"{over['ort-cpu']:>8} {quant['hailo8']:>15} {over['hailo8']:>8}"  # type: ignore[index]
         )
+    print(
+        f"{'model':<22} {'int8 qnn-htp ms':>16} "
+        + " ".join(f"{'sim ' + t + ' ms':>16} {'x emulated':>10}" for t in SIMULATED)
+    )
+    for row in rows:
+        sim, over = row["simulation_ms"], row["simulation_over_emulation"]
+        cells = " ".join(f"{sim[t]:>16} {over[t]:>10}" for t in SIMULATED)  # type: ignore[index]
+        print(f"{row['model']:<22} {row['quantized_ms']['qnn-htp']:>16} {cells}")  # type: ignore[index]
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -9,8 +9,9 @@ emulation gets within ~20 dB of the sim (issue #17). Written as fake quantizatio
 ops (each quantizer a Div, rounding, Clip, and back; weights stored already on their grid;
 biases the vendor adds in float kept float) and run with every graph optimization off (the
 sim's custom nodes block every ORT fusion, so its Convs and MatMuls stay the plain kernels),
-the same plan is computed by the same kernels: on ppocr/qnn-htp, 16 lines, its output equals
-AIMET's sim bit for bit (BENCHMARKS.md, issue #17), and it runs in half the emulator's time.
+the same plan is computed by the same kernels: on the three zoo models (qnn-htp, 16 samples)
+its output equals AIMET's sim bit for bit (BENCHMARKS.md, issue #17), at about the emulator's
+speed (5-18% slower on the zoo models).
 
 Only plans that are fake quantization throughout can be written so: no integer requantization
 (`QuantPlan.requant`), no lower-precision float nodes, no raw reads (TPU-MLIR's bm1684x has all
