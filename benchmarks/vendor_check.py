@@ -160,6 +160,7 @@ def emulate(
     from quantlens.vendor_io import load_run
 
     ctx = load_run(run_dir)
+    assert ctx.canonical is not None, f"{run_dir} has no model.canonical.onnx"
     executor = Executor(ctx.canonical)
     hooks = QuantHooks(ctx.plan)
     floats: dict[str, list[np.ndarray]] = {}
@@ -189,6 +190,7 @@ def simulate(
     from quantlens.vendor_io import load_run
 
     ctx = load_run(run_dir)
+    assert ctx.canonical is not None, f"{run_dir} has no model.canonical.onnx"
     if simulation_refusal(get_profile(ctx.plan.target)) is not None:
         return None
     runner = OrtRunner(export_simulation(ctx.canonical, ctx.plan, work), optimize=False)
