@@ -48,6 +48,7 @@ SAMPLES = {
     "doclayout-yolov8n": "pages",
     "picodet-layout-cdla": "cdla-pages",
     "ppocr-v6-det-small": "text-pages",
+    "ppocr-v4-det": "text-pages",
     "ppocr-textline-cls": "rotated-lines",
     "mobilenetv2-imagenet": "imagenet-samples",
 }

@@ -54,6 +54,7 @@ SAMPLE_KINDS = {
     "doclayout-yolov8n": "pages",
     "picodet-layout-cdla": "cdla-pages",
     "ppocr-v6-det-small": "text-pages",
+    "ppocr-v4-det": "text-pages",
 }
 
 

@@ -74,6 +74,7 @@ def test_entries_are_complete() -> None:
         "pplcnet-orientation",
         "picodet-layout-cdla",
         "ppocr-v6-det-small",
+        "ppocr-v4-det",
         "ppocr-textline-cls",
         "mobilenetv2-imagenet",
     ]

@@ -252,6 +252,39 @@ _ENTRIES = [
         "text-pages` (COCO boxes, one per line).",
     ),
     ZooEntry(
+        name="ppocr-v4-det",
+        package="rapidocr-onnxruntime",
+        version="1.4.4",
+        wheel_sha256="971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf",
+        member="rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+        model_sha256="d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
+        licence="Apache-2.0",
+        source="PaddleOCR PP-OCRv4 mobile DB text detector (Baidu), converted to ONNX and "
+        "bundled in the rapidocr-onnxruntime wheel",
+        task="text-detection",
+        input=InputSpec(
+            input_name="x",
+            shape=[-1, 3, -1, -1],
+            color="BGR",
+            resize="limit-side",
+            limit_side_len=736,
+            limit_type="min",
+            size_multiple=32,
+            interpolation="linear",
+            scale=1.0 / 255.0,
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+        ),
+        outputs="[N, 1, H, W] text probability map at input resolution (DB, as "
+        "ppocr-v6-det-small's: threshold 0.3, unclip 1.6)",
+        labels=["text"],
+        notes="opset 12, dynamic N, H and W; DB head with an FPN of Resize ops on a "
+        "MobileNetV3-style backbone (hard-swish as x*Clip(x+3, 0, 6)/6, HardSigmoid SE "
+        "blocks), every weight in a Constant node. Pre-processing follows rapidocr-onnxruntime "
+        "1.4.4's config.yaml (as ppocr-v6-det-small's). Ground truth: `quantlens data make "
+        "text-pages`.",
+    ),
+    ZooEntry(
         name="ppocr-textline-cls",
         package="rapidocr",
         version="3.10.0",
