@@ -953,7 +953,9 @@ def _search(run: _Run, say: Say | None, progress: Progress | None) -> None:
         return
     variants = trial_variants(opts.fix_settings(), opts.fixes, opts.try_fixes)
     if variants:
-        base = _try_fixes(run, variants, base, say, progress)
+        plain, base = base, _try_fixes(run, variants, base, say, progress)
+        if full and base is not plain and _int8_suffices(run, base, plain):
+            return
     if run.noise is None:  # measured on the all-int8 point the search goes on from
         run.noise = _noise_models(setup, opts, run.oracle.folder, say, progress)
     base.predicted_snr_db = _rounded(nsr_to_db(run.noise_model.nsr({})))
@@ -1395,22 +1397,27 @@ def _goal(run: _Run, plain: SearchPoint) -> float:
     return report.float_metric - drop
 
 
-def _int8_suffices(run: _Run, base: SearchPoint) -> bool:
-    """Whether all-int8 already meets the metric goal where no point can cost less (analytic or
-    table costs, nothing below int8 asked for): then no fix is tried and nothing is bought
-    (PP-OCR's text detector on hailo8, int8 above float, spent a fix trial, the units' noise and
-    772 s in all before the bisection kept all-int8)."""
+def _int8_suffices(run: _Run, base: SearchPoint, plain: SearchPoint | None = None) -> bool:
+    """Whether all-int8 (`base`; with the fixes the trial kept when `plain`, the point without
+    them, which sets the goal, is given) already meets the metric goal where no point can cost
+    less (analytic or table costs, nothing below int8 asked for): then nothing is bought (PP-OCR's
+    text detector on hailo8, int8 above float, spent a fix trial, the units' noise and 772 s in
+    all before the bisection kept all-int8; PP-OCRv4's, fixed by bias correction, the units'
+    noise and every candidate's SNR)."""
     report, opts = run.report, run.opts
-    if report.float_metric is None or base.metric is None or run.meter is not None:
+    unfixed = plain or base
+    if report.float_metric is None or base.metric is None or unfixed.metric is None:
         return False
-    if opts.searches_down() or (opts.max_cost is not None and opts.max_cost < 1.0):
+    if run.meter is not None or opts.searches_down():
         return False
-    if base.metric < report.float_metric - _allowed_drop(run, base.metric):
+    if opts.max_cost is not None and opts.max_cost < 1.0:
         return False
-    _goal(run, base)
+    if base.metric < report.float_metric - _allowed_drop(run, unfixed.metric):
+        return False
+    _goal(run, unfixed)
+    what = "no fix tried, no layer promoted" if plain is None else "no layer promoted"
     report.notes.append(
-        f"all-int8 scores {base.metric:.4f} and meets the goal at the lowest cost: no fix "
-        "tried, no layer promoted"
+        f"{base.label} scores {base.metric:.4f} and meets the goal at the lowest cost: {what}"
     )
     return True
 
