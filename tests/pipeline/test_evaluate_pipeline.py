@@ -15,6 +15,7 @@ from quantlens.evaluation import EvalOptions, EvalReport, evaluate_three_way
 from quantlens.quantize import QuantizeOptions, quantize_model
 from quantlens.schemes.assignment import Assignment
 from quantlens.schemes.qparams import QuantPlan
+from tests.helpers import quantlens
 from tests.models import conv_bn_model
 
 
@@ -57,6 +58,30 @@ def test_three_way_from_a_run_folder(setup: tuple[Path, Path, Path]) -> None:
     # Worst first: the drop from float to quantized never shrinks down the list.
     drops = [(r.quantized_score or 0) - (r.float_score or 0) for r in report.per_sample]
     assert drops == sorted(drops)
+
+
+def test_a_qnn_htp_run_is_also_scored_on_its_onnx_simulation(
+    setup: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """qnn-htp's simulator (AIMET's) runs in ONNX Runtime: its eval gets the plan's ONNX
+    simulation as an arm (the engine its search scores on), close to the emulator's outputs;
+    an ort-cpu run does not (its QDQ export is the deliverable)."""
+    model, data, run = setup
+    plain = evaluate_three_way(model, data, "classification", EvalOptions(run_dir=run))
+    assert plain.quantized_simulation_vs_gt is None
+    htp = tmp_path / "htp"
+    quantize_model(model, QuantizeOptions(calib=data, target="qnn-htp", run_dir=htp))
+    report = evaluate_three_way(model, data, "classification", EvalOptions(run_dir=htp))
+    simulated, emulated = report.quantized_simulation_vs_gt, report.quantized_vs_gt
+    assert simulated is not None and emulated is not None
+    assert simulated["top1"] == emulated["top1"]
+    assert report.float_vs_quantized_simulation is not None
+    assert report.float_vs_quantized is not None
+    gap = report.float_vs_quantized_simulation["snr_db"] - report.float_vs_quantized["snr_db"]
+    assert abs(gap) < 1.0
+    shown = quantlens("eval", str(model), "--data", str(data), "--task", "classification",
+                      "--run", str(htp))  # fmt: skip
+    assert shown.returncode == 0 and "quantized vs ground truth (ONNX simulation)" in shown.stdout
 
 
 def test_distance_task_needs_no_ground_truth(setup: tuple[Path, Path, Path]) -> None:

@@ -37,6 +37,10 @@ class EvalReport(Artifact):
     quantized_onnxruntime_vs_gt: dict[str, float] | None = None
     float_vs_quantized: dict[str, float] | None = None
     float_vs_quantized_onnxruntime: dict[str, float] | None = None
+    # The plan as an ONNX simulation in ONNX Runtime, where the target's simulator runs there
+    # (qnn-htp: AIMET's sim): the engine `search` scores that target's candidates on.
+    quantized_simulation_vs_gt: dict[str, float] | None = None
+    float_vs_quantized_simulation: dict[str, float] | None = None
     float_check: FloatCheck
     per_sample: list[SampleResult] = Field(description="worst first")
     notes: list[str] = Field(default_factory=list)

@@ -11,6 +11,7 @@ Nothing here prints; `progress(done, total)` lets the CLI draw a bar.
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from quantlens.emulate.ort import OrtRunner
 from quantlens.errors import UserError
 from quantlens.evaluate import EvalContext, Evaluator, Sample, make_evaluator
 from quantlens.evaluate.agreement import DistanceEvaluator, as_reference, make_distance
+from quantlens.export.simulation import export_simulation
+from quantlens.pipeline.search_verify import ORT
 from quantlens.pipeline.session import prepare
 from quantlens.pipeline.tasks import (
     EvalOptions,
@@ -41,6 +44,7 @@ from quantlens.pipeline.tasks import (
     task_model,
 )
 from quantlens.schemes.assignment import Assignment
+from quantlens.schemes.profiles import get_profile
 from quantlens.schemes.qparams import QuantPlan
 
 if TYPE_CHECKING:
@@ -63,6 +67,9 @@ class _Quantized:
     qdq: Path | None
     run_dir: Path | None
     target: str | None
+    # The plan as an ONNX simulation (`quantlens.export.simulation`), where the target's own
+    # simulator runs in ONNX Runtime (profile `metric_engine`, qnn-htp: AIMET's sim).
+    simulation: Path | None = None
 
 
 # --- quantized model ----------------------------------------------------------------------------
@@ -165,6 +172,8 @@ class _Arms:
     quantized_onnxruntime: Evaluator | None = None
     float_vs_quantized: Evaluator | None = None
     float_vs_quantized_onnxruntime: Evaluator | None = None
+    quantized_simulation: Evaluator | None = None
+    float_vs_quantized_simulation: Evaluator | None = None
 
 
 @dataclass
@@ -217,12 +226,15 @@ class _Runner:
             self._tick()
 
     def quantized_pass(self, arms: _Arms, quantized: _Quantized) -> None:
-        for sample, candidate, exported in self._quantized_records(quantized):
+        for sample, candidate, exported, simulated in self._quantized_records(quantized):
             _update(arms.quantized, candidate, sample)
             _update(arms.float_vs_quantized, candidate, sample)
             if exported is not None:
                 _update(arms.quantized_onnxruntime, exported, sample)
                 _update(arms.float_vs_quantized_onnxruntime, exported, sample)
+            if simulated is not None:
+                _update(arms.quantized_simulation, simulated, sample)
+                _update(arms.float_vs_quantized_simulation, simulated, sample)
             self._tick()
 
     def _float_records(self) -> Iterator[tuple[Sample, Feed | None, Outputs, Outputs]]:
@@ -237,20 +249,25 @@ class _Runner:
 
     def _quantized_records(
         self, quantized: _Quantized
-    ) -> Iterator[tuple[Sample, Outputs, Outputs | None]]:
-        """(sample with its float reference, quantized outputs, QDQ outputs or None)."""
+    ) -> Iterator[tuple[Sample, Outputs, Outputs | None, Outputs | None]]:
+        """(sample with its float reference, quantized outputs, QDQ outputs or None, the ONNX
+        simulation's outputs or None)."""
         if self.farm is not None:
             model = None if self.executor is self.float_executor else self.executor.model
             records = self.farm.quantized_records(quantized.plan, model, quantized.qdq)
             for sample, (reference, candidate, exported) in zip(self.samples(), records):
-                yield _with_reference(sample, reference), candidate, exported
+                yield _with_reference(sample, reference), candidate, exported, None
             return
         hooks = QuantHooks(quantized.plan, self.options.device)
-        qdq = OrtRunner(quantized.qdq, threads=torch.get_num_threads()) if quantized.qdq else None
+        threads = torch.get_num_threads()
+        qdq = OrtRunner(quantized.qdq, threads=threads) if quantized.qdq else None
+        sim = quantized.simulation
+        simulation = OrtRunner(sim, threads=threads, optimize=False) if sim else None
         for item in self._replay():
             exported = qdq.run(item.feed) if qdq is not None else None
+            simulated = simulation.run(item.feed) if simulation is not None else None
             sample = _with_reference(item.sample, item.reference)
-            yield sample, self.float_outputs(item.feed, hooks), exported
+            yield sample, self.float_outputs(item.feed, hooks), exported, simulated
 
     def samples(self) -> Iterator[Sample]:
         """The samples as `inputs` names them, without reading their data (workers do)."""
@@ -347,8 +364,10 @@ def _evaluate(
     quantized, notes = _quantized(prepared, folder, quantized_executor, opts)
     runner.executor = quantized_executor
     if quantized is not None:
-        _add_quantized_arms(arms, task, context, with_qdq=quantized.qdq is not None)
-        runner.quantized_pass(arms, quantized)
+        with tempfile.TemporaryDirectory(prefix="quantlens-sim-") as scratch:
+            quantized.simulation = _simulation(quantized, runner, Path(scratch), notes)
+            _add_quantized_arms(arms, task, context, quantized)
+            runner.quantized_pass(arms, quantized)
         clock["quantized"] = time.perf_counter() - start
     report = _report(prepared, folder, task, arms, check, quantized, len(runner.files))
     report.notes.extend(notes + _nonfinite_notes(report))
@@ -357,6 +376,25 @@ def _evaluate(
     if out is not None:
         report.save(out)
     return report
+
+
+def _simulation(
+    quantized: _Quantized, runner: _Runner, scratch: Path, notes: list[str]
+) -> Path | None:
+    """The plan as an ONNX simulation, where the target's own simulator runs in ONNX Runtime
+    (profile `metric_engine`; qnn-htp: AIMET's sim, which it equals bit for bit): the number a
+    search on that target scores, beside the emulator's."""
+    profile = get_profile(quantized.plan.target)
+    if profile.metric_engine != "onnxruntime" or profile.vendor == ORT:
+        return None
+    if runner.farm is not None:
+        notes.append("no ONNX simulation arm with workers: it runs on the driver only")
+        return None
+    try:
+        return export_simulation(runner.executor.model, quantized.plan, scratch / "sim.onnx")
+    except UserError as exc:
+        notes.append(f"no ONNX simulation arm: {exc.problem}")
+        return None
 
 
 def _run_executor(opts: EvalOptions) -> Executor | None:
@@ -373,6 +411,7 @@ def _nonfinite_notes(report: EvalReport) -> list[str]:
     arms = {
         "the emulated quantized model": report.float_vs_quantized,
         "the QDQ model in ONNX Runtime": report.float_vs_quantized_onnxruntime,
+        "the ONNX simulation": report.float_vs_quantized_simulation,
     }
     return [
         f"{what} produced NaN/Inf in {metrics['nonfinite_fraction']:.2%} of its output values"
@@ -392,16 +431,21 @@ def _make_arms(task: str, context: EvalContext) -> _Arms:
     return _Arms(metric, other, make_distance(context))
 
 
-def _add_quantized_arms(arms: _Arms, task: str, context: EvalContext, with_qdq: bool) -> None:
+def _add_quantized_arms(
+    arms: _Arms, task: str, context: EvalContext, quantized: _Quantized
+) -> None:
     def metric() -> Evaluator | None:
         return make_evaluator(task, context) if has_truth(task) else None
 
     arms.quantized, arms.float_vs_quantized = metric(), make_distance(context)
-    if with_qdq:
+    if quantized.qdq is not None:
         arms.quantized_onnxruntime, arms.float_vs_quantized_onnxruntime = (
             metric(),
             make_distance(context),
         )
+    if quantized.simulation is not None:
+        arms.quantized_simulation = metric()
+        arms.float_vs_quantized_simulation = make_distance(context)
 
 
 def _float_check(arms: _Arms, options: EvalOptions) -> FloatCheck:
@@ -469,6 +513,8 @@ def _report(
         quantized_onnxruntime_vs_gt=_result(arms.quantized_onnxruntime),
         float_vs_quantized=_result(arms.float_vs_quantized),
         float_vs_quantized_onnxruntime=_result(arms.float_vs_quantized_onnxruntime),
+        quantized_simulation_vs_gt=_result(arms.quantized_simulation),
+        float_vs_quantized_simulation=_result(arms.float_vs_quantized_simulation),
         float_check=check,
         per_sample=_per_sample(arms),
     )
