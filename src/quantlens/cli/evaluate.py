@@ -101,9 +101,9 @@ def _print_eval(report: EvalReport) -> None:
         ("float vs ground truth (ONNX Runtime)", report.float_onnxruntime_vs_gt),
         ("quantized vs ground truth (emulator)", report.quantized_vs_gt),
         ("quantized vs ground truth (QDQ in ONNX Runtime)", report.quantized_onnxruntime_vs_gt),
+        ("quantized vs ground truth (ONNX simulation)", report.quantized_simulation_vs_gt),
         ("float vs quantized (emulator)", report.float_vs_quantized),
         ("float vs quantized (QDQ in ONNX Runtime)", report.float_vs_quantized_onnxruntime),
-        ("quantized vs ground truth (ONNX simulation)", report.quantized_simulation_vs_gt),
         ("float vs quantized (ONNX simulation)", report.float_vs_quantized_simulation),
     ]
     table = Table(

@@ -23,9 +23,9 @@ ARMS = (
     ("float vs ground truth (ONNX Runtime)", "float_onnxruntime_vs_gt"),
     ("quantized vs ground truth (emulator)", "quantized_vs_gt"),
     ("quantized vs ground truth (QDQ in ONNX Runtime)", "quantized_onnxruntime_vs_gt"),
+    ("quantized vs ground truth (ONNX simulation)", "quantized_simulation_vs_gt"),
     ("float vs quantized (emulator)", "float_vs_quantized"),
     ("float vs quantized (QDQ in ONNX Runtime)", "float_vs_quantized_onnxruntime"),
-    ("quantized vs ground truth (ONNX simulation)", "quantized_simulation_vs_gt"),
     ("float vs quantized (ONNX simulation)", "float_vs_quantized_simulation"),
 )
 
