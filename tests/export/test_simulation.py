@@ -79,6 +79,28 @@ def test_the_simulation_rounds_every_tie_as_the_emulator(rounding: str, tmp_path
     assert not np.array_equal(elsewhere, emulated)
 
 
+@pytest.mark.parametrize("rounding", ["half-to-even", "offset-half-away"])
+def test_nan_lands_on_the_emulators_code(rounding: str, tmp_path: Path) -> None:
+    """0/0 (a quantized variance rounded to zero) goes to the lowest code under half to even
+    and to the top one under AIMET's rounding, in both runs; ONNX's Clip would keep NaN."""
+    graph = helper.make_graph(
+        [helper.make_node("Div", ["x", "x"], ["y"], name="div")],
+        "nan",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    plan = QuantPlan(
+        target="qnn-htp",
+        activations={"y": _grid("y", "uint8-asym", 0.25, 3)},
+        quantizer_rounding=rounding,  # type: ignore[arg-type]
+    )
+    feed = np.array([[0.0, 1.0, -2.0, 0.0]], np.float32)
+    emulated, simulated = _both(model, plan, feed, tmp_path / "sim.onnx")
+    assert not np.isnan(emulated).any()
+    assert np.array_equal(emulated, simulated)
+
+
 def test_a_conv_model_on_qnn_htp_matches_the_emulator(tmp_path: Path) -> None:
     """Convolutions sum in MLAS's order, not torch's: the outputs agree to a code or less."""
     model = ir.from_proto(conv_bn_model(opset=13, unnamed=False))

@@ -30,6 +30,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from quantlens.emulate.fakequant import QuantHooks
+from quantlens.emulate.finite import finite_tensors
 from quantlens.errors import UserError
 from quantlens.schemes.formats import FloatFormat, IntFormat
 from quantlens.schemes.profiles import TargetProfile
@@ -90,6 +91,24 @@ class _Simulation:
         self.taken = {v for node in graph.node for v in (*node.input, *node.output)}
         self.taken |= {i.name for i in graph.initializer} | {i.name for i in graph.input}
         self.count = 0
+        self.may_be_nan = self._may_be_nan()
+
+    def _may_be_nan(self) -> set[str]:
+        """Tensors that can hold NaN before their quantizer (0/0 where a quantized variance
+        rounds to zero), where the quantizer must map it as the emulator does: ONNX's Clip
+        leaves NaN to the kernel. Every tensor when the plan has a float format (fp16 overflows
+        to Inf, and Inf - Inf is NaN), as `QuantHooks` assumes."""
+        graph, specs = self.graph, self.plan.activations.values()
+        names = {o for node in graph.node for o in node.output} | {i.name for i in graph.input}
+        if any(isinstance(spec.format, FloatFormat) for spec in specs):
+            return names
+        weights = {
+            i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer
+        }
+        steps = [(node.op_type, list(node.input), list(node.output)) for node in graph.node]
+        cleaned = frozenset(spec.name for spec in specs if spec.is_int)
+        inputs = [i.name for i in graph.input]
+        return names - finite_tensors(steps, weights, inputs, cleaned)
 
     def apply(self) -> None:
         self._quantize_weights()
@@ -149,9 +168,16 @@ class _Simulation:
     def _quantizer(self, source: str, target: str, spec: TensorQuant) -> list[onnx.NodeProto]:
         if isinstance(spec.format, FloatFormat):
             return self._cast(source, target, spec.format)
+        nan = spec.name in self.may_be_nan
         if self.plan.quantizer_rounding == "offset-half-away":
-            return list(self._offset_half_away(source, target, spec))
-        return list(self._half_to_even(source, target, spec))
+            return list(self._offset_half_away(source, target, spec, nan))
+        return list(self._half_to_even(source, target, spec, nan))
+
+    def _nan_to(self, codes: str, value: str, target: str) -> Iterator[onnx.NodeProto]:
+        """`codes` with NaN replaced by the constant `value`, written to `target`."""
+        found = self._fresh(target)
+        yield helper.make_node("IsNaN", [codes], [found])
+        yield helper.make_node("Where", [found, value, codes], [target])
 
     def _cast(self, source: str, target: str, fmt: FloatFormat) -> list[onnx.NodeProto]:
         low = self._fresh(target)
@@ -161,9 +187,10 @@ class _Simulation:
         ]
 
     def _half_to_even(
-        self, source: str, target: str, spec: TensorQuant
+        self, source: str, target: str, spec: TensorQuant, nan: bool
     ) -> Iterator[onnx.NodeProto]:
-        """clamp(round(x / s), qmin - zp, qmax - zp) x s, as `_fake_quantize_inplace`."""
+        """clamp(round(x / s), qmin - zp, qmax - zp) x s, NaN on the lowest code, as
+        `_fake_quantize_inplace`."""
         assert isinstance(spec.format, IntFormat)
         zero = spec.zero_point[0]
         scale = self._constant(target, spec.scale[0])
@@ -171,17 +198,22 @@ class _Simulation:
         upper = self._constant(target, spec.format.qmax - zero)
         divided, rounded, clipped = (self._fresh(target) for _ in range(3))
         yield helper.make_node("Div", [source, scale], [divided])
-        yield helper.make_node("Round", [divided], [rounded])
+        if nan:
+            raw = self._fresh(target)
+            yield helper.make_node("Round", [divided], [raw])
+            yield from self._nan_to(raw, lower, rounded)
+        else:
+            yield helper.make_node("Round", [divided], [rounded])
         yield helper.make_node("Clip", [rounded, lower, upper], [clipped])
         yield helper.make_node("Mul", [clipped, scale], [target])
 
     def _offset_half_away(
-        self, source: str, target: str, spec: TensorQuant
+        self, source: str, target: str, spec: TensorQuant, nan: bool
     ) -> Iterator[onnx.NodeProto]:
         """x / s plus the unsigned grid's zero point, rounded half away from zero, clamped to
         the grid, back as (code - offset) x s: `OffsetHalfAwayQuantizer`. Round is half to
         even; a tie it rounded down (y - round(y) = 0.5, exact in float32) goes one up, and a
-        negative y clamps to code 0 whichever way its tie went."""
+        negative y clamps to code 0 whichever way its tie went; NaN lands on the top code."""
         assert isinstance(spec.format, IntFormat)
         fmt = spec.format
         shift = 2 ** (fmt.bits - 1) if fmt.signed else 0
@@ -197,7 +229,12 @@ class _Simulation:
         yield helper.make_node("Sub", [shifted, rounded], [rest])
         yield helper.make_node("Equal", [rest, half], [tie])
         yield helper.make_node("Cast", [tie], [step], to=TensorProto.FLOAT)
-        yield helper.make_node("Add", [rounded, step], [codes])
+        if nan:
+            raw = self._fresh(target)
+            yield helper.make_node("Add", [rounded, step], [raw])
+            yield from self._nan_to(raw, top, codes)
+        else:
+            yield helper.make_node("Add", [rounded, step], [codes])
         yield helper.make_node("Clip", [codes, low, top], [clipped])
         yield helper.make_node("Sub", [clipped, offset], [centred])
         yield helper.make_node("Mul", [centred, scale], [target])
