@@ -61,6 +61,21 @@ TEXTLINE_LABELS = ["0", "180"]
 # rapidocr 3.10.0 ships three PaddleOCR models in one wheel; its MODEL_LICENSES.md gives each
 # model's sha256 and provenance (Apache-2.0, Baidu / PaddleOCR authors).
 _RAPIDOCR_WHEEL = "2fc34e26cd0f48514804a94f8832283039c7334076bff60768b1fed9ad068050"
+# PaddleOCR's DB text detectors as rapidocr feeds them (its config: shorter side raised to 736,
+# sides rounded to multiples of 32, cv2 INTER_LINEAR, (x/255 - 0.5)/0.5 in BGR).
+_PPOCR_DET_INPUT = InputSpec(
+    input_name="x",
+    shape=[-1, 3, -1, -1],
+    color="BGR",
+    resize="limit-side",
+    limit_side_len=736,
+    limit_type="min",
+    size_multiple=32,
+    interpolation="linear",
+    scale=1.0 / 255.0,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+)
 # The ONNX bytes torch 2.13.0's exporter writes for the MobileNetV2 state_dict (torch_export).
 MOBILENET_V2_ONNX_SHA256 = "be3547ed56b45e7b3b9e85f129404f8bfc914928fad59ababffac1e8d6189b16"
 
@@ -228,19 +243,7 @@ _ENTRIES = [
         source="PaddleOCR PP-OCRv6 small DB text detector (Baidu), converted to ONNX and "
         "bundled in the rapidocr wheel",
         task="text-detection",
-        input=InputSpec(
-            input_name="x",
-            shape=[-1, 3, -1, -1],
-            color="BGR",
-            resize="limit-side",
-            limit_side_len=736,
-            limit_type="min",
-            size_multiple=32,
-            interpolation="linear",
-            scale=1.0 / 255.0,
-            mean=(0.5, 0.5, 0.5),
-            std=(0.5, 0.5, 0.5),
-        ),
+        input=_PPOCR_DET_INPUT,
         outputs="[N, 1, H, W] text probability map at input resolution (DB: trained on "
         "text boxes shrunk by ratio 0.4; boxes come back by thresholding at 0.3 and unclipping "
         "by 1.6)",
@@ -262,19 +265,7 @@ _ENTRIES = [
         source="PaddleOCR PP-OCRv4 mobile DB text detector (Baidu), converted to ONNX and "
         "bundled in the rapidocr-onnxruntime wheel",
         task="text-detection",
-        input=InputSpec(
-            input_name="x",
-            shape=[-1, 3, -1, -1],
-            color="BGR",
-            resize="limit-side",
-            limit_side_len=736,
-            limit_type="min",
-            size_multiple=32,
-            interpolation="linear",
-            scale=1.0 / 255.0,
-            mean=(0.5, 0.5, 0.5),
-            std=(0.5, 0.5, 0.5),
-        ),
+        input=_PPOCR_DET_INPUT,
         outputs="[N, 1, H, W] text probability map at input resolution (DB, as "
         "ppocr-v6-det-small's: threshold 0.3, unclip 1.6)",
         labels=["text"],

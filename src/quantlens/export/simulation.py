@@ -91,6 +91,10 @@ class _Simulation:
         self.taken = {v for node in graph.node for v in (*node.input, *node.output)}
         self.taken |= {i.name for i in graph.initializer} | {i.name for i in graph.input}
         self.count = 0
+        # Every initializer as a tensor once: the finite analysis and the weights' grids read them.
+        self.values = {
+            i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer
+        }
         self.may_be_nan = self._may_be_nan()
 
     def _may_be_nan(self) -> set[str]:
@@ -102,13 +106,10 @@ class _Simulation:
         names = {o for node in graph.node for o in node.output} | {i.name for i in graph.input}
         if any(isinstance(spec.format, FloatFormat) for spec in specs):
             return names
-        weights = {
-            i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer
-        }
         steps = [(node.op_type, list(node.input), list(node.output)) for node in graph.node]
         cleaned = frozenset(spec.name for spec in specs if spec.is_int)
         inputs = [i.name for i in graph.input]
-        return names - finite_tensors(steps, weights, inputs, cleaned)
+        return names - finite_tensors(steps, self.values, inputs, cleaned)
 
     def apply(self) -> None:
         self._quantize_weights()
@@ -138,13 +139,11 @@ class _Simulation:
         quantizer (the plan's float biases are not among `hooks.weights`)."""
         initializers = {i.name: i for i in self.graph.initializer}
         for name, quantizer in self.hooks.weights.items():
-            found = initializers.get(name)
-            if found is None:
+            found, values = initializers.get(name), self.values.get(name)
+            if found is None or values is None:
                 raise UserError(f"weight {name!r} is not an initializer of the model", FIX)
-            values = torch.from_numpy(numpy_helper.to_array(found).copy())
-            if not values.is_floating_point():
-                continue
-            found.CopyFrom(numpy_helper.from_array(quantizer(values).numpy(), name))
+            if values.is_floating_point():
+                found.CopyFrom(numpy_helper.from_array(quantizer(values).numpy(), name))
 
     def _rename_reads(self, old: str, new: str) -> None:
         for node in self.graph.node:
@@ -173,11 +172,18 @@ class _Simulation:
             return list(self._offset_half_away(source, target, spec, nan))
         return list(self._half_to_even(source, target, spec, nan))
 
-    def _nan_to(self, codes: str, value: str, target: str) -> Iterator[onnx.NodeProto]:
-        """`codes` with NaN replaced by the constant `value`, written to `target`."""
-        found = self._fresh(target)
-        yield helper.make_node("IsNaN", [codes], [found])
-        yield helper.make_node("Where", [found, value, codes], [target])
+    def _codes(
+        self, op: str, inputs: list[str], target: str, nan_to: str | None
+    ) -> Iterator[onnx.NodeProto]:
+        """`op` on `inputs` into `target`, with NaN replaced by the constant `nan_to` (None: the
+        tensor cannot hold NaN, nothing to replace)."""
+        if nan_to is None:
+            yield helper.make_node(op, inputs, [target])
+            return
+        raw, found = self._fresh(target), self._fresh(target)
+        yield helper.make_node(op, inputs, [raw])
+        yield helper.make_node("IsNaN", [raw], [found])
+        yield helper.make_node("Where", [found, nan_to, raw], [target])
 
     def _cast(self, source: str, target: str, fmt: FloatFormat) -> list[onnx.NodeProto]:
         low = self._fresh(target)
@@ -198,12 +204,7 @@ class _Simulation:
         upper = self._constant(target, spec.format.qmax - zero)
         divided, rounded, clipped = (self._fresh(target) for _ in range(3))
         yield helper.make_node("Div", [source, scale], [divided])
-        if nan:
-            raw = self._fresh(target)
-            yield helper.make_node("Round", [divided], [raw])
-            yield from self._nan_to(raw, lower, rounded)
-        else:
-            yield helper.make_node("Round", [divided], [rounded])
+        yield from self._codes("Round", [divided], rounded, lower if nan else None)
         yield helper.make_node("Clip", [rounded, lower, upper], [clipped])
         yield helper.make_node("Mul", [clipped, scale], [target])
 
@@ -229,12 +230,7 @@ class _Simulation:
         yield helper.make_node("Sub", [shifted, rounded], [rest])
         yield helper.make_node("Equal", [rest, half], [tie])
         yield helper.make_node("Cast", [tie], [step], to=TensorProto.FLOAT)
-        if nan:
-            raw = self._fresh(target)
-            yield helper.make_node("Add", [rounded, step], [raw])
-            yield from self._nan_to(raw, top, codes)
-        else:
-            yield helper.make_node("Add", [rounded, step], [codes])
+        yield from self._codes("Add", [rounded, step], codes, top if nan else None)
         yield helper.make_node("Clip", [codes, low, top], [clipped])
         yield helper.make_node("Sub", [clipped, offset], [centred])
         yield helper.make_node("Mul", [centred, scale], [target])
