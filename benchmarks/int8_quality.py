@@ -18,17 +18,24 @@ pairs into integer kernels, which for Conv needs a quantized output as well as q
 
     python benchmarks/int8_quality.py [--calib 16] [--eval 16] [--nncf-python PATH]
         [--models NAME ...] [--tools quantlens onnxruntime nncf] [--json OUT]
+        [--method percentile] [--optimize 0] [--fix bias_correction ...]
+
+`--method`, `--optimize` and `--fix` change quantlens' side only (its `quantize --method`,
+`--optimize LEVEL` and single fixes such as `--bias-correction`), to measure a candidate default
+against the same peers on the same sets.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -38,6 +45,7 @@ from quantlens.data.preprocess import load_inputs
 from quantlens.data.render import write_samples
 from quantlens.evaluate import Sample, make_evaluator
 from quantlens.evaluation import EvalOptions
+from quantlens.fixes.levels import FixSettings
 from quantlens.pipeline.tasks import eval_context, image_size, list_samples, task_model
 from quantlens.quantize import QuantizeOptions, quantize_model
 from quantlens.search.cost import latency
@@ -67,7 +75,8 @@ def make_set(name: str, count: int, seed: int, root: Path) -> tuple[Path, Feeds,
     folder = root / f"npz-{seed}"
     folder.mkdir()
     for index, feed in enumerate(feeds):
-        np.savez(folder / f"{index:04d}.npz", **feed)
+        arrays: dict[str, Any] = dict(feed)  # numpy's stub reads ** against allow_pickle
+        np.savez(folder / f"{index:04d}.npz", **arrays)
     return folder, feeds, images
 
 
@@ -114,8 +123,22 @@ def nncf_quantize(python: str, model: Path, calib: Path, out: Path) -> Path:
     return out
 
 
-def ours(model: Path, calib: Path, run_dir: Path, method: str = "percentile") -> Path:
-    options = QuantizeOptions(calib=calib, target="ort-cpu", run_dir=run_dir, method=method)
+def ours(
+    model: Path,
+    calib: Path,
+    run_dir: Path,
+    method: str = "percentile",
+    optimize: int = 0,
+    fixes: Sequence[str] = (),
+) -> Path:
+    options = QuantizeOptions(
+        calib=calib,
+        target="ort-cpu",
+        run_dir=run_dir,
+        method=method,
+        optimize=optimize,
+        fixes=dict.fromkeys(fixes, True),
+    )
     report = quantize_model(model, options)
     return Path(report.files["qdq_model"])
 
@@ -175,7 +198,9 @@ def bench_model(name: str, args: argparse.Namespace, root: Path) -> dict[str, ob
     _, eval_feeds, images = make_set(name, args.eval, 2, root)
     reference = run(model, eval_feeds)
     makers: dict[str, Callable[[], Path]] = {
-        "quantlens": lambda: ours(model, calib, root / "ours", args.method),
+        "quantlens": lambda: ours(
+            model, calib, root / "ours", args.method, args.optimize, args.fix
+        ),
         "onnxruntime": lambda: ort_static(model, calib, root / "ort.qdq.onnx"),
     }
     if args.nncf_python:
@@ -206,6 +231,14 @@ def main() -> None:
     parser.add_argument(
         "--method", default="percentile", help="quantlens' activation calibration (--method)"
     )
+    parser.add_argument("--optimize", type=int, default=0, help="quantlens' --optimize level")
+    parser.add_argument(
+        "--fix",
+        action="append",
+        default=[],
+        choices=[f.name for f in dataclasses.fields(FixSettings)],
+        help="a single quantlens fix on top of --optimize (repeatable)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     rows = []
@@ -214,7 +247,8 @@ def main() -> None:
             rows.append(bench_model(name, args, Path(tmp)))
     print(
         f"calibration {args.calib} samples, evaluation {args.eval} samples (other seed);"
-        f" quantlens --method {args.method}"
+        f" quantlens --method {args.method} --optimize {args.optimize}"
+        + "".join(f" --fix {name}" for name in args.fix)
     )
     print(
         f"{'model':<22} {'tool':<12} {'mean SNR dB':>12} {'worst SNR dB':>13} {'task (float)':>14}"

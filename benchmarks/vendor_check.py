@@ -292,7 +292,8 @@ def bench_model(model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     calib = render(model, args.calib, 0, root)
     feeds = feeds_of_one_shape(model, args.samples, root)
     inputs = root / "inputs.npz"
-    np.savez(inputs, **{name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]})
+    stacked: dict[str, Any] = {n: np.concatenate([f[n] for f in feeds]) for n in feeds[0]}
+    np.savez(inputs, **stacked)  # typed Any: numpy's stub reads ** against allow_pickle
     shapes = {name: list(array.shape[1:]) for name, array in feeds[0].items()}
     shapes = {name: [1, *dims] for name, dims in shapes.items()}
     rows = []
