@@ -22,9 +22,9 @@ def test_progress_and_default_run_folder_reach_a_log(tmp_path: Path) -> None:
     calib = npz_folder(tmp_path / "calib", 4)
     result = quantlens("quantize", str(model), "--calib", str(calib), "-o", str(tmp_path / "q"))
     assert result.returncode == 0, result.stderr
-    lines = [line for line in result.stderr.splitlines() if re.match(r"calibrate: \d+/\d+", line)]
-    assert lines and lines[-1].startswith("calibrate: 4/4 after"), result.stderr
-    assert lines[0].startswith("calibrate: 1/4 after"), result.stderr  # the first step
+    lines = [line for line in result.stderr.splitlines() if re.match(r"quantize: \d+/\d+", line)]
+    assert lines and lines[-1].startswith("quantize: 4/4 after"), result.stderr
+    assert lines[0].startswith("quantize: 1/4 after"), result.stderr  # the first step
     # Run where the default folder may be written: the test's own folder.
     command = [sys.executable, "-m", "quantlens", "eval", str(model), "--data", str(calib)]
     command += ["--task", "distance", "--target", "ort-cpu"]

@@ -89,7 +89,7 @@ def quantize(
         fixes=fix_overrides(equalize, fuse, bias_correction, clip_search, adaround, finetune),
     )
     path = resolve_model(model, say=say)
-    with progress("calibrate") as bar:
+    with progress("quantize") as bar:  # calibration, fixes (AdaRound: minutes), export
         report = quantize_model(path, options, say=say, progress=bar)
     if json:
         print_json(report.to_json())
