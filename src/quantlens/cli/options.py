@@ -105,6 +105,16 @@ ClipSearchOpt = Annotated[
 ]
 AdaroundOpt = Annotated[bool | None, typer.Option("--adaround/--no-adaround")]
 FinetuneOpt = Annotated[bool | None, typer.Option("--finetune/--no-finetune")]
+FixBudgetOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--fix-budget",
+        help="Seconds each of clip search's scoring, AdaRound and the fine-tune may take; what "
+        "is not done by then keeps its plain values [default: no limit in quantize, 120 in "
+        "search].",
+        min=0.0,
+    ),
+]
 
 # --- run folder and output ------------------------------------------------------------------
 RunDirArg = Annotated[

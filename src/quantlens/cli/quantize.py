@@ -18,6 +18,7 @@ from quantlens.cli.options import (
     DeviceOpt,
     EqualizeOpt,
     FinetuneOpt,
+    FixBudgetOpt,
     FuseOpt,
     JsonOpt,
     LimitOpt,
@@ -64,6 +65,7 @@ def quantize(
     clip_search: ClipSearchOpt = None,
     adaround: AdaroundOpt = None,
     finetune: FinetuneOpt = None,
+    fix_budget: FixBudgetOpt = None,
     json: JsonOpt = False,
     workers: WorkersOpt = None,
     ray_address: RayAddressOpt = None,
@@ -87,6 +89,7 @@ def quantize(
         scale=scale(workers, ray_address),
         optimize=optimize,
         fixes=fix_overrides(equalize, fuse, bias_correction, clip_search, adaround, finetune),
+        fix_budget_s=fix_budget,
     )
     path = resolve_model(model, say=say)
     with progress("quantize") as bar:  # calibration, fixes (AdaRound: minutes), export

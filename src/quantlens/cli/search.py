@@ -19,6 +19,7 @@ from quantlens.cli.options import (
     EqualizeOpt,
     EvalDataOpt,
     FinetuneOpt,
+    FixBudgetOpt,
     FuseOpt,
     JsonOpt,
     LimitOpt,
@@ -118,6 +119,7 @@ def search(
     clip_search: ClipSearchOpt = None,
     adaround: AdaroundOpt = None,
     finetune: FinetuneOpt = None,
+    fix_budget: FixBudgetOpt = None,
     fixes: Annotated[
         bool,
         typer.Option(
@@ -177,6 +179,7 @@ def search(
         scale=scale(workers, ray_address),
         optimize=optimize,
         fixes=fix_overrides(equalize, fuse, bias_correction, clip_search, adaround, finetune),
+        fix_budget_s=fix_budget,
         try_fixes=fixes,
         noise_stop=noise_stop,
     )
