@@ -29,7 +29,6 @@ from quantlens.errors import UserError
 from quantlens.evaluate import EvalContext, Evaluator, Sample, make_evaluator
 from quantlens.evaluate.agreement import DistanceEvaluator, as_reference, make_distance
 from quantlens.export.simulation import export_simulation
-from quantlens.pipeline.search_verify import ORT
 from quantlens.pipeline.session import prepare
 from quantlens.pipeline.tasks import (
     EvalOptions,
@@ -384,8 +383,7 @@ def _simulation(
     """The plan as an ONNX simulation, where the target's own simulator runs in ONNX Runtime
     (profile `metric_engine`; qnn-htp: AIMET's sim, which it equals bit for bit): the number a
     search on that target scores, beside the emulator's."""
-    profile = get_profile(quantized.plan.target)
-    if profile.metric_engine != "onnxruntime" or profile.vendor == ORT:
+    if not get_profile(quantized.plan.target).simulated():
         return None
     if runner.farm is not None:
         notes.append("no ONNX simulation arm with workers: it runs on the driver only")

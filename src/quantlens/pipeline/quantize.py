@@ -44,6 +44,7 @@ from quantlens.pipeline.session import (
     open_session,
 )
 from quantlens.schemes.assignment import Assignment
+from quantlens.schemes.profiles import ORT_VENDOR
 from quantlens.schemes.qparams import QuantPlan
 
 Say = Callable[[str], None]
@@ -208,7 +209,7 @@ def _latency(
 ) -> LatencyRecord | None:
     """Float vs QDQ latency in ONNX Runtime, where ONNX Runtime is the target: what a user
     deploying the export will see (a vendor chip does not run the QDQ model)."""
-    if session.profile.vendor != "ONNX Runtime" or opts.latency_rounds <= 0:
+    if session.profile.vendor != ORT_VENDOR or opts.latency_rounds <= 0:
         return None
     _say(say, "timing the float model and the QDQ export in ONNX Runtime")
     settings = LatencySettings(rounds=opts.latency_rounds, warmup=2)

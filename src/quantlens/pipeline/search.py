@@ -266,12 +266,7 @@ def check_options(opts: SearchOptions) -> None:
 def metric_engine(opts: SearchOptions) -> str:
     """Where full evaluations run: the export in ONNX Runtime where that is the target, the
     plan's ONNX simulation where the profile says the vendor's simulator is ONNX Runtime."""
-    if opts.engine is not None:
-        return opts.engine
-    profile = get_profile(opts.target)
-    if profile.metric_engine is not None:
-        return profile.metric_engine
-    return "onnxruntime" if profile.vendor == ORT else "emulator"
+    return opts.engine if opts.engine is not None else get_profile(opts.target).default_engine()
 
 
 def prepare_search(
@@ -758,7 +753,7 @@ def _plan_with_measured_costs(
     found = measured_costs(setup.rules, setup.costs, meter, opts.measure_budget_s)
     setup.costs = found.table
     notes = measured_notes(found, meter.settings, len(setup.units))
-    if setup.profile.vendor != "ONNX Runtime":
+    if setup.profile.vendor != ORT:
         notes.append(f"{setup.profile.name} does not run QDQ models: ORT latency is a proxy")
     return notes
 

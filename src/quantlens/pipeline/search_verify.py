@@ -17,10 +17,10 @@ import torch
 from quantlens.artifacts.search import RuntimeCheck, SearchReport
 from quantlens.emulate.ort import OrtRunner
 from quantlens.pipeline.tasks import TaskScorer
-from quantlens.schemes.profiles import TargetProfile
+from quantlens.schemes.profiles import ORT_VENDOR, TargetProfile
 
 Progress = Callable[[int, int], None]
-ORT = "ONNX Runtime"
+ORT = ORT_VENDOR
 
 
 def score_in_onnxruntime(

@@ -19,6 +19,9 @@ from quantlens.schemes.formats import IntFormat, int_format
 from quantlens.schemes.modes import ModeName
 from quantlens.schemes.qparams import QuantizerRounding
 
+# The vendor of the profiles whose target runs the QDQ export itself.
+ORT_VENDOR = "ONNX Runtime"
+
 Placement = Literal["all-outputs", "weighted-inputs"]
 
 
@@ -192,6 +195,18 @@ class TargetProfile(BaseModel):
     arithmetic: Arithmetic = Field(default_factory=Arithmetic)
     sources: list[str] = Field(default_factory=list)
     notes: str = ""
+
+    def default_engine(self) -> Literal["emulator", "onnxruntime"]:
+        """Where a search's full evaluations run unless `--engine` says: `metric_engine`, else
+        ONNX Runtime on an ONNX Runtime target (the export itself), else the emulator."""
+        if self.metric_engine is not None:
+            return self.metric_engine
+        return "onnxruntime" if self.vendor == ORT_VENDOR else "emulator"
+
+    def simulated(self) -> bool:
+        """Whether a chip's plans are scored by default as their ONNX simulation in ONNX
+        Runtime (its vendor's simulator runs there: qnn-htp)."""
+        return self.vendor != ORT_VENDOR and self.default_engine() == "onnxruntime"
 
     def activation_format(self, bits: int) -> IntFormat:
         return int_format(self._pick(self.activation_formats, bits, "activations"))
