@@ -35,6 +35,7 @@ import math
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,20 +164,14 @@ def emulate(
     assert ctx.canonical is not None, f"{run_dir} has no model.canonical.onnx"
     executor = Executor(ctx.canonical)
     hooks = QuantHooks(ctx.plan)
-    floats: dict[str, list[np.ndarray]] = {}
-    quants: dict[str, list[np.ndarray]] = {}
+
+    def run(feed: dict[str, np.ndarray], quantized: bool) -> dict[str, np.ndarray]:
+        result = executor.run(feed, hooks=hooks if quantized else None)
+        return {name: value.cpu().numpy() for name, value in result.items()}
+
     with torch.inference_mode():
-        for feed in feeds:
-            for store, result in (
-                (floats, executor.run(feed)),
-                (quants, executor.run(feed, hooks=hooks)),
-            ):
-                for name, value in result.items():
-                    store.setdefault(name, []).append(value.cpu().numpy())
-    return (
-        {k: np.concatenate(v) for k, v in floats.items()},
-        {k: np.concatenate(v) for k, v in quants.items()},
-    )
+        floats = _stacked(run(feed, False) for feed in feeds)
+        return floats, _stacked(run(feed, True) for feed in feeds)
 
 
 def simulate(
@@ -194,11 +189,16 @@ def simulate(
     if simulation_refusal(get_profile(ctx.plan.target)) is not None:
         return None
     runner = OrtRunner(export_simulation(ctx.canonical, ctx.plan, work), optimize=False)
-    outputs: dict[str, list[np.ndarray]] = {}
-    for feed in feeds:
-        for name, value in runner.run(feed).items():
-            outputs.setdefault(name, []).append(value)
-    return {k: np.concatenate(v) for k, v in outputs.items()}
+    return _stacked(runner.run(feed) for feed in feeds)
+
+
+def _stacked(results: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-sample outputs concatenated along the batch axis, by output name."""
+    collected: dict[str, list[np.ndarray]] = {}
+    for result in results:
+        for name, value in result.items():
+            collected.setdefault(name, []).append(value)
+    return {name: np.concatenate(values) for name, values in collected.items()}
 
 
 def snr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
